@@ -1,0 +1,35 @@
+# Set-up and everyday commands. A fresh machine needs only python3 (>=3.10) and make.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The CPU build of torch, pinned: an unpinned torch pulls several GB of CUDA packages.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test demo lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[all]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+demo: install
+	$(VENV)/bin/validator run --sim sample_data/sim.parquet --data sample_data/data.parquet \
+		--weight weight --db demo.duckdb
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) benchmarks/bench_run.py
+
+clean:
+	rm -rf $(VENV) demo.duckdb validation.duckdb

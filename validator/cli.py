@@ -1,0 +1,148 @@
+"""Command line: a thin face over :func:`validator.run_validation` and the store.
+
+Exit codes: 0 success (all rules pass), 1 a rule fails, 2 the input or the command is unusable
+(one line on stderr names the file, column or rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 already; keep it to one line
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INPUT, f"validator: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="validator", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="compare simulation with data and store the results")
+    run.add_argument("--sim", nargs="+", required=True, metavar="PATH",
+                     help="simulation files: .parquet, .csv or .root[:TREE]")
+    run.add_argument("--data", nargs="+", required=True, metavar="PATH", help="data files")
+    run.add_argument("--weight", metavar="COL", help="event-weight column of the simulation")
+    run.add_argument("--features", metavar="COL,...",
+                     help="features to test (default: every shared numeric column); "
+                          "NAME[k] takes element k of a jagged branch")
+    run.add_argument("--category", metavar="COL", help="also run everything per value of COL")
+    run.add_argument("--db", default="validation.duckdb", metavar="PATH",
+                     help="DuckDB file to append the run to (default: %(default)s)")
+    run.add_argument("--no-db", action="store_true", help="do not store the run")
+    run.add_argument("--alpha", type=float, default=0.05, help="test size (default: 0.05)")
+    run.add_argument("--bins", type=_positive_int, default=10,
+                     help="equal-population bins per feature (default: 10)")
+    run.add_argument("--max-pairs", type=int, default=1000,
+                     help="most pairs tested in 2D (default: 1000)")
+    run.add_argument("--toys", type=int, default=300,
+                     help="toys for the dependence test's p-value (default: 300)")
+    run.add_argument("--chunk-rows", type=_positive_int, default=250_000,
+                     help="rows read at a time (bounds the memory)")
+    run.add_argument("--seed", type=int, default=20261123, help="seed for reservoirs and toys")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    runs = sub.add_parser("runs", help="list the runs stored in a database")
+    runs.add_argument("--db", default="validation.duckdb", metavar="PATH")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from validator.compare import CompareOptions
+    from validator.pipeline import RunConfig, run_validation
+    from validator.plan import PlanConfig
+    from validator.report import render
+
+    if not 0 < args.alpha < 1:
+        raise _usage("--alpha must be between 0 and 1")
+    features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features \
+        else None
+    config = RunConfig(
+        sim=args.sim, data=args.data, weight=args.weight, features=features,
+        category=args.category, db=None if args.no_db else args.db, alpha=args.alpha,
+        chunk_rows=args.chunk_rows, seed=args.seed,
+        plan=PlanConfig(n_bins=args.bins, max_pairs=args.max_pairs),
+        compare=CompareOptions(dependence_toys=args.toys, seed=args.seed),
+        command="validator " + " ".join(shlex.quote(a) for a in argv),
+    )
+    console = Console(stderr=False)
+    if args.quiet or not console.is_terminal:
+        outcome = run_validation(config)
+    else:
+        with Progress(TextColumn("{task.description:<10}"), BarColumn(),
+                      TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done)
+
+            outcome = run_validation(config, progress)
+    render(outcome, console)
+    return EXIT_OK
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from validator.store import list_runs
+
+    frame = list_runs(args.db)
+    table = Table()
+    for col in frame.columns:
+        table.add_column(col)
+    for row in frame.itertuples(index=False):
+        table.add_row(*[str(v) for v in row])
+    Console().print(table)
+    return EXIT_OK
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``validator`` command."""
+    from validator.errors import InputError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args, argv)
+        if args.command == "runs":
+            return _cmd_runs(args)
+    except (InputError, _UsageError) as exc:
+        print(f"validator: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("validator: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return EXIT_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Run the statistical tests on filled accumulators: every feature in 1D, every pair in 2D.
+
+This stage only slices histograms out of the accumulators and calls the pure functions of
+:mod:`validator.stats`; it does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from validator.fill import Accumulator, Layout
+from validator.stats import (
+    GofResult,
+    ad_hist,
+    chi2_uw,
+    corr_pearson,
+    corr_spearman,
+    dependence,
+    ks_hist,
+    merge_histogram,
+    merge_sparse_bins,
+    saturated,
+    wasserstein_hist,
+)
+
+#: The methods run for one feature and for one pair.
+METHODS_1D = ("chi2_uw", "saturated", "ks", "ad")
+METHODS_2D = ("chi2_uw", "saturated", "dependence", "corr_pearson", "corr_spearman")
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Options of the test stage."""
+
+    min_expected: float = 5.0
+    dependence_toys: int = 300
+    small_sample_toys: int = 500
+    seed: int = 12345
+
+
+@dataclass(frozen=True)
+class TestRecord:
+    """One test of a run: where it looked, and its result."""
+
+    __test__ = False  # not a pytest class
+
+    category: str
+    kind: str  # 1d | 2d | corr
+    feature_x: str
+    feature_y: str | None
+    result: GofResult
+
+
+def _binned_tests(data: np.ndarray, sim_w: np.ndarray, sim_w2: np.ndarray,
+                  options: CompareOptions, rng: np.random.Generator) -> list[GofResult]:
+    """``chi2_uw`` and ``saturated`` on a histogram, sparse bins merged first."""
+    total_data = data.sum()
+    total_sim = sim_w.sum()
+    if total_data <= 0 or total_sim <= 0:
+        return []
+    expected = np.clip(sim_w, 0.0, None) * (total_data / total_sim)
+    groups = merge_sparse_bins(expected, options.min_expected)
+    if groups.max() < 1:  # a single group: nothing to compare the shape with
+        return []
+    d = merge_histogram(data, groups)
+    s = merge_histogram(sim_w, groups)
+    s2 = merge_histogram(sim_w2, groups)
+    results = [chi2_uw(d, s, s2)]
+    sat = saturated(d, s, s2)
+    if not sat.reliable:
+        sat = saturated(d, s, s2, n_toys=options.small_sample_toys, rng=rng)
+    results.append(sat)
+    return results
+
+
+def _feature_moments(acc: Accumulator, k: int) -> tuple[float, float]:
+    """Weighted mean and standard deviation of feature ``k`` from the running sums."""
+    sw = acc.valid_sumw[k]
+    if sw <= 0:
+        return float("nan"), float("nan")
+    mean = acc.sum_wx[k] / sw
+    var = max(acc.sum_wx2[k] / sw - mean * mean, 0.0)
+    return float(mean), float(np.sqrt(var))
+
+
+def tests_1d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
+             options: CompareOptions, rng: np.random.Generator) -> Iterator[TestRecord]:
+    """All 1D tests of every feature."""
+    for k, feature in enumerate(layout.plan.features):
+        lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
+        d, s, s2 = data.h1_sumw[0, lo:hi], sim.h1_sumw[0, lo:hi], sim.h1_sumw2[0, lo:hi]
+        for result in _binned_tests(d, s, s2, options, rng):
+            yield TestRecord(category, "1d", feature.name, None, result)
+
+        lo, hi = layout.offsets_fine[k], layout.offsets_fine[k + 1]
+        fd, fs = data.fine_sumw[0, lo:hi], sim.fine_sumw[0, lo:hi]
+        if fd.sum() <= 0 or fs.sum() <= 0:
+            continue
+        sim_w2_total = float(sim.valid_sumw2[k])
+        edges = layout.fine_edges[k]
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        _, sim_std = _feature_moments(sim, k)
+        w1 = wasserstein_hist(fd, fs, centres)
+        w1_norm = float(w1 / sim_std) if sim_std > 0 else float("nan")
+        for test in (ks_hist, ad_hist):
+            result = test(fd, fs, sim_w2_total)
+            details = {**result.details, "wasserstein_norm": w1_norm}
+            if feature.kind == "discrete":
+                details["note"] = "discrete feature: EDF p-value is conservative (ties)"
+            yield TestRecord(category, "1d", feature.name, None,
+                             _with_details(result, details))
+
+
+def _with_details(result: GofResult, details: dict) -> GofResult:
+    from dataclasses import replace
+
+    return replace(result, details=details)
+
+
+def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
+             options: CompareOptions, rng: np.random.Generator) -> Iterator[TestRecord]:
+    """All 2D, dependence and correlation tests of every planned pair."""
+    features = layout.plan.features
+    for p, (i, j) in enumerate(layout.plan.pairs):
+        x, y = features[i].name, features[j].name
+        lo, hi = layout.offsets_2d[p], layout.offsets_2d[p + 1]
+        shape = layout.pair_shape[p]
+        d, s, s2 = data.h2_sumw[0, lo:hi], sim.h2_sumw[0, lo:hi], sim.h2_sumw2[0, lo:hi]
+        for result in _binned_tests(d, s, s2, options, rng):
+            yield TestRecord(category, "2d", x, y, result)
+        if d.sum() > 0 and s.sum() > 0:
+            yield TestRecord(category, "2d", x, y, dependence(
+                d.reshape(shape), s.reshape(shape), s2.reshape(shape),
+                n_toys=options.dependence_toys, min_expected=options.min_expected, rng=rng))
+            yield TestRecord(category, "corr", x, y, corr_spearman(
+                s.reshape(shape), sim.pair_n_eff(layout, i, j),
+                d.reshape(shape), data.pair_n_eff(layout, i, j)))
+        n_eff_sim = sim.pair_n_eff(layout, i, j)
+        n_eff_data = data.pair_n_eff(layout, i, j)
+        if n_eff_sim > 0 and n_eff_data > 0:
+            yield TestRecord(category, "corr", x, y, corr_pearson(
+                sim.moment_matrix(layout, i, j), n_eff_sim,
+                data.moment_matrix(layout, i, j), n_eff_data))
+
+
+def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
+              options: CompareOptions) -> list[TestRecord]:
+    """Every test of every category (categories present in both samples)."""
+    rng = np.random.default_rng(options.seed)
+    records: list[TestRecord] = []
+    for category in sims:
+        if category not in datas:
+            continue
+        sim, data = sims[category], datas[category]
+        records.extend(tests_1d(layout, sim, data, category, options, rng))
+        records.extend(tests_2d(layout, sim, data, category, options, rng))
+    return records

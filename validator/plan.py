@@ -1,0 +1,349 @@
+"""Plan a run: which columns are features, how each is binned, which pairs are tested.
+
+Planning takes one cheap pass over both samples (:class:`ColumnProfile`, mergeable like every
+accumulator) and turns it into a :class:`Plan`, a plain value written to DuckDB with the run so
+that a run can be reproduced.
+
+Binning follows the practice of the CMS/KIT input-validation studies (Wunsch et al.,
+arXiv:1803.08782; CMS-HIG-18-032): equal-population bins from quantiles of the *data*, duplicate
+edges (integer-like variables with mass points) merged, default/sentinel values (-999 and the
+like) reported and excluded, and under/overflow folded into the edge bins, never dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from validator.errors import InputError
+
+#: Values physicists use as "not set"; counted and excluded from the binned tests.
+SENTINEL_VALUES = (-99.0, -999.0, -9999.0, -99999.0, -999999.0)
+#: Column names that identify events rather than describe them (compared case-insensitively).
+ID_COLUMNS = frozenset({
+    "run", "event", "luminosityblock", "lumi", "lumiblock", "lumisection", "ls", "evt",
+    "eventnumber", "runnumber", "event_id", "eventid", "id", "index", "entry", "__index_level_0__",
+})
+#: Column names that are truth labels or bookkeeping, never inputs.
+LABEL_COLUMNS = frozenset({
+    "label", "labels", "target", "truth", "is_signal", "issignal", "class", "process", "sample",
+    "y_true",
+})
+MAX_DISTINCT = 64  # distinct values tracked per column while profiling
+RESERVOIR_SIZE = 100_000  # data values kept per column for the quantiles
+
+
+@dataclass
+class ColumnProfile:
+    """Mergeable summary of one column of one sample, for planning.
+
+    Keeps counts, extrema, whether all values are integers, up to ``MAX_DISTINCT`` distinct
+    values, sentinel counts and a uniform reservoir sample (the ``RESERVOIR_SIZE`` values with
+    the smallest random keys: merging two reservoirs keeps the smallest keys of both, so the
+    result does not depend on how the input was split).
+    """
+
+    n: int = 0
+    n_nonfinite: int = 0
+    n_sentinel: int = 0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    integral: bool = True
+    distinct: frozenset[float] | None = frozenset()
+    keys: np.ndarray = field(default_factory=lambda: np.empty(0))
+    values: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    @classmethod
+    def of(cls, x: np.ndarray, rng: np.random.Generator, keep: bool) -> ColumnProfile:
+        finite = np.isfinite(x)
+        sentinel = finite & np.isin(x, SENTINEL_VALUES)
+        good = x[finite & ~sentinel]
+        prof = cls(n=len(x), n_nonfinite=int((~finite).sum()), n_sentinel=int(sentinel.sum()))
+        if good.size:
+            prof.minimum = float(good.min())
+            prof.maximum = float(good.max())
+            prof.integral = bool(np.all(good == np.round(good)))
+            uniq = np.unique(good[: 200_000]) if good.size > 200_000 else np.unique(good)
+            if uniq.size <= MAX_DISTINCT and good.size > 200_000:
+                uniq = np.unique(good)
+            prof.distinct = frozenset(uniq.tolist()) if uniq.size <= MAX_DISTINCT else None
+            if keep:
+                keys = rng.random(good.size)
+                if good.size > RESERVOIR_SIZE:
+                    sel = np.argpartition(keys, RESERVOIR_SIZE)[:RESERVOIR_SIZE]
+                    keys, good = keys[sel], good[sel]
+                prof.keys, prof.values = keys, good.copy()
+        return prof
+
+    def __add__(self, other: ColumnProfile) -> ColumnProfile:
+        keys = np.concatenate([self.keys, other.keys])
+        values = np.concatenate([self.values, other.values])
+        if keys.size > RESERVOIR_SIZE:
+            sel = np.argpartition(keys, RESERVOIR_SIZE)[:RESERVOIR_SIZE]
+            keys, values = keys[sel], values[sel]
+        distinct = None
+        if self.distinct is not None and other.distinct is not None:
+            union = self.distinct | other.distinct
+            distinct = union if len(union) <= MAX_DISTINCT else None
+        return ColumnProfile(
+            n=self.n + other.n,
+            n_nonfinite=self.n_nonfinite + other.n_nonfinite,
+            n_sentinel=self.n_sentinel + other.n_sentinel,
+            minimum=min(self.minimum, other.minimum),
+            maximum=max(self.maximum, other.maximum),
+            integral=self.integral and other.integral,
+            distinct=distinct,
+            keys=keys,
+            values=values,
+        )
+
+    @property
+    def n_valid(self) -> int:
+        return self.n - self.n_nonfinite - self.n_sentinel
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Choices that shape the binning. Defaults follow the CMS/KIT practice."""
+
+    n_bins: int = 10
+    min_data_per_bin: float = 20.0
+    min_data_per_cell: float = 10.0
+    max_discrete_values: int = 20
+    n_fine_bins: int = 1000
+    max_pairs: int = 1000
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """How one feature is binned.
+
+    ``edges`` bin the 1D tests, ``pair_edges`` the 2D tests (the same or coarser),
+    ``fine_edges`` the unbinned-style tests (KS, AD, Wasserstein). Values below the first or
+    above the last edge are folded into the edge bins. ``loc``/``scale`` standardise the
+    feature before moment sums are accumulated, so correlations are numerically stable.
+    """
+
+    name: str
+    kind: str  # continuous | discrete
+    edges: tuple[float, ...]
+    pair_edges: tuple[float, ...]
+    fine_edges: tuple[float, ...]
+    loc: float
+    scale: float
+    n_sentinel_sim: int = 0
+    n_sentinel_data: int = 0
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.edges) - 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run tests: features, their binning, the pairs, the categories."""
+
+    features: tuple[FeaturePlan, ...]
+    pairs: tuple[tuple[int, int], ...]
+    weight: str | None
+    category: str | None
+    skipped: dict[str, str]
+    config: PlanConfig
+    notes: tuple[str, ...] = ()
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def to_json(self) -> str:
+        payload: dict[str, Any] = asdict(self)
+        return json.dumps(payload, default=float)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        raw = json.loads(text)
+        feats = tuple(
+            FeaturePlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in f.items()})
+            for f in raw["features"]
+        )
+        return cls(
+            features=feats,
+            pairs=tuple(tuple(p) for p in raw["pairs"]),  # type: ignore[misc]
+            weight=raw["weight"],
+            category=raw["category"],
+            skipped=raw["skipped"],
+            config=PlanConfig(**raw["config"]),
+            notes=tuple(raw.get("notes", ())),
+        )
+
+
+def classify_columns(columns: dict[str, str], exclude: Iterable[str]) -> tuple[list[str],
+                                                                             dict[str, str]]:
+    """Split columns into candidate features and skipped columns with the reason.
+
+    Numeric and boolean columns are candidates; strings, jagged branches, weights,
+    identifiers and labels are not.
+    """
+    excluded = set(exclude)
+    candidates: list[str] = []
+    skipped: dict[str, str] = {}
+    for name, kind in columns.items():
+        lower = name.lower()
+        if name in excluded:
+            skipped[name] = "weight/category column"
+        elif kind == "string":
+            skipped[name] = "string (usable as --category)"
+        elif kind == "jagged":
+            skipped[name] = "jagged (name an element, e.g. NAME[0], in --features)"
+        elif kind == "other":
+            skipped[name] = "unsupported type"
+        elif lower in ID_COLUMNS:
+            skipped[name] = "identifier"
+        elif lower in LABEL_COLUMNS:
+            skipped[name] = "label/bookkeeping"
+        elif "weight" in lower:
+            skipped[name] = "weight-like"
+        else:
+            candidates.append(name)
+    return candidates, skipped
+
+
+def _quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-population edges from a sample, duplicate edges merged."""
+    edges = np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1), method="linear")
+    return np.unique(edges)
+
+
+def _discrete_edges(values: np.ndarray, counts: np.ndarray, min_count: float) -> np.ndarray:
+    """One bin per value, neighbouring values merged until each bin has ``min_count`` events."""
+    groups: list[list[float]] = []
+    acc = 0.0
+    for value, count in zip(values, counts, strict=True):
+        if not groups or acc >= min_count:
+            groups.append([value])
+            acc = float(count)
+        else:
+            groups[-1].append(value)
+            acc += float(count)
+    if len(groups) > 1 and acc < min_count:
+        groups[-2].extend(groups.pop())
+    values = np.asarray(values, dtype=float)
+    mids = [(g[-1] + h[0]) / 2.0 for g, h in itertools.pairwise(groups)]
+    return np.array([values[0] - 0.5, *mids, values[-1] + 0.5])
+
+
+def plan_feature(name: str, sim: ColumnProfile, data: ColumnProfile, kind_hint: str,
+                 config: PlanConfig) -> FeaturePlan | str:
+    """Bin one feature, or say (as a string) why it cannot be tested."""
+    if data.n_valid == 0:
+        return "no valid value in data"
+    if sim.n_valid == 0:
+        return "no valid value in simulation"
+    if sim.minimum == sim.maximum == data.minimum == data.maximum:
+        return "constant in both samples"
+    values = data.values
+    distinct = None
+    if sim.distinct is not None and data.distinct is not None:
+        distinct = sorted(sim.distinct | data.distinct)
+    is_discrete = kind_hint == "bool" or (
+        sim.integral and data.integral and distinct is not None
+        and len(distinct) <= config.max_discrete_values
+    )
+    q16, q50, q84 = np.quantile(values, [0.16, 0.5, 0.84])
+    scale = float(q84 - q16) / 2.0 or float(np.std(values)) or 1.0
+    common = dict(name=name, loc=float(q50), scale=scale,
+                  n_sentinel_sim=sim.n_sentinel, n_sentinel_data=data.n_sentinel)
+    n_data = data.n_valid
+    if is_discrete:
+        assert distinct is not None
+        grid = np.asarray(distinct, dtype=float)
+        # expected data counts per value, estimated from the reservoir
+        counts = np.array([(values == v).sum() for v in grid], dtype=float)
+        counts *= n_data / max(len(values), 1)
+        edges = _discrete_edges(grid, counts, config.min_data_per_bin)
+        if len(edges) < 3:
+            return "a single populated value"
+        fine = _discrete_edges(grid, np.ones_like(grid), 0.0)
+        n_pair = max(2, int(math.sqrt(n_data / config.min_data_per_cell)))
+        pair = edges if len(edges) - 1 <= n_pair else _discrete_edges(
+            grid, counts, n_data / n_pair)
+        return FeaturePlan(kind="discrete", edges=tuple(edges.tolist()),
+                           pair_edges=tuple(pair.tolist()), fine_edges=tuple(fine.tolist()),
+                           **common)
+    n_bins = int(min(config.n_bins, n_data // config.min_data_per_bin))
+    if n_bins < 2:
+        return f"too few data events ({n_data}) for two bins of {config.min_data_per_bin:g}"
+    edges = _quantile_edges(values, n_bins)
+    if len(edges) < 3:
+        return "a single populated value"
+    n_pair = int(min(n_bins, math.sqrt(n_data / config.min_data_per_cell)))
+    pair = edges if n_pair >= n_bins else _quantile_edges(values, max(n_pair, 2))
+    n_fine = int(min(config.n_fine_bins, max(len(values) // 5, n_bins)))
+    fine = _quantile_edges(values, n_fine)
+    return FeaturePlan(kind="continuous", edges=tuple(edges.tolist()),
+                       pair_edges=tuple(pair.tolist()), fine_edges=tuple(fine.tolist()), **common)
+
+
+def choose_pairs(n_features: int, max_pairs: int) -> tuple[list[tuple[int, int]], int]:
+    """All pairs of the first ``k`` features, ``k`` as large as ``max_pairs`` allows.
+
+    Returns the pairs and ``k``.
+    """
+    k = n_features
+    while k > 1 and k * (k - 1) // 2 > max_pairs:
+        k -= 1
+    return [(i, j) for i in range(k) for j in range(i + 1, k)], k
+
+
+def make_plan(
+    sim_profiles: dict[str, ColumnProfile],
+    data_profiles: dict[str, ColumnProfile],
+    kinds: dict[str, str],
+    *,
+    weight: str | None,
+    category: str | None,
+    requested: Sequence[str] | None,
+    skipped: dict[str, str],
+    config: PlanConfig,
+) -> Plan:
+    """Turn the column profiles of both samples into a :class:`Plan`.
+
+    Raises :class:`InputError` when a requested feature cannot be tested or nothing is left.
+    """
+    skipped = dict(skipped)
+    features: list[FeaturePlan] = []
+    notes: list[str] = []
+    for name in sim_profiles:
+        if name not in data_profiles:
+            continue
+        sim, data = sim_profiles[name], data_profiles[name]
+        if data.n_valid == 0 and data.n > 0:
+            raise InputError(f"data: feature '{name}' has no finite value (all NaN/inf/sentinel)")
+        if sim.n_valid == 0 and sim.n > 0:
+            raise InputError(f"sim: feature '{name}' has no finite value (all NaN/inf/sentinel)")
+        planned = plan_feature(name, sim, data, kinds.get(name, "float"), config)
+        if isinstance(planned, str):
+            if requested is not None and planned != "constant in both samples":
+                raise InputError(f"feature '{name}': {planned}")
+            skipped[name] = planned
+        else:
+            features.append(planned)
+    if not features:
+        raise InputError("no feature left to test (all columns were skipped: "
+                         + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:5]) + ")")
+    n_all = len(features) * (len(features) - 1) // 2
+    pairs, k = choose_pairs(len(features), config.max_pairs)
+    if len(pairs) < n_all:
+        notes.append(
+            f"{len(features)} features make {n_all:,} pairs, more than --max-pairs "
+            f"{config.max_pairs:,}: 2D tests cover the first {k} features ({len(pairs):,} pairs); "
+            "choose them with --features or raise --max-pairs"
+        )
+    return Plan(features=tuple(features), pairs=tuple(pairs), weight=weight, category=category,
+                skipped=skipped, config=config, notes=tuple(notes))
