@@ -1,0 +1,89 @@
+"""Accumulators: merging equals filling the concatenated input; sums match direct numpy."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import fields
+
+import numpy as np
+import pytest
+
+from validator.fill import Accumulator, Layout, accumulate
+from validator.plan import ColumnProfile, PlanConfig, make_plan
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(3)
+    n = 30_000
+    x = np.column_stack([
+        rng.normal(size=n),
+        rng.exponential(size=n),
+        rng.poisson(3, size=n).astype(float),
+    ])
+    x[rng.random(n) < 0.01, 1] = np.nan  # NaNs are counted, not binned
+    x[rng.random(n) < 0.01, 0] = -999.0  # sentinels likewise
+    w = rng.normal(1.0, 0.5, size=n)  # some negative weights
+    names = ["a", "b", "k"]
+    prof = {nm: ColumnProfile.of(x[:, i], np.random.default_rng(i), True)
+            for i, nm in enumerate(names)}
+    plan = make_plan(prof, prof, {"a": "float", "b": "float", "k": "int"}, weight="w",
+                     category=None, requested=None, skipped={}, config=PlanConfig())
+    return x, w, Layout(plan)
+
+
+def _assert_equal(a: Accumulator, b: Accumulator) -> None:
+    for f in fields(a):
+        np.testing.assert_allclose(getattr(a, f.name), getattr(b, f.name), rtol=1e-12,
+                                   atol=1e-9, err_msg=f.name)
+
+
+@pytest.mark.parametrize("cuts", [[1], [7, 19_000], [100, 2_000, 15_000, 29_999]])
+def test_sum_of_chunks_equals_whole(setup, cuts):
+    x, w, layout = setup
+    whole = accumulate(x, w[None, :], layout)
+    bounds = [0, *cuts, len(x)]
+    parts = [accumulate(x[lo:hi], w[None, lo:hi], layout) for lo, hi in itertools.pairwise(bounds)]
+    _assert_equal(whole, sum(parts))
+    # order does not matter either
+    _assert_equal(whole, sum(reversed(parts)))
+
+
+def test_sums_match_numpy(setup):
+    x, w, layout = setup
+    acc = accumulate(x, w[None, :], layout)
+    assert acc.n_events == len(x)
+    assert acc.sumw[0] == pytest.approx(w.sum())
+    assert acc.n_nonfinite.tolist() == [0, int(np.isnan(x[:, 1]).sum()), 0]
+    assert acc.n_sentinel.tolist() == [int((x[:, 0] == -999).sum()), 0, 0]
+    # 1D histogram of feature b against numpy, overflow folded into the edge bins
+    edges = layout.edges[1]
+    ok = np.isfinite(x[:, 1])
+    clipped = np.clip(x[ok, 1], edges[0], np.nextafter(edges[-1], -np.inf))
+    expect, _ = np.histogram(clipped, bins=edges, weights=w[ok])
+    lo, hi = layout.offsets_1d[1], layout.offsets_1d[2]
+    np.testing.assert_allclose(acc.h1_sumw[0, lo:hi], expect, rtol=1e-10)
+    # every valid event lands in exactly one bin: nothing dropped
+    assert acc.h1_sumw[0, lo:hi].sum() == pytest.approx(w[ok].sum())
+    # pair (a, b): the 2D histogram holds events valid in both
+    both = ok & (x[:, 0] != -999)
+    p = layout.plan.pairs.index((0, 1))
+    lo2, hi2 = layout.offsets_2d[p], layout.offsets_2d[p + 1]
+    assert acc.h2_sumw[0, lo2:hi2].sum() == pytest.approx(w[both].sum())
+    # standardised moment sums against a direct computation
+    fa, fb = layout.plan.features[0], layout.plan.features[1]
+    za = (x[both, 0] - fa.loc) / fa.scale
+    zb = (x[both, 1] - fb.loc) / fb.scale
+    s = acc.moment_matrix(layout, 0, 1)
+    for a, b in [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1), (1, 3), (4, 0), (2, 2)]:
+        assert s[a, b] == pytest.approx(np.sum(w[both] * za**a * zb**b), rel=1e-9)
+    assert acc.pair_n_eff(layout, 0, 1) == pytest.approx(w[both].sum() ** 2
+                                                          / (w[both] ** 2).sum())
+
+
+def test_variations_fill_like_nominal(setup):
+    x, w, layout = setup
+    weights = np.stack([w, 1.1 * w, 0.9 * w])
+    acc = accumulate(x, weights, layout)
+    np.testing.assert_allclose(acc.h1_sumw[1], 1.1 * acc.h1_sumw[0])
+    np.testing.assert_allclose(acc.h2_sumw2[2], 0.81 * acc.h2_sumw2[0])

@@ -1,0 +1,121 @@
+"""Binning invariants of the plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from validator.errors import InputError
+from validator.plan import (
+    ColumnProfile,
+    PlanConfig,
+    choose_pairs,
+    classify_columns,
+    make_plan,
+    plan_feature,
+)
+
+
+def _profile(x: np.ndarray, seed: int = 0) -> ColumnProfile:
+    return ColumnProfile.of(np.asarray(x, dtype=float), np.random.default_rng(seed), True)
+
+
+def test_continuous_bins_are_equal_population_from_data():
+    rng = np.random.default_rng(1)
+    data = rng.exponential(3.0, 50_000)
+    sim = rng.exponential(3.0, 80_000)
+    fp = plan_feature("x", _profile(sim), _profile(data), "float", PlanConfig())
+    edges = np.asarray(fp.edges)
+    assert fp.kind == "continuous"
+    assert len(edges) == 11 and np.all(np.diff(edges) > 0)
+    counts, _ = np.histogram(np.clip(data, edges[0], edges[-1]), edges)
+    # equal population within the reservoir's sampling precision
+    assert counts.min() > 0.9 * len(data) / 10 and counts.max() < 1.1 * len(data) / 10
+    # the pair binning is the same or coarser, the fine binning finer
+    assert len(fp.pair_edges) <= len(fp.edges) and len(fp.fine_edges) > len(fp.edges)
+
+
+def test_bins_shrink_with_few_events():
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=90)
+    fp = plan_feature("x", _profile(rng.normal(size=500)), _profile(data), "float", PlanConfig())
+    assert fp.n_bins == 4  # 90 events // 20 per bin
+    cfg = PlanConfig()
+    assert isinstance(plan_feature("x", _profile(data), _profile(data[:30]), "float", cfg), str)
+
+
+def test_integer_mass_points_merge_duplicate_edges():
+    rng = np.random.default_rng(3)
+    # a continuous-looking integer variable with a large spike at zero (e.g. a track count)
+    data = np.where(rng.random(40_000) < 0.5, 0, rng.integers(1, 200, 40_000)).astype(float)
+    fp = plan_feature("ntrk", _profile(data), _profile(data), "int", PlanConfig())
+    edges = np.asarray(fp.edges)
+    assert np.all(np.diff(edges) > 0)
+    assert fp.n_bins < 10  # the edges inside the spike collapsed into one
+    assert fp.kind == "continuous"  # more distinct values than max_discrete_values
+
+
+def test_discrete_one_bin_per_value_and_sparse_values_merged():
+    rng = np.random.default_rng(4)
+    data = rng.poisson(1.0, 20_000).astype(float)  # values 0..8, the tail is sparse
+    fp = plan_feature("njet", _profile(data), _profile(data), "int", PlanConfig())
+    assert fp.kind == "discrete"
+    edges = np.asarray(fp.edges)
+    counts, _ = np.histogram(np.clip(data, edges[0], edges[-1]), edges)
+    assert counts.min() >= PlanConfig().min_data_per_bin
+    assert edges[:4].tolist() == [-0.5, 0.5, 1.5, 2.5]  # the populated values keep a bin each
+    booleans = (rng.random(1000) < 0.3).astype(float)
+    fb = plan_feature("flag", _profile(booleans), _profile(booleans), "bool", PlanConfig())
+    assert fb.kind == "discrete" and fb.edges == (-0.5, 0.5, 1.5)
+
+
+def test_sentinels_are_counted_and_excluded():
+    rng = np.random.default_rng(5)
+    data = rng.normal(50, 5, 10_000)
+    data[:500] = -999.0
+    prof = _profile(data)
+    assert prof.n_sentinel == 500 and prof.n_valid == 9_500
+    fp = plan_feature("x", prof, prof, "float", PlanConfig())
+    assert fp.edges[0] > 0  # the binning does not stretch down to -999
+    assert fp.n_sentinel_data == 500
+
+
+def test_constant_and_all_nan_columns():
+    const = _profile(np.full(1000, 3.0))
+    assert plan_feature("c", const, const, "float", PlanConfig()) == "constant in both samples"
+    nan = _profile(np.full(1000, np.nan))
+    with pytest.raises(InputError, match="'bad'.*no finite value"):
+        make_plan({"bad": nan}, {"bad": const}, {"bad": "float"}, weight=None, category=None,
+                  requested=None, skipped={}, config=PlanConfig())
+
+
+def test_profiles_merge_independently_of_the_split():
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 5, 10_000).astype(float)
+    x[::97] = np.nan
+    whole = _profile(x)
+    parts = _profile(x[:1234], 1) + _profile(x[1234:], 2)
+    for attr in ("n", "n_nonfinite", "n_sentinel", "minimum", "maximum", "integral", "distinct"):
+        assert getattr(whole, attr) == getattr(parts, attr)
+    assert len(parts.values) == whole.n_valid  # under the reservoir size: every value kept
+
+
+def test_pairs_are_capped_and_the_cap_is_reported():
+    pairs, k = choose_pairs(603, 1000)
+    assert k == 45 and len(pairs) == 45 * 44 // 2
+    assert choose_pairs(20, 1000)[0] == [(i, j) for i in range(20) for j in range(i + 1, 20)]
+    rng = np.random.default_rng(7)
+    profiles = {f"f{i}": _profile(rng.normal(size=500), i) for i in range(8)}
+    plan = make_plan(profiles, profiles, {}, weight=None, category=None, requested=None,
+                     skipped={}, config=PlanConfig(max_pairs=10))
+    assert len(plan.pairs) == 10 and "max-pairs" in plan.notes[0]
+
+
+def test_classify_columns():
+    kinds = {"pt": "float", "run": "int", "Event": "int", "genWeight": "float", "Type": "string",
+             "Jet_pt": "jagged", "isGood": "bool", "label": "int", "w": "float"}
+    features, skipped = classify_columns(kinds, ["w"])
+    assert features == ["pt", "isGood"]
+    assert skipped["Jet_pt"].startswith("jagged") and skipped["Type"].startswith("string")
+    assert skipped["run"] == skipped["Event"] == "identifier"
+    assert skipped["genWeight"] == "weight-like"
