@@ -81,7 +81,9 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         compare=CompareOptions(dependence_toys=args.toys, seed=args.seed),
         command="validator " + " ".join(shlex.quote(a) for a in argv),
     )
-    console = Console(stderr=False)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=130)
     if args.quiet or not console.is_terminal:
         outcome = run_validation(config)
     else:

@@ -68,11 +68,12 @@ def _binned_tests(data: np.ndarray, sim_w: np.ndarray, sim_w2: np.ndarray,
     d = merge_histogram(data, groups)
     s = merge_histogram(sim_w, groups)
     s2 = merge_histogram(sim_w2, groups)
-    results = [chi2_uw(d, s, s2)]
-    sat = saturated(d, s, s2)
-    if not sat.reliable:
-        sat = saturated(d, s, s2, n_toys=options.small_sample_toys, rng=rng)
-    results.append(sat)
+    results = []
+    for test in (chi2_uw, saturated):
+        result = test(d, s, s2)
+        if not result.reliable:  # asymptotics do not hold: calibrate with toys instead
+            result = test(d, s, s2, n_toys=options.small_sample_toys, rng=rng)
+        results.append(result)
     return results
 
 
@@ -131,13 +132,21 @@ def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
         d, s, s2 = data.h2_sumw[0, lo:hi], sim.h2_sumw[0, lo:hi], sim.h2_sumw2[0, lo:hi]
         for result in _binned_tests(d, s, s2, options, rng):
             yield TestRecord(category, "2d", x, y, result)
-        if d.sum() > 0 and s.sum() > 0:
-            yield TestRecord(category, "2d", x, y, dependence(
-                d.reshape(shape), s.reshape(shape), s2.reshape(shape),
-                n_toys=options.dependence_toys, min_expected=options.min_expected, rng=rng))
+        table = d.reshape(shape)
+        rows_used = int((table.sum(axis=1) > 0).sum())
+        cols_used = int((table.sum(axis=0) > 0).sum())
+        if rows_used >= 2 and cols_used >= 2 and s.sum() > 0:
+            try:
+                result = dependence(table, s.reshape(shape), s2.reshape(shape),
+                                    n_toys=options.dependence_toys,
+                                    min_expected=options.min_expected, rng=rng)
+            except ValueError:  # fewer than two populated rows/columns once sparse cells go
+                result = None
+            if result is not None:
+                yield TestRecord(category, "2d", x, y, result)
             yield TestRecord(category, "corr", x, y, corr_spearman(
                 s.reshape(shape), sim.pair_n_eff(layout, i, j),
-                d.reshape(shape), data.pair_n_eff(layout, i, j)))
+                table, data.pair_n_eff(layout, i, j)))
         n_eff_sim = sim.pair_n_eff(layout, i, j)
         n_eff_data = data.pair_n_eff(layout, i, j)
         if n_eff_sim > 0 and n_eff_data > 0:

@@ -44,21 +44,28 @@ def render(outcome: RunOutcome, console: Console | None = None, n_worst: int = 1
         console.print("NaN/inf values (counted, not tested): "
                       + ", ".join(f"{n} (sim {a}, data {b})" for n, a, b in nan[:8]))
 
-    order = np.argsort(np.nan_to_num(np.array([r.result.pvalue for r in outcome.records]),
-                                     nan=2.0), kind="stable")
+    # reliable tests first, then by p-value: a low-statistics p-value is no confident failure
+    pvals = np.nan_to_num(np.array([r.result.pvalue for r in outcome.records]), nan=2.0)
+    unreliable = np.array([not r.result.reliable for r in outcome.records])
+    order = np.lexsort((pvals, unreliable))
+    categories = {rec.category for rec in outcome.records}
     table = Table(title=f"worst {min(n_worst, len(order))} tests", title_justify="left")
-    for col in ("category", "kind", "method", "feature(s)", "stat/ndf", "p", "p (Holm)",
-                "effect"):
-        table.add_column(col, justify="right" if col in ("p", "p (Holm)", "stat/ndf",
+    columns = (["category"] if len(categories) > 1 else []) + [
+        "test", "feature(s)", "stat/ndf", "p", "p Holm", "effect", "effect size"]
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("p", "p Holm", "stat/ndf",
                                                           "effect") else "left")
     for t in order[:n_worst]:
         rec = outcome.records[t]
         r = rec.result
         stat = f"{r.statistic:.1f}/{r.ndf:g}" if r.ndf else f"{r.statistic:.3g}"
-        effect = f"{r.effect_size:.3g} {r.effect_name or ''}" if r.effect_size is not None else ""
-        flag = "" if r.reliable else " (low stats)"
-        table.add_row(rec.category, rec.kind, r.method + flag, _pair(rec.feature_x, rec.feature_y),
-                      stat, _fmt_p(r.pvalue), _fmt_p(outcome.p_holm[t]), effect)
+        effect = f"{r.effect_size:.3g}" if r.effect_size is not None else ""
+        method = r.method + ("" if r.reliable else " (low stats)")
+        if r.pvalue_method == "toys":
+            method += f" ({r.n_toys} toys)"
+        row = [method, _pair(rec.feature_x, rec.feature_y), stat, _fmt_p(r.pvalue),
+               _fmt_p(outcome.p_holm[t]), effect, r.effect_name or ""]
+        table.add_row(*([rec.category] if len(categories) > 1 else []), *row)
     console.print(table)
 
     console.print(

@@ -14,30 +14,21 @@ stored in DuckDB ``tests.method``:
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING
+from validator.stats.binned import max_abs_ratio_deviation, merge_histogram, merge_sparse_bins
+from validator.stats.chi2 import chi2_uw
+from validator.stats.correlation import (
+    corr_pearson,
+    corr_spearman,
+    moment_sums,
+    pearson_from_moments,
+    spearman_from_table,
+)
 
+# binds the function `dependence` over the submodule of the same name
+from validator.stats.dependence import dependence, ipf
+from validator.stats.edf import ad_hist, ad_weighted, ks_hist, ks_weighted, wasserstein_hist
+from validator.stats.likelihood import saturated
 from validator.stats.result import GofResult
-
-_WHERE = {
-    "chi2_uw": "chi2",
-    "saturated": "likelihood",
-    "merge_sparse_bins": "binned",
-    "merge_histogram": "binned",
-    "max_abs_ratio_deviation": "binned",
-    "dependence": "dependence",
-    "ipf": "dependence",
-    "ks_weighted": "edf",
-    "ad_weighted": "edf",
-    "ks_hist": "edf",
-    "ad_hist": "edf",
-    "wasserstein_hist": "edf",
-    "pearson_from_moments": "correlation",
-    "spearman_from_table": "correlation",
-    "corr_pearson": "correlation",
-    "corr_spearman": "correlation",
-    "moment_sums": "correlation",
-}
 
 __all__ = [
     "GofResult",
@@ -59,24 +50,3 @@ __all__ = [
     "spearman_from_table",
     "wasserstein_hist",
 ]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from validator.stats.binned import max_abs_ratio_deviation, merge_histogram, merge_sparse_bins
-    from validator.stats.chi2 import chi2_uw
-    from validator.stats.correlation import (
-        corr_pearson,
-        corr_spearman,
-        moment_sums,
-        pearson_from_moments,
-        spearman_from_table,
-    )
-    from validator.stats.dependence import dependence, ipf
-    from validator.stats.edf import ad_hist, ad_weighted, ks_hist, ks_weighted, wasserstein_hist
-    from validator.stats.likelihood import saturated
-
-
-def __getattr__(name: str):
-    # Submodules load on first use, so importing one test does not import them all.
-    if name in _WHERE:
-        return getattr(import_module(f"validator.stats.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'validator.stats' has no attribute {name!r}")
