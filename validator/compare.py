@@ -7,7 +7,7 @@ This stage only slices histograms out of the accumulators and calls the pure fun
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -116,9 +116,12 @@ def tests_1d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
 
 
 def _with_details(result: GofResult, details: dict) -> GofResult:
-    from dataclasses import replace
-
     return replace(result, details=details)
+
+
+def _named(result: GofResult, method: str) -> GofResult:
+    """Pearson and Spearman are stored as two methods, so each can be selected in DuckDB."""
+    return replace(result, method=method)
 
 
 def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
@@ -144,15 +147,15 @@ def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
                 result = None
             if result is not None:
                 yield TestRecord(category, "2d", x, y, result)
-            yield TestRecord(category, "corr", x, y, corr_spearman(
+            yield TestRecord(category, "corr", x, y, _named(corr_spearman(
                 s.reshape(shape), sim.pair_n_eff(layout, i, j),
-                table, data.pair_n_eff(layout, i, j)))
+                table, data.pair_n_eff(layout, i, j)), "corr_spearman"))
         n_eff_sim = sim.pair_n_eff(layout, i, j)
         n_eff_data = data.pair_n_eff(layout, i, j)
         if n_eff_sim > 0 and n_eff_data > 0:
-            yield TestRecord(category, "corr", x, y, corr_pearson(
+            yield TestRecord(category, "corr", x, y, _named(corr_pearson(
                 sim.moment_matrix(layout, i, j), n_eff_sim,
-                data.moment_matrix(layout, i, j), n_eff_data))
+                data.moment_matrix(layout, i, j), n_eff_data), "corr_pearson"))
 
 
 def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
