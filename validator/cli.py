@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="features to test (default: every shared numeric column); "
                           "NAME[k] takes element k of a jagged branch")
     run.add_argument("--category", metavar="COL", help="also run everything per value of COL")
+    run.add_argument("--sim-selection", metavar="EXPR",
+                     help="SQL condition selecting simulated events, e.g. \"njets >= 2\"; "
+                          "_entry is the row number in the file")
+    run.add_argument("--data-selection", metavar="EXPR", help="likewise for data")
     run.add_argument("--db", default="validation.duckdb", metavar="PATH",
                      help="DuckDB file to append the run to (default: %(default)s)")
     run.add_argument("--no-db", action="store_true", help="do not store the run")
@@ -77,6 +81,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         sim=args.sim, data=args.data, weight=args.weight, features=features,
         category=args.category, db=None if args.no_db else args.db, alpha=args.alpha,
         chunk_rows=args.chunk_rows, seed=args.seed,
+        sim_selection=args.sim_selection, data_selection=args.data_selection,
         plan=PlanConfig(n_bins=args.bins, max_pairs=args.max_pairs),
         compare=CompareOptions(dependence_toys=args.toys, seed=args.seed),
         command="validator " + " ".join(shlex.quote(a) for a in argv),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,7 @@ from validator.compare import CompareOptions, TestRecord, run_tests
 from validator.errors import InputError
 from validator.fill import Accumulator, Layout, accumulate
 from validator.plan import ColumnProfile, Plan, PlanConfig, classify_columns, make_plan
-from validator.sources import DEFAULT_CHUNK_ROWS, Sample, iter_chunks, open_sample
+from validator.sources import DEFAULT_CHUNK_ROWS, Sample, Selection, iter_chunks, open_sample
 from validator.summary import RunSummary, adjust_pvalues, summarise
 
 #: Category label of the inclusive selection (all events).
@@ -46,6 +46,8 @@ class RunConfig:
     plan: PlanConfig = field(default_factory=PlanConfig)
     compare: CompareOptions = field(default_factory=CompareOptions)
     seed: int = 20261123
+    sim_selection: str | None = None
+    data_selection: str | None = None
     command: str | None = None
 
 
@@ -96,32 +98,52 @@ def _weights_of(chunk: dict[str, np.ndarray], sample: Sample, n: int) -> np.ndar
     return w[None, :]
 
 
-def _profile(sample: Sample, columns: list[str], chunk_rows: int, keep: bool,
+Chunks = Callable[[], Iterator[dict[str, np.ndarray]]]
+
+
+def _chunk_supplier(sample: Sample, columns: list[str], chunk_rows: int,
+                    selection: Selection | None) -> Chunks:
+    """Chunks for the two passes; a sample that fits in one chunk is read only once."""
+    if sample.n_rows > chunk_rows:
+        return lambda: iter_chunks(sample, columns, chunk_rows, selection)
+    cache: list[dict[str, np.ndarray]] = []
+
+    def cached() -> Iterator[dict[str, np.ndarray]]:
+        if not cache:
+            cache.extend(iter_chunks(sample, columns, chunk_rows, selection))
+        return iter(cache)
+
+    return cached
+
+
+def _profile(sample: Sample, chunks: Chunks, columns: list[str], keep: bool,
              rng: np.random.Generator, progress: Progress | None,
-             ) -> tuple[dict[str, ColumnProfile], float]:
-    """First pass: column profiles (for the plan) and the sum of weights."""
+             selection: Selection | None) -> tuple[dict[str, ColumnProfile], float, int]:
+    """First pass: column profiles (for the plan), the sum of weights, the event count."""
     profiles: dict[str, ColumnProfile] = {c: ColumnProfile() for c in columns}
     sumw = 0.0
-    done = 0
-    for chunk in iter_chunks(sample, columns, chunk_rows):
+    n_events = 0
+    for chunk in chunks():
         n = len(next(iter(chunk.values())))
         sumw += float(_weights_of(chunk, sample, n).sum())
         for c in columns:
             profiles[c] = profiles[c] + ColumnProfile.of(chunk[c], rng, keep)
-        done += n
+        n_events += n
         if progress:
-            progress(f"scan {sample.name}", done, sample.n_rows)
-    return profiles, sumw
+            progress(f"scan {sample.name}", n_events, sample.n_rows)
+    if n_events == 0:
+        raise InputError(f"{', '.join(s.label for s in sample.sources)}: no {sample.name} event "
+                         f"passes the selection '{selection.text if selection else ''}'")
+    return profiles, sumw, n_events
 
 
-def _fill(sample: Sample, layout: Layout, category: str | None, chunk_rows: int,
+def _fill(sample: Sample, chunks: Chunks, layout: Layout, category: str | None,
           progress: Progress | None) -> dict[str, Accumulator]:
     """Second pass: one accumulator per category; the inclusive one is their sum."""
     names = layout.plan.feature_names
-    columns = names + ([category] if category else [])
     per_category: dict[str, Accumulator] = {}
     done = 0
-    for chunk in iter_chunks(sample, columns, chunk_rows):
+    for chunk in chunks():
         n = len(chunk[names[0]])
         x = np.column_stack([chunk[c] for c in names])
         w = _weights_of(chunk, sample, n)
@@ -189,10 +211,19 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     rng = np.random.default_rng(config.seed)
     sim = open_sample("sim", config.sim, config.weight)
     data = open_sample("data", config.data, None)
+    sim_sel = Selection.parse(config.sim_selection, "--sim-selection") \
+        if config.sim_selection else None
+    data_sel = Selection.parse(config.data_selection, "--data-selection") \
+        if config.data_selection else None
     candidates, skipped, kinds = _select_features(sim, data, config)
 
-    sim_prof, sumw_sim = _profile(sim, candidates, config.chunk_rows, False, rng, progress)
-    data_prof, _ = _profile(data, candidates, config.chunk_rows, True, rng, progress)
+    columns = candidates + ([config.category] if config.category else [])
+    sim_chunks = _chunk_supplier(sim, columns, config.chunk_rows, sim_sel)
+    data_chunks = _chunk_supplier(data, columns, config.chunk_rows, data_sel)
+    sim_prof, sumw_sim, n_sim = _profile(sim, sim_chunks, candidates, False, rng, progress,
+                                         sim_sel)
+    data_prof, _, n_data = _profile(data, data_chunks, candidates, True, rng, progress,
+                                    data_sel)
     if not sumw_sim > 0:
         raise InputError(f"{sim.sources[0].label}: the simulation's sum of weights is "
                          f"{sumw_sim:g} (must be > 0)")
@@ -200,8 +231,8 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                      requested=config.features, skipped=skipped, config=config.plan)
     layout = Layout(plan)
 
-    sim_acc = _fill(sim, layout, config.category, config.chunk_rows, progress)
-    data_acc = _fill(data, layout, config.category, config.chunk_rows, progress)
+    sim_acc = _fill(sim, sim_chunks, layout, config.category, progress)
+    data_acc = _fill(data, data_chunks, layout, config.category, progress)
     if progress:
         progress("tests", 0, 1)
     records = run_tests(layout, sim_acc, data_acc, config.compare)
@@ -218,7 +249,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     outcome = RunOutcome(
         run_id=run_id, plan=plan, layout=layout, sim=sim_acc, data=data_acc, records=records,
         summary=summary, p_holm=p_holm, p_bh=p_bh, passed=passed, started_at=started,
-        finished_at=finished, n_sim=sim.n_rows, n_data=data.n_rows,
+        finished_at=finished, n_sim=n_sim, n_data=n_data,
         db=Path(config.db) if config.db else None,
         sim_paths=[s.label for s in sim.sources], data_paths=[s.label for s in data.sources],
     )

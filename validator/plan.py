@@ -268,7 +268,7 @@ def plan_feature(name: str, sim: ColumnProfile, data: ColumnProfile, kind_hint: 
         counts *= n_data / max(len(values), 1)
         edges = _discrete_edges(grid, counts, config.min_data_per_bin)
         if len(edges) < 3:
-            return "a single populated value"
+            return f"fewer than two values with {config.min_data_per_bin:g} data events each"
         fine = _discrete_edges(grid, np.ones_like(grid), 0.0)
         n_pair = max(2, int(math.sqrt(n_data / config.min_data_per_cell)))
         pair = edges if len(edges) - 1 <= n_pair else _discrete_edges(
@@ -323,10 +323,14 @@ def make_plan(
         if name not in data_profiles:
             continue
         sim, data = sim_profiles[name], data_profiles[name]
-        if data.n_valid == 0 and data.n > 0:
-            raise InputError(f"data: feature '{name}' has no finite value (all NaN/inf/sentinel)")
-        if sim.n_valid == 0 and sim.n > 0:
-            raise InputError(f"sim: feature '{name}' has no finite value (all NaN/inf/sentinel)")
+        if sim.n_valid == 0 and data.n_valid == 0 and requested is None:
+            # e.g. a NanoAOD branch left at its default in this sample: nothing to compare
+            skipped[name] = "no valid value in either sample (all NaN/inf/sentinel)"
+            continue
+        for label, prof in (("data", data), ("simulation", sim)):
+            if prof.n_valid == 0:
+                raise InputError(f"{label}: feature '{name}' has no finite value "
+                                 "(all NaN/inf/sentinel)")
         planned = plan_feature(name, sim, data, kinds.get(name, "float"), config)
         if isinstance(planned, str):
             if requested is not None and planned != "constant in both samples":

@@ -25,6 +25,8 @@ COLUMN_KINDS = ("float", "int", "bool", "string", "jagged", "other")
 _ELEMENT = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)\[(?P<index>\d+)\]$")
 
 DEFAULT_CHUNK_ROWS = 250_000
+#: Row number of an event within its file, usable in selections (e.g. to split a file in two).
+ENTRY = "_entry"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,41 @@ class Sample:
         if match:
             return self.columns.get(match["name"]) == "jagged"
         return expression in self.columns
+
+
+@dataclass(frozen=True)
+class Selection:
+    """An event selection: a SQL boolean expression over columns (polars ``sql_expr``).
+
+    ``_entry`` is the row number within the file. Events where the expression is false or
+    NULL are dropped before anything is filled.
+    """
+
+    text: str
+    columns: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str, option: str) -> Selection:
+        import polars as pl
+
+        try:
+            expr = pl.sql_expr(text)
+            names = tuple(expr.meta.root_names())
+        except Exception as exc:
+            raise InputError(f"{option}: cannot parse '{text}' ({_short(exc)})") from exc
+        return cls(text=text, columns=names)
+
+    def mask(self, chunk: dict[str, np.ndarray], label: str) -> np.ndarray:
+        import polars as pl
+
+        frame = pl.DataFrame({c: chunk[c] for c in self.columns})
+        try:
+            result = frame.select(pl.sql_expr(self.text)).to_series()
+        except Exception as exc:
+            raise InputError(f"{label}: selection '{self.text}' failed ({_short(exc)})") from exc
+        if result.dtype != pl.Boolean:
+            raise InputError(f"{label}: selection '{self.text}' is not a true/false condition")
+        return result.fill_null(False).to_numpy()
 
 
 def parse_source(spec: str) -> Source:
@@ -334,7 +371,8 @@ def _iter_root(source: Source, columns: Sequence[str], chunk_rows: int,
 
     tree = _root_tree(source)
     needed, elements = _split_expressions(columns)
-    missing = [c for c in needed if c not in tree.keys()]
+    branches = set(tree.keys())
+    missing = [c for c in needed if c not in branches]
     if missing:
         raise InputError(f"{source.label}: branch '{missing[0]}' not found")
     try:
@@ -363,15 +401,18 @@ def _iter_root(source: Source, columns: Sequence[str], chunk_rows: int,
 
 
 def iter_chunks(sample: Sample, columns: Sequence[str], chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                ) -> Iterator[dict[str, np.ndarray]]:
+                selection: Selection | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Yield the requested columns of every file of ``sample`` in chunks of bounded size.
 
     Numeric and boolean columns come as float64 arrays, string columns as object arrays;
     ``Name[k]`` gives element ``k`` of a jagged column per event (NaN when the event has
     fewer than ``k+1`` elements). The weight column, if the sample has one, is read too.
+    With a ``selection``, only the selected events are yielded.
     """
     wanted = list(dict.fromkeys([*columns, *([sample.weight] if sample.weight else [])]))
-    for expr in wanted:
+    extra = [c for c in (selection.columns if selection else ()) if c != ENTRY]
+    to_read = list(dict.fromkeys([*wanted, *extra]))
+    for expr in to_read:
         if not sample.has(expr):
             match = _ELEMENT.match(expr)
             base = match["name"] if match else expr
@@ -382,8 +423,16 @@ def iter_chunks(sample: Sample, columns: Sequence[str], chunk_rows: int = DEFAUL
             raise InputError(f"{sample.sources[0].label}: column '{base}' not found")
     for source in sample.sources:
         if source.format == "root":
-            yield from _iter_root(source, wanted, chunk_rows)
+            chunks = _iter_root(source, to_read, chunk_rows)
         else:
-            for batch in _iter_arrow(source, wanted, chunk_rows):
-                if batch.num_rows:
-                    yield _chunk_from_arrow(batch, wanted)
+            chunks = (_chunk_from_arrow(b, to_read)
+                      for b in _iter_arrow(source, to_read, chunk_rows) if b.num_rows)
+        entry = 0
+        for chunk in chunks:
+            n = len(next(iter(chunk.values())))
+            if selection is not None:
+                chunk[ENTRY] = np.arange(entry, entry + n, dtype=np.float64)
+                keep = selection.mask(chunk, source.label)
+                chunk = {c: chunk[c][keep] for c in wanted}
+            entry += n
+            yield chunk

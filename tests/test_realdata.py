@@ -1,0 +1,98 @@
+"""Real CMS Open Data ROOT files (../shared/data), split in two halves that follow one law.
+
+Skipped cleanly when ../shared/data is absent (a user's fresh clone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from validator.cli import main
+from validator.store import query
+
+pytestmark = pytest.mark.realdata
+
+
+def _halves(capsys, tmp_path, path: str, key: str, *extra: str, name: str = "real",
+            ) -> tuple[str, object]:
+    db = tmp_path / f"{name}.duckdb"
+    code = main(["run", "--quiet", "--sim", path, "--data", path,
+                 "--sim-selection", f"{key} % 2 = 0", "--data-selection", f"{key} % 2 = 1",
+                 "--db", str(db), *extra])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out, db
+
+
+def _in_line_with_the_null(db) -> None:
+    """Failures at 1% in line with the number of tests, and no confident discovery."""
+    tests = query(db, "SELECT pvalue, p_holm, reliable FROM tests")
+    reliable = tests[tests["reliable"]]
+    n = len(reliable)
+    n_fail = int((reliable["pvalue"] < 0.01).sum())
+    # tests of one histogram are correlated: allow twice the binomial 99.9% quantile
+    assert n_fail <= 2 * stats.binom.ppf(0.999, n, 0.01) + 2, (n_fail, n)
+    assert not (reliable["p_holm"] < 0.01).any()
+    assert np.isfinite(tests["pvalue"]).all()
+
+
+def test_zmumu_data_halves_by_event_with_muon_type_categories(capsys, tmp_path, shared_data):
+    out, db = _halves(capsys, tmp_path, str(shared_data / "uproot-Zmumu.root"), "Event",
+                      "--category", "Type")
+    runs = query(db, "SELECT * FROM runs").iloc[0]
+    assert runs["n_sim"] + runs["n_data"] == 2304
+    cats = set(query(db, "SELECT DISTINCT category FROM tests")["category"])
+    assert cats == {"all", "GG", "GT", "TT"}
+    feats = set(query(db, "SELECT feature FROM features")["feature"])
+    assert {"M", "pt1", "eta2", "Q1"} <= feats and not {"Run", "Event", "Type"} & feats
+    _in_line_with_the_null(db)
+
+
+def test_hzz_jagged_branches_skipped_or_reduced(capsys, tmp_path, shared_data):
+    path = str(shared_data / "uproot-HZZ.root:events")
+    out, db = _halves(capsys, tmp_path, path, "_entry")
+    assert "jagged" in out
+    skipped = query(db, "SELECT * FROM skipped_columns").set_index("column_name")["reason"]
+    assert skipped["Jet_Px"].startswith("jagged") and skipped["EventWeight"] == "weight-like"
+    _in_line_with_the_null(db)
+
+    out, db2 = _halves(capsys, tmp_path, path, "_entry", "--features",
+                       "NJet,Jet_Px[0],Muon_Px[0],MET_px", "--weight", "EventWeight",
+                       name="reduced")
+    feats = query(db2, "SELECT feature, n_nan_sim, n_nan_data FROM features").set_index("feature")
+    # a missing leading jet is counted like a NaN: exactly the events with NJet == 0
+    import uproot
+
+    njet = uproot.open(path.split(":")[0])["events"]["NJet"].array(library="np")
+    assert feats.loc["Jet_Px[0]", "n_nan_sim"] + feats.loc["Jet_Px[0]", "n_nan_data"] == \
+        int((njet == 0).sum())
+
+
+def test_nanoaod_halves_without_features(capsys, tmp_path, shared_data):
+    path = str(shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root")
+    out, db = _halves(capsys, tmp_path, path, "event", "--weight", "genWeight")
+    assert "344 jagged" in out
+    assert "constant in both samples" in out
+    assert "max-pairs" in out  # the pair cap is said, not silent
+    run = query(db, "SELECT * FROM runs").iloc[0]
+    assert run["n_sim"] + run["n_data"] == 200
+    assert run["n_pairs"] <= 1000
+    skipped = query(db, "SELECT * FROM skipped_columns").set_index("column_name")["reason"]
+    assert skipped["event"] == "identifier" and skipped["run"] == "identifier"
+    assert skipped["Jet_pt"].startswith("jagged")
+    _in_line_with_the_null(db)
+
+
+def test_real_file_errors(capsys, shared_data):
+    path = str(shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root")
+    for args, message in [
+        (["--sim", path + ":Nope", "--data", path], "no tree 'Nope'"),
+        (["--sim", path, "--data", path, "--weight", "Jet_pt"], "is jagged"),
+        (["--sim", path, "--data", path, "--features", "Jet_ptt[0]"], "not found"),
+        (["--sim", path, "--data", path, "--features", "Jet_pt"], "name an element"),
+    ]:
+        assert main(["run", "--quiet", "--no-db", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
