@@ -77,6 +77,8 @@ def test_sums_match_numpy(setup):
     s = acc.moment_matrix(layout, 0, 1)
     for a, b in [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1), (1, 3), (4, 0), (2, 2)]:
         assert s[a, b] == pytest.approx(np.sum(w[both] * za**a * zb**b), rel=1e-9)
+    s2 = acc.moment_matrix(layout, 0, 1, squared=True)
+    assert s2[1, 2] == pytest.approx(np.sum(w[both] ** 2 * za * zb**2), rel=1e-9)
     assert acc.pair_n_eff(layout, 0, 1) == pytest.approx(w[both].sum() ** 2
                                                           / (w[both] ** 2).sum())
 

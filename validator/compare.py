@@ -119,11 +119,6 @@ def _with_details(result: GofResult, details: dict) -> GofResult:
     return replace(result, details=details)
 
 
-def _named(result: GofResult, method: str) -> GofResult:
-    """Pearson and Spearman are stored as two methods, so each can be selected in DuckDB."""
-    return replace(result, method=method)
-
-
 def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
              options: CompareOptions, rng: np.random.Generator) -> Iterator[TestRecord]:
     """All 2D, dependence and correlation tests of every planned pair."""
@@ -147,15 +142,18 @@ def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
                 result = None
             if result is not None:
                 yield TestRecord(category, "2d", x, y, result)
-            yield TestRecord(category, "corr", x, y, _named(corr_spearman(
+            yield TestRecord(category, "corr", x, y, corr_spearman(
                 s.reshape(shape), sim.pair_n_eff(layout, i, j),
-                table, data.pair_n_eff(layout, i, j)), "corr_spearman"))
+                table, data.pair_n_eff(layout, i, j),
+                sim_table_w2=s2.reshape(shape), data_table_w2=table))
         n_eff_sim = sim.pair_n_eff(layout, i, j)
         n_eff_data = data.pair_n_eff(layout, i, j)
         if n_eff_sim > 0 and n_eff_data > 0:
-            yield TestRecord(category, "corr", x, y, _named(corr_pearson(
+            yield TestRecord(category, "corr", x, y, corr_pearson(
                 sim.moment_matrix(layout, i, j), n_eff_sim,
-                data.moment_matrix(layout, i, j), n_eff_data), "corr_pearson"))
+                data.moment_matrix(layout, i, j), n_eff_data,
+                sim_S2=sim.moment_matrix(layout, i, j, squared=True),
+                data_S2=data.moment_matrix(layout, i, j, squared=True)))
 
 
 def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],

@@ -100,7 +100,7 @@ class Accumulator:
     sum_wx: np.ndarray  # (F,) Σ w x, raw units
     sum_wx2: np.ndarray  # (F,) Σ w x²
     moments: np.ndarray  # (len(MOMENT_ORDERS), K, K) Σ w z_i^a z_j^b, standardised, K paired
-    moments_sumw2: np.ndarray  # (K, K) Σ w² over events where both are valid
+    moments_w2: np.ndarray  # (len(MOMENT_ORDERS), K, K) Σ w² z_i^a z_j^b
 
     @classmethod
     def empty(cls, layout: Layout, n_var: int = 1) -> Accumulator:
@@ -119,7 +119,7 @@ class Accumulator:
             valid_sumw=np.zeros(n_f), valid_sumw2=np.zeros(n_f),
             sum_wx=np.zeros(n_f), sum_wx2=np.zeros(n_f),
             moments=np.zeros((len(MOMENT_ORDERS), n_k, n_k)),
-            moments_sumw2=np.zeros((n_k, n_k)),
+            moments_w2=np.zeros((len(MOMENT_ORDERS), n_k, n_k)),
         )
 
     def __add__(self, other: Accumulator) -> Accumulator:
@@ -133,19 +133,25 @@ class Accumulator:
 
     # ------------------------------------------------------------------ views for the tests
 
-    def moment_matrix(self, layout: Layout, i: int, j: int) -> np.ndarray:
-        """S[a, b] = Σ w z_i^a z_j^b (a + b <= 4) for the standardised pair (i, j)."""
+    def moment_matrix(self, layout: Layout, i: int, j: int, squared: bool = False,
+                      ) -> np.ndarray:
+        """S[a, b] = Σ w z_i^a z_j^b (a + b <= 4) for the standardised pair (i, j).
+
+        With ``squared``, the same sums with w² (for the variance of weighted estimators).
+        """
+        source = self.moments_w2 if squared else self.moments
         ki, kj = layout.moment_index[i], layout.moment_index[j]
         out = np.zeros((5, 5))
         for m, (a, b) in enumerate(MOMENT_ORDERS):
-            out[a, b] = self.moments[m, ki, kj]
-            out[b, a] = self.moments[m, kj, ki]
+            out[a, b] = source[m, ki, kj]
+            out[b, a] = source[m, kj, ki]
         return out
 
     def pair_n_eff(self, layout: Layout, i: int, j: int) -> float:
+        """Kish's effective number of events where both features are valid."""
         ki, kj = layout.moment_index[i], layout.moment_index[j]
         sumw = self.moments[0, ki, kj]
-        sumw2 = self.moments_sumw2[ki, kj]
+        sumw2 = self.moments_w2[0, ki, kj]
         return float(sumw**2 / sumw2) if sumw2 > 0 else 0.0
 
 
@@ -230,5 +236,6 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
         powers = [mask, z, z * z, z**3, z**4]
         weighted = [nominal[:, None] * pw for pw in powers]
         acc.moments = np.stack([weighted[a].T @ powers[b] for a, b in MOMENT_ORDERS])
-        acc.moments_sumw2 = ((nominal * nominal)[:, None] * mask).T @ mask
+        weighted = [nominal[:, None] * pw for pw in weighted]
+        acc.moments_w2 = np.stack([weighted[a].T @ powers[b] for a, b in MOMENT_ORDERS])
     return acc

@@ -1,0 +1,351 @@
+"""Weighted KS / AD / Wasserstein: agreement with scipy, invariances, binned forms, ADinf."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from validator.stats.edf import (
+    _ad_discrete_sf,
+    _ad_inf_sf_asymptotic,
+    _ad_sigma,
+    ad_hist,
+    ad_inf_cdf,
+    ad_inf_sf,
+    ad_weighted,
+    ks_hist,
+    ks_weighted,
+    wasserstein_hist,
+    wasserstein_weighted,
+)
+from validator.stats.result import GofResult
+
+SIZES = [(40, 55), (500, 300), (2000, 1500), (3001, 777)]
+
+
+def _anderson_scipy(a, b):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns when its p-value is capped
+        return stats.anderson_ksamp([a, b], variant="midrank")
+
+
+# ------------------------------------------------------------------------------------------
+# Kolmogorov–Smirnov
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n1", "n2"), SIZES)
+def test_ks_unit_weights_matches_scipy_asymp(n1, n2):
+    rng = np.random.default_rng(n1 + n2)
+    a = rng.normal(size=n1)
+    b = rng.normal(0.1, 1.1, size=n2)
+    res = ks_weighted(a, np.ones(n1), b)
+    ref = stats.ks_2samp(b, a, method="asymp")
+    assert isinstance(res, GofResult)
+    assert res.method == "ks"
+    assert res.statistic == pytest.approx(ref.statistic, abs=1e-12)
+    assert res.pvalue == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+    assert res.details["tie_shift"] == 0.0
+    assert res.effect_size == res.statistic
+    assert res.effect_name == "ks_distance"
+
+
+def test_ks_statistic_with_ties_matches_scipy_and_pvalue_is_corrected():
+    rng = np.random.default_rng(11)
+    a = np.round(rng.normal(size=1500), 1)
+    b = np.round(rng.normal(0.05, 1.0, size=1200), 1)
+    res = ks_weighted(a, None, b)
+    ref = stats.ks_2samp(b, a, method="asymp")
+    assert res.statistic == pytest.approx(ref.statistic, abs=1e-12)
+    # scipy ignores ties (conservative); the continuity correction lowers the p-value.
+    assert res.details["tie_shift"] > 0
+    assert res.pvalue < ref.pvalue
+
+
+def test_ks_detects_planted_shift():
+    rng = np.random.default_rng(3)
+    x_sim = rng.normal(size=4000)
+    w_sim = rng.choice([0.4, 1.6], size=4000)
+    res = ks_weighted(x_sim, w_sim, rng.normal(0.2, 1.0, size=3000))
+    assert res.pvalue < 1e-4
+    assert res.reliable
+    # Data shifted up: F_sim > F_data, i.e. d_plus = max(F_sim − F_data) is the statistic;
+    # the population distance is Φ(0.1) − Φ(−0.1) = 0.080.
+    assert res.details["d_plus"] == res.statistic > res.details["d_minus"]
+    assert res.statistic == pytest.approx(0.080, abs=0.02)
+
+
+# ------------------------------------------------------------------------------------------
+# Anderson–Darling
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n1", "n2"), SIZES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_ad_unit_weights_statistic_matches_scipy(n1, n2, ties):
+    rng = np.random.default_rng(7 * n1 + n2)
+    a = rng.normal(size=n1)
+    b = rng.normal(0.15, 1.0, size=n2)
+    if ties:
+        a, b = np.round(a, 1), np.round(b, 1)
+    res = ad_weighted(a, None, b)
+    ref = _anderson_scipy(a, b)
+    assert res.method == "ad"
+    assert res.statistic == pytest.approx(ref.statistic, rel=1e-10, abs=1e-10)
+    # The normalisation of T (Scholz & Stephens eq. 4) uses the sample sizes.
+    assert res.details["A2"] == pytest.approx(
+        1.0 + ref.statistic * res.details["sigma_N"], rel=1e-10
+    )
+
+
+def test_ad_pvalue_agrees_with_scipy_table_inside_its_range():
+    """scipy interpolates Scholz & Stephens' table (clipped to [0.001, 0.25]); inside that range
+    our A∞² p-value agrees with it within the table's interpolation precision. Measured over
+    these 300 random pairs: ratio within [0.978, 1.028], max absolute difference 0.0043."""
+    rng = np.random.default_rng(5)
+    ratios, checked = [], 0
+    for _ in range(300):
+        n1, n2 = rng.integers(30, 800, size=2)
+        a = rng.normal(size=n1)
+        b = rng.normal(rng.uniform(0.0, 0.35), 1.0, size=n2)
+        ref = _anderson_scipy(a, b)
+        if 0.001 < ref.pvalue < 0.25:
+            ratios.append(ad_weighted(a, None, b).pvalue / ref.pvalue)
+            checked += 1
+    ratios = np.array(ratios)
+    assert checked > 50
+    assert np.all(np.abs(ratios - 1.0) < 0.05)
+
+
+def test_ad_constant_weight_equals_unit_weight():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=700), rng.normal(0.1, 1, size=500)
+    r1 = ad_weighted(a, None, b)
+    r2 = ad_weighted(a, np.full(a.size, 0.37), b)
+    assert r2.statistic == pytest.approx(r1.statistic, rel=1e-10)
+    assert r2.pvalue == pytest.approx(r1.pvalue, rel=1e-8)
+
+
+def test_ad_detects_planted_shift_and_effect_size_is_stable():
+    rng = np.random.default_rng(4)
+    effects = []
+    for n in (2000, 20000):
+        x_sim = rng.normal(size=n)
+        res = ad_weighted(x_sim, np.full(n, 0.5), rng.normal(0.3, 1.0, size=n))
+        assert res.pvalue < 1e-6
+        effects.append(res.effect_size)
+    # A²/n_h estimates ∫(F1 − F2)²/(H(1 − H)) dH, which does not grow with n.
+    assert effects[1] == pytest.approx(effects[0], rel=0.3)
+
+
+# ------------------------------------------------------------------------------------------
+# Asymptotic Anderson–Darling distribution (Marsaglia & Marsaglia 2004)
+# ------------------------------------------------------------------------------------------
+
+# Classical asymptotic upper percentage points of A² (Anderson & Darling 1954; Stephens 1974,
+# JASA 69, 730, Table 1A, case 0), quoted to 3 decimals. (The 15% point 1.610 of that table is
+# off by 2e-3 in probability: ADinf(1.610) = 0.8477; M&M's series agrees with the independent
+# Imhof inversion below, so the table entry is the less accurate one.)
+CLASSICAL = [(1.248, 0.75), (1.933, 0.90), (2.492, 0.95), (3.070, 0.975), (3.857, 0.99)]
+
+
+@pytest.mark.parametrize(("z", "cdf"), CLASSICAL)
+def test_adinf_reproduces_classical_critical_values(z, cdf):
+    # The table's 3-decimal rounding of z allows ~3e-4 in the probability.
+    assert ad_inf_cdf(z) == pytest.approx(cdf, abs=5e-4)
+    assert ad_inf_sf(z) == pytest.approx(1.0 - cdf, abs=5e-4)
+
+
+def _imhof_cdf_reference(z: float, n_terms: int = 3000) -> float:
+    """P(Σ_j Z_j²/(j(j+1)) ≤ z) by Imhof's inversion, written independently of the module."""
+    j = np.arange(1, n_terms + 1, dtype=float)
+    lam = 1.0 / (j * (j + 1.0))
+    x = z - 1.0 / (n_terms + 1.0)  # the omitted terms' mean
+
+    def f(u):
+        theta = 0.5 * np.sum(np.arctan(lam * u)) - 0.5 * x * u
+        rho = np.exp(0.25 * np.sum(np.log1p((lam * u) ** 2)))
+        return math.sin(theta) / (u * rho)
+
+    val, _ = integrate.quad(f, 0.0, np.inf, limit=1000, epsabs=1e-12)
+    return 0.5 - val / math.pi
+
+
+@pytest.mark.parametrize("z", [0.3, 1.0, 2.492, 5.0])
+def test_adinf_matches_independent_imhof_inversion(z):
+    assert ad_inf_cdf(z) == pytest.approx(_imhof_cdf_reference(z), abs=2e-6)
+
+
+def test_adinf_tail_expansion_matches_series():
+    for z in (10.0, 12.0, 15.0):
+        exact = 1.0 - ad_inf_cdf(z)
+        assert _ad_inf_sf_asymptotic(z) == pytest.approx(exact, rel=1e-4)
+    # Continuity at the switch and monotone decrease in the far tail.
+    assert ad_inf_sf(18.0 - 1e-9) == pytest.approx(ad_inf_sf(18.0), rel=1e-5)
+    tail = [ad_inf_sf(z) for z in (20.0, 30.0, 50.0, 100.0)]
+    assert all(t > 0 for t in tail)
+    assert all(a > b for a, b in itertools.pairwise(tail))
+    assert ad_inf_sf(0.001) == 1.0
+
+
+def test_ad_discrete_limit_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    pooled = np.array([0.1, 0.35, 0.2, 0.25, 0.1])
+    t = np.concatenate([[0.0], np.cumsum(pooled)])
+    n = 200_000
+    w = np.cumsum(rng.normal(size=(n, pooled.size)) * np.sqrt(pooled), axis=1)
+    w = np.concatenate([np.zeros((n, 1)), w], axis=1)
+    bridge = w - t[None, :] * w[:, -1:]
+    x = 0.5 * (bridge[:, :-1] + bridge[:, 1:])
+    tau = 0.5 * (t[:-1] + t[1:])
+    q = np.sum(x**2 * pooled / (tau * (1 - tau) - pooled / 4), axis=1)
+    assert q.mean() == pytest.approx(1.0, abs=0.01)  # E = 1 exactly in the discrete limit
+    for a in (0.5, 1.5, 3.0, 5.0):
+        p_mc = np.mean(q > a)
+        sd = math.sqrt(p_mc * (1 - p_mc) / n)
+        assert _ad_discrete_sf(a, pooled) == pytest.approx(p_mc, abs=4 * sd + 1e-4)
+
+
+def test_ad_discrete_limit_tends_to_adinf_for_fine_grids():
+    pooled = np.full(100, 0.01)
+    for a in (0.5, 1.0, 2.5, 4.0):
+        assert _ad_discrete_sf(a, pooled) == pytest.approx(ad_inf_sf(a), rel=0.06)
+
+
+# ------------------------------------------------------------------------------------------
+# Wasserstein
+# ------------------------------------------------------------------------------------------
+
+
+def test_wasserstein_matches_scipy():
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=900), rng.exponential(size=700)
+    wa = rng.uniform(0.1, 3.0, size=900)
+    assert wasserstein_weighted(a, None, b) == pytest.approx(
+        stats.wasserstein_distance(a, b), rel=1e-12
+    )
+    assert wasserstein_weighted(a, wa, b) == pytest.approx(
+        stats.wasserstein_distance(a, b, wa), rel=1e-12
+    )
+    assert wasserstein_weighted(a, wa, b, normalise_by=2.0) == pytest.approx(
+        stats.wasserstein_distance(a, b, wa) / 2.0, rel=1e-12
+    )
+
+
+def test_wasserstein_hist_matches_scipy_at_positions():
+    rng = np.random.default_rng(9)
+    pos = np.sort(rng.normal(size=300))
+    data = rng.poisson(20, size=300).astype(float)
+    sim = rng.uniform(0.0, 40.0, size=300)
+    shuffled = rng.permutation(300)  # any order of positions is accepted
+    got = wasserstein_hist(data[shuffled], sim[shuffled], pos[shuffled])
+    ref = stats.wasserstein_distance(pos, pos, u_weights=data, v_weights=sim)
+    assert got == pytest.approx(ref, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# Weights: replication, binned form, negative weights
+# ------------------------------------------------------------------------------------------
+
+
+def test_integer_weights_equal_replication_for_distance_statistics():
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=400)
+    k = rng.integers(1, 5, size=400)
+    y = rng.normal(0.1, 1, size=300)
+    rep = np.repeat(x, k)
+    r_w, r_rep = ks_weighted(x, k, y), ks_weighted(rep, None, y)
+    assert r_w.statistic == pytest.approx(r_rep.statistic, abs=1e-12)
+    assert r_w.details["d_plus"] == pytest.approx(r_rep.details["d_plus"], abs=1e-12)
+    assert r_w.details["d_minus"] == pytest.approx(r_rep.details["d_minus"], abs=1e-12)
+    assert stats.ks_2samp(y, rep).statistic == pytest.approx(r_w.statistic, abs=1e-12)
+    assert wasserstein_weighted(x, k, y) == pytest.approx(
+        wasserstein_weighted(rep, None, y), rel=1e-12
+    )
+    # The sample size is Kish's: weight k counts less than k replicated events.
+    assert r_w.details["n_eff_sim"] == pytest.approx(k.sum() ** 2 / np.sum(k**2))
+    assert r_w.details["n_eff_sim"] < r_rep.details["n_eff_sim"]
+
+
+def _binned(rng, n_bins, n_sim=3000, n_data=2000):
+    x_sim = rng.normal(size=n_sim)
+    w_sim = np.where(rng.random(n_sim) < 0.05, -1.0, 1.0) * rng.choice([0.4, 1.6], size=n_sim)
+    x_data = rng.normal(size=n_data)
+    inner = np.quantile(x_data, np.linspace(0, 1, n_bins + 1)[1:-1])
+    centres = np.concatenate([[inner[0] - 0.5], 0.5 * (inner[1:] + inner[:-1]), [inner[-1] + 0.5]])
+    i_sim = np.searchsorted(inner, x_sim, side="right")
+    i_data = np.searchsorted(inner, x_data, side="right")
+    h_sim = np.bincount(i_sim, weights=w_sim, minlength=n_bins)
+    h_data = np.bincount(i_data, minlength=n_bins).astype(float)
+    return centres, i_sim, w_sim, i_data, h_sim, h_data
+
+
+@pytest.mark.parametrize("n_bins", [8, 40, 1000])
+def test_hist_form_equals_array_form_on_binned_values(n_bins):
+    rng = np.random.default_rng(n_bins)
+    centres, i_sim, w_sim, i_data, h_sim, h_data = _binned(rng, n_bins)
+    sw2 = float(np.sum(w_sim**2))
+    for f_arr, f_hist in ((ks_weighted, ks_hist), (ad_weighted, ad_hist)):
+        r_arr = f_arr(centres[i_sim], w_sim, centres[i_data])
+        r_hist = f_hist(h_data, h_sim, sw2)
+        assert r_hist.statistic == pytest.approx(r_arr.statistic, rel=1e-10, abs=1e-12)
+        assert r_hist.pvalue == pytest.approx(r_arr.pvalue, rel=1e-8, abs=1e-14)
+        assert r_hist.details["n_eff_sim"] == pytest.approx(r_arr.details["n_eff_sim"])
+    assert wasserstein_hist(h_data, h_sim, centres) == pytest.approx(
+        wasserstein_weighted(centres[i_sim], w_sim, centres[i_data]), rel=1e-10
+    )
+    # Unit-weight data given explicitly: Σw² = Σw.
+    r_explicit = ks_hist(h_data, h_sim, sw2, data_sumw2_total=float(h_data.sum()))
+    assert r_explicit.pvalue == pytest.approx(ks_hist(h_data, h_sim, sw2).pvalue)
+    ad_limit = ad_hist(h_data, h_sim, sw2).details["limit"]
+    assert ad_limit == ("discrete" if n_bins <= 40 else "continuous")
+
+
+def test_negative_weights_give_finite_results():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=500)
+    w = np.where(rng.random(500) < 0.2, -1.0, 1.0)
+    # Negative weights concentrated at low x: the raw cumulative goes below 0.
+    w[np.argsort(x)[:40]] = -1.0
+    y = rng.normal(size=300)
+    for f in (ks_weighted, ad_weighted):
+        res = f(x, w, y)
+        assert np.isfinite(res.statistic)
+        assert 0.0 <= res.pvalue <= 1.0
+    assert np.isfinite(wasserstein_weighted(x, w, y))
+    h = np.array([5.0, -3.0, 10.0, 2.0, 8.0])
+    d = np.array([4.0, 1.0, 9.0, 3.0, 7.0])
+    for f in (ks_hist, ad_hist):
+        res = f(d, h, 250.0)
+        assert np.isfinite(res.statistic) and 0.0 <= res.pvalue <= 1.0
+    assert np.isfinite(wasserstein_hist(d, h, np.arange(5.0)))
+
+
+def test_small_samples_are_flagged_unreliable():
+    rng = np.random.default_rng(13)
+    res = ks_weighted(rng.normal(size=10), None, rng.normal(size=12))
+    assert not res.reliable
+    assert ad_weighted(rng.normal(size=10), None, rng.normal(size=12)).reliable is False
+
+
+def test_invalid_inputs_raise():
+    with pytest.raises(ValueError):
+        ks_weighted([1.0, np.nan], None, [1.0, 2.0])
+    with pytest.raises(ValueError):
+        ks_weighted([1.0, 2.0], [-1.0, -1.0], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        ad_hist([1.0, 2.0], [1.0, 2.0, 3.0], 3.0)
+    with pytest.raises(ValueError):
+        ks_hist([1.0, 2.0], [1.0, 2.0], 0.0)
+
+
+def test_ad_sigma_large_n_branch_is_continuous():
+    sigma_exact = _ad_sigma(np.array([400_000.0, 599_999.0]))
+    sigma_limit = _ad_sigma(np.array([400_000.0, 600_003.0]))
+    assert sigma_limit == pytest.approx(sigma_exact, rel=1e-5)
+    assert sigma_limit == pytest.approx(math.sqrt(2 * (math.pi**2 - 9) / 3), rel=1e-5)
