@@ -39,15 +39,25 @@ def _in_line_with_the_null(db) -> None:
 
 
 def test_zmumu_data_halves_by_event_with_muon_type_categories(capsys, tmp_path, shared_data):
-    out, db = _halves(capsys, tmp_path, str(shared_data / "uproot-Zmumu.root"), "Event",
-                      "--category", "Type")
+    path = str(shared_data / "uproot-Zmumu.root")
+    out, db = _halves(capsys, tmp_path, path, "Event", "--category", "Type")
     runs = query(db, "SELECT * FROM runs").iloc[0]
     assert runs["n_sim"] + runs["n_data"] == 2304
     cats = set(query(db, "SELECT DISTINCT category FROM tests")["category"])
     assert cats == {"all", "GG", "GT", "TT"}
     feats = set(query(db, "SELECT feature FROM features")["feature"])
     assert {"M", "pt1", "eta2", "Q1"} <= feats and not {"Run", "Event", "Type"} & feats
-    _in_line_with_the_null(db)
+    # 2304 rows from 500 events, each seen as several muon-type combinations: the rows are
+    # not independent (the halves rightly differ more than independent events would), and
+    # the run says so
+    assert "distinct (Run, Event): rows of one event are not independent" in out
+    # one row per event: the GG candidates (516 rows, 500 events after the event split)
+    db_gg = tmp_path / "gg.duckdb"
+    assert main(["run", "--quiet", "--sim", path, "--data", path, "--db", str(db_gg),
+                 "--sim-selection", "Event % 2 = 0 AND Type = 'GG'",
+                 "--data-selection", "Event % 2 = 1 AND Type = 'GG'"]) == 0
+    capsys.readouterr()
+    _in_line_with_the_null(db_gg)
 
 
 def test_hzz_jagged_branches_skipped_or_reduced(capsys, tmp_path, shared_data):

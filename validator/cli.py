@@ -28,7 +28,10 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from validator import __version__
+
     parser = _Parser(prog="validator", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"validator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="compare simulation with data and store the results")

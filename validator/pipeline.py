@@ -116,25 +116,57 @@ def _chunk_supplier(sample: Sample, columns: list[str], chunk_rows: int,
     return cached
 
 
+#: Columns that together name an event, in the order of the key; an event column must exist.
+EVENT_KEY_COLUMNS = ("run", "luminosityblock", "lumi", "lumiblock", "event", "evt",
+                     "eventnumber", "event_id", "eventid")
+MAX_KEYS_CHECKED = 2_000_000
+
+
+def event_key_columns(sample: Sample) -> list[str]:
+    """The columns naming an event (e.g. Run, Event), or none if there is no event number."""
+    by_lower = {c.lower(): c for c, k in sample.columns.items() if k in ("int", "float")}
+    cols = [by_lower[n] for n in EVENT_KEY_COLUMNS if n in by_lower]
+    has_event = any(n in by_lower for n in EVENT_KEY_COLUMNS[4:])
+    return cols if has_event else []
+
+
+def _shared_event_note(sample: Sample, keys: list[np.ndarray], key_cols: list[str]) -> str | None:
+    """A note when several rows carry the same event number (they are not independent)."""
+    if not keys:
+        return None
+    table = np.concatenate(keys)
+    n_distinct = len(np.unique(table, axis=0))
+    if n_distinct == len(table):
+        return None
+    return (f"{sample.name}: {len(table):,} rows but {n_distinct:,} distinct "
+            f"({', '.join(key_cols)}): rows of one event are not independent and the p-values "
+            "assume independent events; select one row per event")
+
+
 def _profile(sample: Sample, chunks: Chunks, columns: list[str], keep: bool,
              rng: np.random.Generator, progress: Progress | None,
-             selection: Selection | None) -> tuple[dict[str, ColumnProfile], float, int]:
-    """First pass: column profiles (for the plan), the sum of weights, the event count."""
+             selection: Selection | None, key_cols: list[str],
+             ) -> tuple[dict[str, ColumnProfile], float, int, str | None]:
+    """First pass: column profiles (for the plan), the sum of weights, the event count, and
+    a note if rows share an event."""
     profiles: dict[str, ColumnProfile] = {c: ColumnProfile() for c in columns}
     sumw = 0.0
     n_events = 0
+    keys: list[np.ndarray] = []
     for chunk in chunks():
         n = len(next(iter(chunk.values())))
         sumw += float(_weights_of(chunk, sample, n).sum())
         for c in columns:
             profiles[c] = profiles[c] + ColumnProfile.of(chunk[c], rng, keep)
+        if key_cols and n_events < MAX_KEYS_CHECKED:
+            keys.append(np.column_stack([chunk[c] for c in key_cols]))
         n_events += n
         if progress:
             progress(f"scan {sample.name}", n_events, sample.n_rows)
     if n_events == 0:
         raise InputError(f"{', '.join(s.label for s in sample.sources)}: no {sample.name} event "
                          f"passes the selection '{selection.text if selection else ''}'")
-    return profiles, sumw, n_events
+    return profiles, sumw, n_events, _shared_event_note(sample, keys, key_cols)
 
 
 def _fill(sample: Sample, chunks: Chunks, layout: Layout, category: str | None,
@@ -218,17 +250,21 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     candidates, skipped, kinds = _select_features(sim, data, config)
 
     columns = candidates + ([config.category] if config.category else [])
-    sim_chunks = _chunk_supplier(sim, columns, config.chunk_rows, sim_sel)
-    data_chunks = _chunk_supplier(data, columns, config.chunk_rows, data_sel)
-    sim_prof, sumw_sim, n_sim = _profile(sim, sim_chunks, candidates, False, rng, progress,
-                                         sim_sel)
-    data_prof, _, n_data = _profile(data, data_chunks, candidates, True, rng, progress,
-                                    data_sel)
+    sim_keys, data_keys = event_key_columns(sim), event_key_columns(data)
+    sim_chunks = _chunk_supplier(sim, list(dict.fromkeys(columns + sim_keys)), config.chunk_rows,
+                                 sim_sel)
+    data_chunks = _chunk_supplier(data, list(dict.fromkeys(columns + data_keys)),
+                                  config.chunk_rows, data_sel)
+    sim_prof, sumw_sim, n_sim, sim_note = _profile(sim, sim_chunks, candidates, False, rng,
+                                                   progress, sim_sel, sim_keys)
+    data_prof, _, n_data, data_note = _profile(data, data_chunks, candidates, True, rng,
+                                               progress, data_sel, data_keys)
     if not sumw_sim > 0:
         raise InputError(f"{sim.sources[0].label}: the simulation's sum of weights is "
                          f"{sumw_sim:g} (must be > 0)")
     plan = make_plan(sim_prof, data_prof, kinds, weight=config.weight, category=config.category,
-                     requested=config.features, skipped=skipped, config=config.plan)
+                     requested=config.features, skipped=skipped, config=config.plan,
+                     notes=[n for n in (sim_note, data_note) if n])
     layout = Layout(plan)
 
     sim_acc = _fill(sim, sim_chunks, layout, config.category, progress)

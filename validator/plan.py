@@ -311,6 +311,7 @@ def make_plan(
     requested: Sequence[str] | None,
     skipped: dict[str, str],
     config: PlanConfig,
+    notes: Sequence[str] = (),
 ) -> Plan:
     """Turn the column profiles of both samples into a :class:`Plan`.
 
@@ -318,7 +319,7 @@ def make_plan(
     """
     skipped = dict(skipped)
     features: list[FeaturePlan] = []
-    notes: list[str] = []
+    notes = list(notes)
     for name in sim_profiles:
         if name not in data_profiles:
             continue

@@ -89,8 +89,10 @@ def render(outcome: RunOutcome, console: Console | None = None, n_worst: int = 1
             _pair(x, y) + (f" [{c}]" if c != "all" else "")
             for (c, x, y) in found.pairs_other))
     if found.pairs_from_marginals:
-        console.print(f"{len(found.pairs_from_marginals)} pairs fail the plain 2D tests only "
-                      "through a feature already flagged in 1D (their dependence tests pass)")
+        n_dep = sum("dependence" in m for m in found.pairs_from_marginals.values())
+        console.print(f"{len(found.pairs_from_marginals)} pairs fail in 2D through a feature "
+                      f"already flagged in 1D (their correlation tests pass; {n_dep} with a "
+                      "dependence residual of the 1D mismodelling within bins)")
     if not (found.features or found.correlations or found.pairs_other):
         console.print("[bold green]no significant mismodelling[/bold green] after Holm correction")
     if outcome.db:

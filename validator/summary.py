@@ -80,10 +80,13 @@ class Findings:
     """What a run flags, after the Holm correction, grouped the way a reviewer reads it.
 
     ``features``: (category, feature) -> methods whose 1D test is significant.
-    ``correlations``: (category, x, y) -> methods among ``dependence``/``corr_*`` that are
-    significant: the dependence between x and y is mismodelled, whatever the marginals do.
-    ``pairs_from_marginals``: (category, x, y) whose plain 2D test is significant while no
-    dependence/correlation test is, and x or y is flagged in 1D: explained by the 1D failure.
+    ``correlations``: (category, x, y) -> significant methods, for pairs whose correlation
+    test (``corr_*``) is significant, or whose ``dependence`` test is while neither feature
+    fails in 1D: the dependence between x and y is mismodelled.
+    ``pairs_from_marginals``: (category, x, y) with x or y flagged in 1D whose significant
+    tests are only plain 2D or ``dependence``: explained by the 1D failure (raking on fixed bins
+    absorbs a marginal mismodelling only up to its shape *within* each bin, so a large 1D
+    failure can leave a small dependence residual; a scale or shift changes no correlation).
     ``pairs_other``: the remaining pairs with a significant plain 2D test.
     """
 
@@ -96,8 +99,7 @@ class Findings:
 def findings(records: list, p_holm: np.ndarray, alpha: float = 0.05) -> Findings:
     """Group the significant tests (reliable, Holm-adjusted p < alpha) of a run."""
     feats: dict[tuple[str, str], list[str]] = {}
-    corr: dict[tuple[str, str, str], list[str]] = {}
-    plain: dict[tuple[str, str, str], list[str]] = {}
+    pairs: dict[tuple[str, str, str], list[str]] = {}
     for rec, p in zip(records, p_holm, strict=True):
         r = rec.result
         if not (r.reliable and np.isfinite(p) and p < alpha):
@@ -105,15 +107,16 @@ def findings(records: list, p_holm: np.ndarray, alpha: float = 0.05) -> Findings
         if rec.feature_y is None:
             feats.setdefault((rec.category, rec.feature_x), []).append(r.method)
         else:
-            key = (rec.category, rec.feature_x, rec.feature_y)
-            target = corr if r.method in ("dependence", "corr_pearson", "corr_spearman") else plain
-            target.setdefault(key, []).append(r.method)
-    from_marg, other = {}, {}
-    for key, methods in plain.items():
-        if key in corr:
-            corr[key] = methods + corr[key]
-            continue
+            pairs.setdefault((rec.category, rec.feature_x, rec.feature_y), []).append(r.method)
+    corr, from_marg, other = {}, {}, {}
+    for key, methods in pairs.items():
         cat, x, y = key
-        explained = (cat, x) in feats or (cat, y) in feats
-        (from_marg if explained else other)[key] = methods
+        marginal_fails = (cat, x) in feats or (cat, y) in feats
+        if any(m.startswith("corr") for m in methods) or (
+                "dependence" in methods and not marginal_fails):
+            corr[key] = methods
+        elif marginal_fails:
+            from_marg[key] = methods
+        else:
+            other[key] = methods
     return Findings(feats, corr, from_marg, other)

@@ -1,0 +1,461 @@
+"""Test of a pair's dependence structure, insensitive to its marginals.
+
+The simulated 2D table is first raked to the data's two marginals by iterative proportional
+fitting (W. E. Deming and F. F. Stephan, "On a least squares adjustment of a sampled frequency
+table when the expected marginal totals are known", Ann. Math. Statist. 11 (1940) 427). IPF
+keeps every odds ratio of the table (Y. M. M. Bishop, S. E. Fienberg and P. W. Holland,
+"Discrete Multivariate Analysis", MIT Press 1975), so after the adjustment data and
+simulation differ only where the dependence (the copula) differs; a mismodelled marginal is
+left to the 1D tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+from validator.stats.binned import merge_histogram, merge_sparse_bins, sim_toys, toy_pvalue
+from validator.stats.result import GofResult
+
+__all__ = ["dependence", "ipf"]
+
+_TINY = 1e-300
+#: Pseudo-content per cell, relative to the mean cell, used only when a sparse simulated
+#: table cannot otherwise be raked to the data's marginals.
+PSEUDO_CONTENT = 0.01
+
+
+def _fill_empty_cells(w: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, int]:
+    """Variance of one event of mean weight for cells without simulated events (batched)."""
+    tot_w = np.clip(w, 0.0, None).sum(axis=(-2, -1), keepdims=True)
+    tot_s2 = s2.sum(axis=(-2, -1), keepdims=True)
+    empty = (w == 0) & (s2 == 0) & (tot_w > 0) & (tot_s2 > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(empty, tot_s2 / tot_w, s2), int(empty.sum())
+
+
+def _ipf_batched(
+    table: np.ndarray,
+    row_targets: np.ndarray,
+    col_targets: np.ndarray,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """IPF on tables of shape ``(..., nx, ny)``; returns table, row and column factors.
+
+    Rows or columns of the table that are entirely zero keep factor 1 (they cannot be raked);
+    the caller decides what that means. Only the tables not yet converged are iterated, so a
+    few hard ones (structural zeros that make the targets unreachable) cost little; their
+    factors may run off to 0 or infinity. Returns the per-table convergence flags (shape
+    ``table.shape[:-2]``) and the largest number of sweeps used.
+    """
+    batch = table.shape[:-2]
+    nx, ny = table.shape[-2:]
+    t = table.reshape(-1, nx, ny)
+    rt = row_targets.reshape(-1, nx)
+    ct = col_targets.reshape(-1, ny)
+    r = np.ones((t.shape[0], nx))
+    c = np.ones((t.shape[0], ny))
+    total = np.maximum(rt.sum(axis=-1), _TINY)[:, None]
+    converged = np.zeros(t.shape[0], dtype=bool)
+    active = np.arange(t.shape[0])
+    it = 0
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        for it in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
+            ta, ra, ca = t[active], r[active], c[active]
+            rows = np.einsum("aij,ai,aj->ai", ta, ra, ca)
+            ra = ra * np.where(rows > 0, rt[active] / np.where(rows > 0, rows, 1.0), 1.0)
+            cols = np.einsum("aij,ai,aj->aj", ta, ra, ca)
+            ca = ca * np.where(cols > 0, ct[active] / np.where(cols > 0, cols, 1.0), 1.0)
+            rows = np.einsum("aij,ai,aj->ai", ta, ra, ca)
+            r[active], c[active] = ra, ca
+            dev = np.max(np.abs(rows - rt[active]) / total[active], axis=1)
+            done = dev < tol
+            converged[active[done]] = True
+            active = active[~done]
+            if active.size == 0:
+                break
+        adjusted = t * r[:, :, None] * c[:, None, :]
+    return (
+        adjusted.reshape(table.shape),
+        r.reshape((*batch, nx)),
+        c.reshape((*batch, ny)),
+        converged.reshape(batch),
+        it,
+    )
+
+
+def ipf(
+    table: ArrayLike,
+    row_targets: ArrayLike,
+    col_targets: ArrayLike,
+    max_iter: int = 1000,
+    tol: float = 1e-10,
+) -> np.ndarray:
+    r"""Rake a non-negative table to given row and column sums (iterative proportional fitting).
+
+    Alternately scales the rows and the columns, :math:`t_{ij} \leftarrow t_{ij}\,R_i/t_{i+}`,
+    :math:`t_{ij} \leftarrow t_{ij}\,C_j/t_{+j}` (Deming & Stephan, Ann. Math. Statist. 11
+    (1940) 427). The result has the form :math:`r_i c_j t_{ij}`, so all odds ratios
+    :math:`t_{ij}t_{kl}/(t_{il}t_{kj})` of the input are kept; it is the table closest to the
+    input in Kullback-Leibler divergence with the given marginals (I. Csiszár, Ann. Probab.
+    3 (1975) 146).
+
+    Parameters
+    ----------
+    table:
+        Non-negative table, shape ``(nx, ny)`` or batched ``(..., nx, ny)``.
+    row_targets:
+        Wanted row sums, shape ``(..., nx)``.
+    col_targets:
+        Wanted column sums, shape ``(..., ny)``; same total as ``row_targets``.
+    max_iter:
+        Maximum number of row-and-column sweeps.
+    tol:
+        Convergence when every row sum is within ``tol`` × total of its target (the column
+        sums are exact after each sweep).
+
+    Returns
+    -------
+    numpy.ndarray
+        The adjusted table.
+
+    Raises
+    ------
+    ValueError
+        On negative input, totals that differ, a zero row or column with a positive target, or
+        no convergence within ``max_iter`` sweeps.
+    """
+    t = np.asarray(table, dtype=float)
+    rt = np.asarray(row_targets, dtype=float)
+    ct = np.asarray(col_targets, dtype=float)
+    if t.ndim < 2 or rt.shape != t.shape[:-1] or ct.shape != t.shape[:-2] + t.shape[-1:]:
+        raise ValueError(f"shapes do not fit: table {t.shape}, rows {rt.shape}, cols {ct.shape}")
+    if np.any(t < 0) or np.any(rt < 0) or np.any(ct < 0):
+        raise ValueError("table and targets must be non-negative")
+    tot_r, tot_c = rt.sum(axis=-1), ct.sum(axis=-1)
+    if np.any(np.abs(tot_r - tot_c) > 1e-9 * np.maximum(np.abs(tot_r), 1.0)):
+        raise ValueError("row and column targets have different totals")
+    if np.any((t.sum(axis=-1) == 0) & (rt > 0)) or np.any((t.sum(axis=-2) == 0) & (ct > 0)):
+        raise ValueError("a zero row or column of the table has a positive target")
+    adjusted, _, _, converged, _ = _ipf_batched(t, rt, ct, max_iter, tol)
+    if not np.all(converged):
+        raise ValueError(f"IPF did not converge in {max_iter} sweeps (structural zeros?)")
+    return adjusted
+
+
+def _snake_order(nx: int, ny: int) -> np.ndarray:
+    """Flat indices of an (nx, ny) table in boustrophedon order (neighbours stay neighbours)."""
+    idx = np.arange(nx * ny).reshape(nx, ny)
+    idx[1::2] = idx[1::2, ::-1]
+    return idx.ravel()
+
+
+def _statistic(
+    data: np.ndarray,
+    adjusted: np.ndarray,
+    factor2: np.ndarray,
+    s2: np.ndarray,
+    order: np.ndarray,
+    min_expected: float,
+    group_on: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Chi² over merged cells for tables ``(n_tables, nx, ny)``.
+
+    Cells are taken in ``order`` (boustrophedon) and merged by
+    :func:`validator.stats.binned.merge_sparse_bins` applied to ``group_on`` (one table of
+    expected counts shared by all tables). Returns X², merged n, merged A and the labels
+    (in ``order``).
+    """
+    flat = (data.shape[0], -1)
+    d = data.reshape(flat)[:, order]
+    a = adjusted.reshape(flat)[:, order]
+    v = (factor2 * s2).reshape(flat)[:, order]
+    labels = merge_sparse_bins(group_on.ravel()[order], min_expected)
+    n_g = merge_histogram(d, labels)
+    a_g = merge_histogram(a, labels)
+    v_g = a_g + merge_histogram(v, labels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        contrib = np.where((n_g == a_g), 0.0, (n_g - a_g) ** 2 / np.maximum(v_g, 1e-12))
+    return contrib.sum(axis=-1), n_g, a_g, labels
+
+
+def _null_fit(
+    n: np.ndarray, w: np.ndarray, s2: np.ndarray, n_iter: int = 200, tol: float = 1e-10
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Fit data and simulation jointly under the null "same dependence, free marginals".
+
+    Model: :math:`n_{ij} \sim \mathrm{Poisson}(a_i b_j \theta_{ij})` for the data and, for the
+    simulation, :math:`w_{ij}/u_{ij} \sim \mathrm{Poisson}(\theta_{ij}/u_{ij})` with the
+    per-cell mean weight :math:`u_{ij} = s^2_{ij}/w_{ij}` (scaled Poisson, Bohm & Zech, NIM A
+    748 (2014) 1; the histogram's mean weight where a cell has no positive content). The
+    likelihood equations are solved by alternating
+    :math:`\theta_{ij} = (n_{ij} + w_{ij}/u_{ij}) / (a_i b_j + 1/u_{ij})` with raking of
+    :math:`a, b` to the data's marginals (a cyclic ascent, as IPF is for log-linear models:
+    Bishop, Fienberg & Holland 1975). The estimate of the common structure :math:`\theta`
+    pools both samples, so it is smoother than the simulation alone: the toys drawn from it
+    are not rougher than the real world.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The simulation's expected table :math:`\theta` and the data's :math:`a_i b_j\theta_{ij}`.
+    """
+    pos = (w > 0) & (s2 > 0)
+    tot_w, tot_s2 = float(np.clip(w, 0.0, None).sum()), float(s2.sum())
+    mean_u = tot_s2 / tot_w if tot_w > 0 and tot_s2 > 0 else 1.0
+    u = np.where(pos, s2 / np.where(pos, w, 1.0), mean_u)
+    m = np.where(pos, w / u, 0.0)
+    row_t, col_t = n.sum(axis=1), n.sum(axis=0)
+    theta = np.clip(w, 0.0, None)
+    a = np.ones(n.shape[0])
+    b = np.ones(n.shape[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(n_iter):
+            rows = (theta * b[None, :]).sum(axis=1)
+            a = np.where(rows > 0, row_t / rows, 0.0)
+            cols = (theta * a[:, None]).sum(axis=0)
+            b = np.where(cols > 0, col_t / cols, 0.0)
+            rho = a[:, None] * b[None, :]
+            new = (n + m) / (rho + 1.0 / u)
+            change = float(np.max(np.abs(new - theta)) / max(float(new.max()), _TINY))
+            theta = new
+            if change < tol:
+                break
+    return theta, a[:, None] * b[None, :] * theta
+
+
+def dependence(
+    data_counts: ArrayLike,
+    sim_sumw: ArrayLike,
+    sim_sumw2: ArrayLike,
+    *,
+    n_toys: int = 500,
+    min_expected: float = 5.0,
+    rng: np.random.Generator | int | None = None,
+    max_iter: int = 1000,
+    tol: float = 1e-10,
+) -> GofResult:
+    r"""Chi² test of a pair's dependence after raking the simulation to the data's marginals.
+
+    1. Rows and columns without data are dropped (and then any without positive simulation;
+       both are counted in ``details``). Negative simulated cells are set to zero for IPF.
+    2. The simulated table :math:`w_{ij}` is raked to the data's row and column sums by IPF
+       (:func:`ipf`): :math:`A_{ij} = r_i c_j w_{ij}`.
+    3. Cells are merged (neighbours in boustrophedon order,
+       :func:`validator.stats.binned.merge_sparse_bins`) until every group :math:`g` has an
+       expected data count of at least ``min_expected`` under the null fit of step 4 (which
+       pools data and simulation; merging on the raked table itself would select the groups
+       on the observation's own fluctuations, and the toys would not reproduce that), and
+
+       .. math::
+
+          X^2 = \sum_g \frac{(n_g - A_g)^2}{A_g + \sum_{ij \in g} r_i^2 c_j^2 s_{ij}^2},
+
+       a Pearson chi² with the simulation's statistical variance added (as in Gagunashvili,
+       arXiv:physics/0605123, for a weighted histogram).
+    4. Its nominal number of degrees of freedom, :math:`(n_x-1)(n_y-1)` less the number of
+       merges, is only approximate (the simulation fluctuates and is raked), so the p-value is
+       calibrated by a parametric bootstrap under the null, fitted to data and simulation
+       jointly (:func:`_null_fit`: a common dependence structure :math:`\theta_{ij}` with free
+       marginals): data toys :math:`n^*_{ij} \sim \mathrm{Poisson}(a_i b_j\theta_{ij})`,
+       simulation toys :math:`(w^*_{ij}, s^{2*}_{ij})` with mean :math:`\theta_{ij}` from
+       :func:`validator.stats.binned.sim_toys` (scaled Poisson), IPF redone on every toy with
+       the toy's own marginals and the statistic recomputed with the same grouping;
+       :math:`p = (1 + \#\{X^{2*} \ge X^2\})/(1 + n_\mathrm{toys})` (Davison & Hinkley,
+       "Bootstrap methods and their application", 1997, sec. 4.2). A toy is raked like the
+       observation (with the pseudo-content below if needed); one that still cannot be raked
+       counts as at least as extreme (conservative; ``details["n_toys_not_raked"]``). When no
+       toy reaches the observation the tail is extrapolated
+       (:func:`validator.stats.binned.toy_pvalue`).
+
+    Special cases: a cell without simulated events gets the variance of one event of mean
+    weight, :math:`s^2 = \sum s^2 / \sum w` (as ROOT's ``Chi2Test`` "UW" does for an empty
+    bin). When structural zeros of a sparse simulated table make the data's marginals
+    unreachable, every cell gets a pseudo-content of ``PSEUDO_CONTENT`` (1%) of the mean cell
+    (a strictly positive table can always be raked: R. Sinkhorn, Ann. Math. Statist. 35 (1964)
+    876), recorded in ``details["ipf_pseudo_content"]`` and used for the toys as well.
+
+    Parameters
+    ----------
+    data_counts:
+        Data counts, shape ``(nx, ny)``.
+    sim_sumw:
+        Simulated sum of weights, shape ``(nx, ny)``.
+    sim_sumw2:
+        Simulated sum of squared weights, shape ``(nx, ny)``.
+    n_toys:
+        Number of pseudo-experiments; 0 gives the approximate asymptotic p-value (flagged
+        ``reliable=False``).
+    min_expected:
+        Minimum expected data count of a merged cell group.
+    rng:
+        Random generator or seed for the toys.
+    max_iter, tol:
+        IPF controls (see :func:`ipf`).
+
+    Returns
+    -------
+    GofResult
+        ``method="dependence"``, ``ndf`` the nominal degrees of freedom, ``residuals`` the
+        per-cell Pearson residuals :math:`(n_{ij} - A_{ij})/\sqrt{A_{ij} + r_i^2c_j^2s_{ij}^2}`
+        with the input's shape (0 for dropped rows/columns), ``effect_size`` the largest
+        :math:`|n_g/A_g - 1|` over merged groups (``max_abs_ratio_dev_ipf``). ``details`` also
+        give Cramér's V of the excess, :math:`\sqrt{\max(X^2 - \mathrm{ndf}, 0)/(N(k-1))}`,
+        with :math:`k = \min(n_x, n_y)`.
+
+    Raises
+    ------
+    ValueError
+        On shapes that are not 2D and equal, negative or non-finite inputs where not allowed,
+        fewer than two rows or columns with data, or a table that cannot be raked even with
+        the pseudo-content.
+    """
+    n_in = np.asarray(data_counts, dtype=float)
+    w_in = np.asarray(sim_sumw, dtype=float)
+    s2_in = np.asarray(sim_sumw2, dtype=float)
+    if n_in.ndim != 2 or not (n_in.shape == w_in.shape == s2_in.shape):
+        raise ValueError(
+            f"need equal 2D shapes: data {n_in.shape}, sim_sumw {w_in.shape}, "
+            f"sim_sumw2 {s2_in.shape}"
+        )
+    for name, arr in (("data_counts", n_in), ("sim_sumw", w_in), ("sim_sumw2", s2_in)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must be finite")
+    if np.any(n_in < 0) or np.any(s2_in < 0):
+        raise ValueError("data_counts and sim_sumw2 must be non-negative")
+    if n_toys < 0:
+        raise ValueError("n_toys must be >= 0")
+
+    t_in = np.clip(w_in, 0.0, None)
+    keep_x = n_in.sum(axis=1) > 0
+    keep_y = n_in.sum(axis=0) > 0
+    dropped_data_x, dropped_data_y = int((~keep_x).sum()), int((~keep_y).sum())
+    # Rows/columns with data but no positive simulation cannot be raked: drop them, and
+    # repeat, since dropping one may leave another without data.
+    while True:
+        sub_t = t_in[np.ix_(keep_x, keep_y)]
+        sub_n = n_in[np.ix_(keep_x, keep_y)]
+        bad_x = (sub_t.sum(axis=1) <= 0) | (sub_n.sum(axis=1) <= 0)
+        bad_y = (sub_t.sum(axis=0) <= 0) | (sub_n.sum(axis=0) <= 0)
+        if not (bad_x.any() or bad_y.any()):
+            break
+        keep_x[np.flatnonzero(keep_x)[bad_x]] = False
+        keep_y[np.flatnonzero(keep_y)[bad_y]] = False
+    nx, ny = int(keep_x.sum()), int(keep_y.sum())
+    if nx < 2 or ny < 2:
+        raise ValueError(f"need at least two rows and two columns with data, have {nx}x{ny}")
+    n = n_in[np.ix_(keep_x, keep_y)]
+    w = w_in[np.ix_(keep_x, keep_y)]
+    t = t_in[np.ix_(keep_x, keep_y)]
+    s2 = s2_raw = s2_in[np.ix_(keep_x, keep_y)]
+
+    # Empty simulated cells get the variance of one event of mean weight (as ROOT's
+    # TH1::Chi2Test "UW" does for an empty bin), scaled by the raking factors below.
+    s2, n_empty = _fill_empty_cells(w, s2)
+
+    row_t, col_t = n.sum(axis=1), n.sum(axis=0)
+    pseudo = 0.0
+    adjusted, r, c, converged_arr, n_iter = _ipf_batched(t, row_t, col_t, max_iter, tol)
+    if not converged_arr:
+        # Structural zeros of a sparse table can make the data's marginals unreachable.
+        # Give every cell a small pseudo-content (a strictly positive table can always be
+        # raked: R. Sinkhorn, Ann. Math. Statist. 35 (1964) 876) and use it for the toys too.
+        pseudo = PSEUDO_CONTENT * float(t.sum()) / t.size
+        t = t + pseudo
+        adjusted, r, c, converged_arr, n_iter = _ipf_batched(t, row_t, col_t, max_iter, tol)
+    if not converged_arr:
+        raise ValueError(f"IPF did not converge in {max_iter} sweeps")
+    factor2 = (r[:, None] * c[None, :]) ** 2
+
+    order = _snake_order(nx, ny)
+    # Merge cells on the null fit's expected data counts (pooled from data and simulation),
+    # not on the raked table itself: the grouping is then the same for the observation and
+    # every toy, and not selected on the observation's own fluctuations.
+    sim_null, data_null = _null_fit(n, w, s2_raw)
+    x2_arr, n_g_arr, a_g_arr, labels = _statistic(
+        n[None], adjusted[None], factor2[None], s2[None], order, min_expected, data_null
+    )
+    x2 = float(x2_arr[0])
+    n_groups = int(labels.max()) + 1
+    n_g, a_g = n_g_arr[0], a_g_arr[0]
+    ndf_nominal = (nx - 1) * (ny - 1) - (nx * ny - n_groups)
+    ndf = max(ndf_nominal, 1)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cell_var = adjusted + factor2 * s2
+        res = np.where(cell_var > 0, (n - adjusted) / np.sqrt(cell_var), 0.0)
+        effect = float(np.max(np.abs(n_g / a_g - 1.0)[a_g > 0], initial=0.0))
+    residuals = np.zeros(n_in.shape)
+    residuals[np.ix_(keep_x, keep_y)] = res
+
+    tot = float(n.sum())
+    details: dict[str, object] = {
+        "nx_used": nx,
+        "ny_used": ny,
+        "rows_dropped_no_data": dropped_data_x,
+        "cols_dropped_no_data": dropped_data_y,
+        "rows_dropped_no_sim": int(n_in.shape[0] - nx - dropped_data_x),
+        "cols_dropped_no_sim": int(n_in.shape[1] - ny - dropped_data_y),
+        "n_cells_negative_sim": int(np.sum(w < 0)),
+        "n_groups": n_groups,
+        "ndf_nominal": ndf_nominal,
+        "pvalue_asymptotic": float(stats.chi2.sf(x2, ndf)),
+        "ipf_pseudo_content": pseudo,
+        "n_cells_empty_sim": n_empty,
+        "ipf_iterations": int(n_iter),
+        "cramers_v_excess": float(np.sqrt(max(x2 - ndf, 0.0) / (tot * (min(nx, ny) - 1)))),
+    }
+
+    if n_toys > 0:
+        gen = np.random.default_rng(rng)
+        n_toy = gen.poisson(np.broadcast_to(data_null, (n_toys, nx, ny))).astype(float)
+        w_toy, s2_toy = sim_toys(sim_null, w, s2_raw, n_toys, gen)
+        s2_toy, _ = _fill_empty_cells(w_toy, s2_toy)
+        t_toy = np.clip(w_toy, 0.0, None) + pseudo
+        rows_toy, cols_toy = n_toy.sum(axis=2), n_toy.sum(axis=1)
+        a_toy, r_toy, c_toy, conv_toy, _ = _ipf_batched(t_toy, rows_toy, cols_toy, max_iter, tol)
+        retry = ~conv_toy
+        if retry.any() and pseudo == 0.0:
+            # As for the observation: a toy that cannot be raked gets the pseudo-content.
+            t_retry = t_toy[retry]
+            t_retry = t_retry + PSEUDO_CONTENT * t_retry.mean(axis=(1, 2), keepdims=True)
+            a_r, r_r, c_r, conv_r, _ = _ipf_batched(
+                t_retry, rows_toy[retry], cols_toy[retry], max_iter, tol
+            )
+            a_toy[retry], r_toy[retry], c_toy[retry], conv_toy[retry] = a_r, r_r, c_r, conv_r
+        with np.errstate(over="ignore", invalid="ignore"):
+            f2_toy = (r_toy[:, :, None] * c_toy[:, None, :]) ** 2
+            x2_toy = _statistic(n_toy, a_toy, f2_toy, s2_toy, order, min_expected, data_null)[0]
+        # A toy whose simulation cannot be raked to its data's marginals (new empty rows or
+        # structural zeros in a sparse table) has no statistic: it counts as at least as
+        # extreme as the observation, which keeps the p-value conservative.
+        good = conv_toy & np.isfinite(x2_toy)
+        pvalue, tail = toy_pvalue(x2, x2_toy[good], int(np.sum(~good)))
+        details.update(tail)
+        pvalue_method = "toys"
+        reliable = True
+        details["x2_toys_mean"] = float(x2_toy[good].mean()) if good.any() else float("nan")
+        details["n_toys_not_raked"] = int(np.sum(~good))
+    else:
+        pvalue = details["pvalue_asymptotic"]
+        pvalue_method = "asymptotic"
+        reliable = False
+        details["unreliable_reason"] = (
+            "asymptotic p-value with nominal ndf: approximate (simulation raked and fluctuating)"
+        )
+
+    return GofResult(
+        method="dependence",
+        statistic=x2,
+        pvalue=float(pvalue),
+        ndf=ndf,
+        effect_size=effect,
+        effect_name="max_abs_ratio_dev_ipf",
+        pvalue_method=pvalue_method,
+        n_toys=n_toys if n_toys > 0 else None,
+        reliable=reliable,
+        residuals=residuals,
+        details=details,
+    )
