@@ -89,3 +89,12 @@ def test_variations_fill_like_nominal(setup):
     acc = accumulate(x, weights, layout)
     np.testing.assert_allclose(acc.h1_sumw[1], 1.1 * acc.h1_sumw[0])
     np.testing.assert_allclose(acc.h2_sumw2[2], 0.81 * acc.h2_sumw2[0])
+
+
+def test_weighted_mean_and_std_match_numpy(setup):
+    x, w, layout = setup
+    acc = accumulate(x, w[None, :], layout)
+    ok = np.isfinite(x[:, 1])
+    mean = np.average(x[ok, 1], weights=w[ok])
+    std = np.sqrt(np.average((x[ok, 1] - mean) ** 2, weights=w[ok]))
+    assert acc.mean_std(1) == pytest.approx((mean, std), rel=1e-9)

@@ -77,16 +77,6 @@ def _binned_tests(data: np.ndarray, sim_w: np.ndarray, sim_w2: np.ndarray,
     return results
 
 
-def _feature_moments(acc: Accumulator, k: int) -> tuple[float, float]:
-    """Weighted mean and standard deviation of feature ``k`` from the running sums."""
-    sw = acc.valid_sumw[k]
-    if sw <= 0:
-        return float("nan"), float("nan")
-    mean = acc.sum_wx[k] / sw
-    var = max(acc.sum_wx2[k] / sw - mean * mean, 0.0)
-    return float(mean), float(np.sqrt(var))
-
-
 def tests_1d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
              options: CompareOptions, rng: np.random.Generator) -> Iterator[TestRecord]:
     """All 1D tests of every feature."""
@@ -103,7 +93,7 @@ def tests_1d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
         sim_w2_total = float(sim.valid_sumw2[k])
         edges = layout.fine_edges[k]
         centres = 0.5 * (edges[1:] + edges[:-1])
-        _, sim_std = _feature_moments(sim, k)
+        _, sim_std = sim.mean_std(k)
         w1 = wasserstein_hist(fd, fs, centres)
         w1_norm = float(w1 / sim_std) if sim_std > 0 else float("nan")
         for test in (ks_hist, ad_hist):

@@ -147,6 +147,15 @@ class Accumulator:
             out[b, a] = source[m, kj, ki]
         return out
 
+    def mean_std(self, k: int) -> tuple[float, float]:
+        """Weighted mean and standard deviation of feature ``k`` over its valid values."""
+        sw = self.valid_sumw[k]
+        if sw <= 0:
+            return float("nan"), float("nan")
+        mean = self.sum_wx[k] / sw
+        var = max(self.sum_wx2[k] / sw - mean * mean, 0.0)
+        return float(mean), float(np.sqrt(var))
+
     def pair_n_eff(self, layout: Layout, i: int, j: int) -> float:
         """Kish's effective number of events where both features are valid."""
         ki, kj = layout.moment_index[i], layout.moment_index[j]

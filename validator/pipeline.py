@@ -313,8 +313,6 @@ def _json_default(value: Any) -> Any:
 
 def run_rows(outcome: RunOutcome, config: RunConfig) -> dict[str, list[dict[str, Any]]]:
     """The rows of every table for one run (see validator.store.SCHEMA)."""
-    from validator.compare import _feature_moments
-
     run_id = outcome.run_id
     plan, layout = outcome.plan, outcome.layout
     sim_all = outcome.sim[INCLUSIVE]
@@ -338,8 +336,8 @@ def run_rows(outcome: RunOutcome, config: RunConfig) -> dict[str, list[dict[str,
             continue
         sim, data = outcome.sim[cat], outcome.data[cat]
         for k, f in enumerate(plan.features):
-            ms, ss = _feature_moments(sim, k)
-            md, sd = _feature_moments(data, k)
+            ms, ss = sim.mean_std(k)
+            md, sd = data.mean_std(k)
             features.append({
                 "run_id": run_id, "category": cat, "feature": f.name, "kind": f.kind,
                 "edges": list(f.edges), "n_nan_sim": int(sim.n_nonfinite[k]),
