@@ -98,3 +98,12 @@ def test_weighted_mean_and_std_match_numpy(setup):
     mean = np.average(x[ok, 1], weights=w[ok])
     std = np.sqrt(np.average((x[ok, 1] - mean) ** 2, weights=w[ok]))
     assert acc.mean_std(1) == pytest.approx((mean, std), rel=1e-9)
+
+
+def test_pair_blocks_do_not_change_the_result(setup, monkeypatch):
+    import validator.fill as fill
+
+    x, w, layout = setup
+    whole = accumulate(x, w[None, :], layout)
+    monkeypatch.setattr(fill, "PAIR_BLOCK_ENTRIES", 1)  # one pair at a time
+    _assert_equal(whole, accumulate(x, w[None, :], layout))

@@ -19,6 +19,8 @@ import numpy as np
 
 from validator.plan import SENTINEL_VALUES, Plan
 
+#: Entries (events x pairs) indexed at once when filling the pair histograms.
+PAIR_BLOCK_ENTRIES = 8_000_000
 #: Moment orders (a, b) with a <= b, a + b <= 4, accumulated as Σ w x^a y^b.
 MOMENT_ORDERS = tuple((a, b) for a in range(5) for b in range(a, 5) if a + b <= 4)
 
@@ -227,15 +229,20 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
 
     if plan.pairs:
         size2 = int(layout.offsets_2d[-1])
-        flat_parts, row_parts = [], []
-        for p, (i, j) in enumerate(plan.pairs):
-            ny = layout.pair_shape[p][1]
-            both = np.nonzero(valid[:, i] & valid[:, j])[0]
-            flat_parts.append(idx2[both, i] * ny + idx2[both, j] + layout.offsets_2d[p])
-            row_parts.append(both)
-        flat = np.concatenate(flat_parts)
-        rows2 = np.concatenate(row_parts)
-        acc.h2_sumw, acc.h2_sumw2 = _weighted_bincount(flat, weights[:, rows2], size2)
+        # pairs in blocks, so the index arrays stay near PAIR_BLOCK_ENTRIES whatever the count
+        block = max(1, PAIR_BLOCK_ENTRIES // n)
+        for start in range(0, len(plan.pairs), block):
+            flat_parts, row_parts = [], []
+            for p in range(start, min(start + block, len(plan.pairs))):
+                i, j = plan.pairs[p]
+                ny = layout.pair_shape[p][1]
+                both = np.nonzero(valid[:, i] & valid[:, j])[0]
+                flat_parts.append(idx2[both, i] * ny + idx2[both, j] + layout.offsets_2d[p])
+                row_parts.append(both)
+            flat = np.concatenate(flat_parts)
+            sumw, sumw2 = _weighted_bincount(flat, weights[:, np.concatenate(row_parts)], size2)
+            acc.h2_sumw += sumw
+            acc.h2_sumw2 += sumw2
 
         used = layout.paired_features
         loc = np.array([plan.features[k].loc for k in used])
