@@ -119,3 +119,12 @@ def test_classify_columns():
     assert skipped["Jet_pt"].startswith("jagged") and skipped["Type"].startswith("string")
     assert skipped["run"] == skipped["Event"] == "identifier"
     assert skipped["genWeight"] == "weight-like"
+
+
+def test_plan_round_trips_through_json():
+    rng = np.random.default_rng(8)
+    profiles = {"x": _profile(rng.normal(size=5000)),
+                "k": _profile(rng.poisson(2, 5000).astype(float))}
+    plan = make_plan(profiles, profiles, {"k": "int"}, weight="w", category=None, requested=None,
+                     skipped={"Jet_pt": "jagged"}, config=PlanConfig(n_bins=8))
+    assert type(plan).from_json(plan.to_json()) == plan
