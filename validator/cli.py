@@ -117,12 +117,19 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     from validator.store import list_runs
 
     frame = list_runs(args.db)
-    table = Table()
-    for col in frame.columns:
-        table.add_column(col)
+    table = Table(title=f"runs in {args.db}", title_justify="left")
+    for col in ("run_id", "started (UTC)", "sim", "data", "features", "tests",
+                "failed (expected)", "Holm-significant"):
+        table.add_column(col, justify="left" if col in ("run_id", "started (UTC)") else "right")
     for row in frame.itertuples(index=False):
-        table.add_row(*[str(v) for v in row])
-    Console().print(table)
+        table.add_row(row.run_id, f"{row.started_at:%Y-%m-%d %H:%M}", f"{row.n_sim:,}",
+                      f"{row.n_data:,}", str(row.n_features), f"{row.n_tests:,}",
+                      f"{row.n_failed} ({row.n_expected_failures:.1f})",
+                      str(row.n_significant_holm))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=130)
+    console.print(table)
     return EXIT_OK
 
 
