@@ -10,6 +10,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 __all__ = [
+    "as_histograms",
     "effective_entries",
     "max_abs_ratio_deviation",
     "merge_histogram",
@@ -18,6 +19,27 @@ __all__ = [
     "small_simulation_reason",
     "toy_pvalue",
 ]
+
+
+def as_histograms(data_counts: ArrayLike, sim_sumw: ArrayLike, sim_sumw2: ArrayLike,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check and convert the three arrays every binned test takes.
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, non-finite values, or negative ``sim_sumw2``.
+    """
+    n = np.asarray(data_counts, dtype=float)
+    w = np.asarray(sim_sumw, dtype=float)
+    s2 = np.asarray(sim_sumw2, dtype=float)
+    if not (n.shape == w.shape == s2.shape):
+        raise ValueError(f"shapes differ: data {n.shape}, sim_sumw {w.shape}, sim_sumw2 {s2.shape}")
+    if np.any(s2 < 0) or not np.all(np.isfinite(s2)):
+        raise ValueError("sim_sumw2 must be finite and non-negative")
+    if not (np.all(np.isfinite(n)) and np.all(np.isfinite(w))):
+        raise ValueError("data_counts and sim_sumw must be finite")
+    return n, w, s2
 
 
 def merge_sparse_bins(expected: ArrayLike, min_expected: float = 5.0) -> np.ndarray:

@@ -12,6 +12,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from validator.stats.binned import (
+    as_histograms,
     effective_entries,
     max_abs_ratio_deviation,
     sim_toys,
@@ -24,10 +25,6 @@ __all__ = ["chi2_uw"]
 
 #: Expected data count below which the chi² asymptotics are not trusted (Cochran 1954).
 MIN_EXPECTED = 5.0
-
-
-def _as_float(a: ArrayLike) -> np.ndarray:
-    return np.asarray(a, dtype=float)
 
 
 def _uw_core(n: np.ndarray, w: np.ndarray, e2: np.ndarray) -> dict[str, np.ndarray]:
@@ -189,17 +186,7 @@ def chi2_uw(
         On mismatched shapes, negative ``sim_sumw2``, an empty histogram, or a bin where ROOT
         reports an infinite discrepancy (data in a bin of a simulation with all errors zero).
     """
-    n_in = _as_float(data_counts)
-    w_in = _as_float(sim_sumw)
-    s2_in = _as_float(sim_sumw2)
-    if not (n_in.shape == w_in.shape == s2_in.shape):
-        raise ValueError(
-            f"shapes differ: data {n_in.shape}, sim_sumw {w_in.shape}, sim_sumw2 {s2_in.shape}"
-        )
-    if np.any(s2_in < 0) or not np.all(np.isfinite(s2_in)):
-        raise ValueError("sim_sumw2 must be finite and non-negative")
-    if not (np.all(np.isfinite(n_in)) and np.all(np.isfinite(w_in))):
-        raise ValueError("data_counts and sim_sumw must be finite")
+    n_in, w_in, s2_in = as_histograms(data_counts, sim_sumw, sim_sumw2)
     if n_toys < 0:
         raise ValueError("n_toys must be >= 0")
     n_all, w_all, s2_all = n_in.ravel(), w_in.ravel(), s2_in.ravel()

@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from validator.stats.binned import (
+    as_histograms,
     effective_entries,
     max_abs_ratio_deviation,
     sim_toys,
@@ -431,17 +432,7 @@ def saturated(
     ValueError
         On mismatched shapes, negative or non-finite ``sim_sumw2``, or an empty histogram.
     """
-    n_in = np.asarray(data_counts, dtype=float)
-    w_in = np.asarray(sim_sumw, dtype=float)
-    s2_in = np.asarray(sim_sumw2, dtype=float)
-    if not (n_in.shape == w_in.shape == s2_in.shape):
-        raise ValueError(
-            f"shapes differ: data {n_in.shape}, sim_sumw {w_in.shape}, sim_sumw2 {s2_in.shape}"
-        )
-    if np.any(s2_in < 0) or not np.all(np.isfinite(s2_in)):
-        raise ValueError("sim_sumw2 must be finite and non-negative")
-    if not (np.all(np.isfinite(n_in)) and np.all(np.isfinite(w_in))):
-        raise ValueError("data_counts and sim_sumw must be finite")
+    n_in, w_in, s2_in = as_histograms(data_counts, sim_sumw, sim_sumw2)
     if np.any(n_in < 0):
         raise ValueError("data_counts must be non-negative")
     n_all, w_all, s2_all = n_in.ravel(), w_in.ravel(), s2_in.ravel()
