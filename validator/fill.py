@@ -172,12 +172,20 @@ def _bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, len(edges) - 2)
 
 
-def _weighted_bincount(index: np.ndarray, weights: np.ndarray, size: int,
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Σw and Σw² per bin, one row per weight variation."""
-    sumw = np.stack([np.bincount(index, weights=w, minlength=size) for w in weights])
-    sumw2 = np.stack([np.bincount(index, weights=w * w, minlength=size) for w in weights])
-    return sumw, sumw2
+def _masked_bincount(index: np.ndarray, mask: np.ndarray, weights: np.ndarray, size: int,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Σw and Σw² per bin over all entries of ``index`` (any shape ``(..., n_events)``).
+
+    ``mask`` (same shape, 0/1) zeroes the entries to leave out: they add nothing, which is
+    cheaper than gathering the kept ones. One row per weight variation.
+    """
+    flat = index.ravel()
+    sumw, sumw2 = [], []
+    for w in weights:
+        mw = mask * w
+        sumw.append(np.bincount(flat, weights=mw.ravel(), minlength=size))
+        sumw2.append(np.bincount(flat, weights=(mw * w).ravel(), minlength=size))
+    return np.stack(sumw), np.stack(sumw2)
 
 
 def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Accumulator:
@@ -199,59 +207,56 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
     acc.n_events = n
     acc.sumw = weights.sum(axis=1)
     acc.sumw2 = (weights * weights).sum(axis=1)
-    finite = np.isfinite(features)
-    sentinel = finite & np.isin(features, SENTINEL_VALUES)
+    # feature-major copies: every per-feature and per-pair operation reads contiguous rows
+    x = np.ascontiguousarray(features.T)
+    finite = np.isfinite(x)
+    sentinel = finite & np.isin(x, SENTINEL_VALUES)
     valid = finite & ~sentinel
-    acc.n_nonfinite = (~finite).sum(axis=0).astype(np.int64)
-    acc.n_sentinel = sentinel.sum(axis=0).astype(np.int64)
-    safe = np.where(valid, features, 0.0)
+    acc.n_nonfinite = (~finite).sum(axis=1).astype(np.int64)
+    acc.n_sentinel = sentinel.sum(axis=1).astype(np.int64)
+    safe = np.where(valid, x, 0.0)
+    vmask = valid.astype(np.float64)
 
-    idx1 = np.empty((n, n_f), np.int64)
-    idx2 = np.empty((n, n_f), np.int64)
-    idxf = np.empty((n, n_f), np.int64)
+    idx1 = np.empty((n_f, n), np.int64)
+    idx2 = np.empty((n_f, n), np.int64)
+    idxf = np.empty((n_f, n), np.int64)
     for k in range(n_f):
-        idx1[:, k] = _bin_index(safe[:, k], layout.edges[k]) + layout.offsets_1d[k]
-        idx2[:, k] = _bin_index(safe[:, k], layout.pair_edges[k])
-        idxf[:, k] = _bin_index(safe[:, k], layout.fine_edges[k]) + layout.offsets_fine[k]
-    rows, cols = np.nonzero(valid)
-    w_valid = weights[:, rows]
-    acc.h1_sumw, acc.h1_sumw2 = _weighted_bincount(idx1[rows, cols], w_valid,
-                                                   int(layout.offsets_1d[-1]))
-    acc.fine_sumw, acc.fine_sumw2 = _weighted_bincount(idxf[rows, cols], w_valid,
-                                                       int(layout.offsets_fine[-1]))
+        idx1[k] = _bin_index(safe[k], layout.edges[k]) + layout.offsets_1d[k]
+        idx2[k] = _bin_index(safe[k], layout.pair_edges[k])
+        idxf[k] = _bin_index(safe[k], layout.fine_edges[k]) + layout.offsets_fine[k]
+    acc.h1_sumw, acc.h1_sumw2 = _masked_bincount(idx1, vmask, weights,
+                                                 int(layout.offsets_1d[-1]))
+    acc.fine_sumw, acc.fine_sumw2 = _masked_bincount(idxf, vmask, weights,
+                                                     int(layout.offsets_fine[-1]))
 
     nominal = weights[0]
-    vmask = valid.astype(np.float64)
-    acc.valid_sumw = nominal @ vmask
-    acc.valid_sumw2 = (nominal * nominal) @ vmask
-    acc.sum_wx = nominal @ safe
-    acc.sum_wx2 = nominal @ (safe * safe)
+    acc.valid_sumw = vmask @ nominal
+    acc.valid_sumw2 = vmask @ (nominal * nominal)
+    acc.sum_wx = safe @ nominal
+    acc.sum_wx2 = (safe * safe) @ nominal
 
     if plan.pairs:
         size2 = int(layout.offsets_2d[-1])
+        pairs = np.asarray(plan.pairs, dtype=np.int64)
+        ny = np.array([shape[1] for shape in layout.pair_shape], dtype=np.int64)
         # pairs in blocks, so the index arrays stay near PAIR_BLOCK_ENTRIES whatever the count
         block = max(1, PAIR_BLOCK_ENTRIES // n)
-        for start in range(0, len(plan.pairs), block):
-            flat_parts, row_parts = [], []
-            for p in range(start, min(start + block, len(plan.pairs))):
-                i, j = plan.pairs[p]
-                ny = layout.pair_shape[p][1]
-                both = np.nonzero(valid[:, i] & valid[:, j])[0]
-                flat_parts.append(idx2[both, i] * ny + idx2[both, j] + layout.offsets_2d[p])
-                row_parts.append(both)
-            flat = np.concatenate(flat_parts)
-            sumw, sumw2 = _weighted_bincount(flat, weights[:, np.concatenate(row_parts)], size2)
+        for start in range(0, len(pairs), block):
+            sel = slice(start, start + block)
+            i, j = pairs[sel, 0], pairs[sel, 1]
+            flat = idx2[i] * ny[sel, None] + idx2[j] + layout.offsets_2d[:-1][sel, None]
+            sumw, sumw2 = _masked_bincount(flat, vmask[i] * vmask[j], weights, size2)
             acc.h2_sumw += sumw
             acc.h2_sumw2 += sumw2
 
         used = layout.paired_features
-        loc = np.array([plan.features[k].loc for k in used])
-        scale = np.array([plan.features[k].scale for k in used])
-        mask = vmask[:, used]
-        z = np.where(valid[:, used], (safe[:, used] - loc) / scale, 0.0)
+        loc = np.array([plan.features[k].loc for k in used])[:, None]
+        scale = np.array([plan.features[k].scale for k in used])[:, None]
+        mask = vmask[used]
+        z = np.where(valid[used], (safe[used] - loc) / scale, 0.0)
         powers = [mask, z, z * z, z**3, z**4]
-        weighted = [nominal[:, None] * pw for pw in powers]
-        acc.moments = np.stack([weighted[a].T @ powers[b] for a, b in MOMENT_ORDERS])
-        weighted = [nominal[:, None] * pw for pw in weighted]
-        acc.moments_w2 = np.stack([weighted[a].T @ powers[b] for a, b in MOMENT_ORDERS])
+        weighted = [pw * nominal for pw in powers]
+        acc.moments = np.stack([weighted[a] @ powers[b].T for a, b in MOMENT_ORDERS])
+        weighted = [pw * nominal for pw in weighted]
+        acc.moments_w2 = np.stack([weighted[a] @ powers[b].T for a, b in MOMENT_ORDERS])
     return acc
