@@ -152,3 +152,16 @@ def test_nans_are_counted_and_reported(capsys, tmp_path):
     assert "b (sim 0, data 37)" in out
     feats = query(db, "SELECT n_nan_data FROM features WHERE feature = 'b' AND category = 'all'")
     assert feats["n_nan_data"][0] == 37
+
+
+def test_sentinels_are_reported_and_excluded(capsys, tmp_path):
+    sim, data = make_frames(n_sim=4_000, n_data=2_000)
+    sim = sim.with_columns(c=pl.when(pl.col("event") < 100).then(-999.0).otherwise(pl.col("c")))
+    s, d = _write(tmp_path, sim, data)
+    db = tmp_path / "v.duckdb"
+    code, out, _ = _run(capsys, "--sim", s, "--data", d, "--weight", "weight", "--db", str(db))
+    assert code == 0
+    assert "default values such as -999 (counted, not tested): c (sim 100, data 0)" in out
+    feats = query(db, "SELECT n_sentinel_sim, edges FROM features WHERE feature = 'c' "
+                      "AND category = 'all'")
+    assert feats["n_sentinel_sim"][0] == 100 and min(feats["edges"][0]) >= 0

@@ -92,6 +92,12 @@ def test_nanoaod_halves_without_features(capsys, tmp_path, shared_data):
     skipped = query(db, "SELECT * FROM skipped_columns").set_index("column_name")["reason"]
     assert skipped["event"] == "identifier" and skipped["run"] == "identifier"
     assert skipped["Jet_pt"].startswith("jagged")
+    kinds = query(db, "SELECT feature, kind, edges FROM features").set_index("feature")
+    assert kinds.loc["HLT_PFJet40", "kind"] == "discrete"  # a boolean branch: two bins
+    assert list(kinds.loc["HLT_PFJet40", "edges"]) == [-0.5, 0.5, 1.5]
+    # with ~100 events a half, the low-statistics tests take toy p-values or say so
+    methods = query(db, "SELECT pvalue_method, count(*) AS n FROM tests GROUP BY ALL")
+    assert "toys" in set(methods["pvalue_method"])
     _in_line_with_the_null(db)
 
 

@@ -42,7 +42,14 @@ def render(outcome: RunOutcome, console: Console | None = None, n_worst: int = 1
     nan = [t for t in nan if t[1] or t[2]]
     if nan:
         console.print("NaN/inf values (counted, not tested): "
-                      + ", ".join(f"{n} (sim {a}, data {b})" for n, a, b in nan[:8]))
+                      + ", ".join(f"{n} (sim {a}, data {b})" for n, a, b in nan[:8])
+                      + (f" and {len(nan) - 8} more" if len(nan) > 8 else ""))
+    sentinels = [(f.name, f.n_sentinel_sim, f.n_sentinel_data) for f in plan.features
+                 if f.n_sentinel_sim or f.n_sentinel_data]
+    if sentinels:
+        console.print("default values such as -999 (counted, not tested): "
+                      + ", ".join(f"{n} (sim {a}, data {b})" for n, a, b in sentinels[:8])
+                      + (f" and {len(sentinels) - 8} more" if len(sentinels) > 8 else ""))
 
     # reliable tests first, then by p-value: a low-statistics p-value is no confident failure
     pvals = np.nan_to_num(np.array([r.result.pvalue for r in outcome.records]), nan=2.0)
