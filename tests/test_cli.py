@@ -165,3 +165,18 @@ def test_sentinels_are_reported_and_excluded(capsys, tmp_path):
     feats = query(db, "SELECT n_sentinel_sim, edges FROM features WHERE feature = 'c' "
                       "AND category = 'all'")
     assert feats["n_sentinel_sim"][0] == 100 and min(feats["edges"][0]) >= 0
+
+
+def test_columns_missing_from_some_files_are_skipped_and_said(capsys, tmp_path):
+    sim, data = make_frames(n_sim=4_000, n_data=2_000)
+    sim.head(2_000).write_parquet(tmp_path / "s1.parquet")
+    sim.tail(2_000).drop("c").write_parquet(tmp_path / "s2.parquet")
+    data.write_parquet(tmp_path / "d.parquet")
+    db = tmp_path / "v.duckdb"
+    code, _, err = _run(capsys, "--sim", str(tmp_path / "s1.parquet"), str(tmp_path / "s2.parquet"),
+                        "--data", str(tmp_path / "d.parquet"), "--weight", "weight",
+                        "--db", str(db))
+    assert code == 0, err
+    skipped = query(db, "SELECT * FROM skipped_columns").set_index("column_name")["reason"]
+    assert skipped["c"] == "not in every sim file"
+    assert query(db, "SELECT n_sim FROM runs")["n_sim"][0] == 4_000

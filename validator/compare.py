@@ -26,10 +26,6 @@ from validator.stats import (
     wasserstein_hist,
 )
 
-#: The methods run for one feature and for one pair.
-METHODS_1D = ("chi2_uw", "saturated", "ks", "ad")
-METHODS_2D = ("chi2_uw", "saturated", "dependence", "corr_pearson", "corr_spearman")
-
 
 @dataclass(frozen=True)
 class CompareOptions:
@@ -102,11 +98,7 @@ def tests_1d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
             if feature.kind == "discrete":
                 details["note"] = "discrete feature: EDF p-value is conservative (ties)"
             yield TestRecord(category, "1d", feature.name, None,
-                             _with_details(result, details))
-
-
-def _with_details(result: GofResult, details: dict) -> GofResult:
-    return replace(result, details=details)
+                             replace(result, details=details))
 
 
 def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,

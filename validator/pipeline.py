@@ -227,6 +227,9 @@ def _select_features(sim: Sample, data: Sample, config: RunConfig,
         if c not in exclude:
             where = "simulation" if c in sim.columns else "data"
             skipped[c] = f"only in {where}"
+    for sample in (sim, data):
+        for c in sample.partial_columns:
+            skipped[c] = f"not in every {sample.name} file"
     for c in sorted(set(sim.columns) & set(data.columns)):
         if sim.columns[c] != data.columns[c] and c not in exclude:
             skipped[c] = f"type differs ({sim.columns[c]} in simulation, {data.columns[c]} in data)"
