@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from validator.fill import Accumulator, Layout, accumulate
-from validator.plan import ColumnProfile, PlanConfig, make_plan
+from validator.plan import ColumnProfile, PlanConfig, make_plan, uniform_keys
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def setup():
     x[rng.random(n) < 0.01, 0] = -999.0  # sentinels likewise
     w = rng.normal(1.0, 0.5, size=n)  # some negative weights
     names = ["a", "b", "k"]
-    prof = {nm: ColumnProfile.of(x[:, i], np.random.default_rng(i), True)
+    prof = {nm: ColumnProfile.of(x[:, i], uniform_keys(0, n, i))
             for i, nm in enumerate(names)}
     plan = make_plan(prof, prof, {"a": "float", "b": "float", "k": "int"}, weight="w",
                      category=None, requested=None, skipped={}, config=PlanConfig())
@@ -97,7 +97,7 @@ def test_weighted_mean_and_std_match_numpy(setup):
     ok = np.isfinite(x[:, 1])
     mean = np.average(x[ok, 1], weights=w[ok])
     std = np.sqrt(np.average((x[ok, 1] - mean) ** 2, weights=w[ok]))
-    assert acc.mean_std(1) == pytest.approx((mean, std), rel=1e-9)
+    assert acc.mean_std(layout, 1) == pytest.approx((mean, std), rel=1e-9)
 
 
 def test_pair_blocks_do_not_change_the_result(setup, monkeypatch):
@@ -107,3 +107,16 @@ def test_pair_blocks_do_not_change_the_result(setup, monkeypatch):
     whole = accumulate(x, w[None, :], layout)
     monkeypatch.setattr(fill, "PAIR_BLOCK_ENTRIES", 1)  # one pair at a time
     _assert_equal(whole, accumulate(x, w[None, :], layout))
+
+
+def test_std_keeps_its_precision_far_from_zero():
+    rng = np.random.default_rng(13)
+    x = (1e9 + rng.normal(0.0, 1.0, 20_000))[:, None]
+    w = np.ones(20_000)
+    prof = {"t": ColumnProfile.of(x[:, 0], uniform_keys(0, 20_000, 0))}
+    plan = make_plan(prof, prof, {}, weight=None, category=None, requested=None, skipped={},
+                     config=PlanConfig())
+    layout = Layout(plan)
+    mean, std = accumulate(x, w[None, :], layout).mean_std(layout, 0)
+    assert std == pytest.approx(np.std(x[:, 0] - 1e9), rel=1e-6)
+    assert mean == pytest.approx(np.mean(x[:, 0]), rel=1e-12)

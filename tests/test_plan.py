@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from validator.errors import InputError
 from validator.plan import (
@@ -13,11 +14,13 @@ from validator.plan import (
     classify_columns,
     make_plan,
     plan_feature,
+    uniform_keys,
 )
 
 
-def _profile(x: np.ndarray, seed: int = 0) -> ColumnProfile:
-    return ColumnProfile.of(np.asarray(x, dtype=float), np.random.default_rng(seed), True)
+def _profile(x: np.ndarray, seed: int = 0, start: int = 0) -> ColumnProfile:
+    x = np.asarray(x, dtype=float)
+    return ColumnProfile.of(x, uniform_keys(start, len(x), seed))
 
 
 def test_continuous_bins_are_equal_population_from_data():
@@ -94,10 +97,24 @@ def test_profiles_merge_independently_of_the_split():
     x = rng.integers(0, 5, 10_000).astype(float)
     x[::97] = np.nan
     whole = _profile(x)
-    parts = _profile(x[:1234], 1) + _profile(x[1234:], 2)
+    parts = _profile(x[:1234]) + _profile(x[1234:], start=1234)
     for attr in ("n", "n_nonfinite", "n_sentinel", "minimum", "maximum", "integral", "distinct"):
         assert getattr(whole, attr) == getattr(parts, attr)
     assert len(parts.values) == whole.n_valid  # under the reservoir size: every value kept
+
+
+def test_reservoir_does_not_depend_on_chunking():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=30_000)
+    whole = ColumnProfile.of(x, uniform_keys(0, len(x), 5), capacity=1_000)
+    parts = sum((ColumnProfile.of(x[a:a + 7_000], uniform_keys(a, len(x[a:a + 7_000]), 5),
+                                  capacity=1_000) for a in range(0, 30_000, 7_000)),
+                ColumnProfile(capacity=1_000))
+    assert np.array_equal(np.sort(whole.values), np.sort(parts.values))
+    # the keys are uniform: the reservoir is a fair sample (KS against the full sample)
+    keys = uniform_keys(0, 100_000, 1)
+    assert stats.kstest(keys, "uniform").pvalue > 0.001
+    assert stats.ks_2samp(whole.values, x).pvalue > 0.001
 
 
 def test_pairs_are_capped_and_the_cap_is_reported():
@@ -128,3 +145,33 @@ def test_plan_round_trips_through_json():
     plan = make_plan(profiles, profiles, {"k": "int"}, weight="w", category=None, requested=None,
                      skipped={"Jet_pt": "jagged"}, config=PlanConfig(n_bins=8))
     assert type(plan).from_json(plan.to_json()) == plan
+
+
+def test_spikes_get_a_bin_of_their_own():
+    rng = np.random.default_rng(10)
+    data = np.where(rng.random(20_000) < 0.75, 0.0, rng.exponential(1.0, 20_000))
+    fp = plan_feature("iso", _profile(data), _profile(data), "float", PlanConfig())
+    edges = np.asarray(fp.edges)
+    counts, _ = np.histogram(np.clip(data, edges[0], edges[-1]), edges)
+    assert edges[0] == 0.0 and edges[1] == np.nextafter(0.0, 1.0)
+    assert counts[0] == int((data == 0).sum())  # the spike alone in the first bin
+
+
+def test_few_valued_non_integer_feature_is_discrete():
+    rng = np.random.default_rng(11)
+    data = rng.choice([0.5, 1.5, 2.5], size=5_000, p=[0.3, 0.4, 0.3])
+    fp = plan_feature("f", _profile(data), _profile(data), "float", PlanConfig())
+    assert fp.kind == "discrete" and fp.values == (0.5, 1.5, 2.5)
+    assert fp.edges == (0.0, 1.0, 2.0, 3.0)
+
+
+def test_data_on_one_value_is_binned_on_both_samples():
+    rng = np.random.default_rng(12)
+    sim = rng.normal(5.0, 1.0, 5_000)
+    data = np.full(2_000, 5.25)
+    fp = plan_feature("c", _profile(sim), _profile(data, 1), "float", PlanConfig())
+    assert not isinstance(fp, str) and fp.n_bins >= 5  # tested, not skipped
+    flag_sim = (rng.random(4_000) < 0.5).astype(float)
+    flag_data = np.ones(2_000)
+    fb = plan_feature("flag", _profile(flag_sim), _profile(flag_data, 1), "bool", PlanConfig())
+    assert not isinstance(fb, str) and fb.edges == (-0.5, 0.5, 1.5)

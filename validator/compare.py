@@ -88,8 +88,9 @@ def tests_1d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
             continue
         sim_w2_total = float(sim.valid_sumw2[k])
         edges = layout.fine_edges[k]
-        centres = 0.5 * (edges[1:] + edges[:-1])
-        _, sim_std = sim.mean_std(k)
+        # a discrete feature's fine bins hold one value each: W1 is measured at the values
+        centres = np.asarray(feature.values) if feature.values else 0.5 * (edges[1:] + edges[:-1])
+        _, sim_std = sim.mean_std(layout, k)
         w1 = wasserstein_hist(fd, fs, centres)
         w1_norm = float(w1 / sim_std) if sim_std > 0 else float("nan")
         for test in (ks_hist, ad_hist):

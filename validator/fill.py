@@ -99,8 +99,8 @@ class Accumulator:
     h2_sumw2: np.ndarray  # (n_var, B2)
     valid_sumw: np.ndarray  # (F,) Σw over events where the feature is valid
     valid_sumw2: np.ndarray  # (F,)
-    sum_wx: np.ndarray  # (F,) Σ w x, raw units
-    sum_wx2: np.ndarray  # (F,) Σ w x²
+    sum_wd: np.ndarray  # (F,) Σ w (x - loc): about the plan's location, for precision
+    sum_wd2: np.ndarray  # (F,) Σ w (x - loc)²
     moments: np.ndarray  # (len(MOMENT_ORDERS), K, K) Σ w z_i^a z_j^b, standardised, K paired
     moments_w2: np.ndarray  # (len(MOMENT_ORDERS), K, K) Σ w² z_i^a z_j^b
 
@@ -119,7 +119,7 @@ class Accumulator:
             h2_sumw=np.zeros((n_var, layout.offsets_2d[-1])),
             h2_sumw2=np.zeros((n_var, layout.offsets_2d[-1])),
             valid_sumw=np.zeros(n_f), valid_sumw2=np.zeros(n_f),
-            sum_wx=np.zeros(n_f), sum_wx2=np.zeros(n_f),
+            sum_wd=np.zeros(n_f), sum_wd2=np.zeros(n_f),
             moments=np.zeros((len(MOMENT_ORDERS), n_k, n_k)),
             moments_w2=np.zeros((len(MOMENT_ORDERS), n_k, n_k)),
         )
@@ -149,14 +149,14 @@ class Accumulator:
             out[b, a] = source[m, kj, ki]
         return out
 
-    def mean_std(self, k: int) -> tuple[float, float]:
+    def mean_std(self, layout: Layout, k: int) -> tuple[float, float]:
         """Weighted mean and standard deviation of feature ``k`` over its valid values."""
         sw = self.valid_sumw[k]
         if sw <= 0:
             return float("nan"), float("nan")
-        mean = self.sum_wx[k] / sw
-        var = max(self.sum_wx2[k] / sw - mean * mean, 0.0)
-        return float(mean), float(np.sqrt(var))
+        shift = self.sum_wd[k] / sw
+        var = max(self.sum_wd2[k] / sw - shift * shift, 0.0)
+        return float(layout.plan.features[k].loc + shift), float(np.sqrt(var))
 
     def pair_n_eff(self, layout: Layout, i: int, j: int) -> float:
         """Kish's effective number of events where both features are valid."""
@@ -232,8 +232,10 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
     nominal = weights[0]
     acc.valid_sumw = vmask @ nominal
     acc.valid_sumw2 = vmask @ (nominal * nominal)
-    acc.sum_wx = safe @ nominal
-    acc.sum_wx2 = (safe * safe) @ nominal
+    loc_all = np.array([f.loc for f in plan.features])[:, None]
+    d = np.where(valid, x - loc_all, 0.0)
+    acc.sum_wd = d @ nominal
+    acc.sum_wd2 = (d * d) @ nominal
 
     if plan.pairs:
         size2 = int(layout.offsets_2d[-1])

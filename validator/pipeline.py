@@ -21,8 +21,24 @@ from validator import __version__
 from validator.compare import CompareOptions, TestRecord, run_tests
 from validator.errors import InputError
 from validator.fill import Accumulator, Layout, accumulate
-from validator.plan import ColumnProfile, Plan, PlanConfig, classify_columns, make_plan
-from validator.sources import DEFAULT_CHUNK_ROWS, Sample, Selection, iter_chunks, open_sample
+from validator.plan import (
+    ColumnProfile,
+    Plan,
+    PlanConfig,
+    classify_columns,
+    make_plan,
+    reservoir_capacity,
+    uniform_keys,
+)
+from validator.sources import (
+    DEFAULT_CHUNK_ROWS,
+    FILE,
+    Sample,
+    Selection,
+    common_kind,
+    iter_chunks,
+    open_sample,
+)
 from validator.summary import RunSummary, adjust_pvalues, summarise
 
 #: Category label of the inclusive selection (all events).
@@ -78,23 +94,40 @@ class RunOutcome:
         return len(self.records)
 
 
+MAX_CATEGORIES = 50
+
+
+def _category_label(value: object, column: str) -> str:
+    if isinstance(value, float):
+        value = int(value) if value.is_integer() else value
+    label = str(value)
+    # the inclusive selection is called "all": a category of that name keeps its column
+    return f"{column}={label}" if label == INCLUSIVE else label
+
+
 def _categories_of(chunk: dict[str, np.ndarray], column: str | None) -> np.ndarray | None:
     if column is None:
         return None
     values = chunk[column]
-    if values.dtype == object:
-        return values.astype(str)
-    return np.array([f"{v:g}" for v in values]) if values.size else values.astype(str)
+    uniq, inverse = np.unique(values.astype(str) if values.dtype == object else values,
+                              return_inverse=True)
+    if len(uniq) > MAX_CATEGORIES:
+        raise InputError(f"category column '{column}' has more than {MAX_CATEGORIES} values; "
+                         "a category column needs a few (a channel, a muon type, a run period)")
+    labels = np.array([_category_label(u.item() if hasattr(u, "item") else u, column)
+                       for u in uniq], dtype=object)
+    return labels[inverse.ravel()]
 
 
 def _weights_of(chunk: dict[str, np.ndarray], sample: Sample, n: int) -> np.ndarray:
     if sample.weight is None:
         return np.ones((1, n))
     w = chunk[sample.weight]
-    if not np.all(np.isfinite(w)):
-        bad = int((~np.isfinite(w)).sum())
+    with np.errstate(over="ignore"):
+        bad = int((~np.isfinite(w * w)).sum())
+    if bad:
         raise InputError(f"{sample.sources[0].label}: weight column '{sample.weight}' has "
-                         f"{bad} NaN/inf values")
+                         f"{bad} NaN/inf values (or values so large their square overflows)")
     return w[None, :]
 
 
@@ -127,7 +160,8 @@ def event_key_columns(sample: Sample) -> list[str]:
     by_lower = {c.lower(): c for c, k in sample.columns.items() if k in ("int", "float")}
     cols = [by_lower[n] for n in EVENT_KEY_COLUMNS if n in by_lower]
     has_event = any(n in by_lower for n in EVENT_KEY_COLUMNS[4:])
-    return cols if has_event else []
+    # files number their events independently: the file is part of the key
+    return [FILE, *cols] if has_event else []
 
 
 def _shared_event_note(sample: Sample, keys: list[np.ndarray], key_cols: list[str]) -> str | None:
@@ -138,35 +172,37 @@ def _shared_event_note(sample: Sample, keys: list[np.ndarray], key_cols: list[st
     n_distinct = len(np.unique(table, axis=0))
     if n_distinct == len(table):
         return None
-    return (f"{sample.name}: {len(table):,} rows but {n_distinct:,} distinct "
-            f"({', '.join(key_cols)}): rows of one event are not independent and the p-values "
-            "assume independent events; select one row per event")
+    names = ", ".join(c for c in key_cols if c != FILE)
+    return (f"{sample.name}: {len(table):,} rows but {n_distinct:,} distinct ({names}): rows "
+            "of one event are not independent and the p-values assume independent events; "
+            "select one row per event")
 
 
-def _profile(sample: Sample, chunks: Chunks, columns: list[str], keep: bool,
-             rng: np.random.Generator, progress: Progress | None,
-             selection: Selection | None, key_cols: list[str],
+def _profile(sample: Sample, chunks: Chunks, columns: list[str], seed: int,
+             progress: Progress | None, selection: Selection | None, key_cols: list[str],
              ) -> tuple[dict[str, ColumnProfile], float, int, str | None]:
     """First pass: column profiles (for the plan), the sum of weights, the event count, and
     a note if rows share an event."""
-    profiles: dict[str, ColumnProfile] = {c: ColumnProfile() for c in columns}
+    capacity = reservoir_capacity(len(columns))
+    profiles = {c: ColumnProfile(capacity=capacity) for c in columns}
     sumw = 0.0
     n_events = 0
-    keys: list[np.ndarray] = []
+    event_keys: list[np.ndarray] = []
     for chunk in chunks():
         n = len(next(iter(chunk.values())))
         sumw += float(_weights_of(chunk, sample, n).sum())
+        keys = uniform_keys(n_events, n, seed)
         for c in columns:
-            profiles[c] = profiles[c] + ColumnProfile.of(chunk[c], rng, keep)
+            profiles[c] = profiles[c] + ColumnProfile.of(chunk[c], keys, capacity)
         if key_cols and n_events < MAX_KEYS_CHECKED:
-            keys.append(np.column_stack([chunk[c] for c in key_cols]))
+            event_keys.append(np.column_stack([chunk[c] for c in key_cols]))
         n_events += n
         if progress:
             progress(f"scan {sample.name}", n_events, sample.n_rows)
     if n_events == 0:
         raise InputError(f"{', '.join(s.label for s in sample.sources)}: no {sample.name} event "
                          f"passes the selection '{selection.text if selection else ''}'")
-    return profiles, sumw, n_events, _shared_event_note(sample, keys, key_cols)
+    return profiles, sumw, n_events, _shared_event_note(sample, event_keys, key_cols)
 
 
 def _fill(sample: Sample, chunks: Chunks, layout: Layout, category: str | None,
@@ -222,7 +258,8 @@ def _select_features(sim: Sample, data: Sample, config: RunConfig,
         kinds = {n: sim.columns.get(n, "float") for n in requested}
         return requested, skipped, kinds
     exclude = [c for c in (config.weight, config.category) if c]
-    shared = {c: k for c, k in sim.columns.items() if data.columns.get(c) == k}
+    shared = {c: common_kind(k, data.columns.get(c)) for c, k in sim.columns.items()}
+    shared = {c: k for c, k in shared.items() if k is not None}
     for c in sorted(set(sim.columns) ^ set(data.columns)):
         if c not in exclude:
             where = "simulation" if c in sim.columns else "data"
@@ -231,7 +268,7 @@ def _select_features(sim: Sample, data: Sample, config: RunConfig,
         for c in sample.partial_columns:
             skipped[c] = f"not in every {sample.name} file"
     for c in sorted(set(sim.columns) & set(data.columns)):
-        if sim.columns[c] != data.columns[c] and c not in exclude:
+        if c not in shared and c not in exclude:
             skipped[c] = f"type differs ({sim.columns[c]} in simulation, {data.columns[c]} in data)"
     candidates, more = classify_columns(shared, exclude)
     skipped.update({k: v for k, v in more.items() if k not in exclude})
@@ -243,7 +280,6 @@ def _select_features(sim: Sample, data: Sample, config: RunConfig,
 def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOutcome:
     """Run every test of ``config`` and store the run (unless ``config.db`` is None)."""
     started = datetime.now(timezone.utc).replace(tzinfo=None)
-    rng = np.random.default_rng(config.seed)
     sim = open_sample("sim", config.sim, config.weight)
     data = open_sample("data", config.data, None)
     sim_sel = Selection.parse(config.sim_selection, "--sim-selection") \
@@ -258,9 +294,9 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                                  sim_sel)
     data_chunks = _chunk_supplier(data, list(dict.fromkeys(columns + data_keys)),
                                   config.chunk_rows, data_sel)
-    sim_prof, sumw_sim, n_sim, sim_note = _profile(sim, sim_chunks, candidates, False, rng,
+    sim_prof, sumw_sim, n_sim, sim_note = _profile(sim, sim_chunks, candidates, config.seed,
                                                    progress, sim_sel, sim_keys)
-    data_prof, _, n_data, data_note = _profile(data, data_chunks, candidates, True, rng,
+    data_prof, _, n_data, data_note = _profile(data, data_chunks, candidates, config.seed + 1,
                                                progress, data_sel, data_keys)
     if not sumw_sim > 0:
         raise InputError(f"{sim.sources[0].label}: the simulation's sum of weights is "
@@ -339,8 +375,8 @@ def run_rows(outcome: RunOutcome, config: RunConfig) -> dict[str, list[dict[str,
             continue
         sim, data = outcome.sim[cat], outcome.data[cat]
         for k, f in enumerate(plan.features):
-            ms, ss = sim.mean_std(k)
-            md, sd = data.mean_std(k)
+            ms, ss = sim.mean_std(layout, k)
+            md, sd = data.mean_std(layout, k)
             features.append({
                 "run_id": run_id, "category": cat, "feature": f.name, "kind": f.kind,
                 "edges": list(f.edges), "n_nan_sim": int(sim.n_nonfinite[k]),

@@ -44,9 +44,10 @@ class ColumnProfile:
     """Mergeable summary of one column of one sample, for planning.
 
     Keeps counts, extrema, whether all values are integers, up to ``MAX_DISTINCT`` distinct
-    values, sentinel counts and a uniform reservoir sample (the ``RESERVOIR_SIZE`` values with
-    the smallest random keys: merging two reservoirs keeps the smallest keys of both, so the
-    result does not depend on how the input was split).
+    values, sentinel counts and a uniform reservoir sample: the ``capacity`` values with the
+    smallest keys, where a key is a hash of the event's position in the sample
+    (:func:`uniform_keys`). Merging keeps the smallest keys of both, so the reservoir, and the
+    binning made from it, do not depend on how the input was split into chunks.
     """
 
     n: int = 0
@@ -58,34 +59,37 @@ class ColumnProfile:
     distinct: frozenset[float] | None = frozenset()
     keys: np.ndarray = field(default_factory=lambda: np.empty(0))
     values: np.ndarray = field(default_factory=lambda: np.empty(0))
+    capacity: int = RESERVOIR_SIZE
 
     @classmethod
-    def of(cls, x: np.ndarray, rng: np.random.Generator, keep: bool) -> ColumnProfile:
+    def of(cls, x: np.ndarray, keys: np.ndarray, capacity: int = RESERVOIR_SIZE,
+           ) -> ColumnProfile:
+        """Profile of one chunk; ``keys`` are the events' reservoir keys (same length as x)."""
         finite = np.isfinite(x)
         sentinel = finite & np.isin(x, SENTINEL_VALUES)
-        good = x[finite & ~sentinel]
-        prof = cls(n=len(x), n_nonfinite=int((~finite).sum()), n_sentinel=int(sentinel.sum()))
+        good_mask = finite & ~sentinel
+        good = x[good_mask]
+        prof = cls(n=len(x), n_nonfinite=int((~finite).sum()), n_sentinel=int(sentinel.sum()),
+                   capacity=capacity)
         if good.size:
             prof.minimum = float(good.min())
             prof.maximum = float(good.max())
             prof.integral = bool(np.all(good == np.round(good)))
-            uniq = np.unique(good[: 200_000]) if good.size > 200_000 else np.unique(good)
-            if uniq.size <= MAX_DISTINCT and good.size > 200_000:
-                uniq = np.unique(good)
+            uniq = np.unique(good)
             prof.distinct = frozenset(uniq.tolist()) if uniq.size <= MAX_DISTINCT else None
-            if keep:
-                keys = rng.random(good.size)
-                if good.size > RESERVOIR_SIZE:
-                    sel = np.argpartition(keys, RESERVOIR_SIZE)[:RESERVOIR_SIZE]
-                    keys, good = keys[sel], good[sel]
-                prof.keys, prof.values = keys, good.copy()
+            kept = keys[good_mask]
+            if good.size > capacity:
+                sel = np.argpartition(kept, capacity)[:capacity]
+                kept, good = kept[sel], good[sel]
+            prof.keys, prof.values = kept, good.copy()
         return prof
 
     def __add__(self, other: ColumnProfile) -> ColumnProfile:
         keys = np.concatenate([self.keys, other.keys])
         values = np.concatenate([self.values, other.values])
-        if keys.size > RESERVOIR_SIZE:
-            sel = np.argpartition(keys, RESERVOIR_SIZE)[:RESERVOIR_SIZE]
+        capacity = min(self.capacity, other.capacity)
+        if keys.size > capacity:
+            sel = np.argpartition(keys, capacity)[:capacity]
             keys, values = keys[sel], values[sel]
         distinct = None
         if self.distinct is not None and other.distinct is not None:
@@ -101,11 +105,32 @@ class ColumnProfile:
             distinct=distinct,
             keys=keys,
             values=values,
+            capacity=capacity,
         )
 
     @property
     def n_valid(self) -> int:
         return self.n - self.n_nonfinite - self.n_sentinel
+
+
+def uniform_keys(start: int, n: int, seed: int) -> np.ndarray:
+    """Uniform [0, 1) keys for events ``start .. start+n-1``: a hash of the position.
+
+    SplitMix64 (Steele, Lea & Flood, OOPSLA 2014) of ``position + seed``: the key of an event
+    does not depend on the chunk it was read in.
+    """
+    with np.errstate(over="ignore"):
+        z = np.arange(start, start + n, dtype=np.uint64) + np.uint64(seed % (1 << 63))
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def reservoir_capacity(n_columns: int) -> int:
+    """Values kept per column: up to ``RESERVOIR_SIZE``, less with very many columns."""
+    return int(max(5_000, min(RESERVOIR_SIZE, 20_000_000 // max(n_columns, 1))))
 
 
 @dataclass(frozen=True)
@@ -139,6 +164,7 @@ class FeaturePlan:
     scale: float
     n_sentinel_sim: int = 0
     n_sentinel_data: int = 0
+    values: tuple[float, ...] = ()  # a discrete feature's values, one per fine bin
 
     @property
     def n_bins(self) -> int:
@@ -215,9 +241,16 @@ def classify_columns(columns: dict[str, str], exclude: Iterable[str]) -> tuple[l
 
 
 def _quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-population edges from a sample, duplicate edges merged."""
-    edges = np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1), method="linear")
-    return np.unique(edges)
+    """Equal-population edges from a sample, duplicate edges merged.
+
+    A value holding at least one bin's worth of events (a spike: zeros, a default, a capped
+    maximum) repeats among the quantiles; it gets a bin of its own, ``[v, next float)``, so
+    it never shares a bin with the continuum beside it.
+    """
+    quantiles = np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1), method="linear")
+    edges, repeats = np.unique(quantiles, return_counts=True)
+    spikes = edges[repeats > 1]
+    return np.unique(np.concatenate([edges, np.nextafter(spikes, np.inf)]))
 
 
 def _discrete_edges(values: np.ndarray, counts: np.ndarray, min_count: float) -> np.ndarray:
@@ -240,7 +273,12 @@ def _discrete_edges(values: np.ndarray, counts: np.ndarray, min_count: float) ->
 
 def plan_feature(name: str, sim: ColumnProfile, data: ColumnProfile, kind_hint: str,
                  config: PlanConfig) -> FeaturePlan | str:
-    """Bin one feature, or say (as a string) why it cannot be tested."""
+    """Bin one feature, or say (as a string) why it cannot be tested.
+
+    Bins come from the data's quantiles. Where the data alone give fewer than two bins (one
+    value, or one value holding nearly all events) while the simulation spreads out, the bins
+    come from both samples pooled: that is a mismodelling to test, not a column to skip.
+    """
     if data.n_valid == 0:
         return "no valid value in data"
     if sim.n_valid == 0:
@@ -248,15 +286,14 @@ def plan_feature(name: str, sim: ColumnProfile, data: ColumnProfile, kind_hint: 
     if sim.minimum == sim.maximum == data.minimum == data.maximum:
         return "constant in both samples"
     values = data.values
+    pooled = np.concatenate([data.values, sim.values])
     distinct = None
     if sim.distinct is not None and data.distinct is not None:
         distinct = sorted(sim.distinct | data.distinct)
     is_discrete = kind_hint == "bool" or (
-        sim.integral and data.integral and distinct is not None
-        and len(distinct) <= config.max_discrete_values
-    )
+        distinct is not None and len(distinct) <= config.max_discrete_values)
     q16, q50, q84 = np.quantile(values, [0.16, 0.5, 0.84])
-    scale = float(q84 - q16) / 2.0 or float(np.std(values)) or 1.0
+    scale = float(q84 - q16) / 2.0 or float(np.std(pooled)) or 1.0
     common = dict(name=name, loc=float(q50), scale=scale,
                   n_sentinel_sim=sim.n_sentinel, n_sentinel_data=data.n_sentinel)
     n_data = data.n_valid
@@ -267,25 +304,33 @@ def plan_feature(name: str, sim: ColumnProfile, data: ColumnProfile, kind_hint: 
         counts = np.array([(values == v).sum() for v in grid], dtype=float)
         counts *= n_data / max(len(values), 1)
         edges = _discrete_edges(grid, counts, config.min_data_per_bin)
+        if len(edges) < 3:  # data in one group: bin on both samples
+            pooled_counts = np.array([(pooled == v).sum() for v in grid], dtype=float)
+            edges = _discrete_edges(grid, pooled_counts, config.min_data_per_bin)
+            counts = pooled_counts
         if len(edges) < 3:
-            return f"fewer than two values with {config.min_data_per_bin:g} data events each"
+            return f"fewer than two values with {config.min_data_per_bin:g} events each"
         fine = _discrete_edges(grid, np.ones_like(grid), 0.0)
         n_pair = max(2, int(math.sqrt(n_data / config.min_data_per_cell)))
         pair = edges if len(edges) - 1 <= n_pair else _discrete_edges(
-            grid, counts, n_data / n_pair)
+            grid, counts, counts.sum() / n_pair)
         return FeaturePlan(kind="discrete", edges=tuple(edges.tolist()),
                            pair_edges=tuple(pair.tolist()), fine_edges=tuple(fine.tolist()),
-                           **common)
+                           values=tuple(grid.tolist()), **common)
     n_bins = int(min(config.n_bins, n_data // config.min_data_per_bin))
     if n_bins < 2:
         return f"too few data events ({n_data}) for two bins of {config.min_data_per_bin:g}"
+    source = values
     edges = _quantile_edges(values, n_bins)
+    if len(edges) < 3:  # the data sit on one value: bin on both samples
+        source = pooled
+        edges = _quantile_edges(pooled, n_bins)
     if len(edges) < 3:
         return "a single populated value"
     n_pair = int(min(n_bins, math.sqrt(n_data / config.min_data_per_cell)))
-    pair = edges if n_pair >= n_bins else _quantile_edges(values, max(n_pair, 2))
-    n_fine = int(min(config.n_fine_bins, max(len(values) // 5, n_bins)))
-    fine = _quantile_edges(values, n_fine)
+    pair = edges if n_pair >= n_bins else _quantile_edges(source, max(n_pair, 2))
+    n_fine = int(min(config.n_fine_bins, max(len(source) // 5, n_bins)))
+    fine = _quantile_edges(source, n_fine)
     return FeaturePlan(kind="continuous", edges=tuple(edges.tolist()),
                        pair_edges=tuple(pair.tolist()), fine_edges=tuple(fine.tolist()), **common)
 

@@ -27,6 +27,9 @@ _ELEMENT = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)\[(?P<index>\d+)\]$")
 DEFAULT_CHUNK_ROWS = 250_000
 #: Row number of an event within its file, usable in selections (e.g. to split a file in two).
 ENTRY = "_entry"
+#: Index of the file (within its sample) an event was read from.
+FILE = "_file"
+VIRTUAL_COLUMNS = (ENTRY, FILE)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,24 @@ class Selection:
         if result.dtype != pl.Boolean:
             raise InputError(f"{label}: selection '{self.text}' is not a true/false condition")
         return result.fill_null(False).to_numpy()
+
+
+NUMERIC_KINDS = ("bool", "int", "float")
+
+
+def common_kind(a: str | None, b: str | None) -> str | None:
+    """The kind two files' versions of a column can be read as together, or None.
+
+    Numeric kinds mix (every number is read as float64): int with float is float, bool with
+    int is int.
+    """
+    if a is None or b is None:
+        return None
+    if a == b:
+        return a
+    if a in NUMERIC_KINDS and b in NUMERIC_KINDS:
+        return max(a, b, key=NUMERIC_KINDS.index)
+    return None
 
 
 def parse_source(spec: str) -> Source:
@@ -265,7 +286,8 @@ def open_sample(name: str, specs: Sequence[str], weight: str | None = None) -> S
         if columns is None:
             columns = dict(kinds)
         else:
-            columns = {c: k for c, k in columns.items() if kinds.get(c) == k}
+            merged = {c: common_kind(k, kinds.get(c)) for c, k in columns.items()}
+            columns = {c: k for c, k in merged.items() if k is not None}
     assert columns is not None
     if n_rows == 0:
         raise InputError(f"{', '.join(s.label for s in sources)}: the {name} sample has no events")
@@ -410,8 +432,8 @@ def iter_chunks(sample: Sample, columns: Sequence[str], chunk_rows: int = DEFAUL
     With a ``selection``, only the selected events are yielded.
     """
     wanted = list(dict.fromkeys([*columns, *([sample.weight] if sample.weight else [])]))
-    extra = [c for c in (selection.columns if selection else ()) if c != ENTRY]
-    to_read = list(dict.fromkeys([*wanted, *extra]))
+    extra = selection.columns if selection else ()
+    to_read = [c for c in dict.fromkeys([*wanted, *extra]) if c not in VIRTUAL_COLUMNS]
     for expr in to_read:
         if not sample.has(expr):
             match = _ELEMENT.match(expr)
@@ -421,7 +443,7 @@ def iter_chunks(sample: Sample, columns: Sequence[str], chunk_rows: int = DEFAUL
                     f"{sample.sources[0].label}: column '{base}' is not jagged; use '{base}'"
                 )
             raise InputError(f"{sample.sources[0].label}: column '{base}' not found")
-    for source in sample.sources:
+    for file_index, source in enumerate(sample.sources):
         if source.format == "root":
             chunks = _iter_root(source, to_read, chunk_rows)
         else:
@@ -430,9 +452,12 @@ def iter_chunks(sample: Sample, columns: Sequence[str], chunk_rows: int = DEFAUL
         entry = 0
         for chunk in chunks:
             n = len(next(iter(chunk.values())))
+            chunk[ENTRY] = np.arange(entry, entry + n, dtype=np.float64)
+            chunk[FILE] = np.full(n, float(file_index))
             if selection is not None:
-                chunk[ENTRY] = np.arange(entry, entry + n, dtype=np.float64)
                 keep = selection.mask(chunk, source.label)
                 chunk = {c: chunk[c][keep] for c in wanted}
+            else:
+                chunk = {c: chunk[c] for c in wanted}
             entry += n
             yield chunk
