@@ -180,3 +180,24 @@ def test_columns_missing_from_some_files_are_skipped_and_said(capsys, tmp_path):
     skipped = query(db, "SELECT * FROM skipped_columns").set_index("column_name")["reason"]
     assert skipped["c"] == "not in every sim file"
     assert query(db, "SELECT n_sim FROM runs")["n_sim"][0] == 4_000
+
+
+def test_category_edge_cases_are_said(capsys, tmp_path):
+    sim, data = make_frames(n_sim=6_000, n_data=3_000)
+    # sim has categories all / ee / zz; data has all / ee / mm
+    sim = sim.with_columns(chan=pl.Series(np.array(["all", "ee", "zz"])[np.arange(6_000) % 3]))
+    data = data.with_columns(chan=pl.Series(np.array(["all", "ee", "mm"])[np.arange(3_000) % 3]))
+    s, d = _write(tmp_path, sim, data)
+    db = tmp_path / "v.duckdb"
+    code, out, err = _run(capsys, "--sim", s, "--data", d, "--weight", "weight",
+                          "--category", "chan", "--db", str(db))
+    assert code == 0, err
+    assert "category mm: 1,000 data events but no simulated event; not tested" in out
+    assert "category zz: 2,000 simulated events but no data event; not tested" in out
+    notes = list(query(db, "SELECT notes FROM runs")["notes"][0])
+    assert any(n.startswith("category mm") for n in notes)
+    # a category called "all" does not overwrite the inclusive selection
+    h = query(db, "SELECT category, data_counts FROM histograms WHERE feature_x = 'a' "
+                  "AND feature_y IS NULL ORDER BY category")
+    assert dict(zip(h["category"], (sum(c) for c in h["data_counts"]), strict=True)) == {
+        "all": 3_000, "chan=all": 1_000, "ee": 1_000}

@@ -7,6 +7,7 @@ from datetime import datetime
 import duckdb
 import pytest
 
+from validator.errors import InputError
 from validator.store import SCHEMA, ensure_schema, query, write_run
 
 
@@ -48,6 +49,20 @@ def test_a_failing_write_leaves_the_database_as_it_was(tmp_path):
         write_run(db, bad)
     assert query(db, "SELECT count(*) AS n FROM runs")["n"][0] == 1
     assert query(db, "SELECT count(*) AS n FROM tests")["n"][0] == 2
+
+
+def test_a_failure_inside_the_database_rolls_back_the_schema_too(tmp_path):
+    db = tmp_path / "legacy.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE runs (run_id VARCHAR, foo INTEGER NOT NULL)")
+    con.close()
+    with pytest.raises(InputError, match="nothing was"):
+        write_run(db, _rows("r1"))
+    con = duckdb.connect(str(db), read_only=True)
+    tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    columns = [r[0] for r in con.execute("DESCRIBE runs").fetchall()]
+    con.close()
+    assert tables == {"runs"} and columns == ["run_id", "foo"]
 
 
 def test_old_files_gain_new_columns(tmp_path):

@@ -20,11 +20,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"validator: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text}") from exc
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="DuckDB file to append the run to (default: %(default)s)")
     run.add_argument("--no-db", action="store_true", help="do not store the run")
     run.add_argument("--alpha", type=float, default=0.05, help="test size (default: 0.05)")
-    run.add_argument("--bins", type=_positive_int, default=10,
+    run.add_argument("--bins", type=_int_at_least(2), default=10,
                      help="equal-population bins per feature (default: 10)")
-    run.add_argument("--max-pairs", type=int, default=1000,
+    run.add_argument("--max-pairs", type=_int_at_least(0), default=1000,
                      help="most pairs tested in 2D (default: 1000)")
-    run.add_argument("--toys", type=int, default=300,
+    run.add_argument("--toys", type=_positive_int, default=300,
                      help="toys for the dependence test's p-value (default: 300)")
     run.add_argument("--chunk-rows", type=_positive_int, default=250_000,
                      help="rows read at a time (bounds the memory)")
@@ -78,8 +87,11 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     if not 0 < args.alpha < 1:
         raise _usage("--alpha must be between 0 and 1")
-    features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features \
-        else None
+    features = None
+    if args.features is not None:
+        features = [f.strip() for f in args.features.split(",") if f.strip()]
+        if not features:
+            raise _usage("--features names no column")
     config = RunConfig(
         sim=args.sim, data=args.data, weight=args.weight, features=features,
         category=args.category, db=None if args.no_db else args.db, alpha=args.alpha,

@@ -139,13 +139,32 @@ def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
                 data_S2=data.moment_matrix(layout, i, j, squared=True)))
 
 
+def untested_categories(sims: dict[str, Accumulator], datas: dict[str, Accumulator],
+                        ) -> dict[str, str]:
+    """Categories that cannot be tested, with the reason (a mismodelling in itself)."""
+    reasons = {}
+    for category in sorted(set(sims) | set(datas)):
+        if category not in datas:
+            reasons[category] = (f"category {category}: {sims[category].n_events:,} simulated "
+                                 "events but no data event; not tested")
+        elif category not in sims:
+            reasons[category] = (f"category {category}: {datas[category].n_events:,} data "
+                                 "events but no simulated event; not tested")
+        elif sims[category].sumw[0] <= 0:
+            reasons[category] = (f"category {category}: the simulation's sum of weights is "
+                                 f"{sims[category].sumw[0]:.4g} for {datas[category].n_events:,}"
+                                 " data events; not tested")
+    return reasons
+
+
 def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
               options: CompareOptions) -> list[TestRecord]:
-    """Every test of every category (categories present in both samples)."""
+    """Every test of every category that both samples populate (see untested_categories)."""
     rng = np.random.default_rng(options.seed)
     records: list[TestRecord] = []
+    skip = untested_categories(sims, datas)
     for category in sims:
-        if category not in datas:
+        if category in skip:
             continue
         sim, data = sims[category], datas[category]
         records.extend(tests_1d(layout, sim, data, category, options, rng))

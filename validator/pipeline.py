@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from validator import __version__
-from validator.compare import CompareOptions, TestRecord, run_tests
+from validator.compare import CompareOptions, TestRecord, run_tests, untested_categories
 from validator.errors import InputError
 from validator.fill import Accumulator, Layout, accumulate
 from validator.plan import (
@@ -88,6 +88,7 @@ class RunOutcome:
     db: Path | None
     sim_paths: list[str]
     data_paths: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def n_tests(self) -> int:
@@ -280,6 +281,8 @@ def _select_features(sim: Sample, data: Sample, config: RunConfig,
 def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOutcome:
     """Run every test of ``config`` and store the run (unless ``config.db`` is None)."""
     started = datetime.now(timezone.utc).replace(tzinfo=None)
+    if config.db and not Path(config.db).resolve().parent.is_dir():
+        raise InputError(f"{config.db}: the folder {Path(config.db).parent} does not exist")
     sim = open_sample("sim", config.sim, config.weight)
     data = open_sample("data", config.data, None)
     sim_sel = Selection.parse(config.sim_selection, "--sim-selection") \
@@ -327,6 +330,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         finished_at=finished, n_sim=n_sim, n_data=n_data,
         db=Path(config.db) if config.db else None,
         sim_paths=[s.label for s in sim.sources], data_paths=[s.label for s in data.sources],
+        notes=[*plan.notes, *untested_categories(sim_acc, data_acc).values()],
     )
     if config.db:
         from validator.store import write_run
@@ -368,6 +372,7 @@ def run_rows(outcome: RunOutcome, config: RunConfig) -> dict[str, list[dict[str,
         "n_expected_failures": s.n_expected, "p_binomial": _finite(s.p_binomial),
         "p_uniformity": _finite(s.p_uniformity), "n_significant_holm": s.n_significant_holm,
         "n_significant_bh": s.n_significant_bh, "command": config.command,
+        "notes": outcome.notes,
     }]
     features, histograms = [], []
     for cat in outcome.sim:

@@ -35,7 +35,7 @@ def render(outcome: RunOutcome, console: Console | None = None, n_worst: int = 1
     if plan.skipped:
         parts = ", ".join(f"{n} {why}" for why, n in reasons.most_common())
         console.print(f"skipped {len(plan.skipped)} columns: {parts}")
-    for note in plan.notes:
+    for note in outcome.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     nan = [(f.name, int(outcome.sim["all"].n_nonfinite[k]), int(outcome.data["all"].n_nonfinite[k]))
            for k, f in enumerate(plan.features)] if "all" in outcome.sim else []

@@ -239,11 +239,8 @@ def read_schema(source: Source) -> tuple[dict[str, str], int]:
         kinds = {name: _arrow_kind(schema.field(name).type) for name in schema.names}
         return kinds, meta.metadata.num_rows
     if source.format == "csv":
-        import pyarrow.csv as pcsv
-
         try:
-            reader = pcsv.open_csv(source.path)
-            kinds = {f.name: _arrow_kind(f.type) for f in reader.schema}
+            reader, kinds = _open_csv(source)
             n_rows = 0
             for batch in reader:
                 n_rows += batch.num_rows
@@ -350,6 +347,27 @@ def _split_expressions(columns: Sequence[str]) -> tuple[list[str], dict[str, tup
     return needed, elements
 
 
+def _open_csv(source: Source, columns: Sequence[str] | None = None,
+              chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Any:
+    """A streaming CSV reader (tab-separated for .tsv) that reads every number as float64.
+
+    pyarrow guesses types from the first block; an integer-looking column with a decimal
+    further down would then fail to convert, so numeric columns are read as float64.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    parse = pcsv.ParseOptions(delimiter="\t" if source.path.suffix.lower() == ".tsv" else ",")
+    inferred = pcsv.open_csv(source.path, parse_options=parse).schema
+    types = {f.name: pa.float64() for f in inferred if _arrow_kind(f.type) in ("int", "float")}
+    return pcsv.open_csv(
+        source.path,
+        parse_options=parse,
+        read_options=pcsv.ReadOptions(block_size=max(1 << 20, 64 * chunk_rows)),
+        convert_options=pcsv.ConvertOptions(include_columns=columns or [], column_types=types),
+    ), {f.name: _arrow_kind(f.type) for f in inferred}
+
+
 def _iter_arrow(source: Source, columns: Sequence[str], chunk_rows: int) -> Iterator[Any]:
     """Yield pyarrow tables (RecordBatches) of at most ``chunk_rows`` rows."""
     needed, _ = _split_expressions(columns)
@@ -361,13 +379,7 @@ def _iter_arrow(source: Source, columns: Sequence[str], chunk_rows: int) -> Iter
                 batch_size=chunk_rows, columns=needed
             )
         else:
-            import pyarrow.csv as pcsv
-
-            reader = pcsv.open_csv(
-                source.path,
-                read_options=pcsv.ReadOptions(block_size=max(1 << 20, 64 * chunk_rows)),
-                convert_options=pcsv.ConvertOptions(include_columns=needed),
-            )
+            reader, _ = _open_csv(source, needed, chunk_rows)
             yield from reader
     except InputError:
         raise

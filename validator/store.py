@@ -30,7 +30,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("n_tests", "INTEGER"), ("n_reliable", "INTEGER"), ("n_failed", "INTEGER"),
         ("n_expected_failures", "DOUBLE"), ("p_binomial", "DOUBLE"), ("p_uniformity", "DOUBLE"),
         ("n_significant_holm", "INTEGER"), ("n_significant_bh", "INTEGER"),
-        ("gate_passed", "BOOLEAN"), ("command", "VARCHAR"),
+        ("gate_passed", "BOOLEAN"), ("command", "VARCHAR"), ("notes", "VARCHAR[]"),
     ],
     "features": [
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature", "VARCHAR"),
@@ -110,9 +110,9 @@ def write_run(path: str | Path, tables: Mapping[str, Sequence[Mapping[str, Any]]
         raise InputError(f"{path}: the folder {path.parent} does not exist")
     con = _connect(path)
     try:
-        ensure_schema(con)
         con.execute("BEGIN TRANSACTION")
         try:
+            ensure_schema(con)  # inside the transaction: a failed run adds no column either
             for table, rows in tables.items():
                 if not rows:
                     continue
@@ -121,8 +121,11 @@ def write_run(path: str | Path, tables: Mapping[str, Sequence[Mapping[str, Any]]
                 con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
                 con.unregister("_incoming")
             con.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             con.execute("ROLLBACK")
+            if isinstance(exc, duckdb.Error):
+                raise InputError(f"{path}: the run could not be written, nothing was "
+                                 f"({str(exc).splitlines()[0]})") from exc
             raise
     finally:
         con.close()
@@ -136,6 +139,9 @@ def query(path: str | Path, sql: str, params: Sequence[Any] | None = None) -> An
     con = _connect(path, read_only=True)
     try:
         return con.execute(sql, params or []).df()
+    except duckdb.CatalogException as exc:
+        raise InputError(f"{path}: not a validator database ({str(exc).splitlines()[0]})") \
+            from exc
     finally:
         con.close()
 
