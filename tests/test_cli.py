@@ -121,7 +121,15 @@ def test_bad_samples(capsys, tmp_path):
     # a feature all NaN in data
     s, d = _write(tmp_path, sim, data.with_columns(pl.lit(float("nan")).alias("c")))
     code, _, err = _run(capsys, "--sim", s, "--data", d, "--weight", "weight", "--no-db")
-    assert code == 2 and "feature 'c' has no finite value" in err
+    assert code == 2 and "feature 'c' has no finite value" in err and "--exclude c" in err
+    # ... and the run goes on without it when asked
+    code, out, err = _run(capsys, "--sim", s, "--data", d, "--weight", "weight", "--no-db",
+                          "--exclude", "c")
+    assert code == 0, err
+    assert "1 excluded (--exclude)" in out
+    code, _, err = _run(capsys, "--sim", s, "--data", d, "--weight", "weight", "--no-db",
+                        "--exclude", "zz")
+    assert code == 2 and "--exclude: column 'zz'" in err
     # no shared feature
     s, d = _write(tmp_path, sim.select("weight", x=pl.col("a")), data.select(y=pl.col("a")))
     code, _, err = _run(capsys, "--sim", s, "--data", d, "--weight", "weight", "--no-db")

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--features", metavar="COL,...",
                      help="features to test (default: every shared numeric column); "
                           "NAME[k] takes element k of a jagged branch")
+    run.add_argument("--exclude", metavar="COL,...",
+                     help="columns to leave out of the default feature set")
     run.add_argument("--category", metavar="COL", help="also run everything per value of COL")
     run.add_argument("--sim-selection", metavar="EXPR",
                      help="SQL condition selecting simulated events, e.g. \"njets >= 2\"; "
@@ -97,6 +99,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         category=args.category, db=None if args.no_db else args.db, alpha=args.alpha,
         chunk_rows=args.chunk_rows, seed=args.seed,
         sim_selection=args.sim_selection, data_selection=args.data_selection,
+        exclude=[c.strip() for c in (args.exclude or "").split(",") if c.strip()],
         plan=PlanConfig(n_bins=args.bins, max_pairs=args.max_pairs),
         compare=CompareOptions(dependence_toys=args.toys, seed=args.seed),
         command="validator " + " ".join(shlex.quote(a) for a in argv),

@@ -64,6 +64,7 @@ class RunConfig:
     seed: int = 20261123
     sim_selection: str | None = None
     data_selection: str | None = None
+    exclude: Sequence[str] = ()
     command: str | None = None
 
 
@@ -273,6 +274,13 @@ def _select_features(sim: Sample, data: Sample, config: RunConfig,
             skipped[c] = f"type differs ({sim.columns[c]} in simulation, {data.columns[c]} in data)"
     candidates, more = classify_columns(shared, exclude)
     skipped.update({k: v for k, v in more.items() if k not in exclude})
+    unknown = [c for c in config.exclude if c not in shared and c not in skipped]
+    if unknown:
+        raise InputError(f"--exclude: column '{unknown[0]}' is in neither sample")
+    for c in config.exclude:
+        if c in candidates:
+            candidates.remove(c)
+            skipped[c] = "excluded (--exclude)"
     if not candidates:
         raise InputError("no shared numeric feature between simulation and data")
     return candidates, skipped, {c: shared[c] for c in candidates}

@@ -375,8 +375,9 @@ def make_plan(
             continue
         for label, prof in (("data", data), ("simulation", sim)):
             if prof.n_valid == 0:
+                hint = "" if requested is not None else f"; leave it out with --exclude {name}"
                 raise InputError(f"{label}: feature '{name}' has no finite value "
-                                 "(all NaN/inf/sentinel)")
+                                 f"(all NaN/inf/sentinel){hint}")
         planned = plan_feature(name, sim, data, kinds.get(name, "float"), config)
         if isinstance(planned, str):
             if requested is not None and planned != "constant in both samples":
