@@ -326,8 +326,8 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         progress("tests", 1, 1)
     pvalues = np.array([r.result.pvalue for r in records], dtype=float)
     reliable = np.array([r.result.reliable for r in records], dtype=bool)
-    summary = summarise(pvalues, reliable, config.alpha)
     p_holm, p_bh = adjust_pvalues(pvalues)
+    summary = summarise(pvalues, reliable, config.alpha, adjusted=(p_holm, p_bh))
     # an unreliable test is never reported as a confident failure
     passed = ~(reliable & (pvalues < config.alpha))
     finished = datetime.now(timezone.utc).replace(tzinfo=None)

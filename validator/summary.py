@@ -53,11 +53,15 @@ def adjust_pvalues(pvalues: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return holm, bh
 
 
-def summarise(pvalues: np.ndarray, reliable: np.ndarray, alpha: float = 0.05) -> RunSummary:
-    """Observed vs expected failures, p-value uniformity and adjusted significance."""
+def summarise(pvalues: np.ndarray, reliable: np.ndarray, alpha: float = 0.05,
+              adjusted: tuple[np.ndarray, np.ndarray] | None = None) -> RunSummary:
+    """Observed vs expected failures, p-value uniformity and adjusted significance.
+
+    ``adjusted`` takes the (Holm, BH) p-values when the caller has them already.
+    """
     p = np.asarray(pvalues, dtype=float)
     rel = np.asarray(reliable, dtype=bool) & np.isfinite(p)
-    holm, bh = adjust_pvalues(p)
+    holm, bh = adjusted if adjusted is not None else adjust_pvalues(p)
     n_rel = int(rel.sum())
     n_failed = int((p[rel] < alpha).sum())
     p_binom = float(stats.binom.sf(n_failed - 1, n_rel, alpha)) if n_rel else float("nan")

@@ -1,0 +1,52 @@
+"""Multiple-testing summary: hand-computed Holm / Benjamini-Hochberg values, the binomial count,
+and the grouping of significant tests into findings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from validator.compare import TestRecord
+from validator.stats import GofResult
+from validator.summary import adjust_pvalues, findings, summarise
+
+
+def test_holm_and_bh_by_hand():
+    holm, bh = adjust_pvalues(np.array([0.01, 0.04, 0.03, np.nan]))
+    # Holm: sorted 0.01*3, 0.03*2, 0.04*1 made monotone; BH: 0.01*3/1, 0.03*3/2, 0.04*3/3
+    np.testing.assert_allclose(holm[:3], [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(bh[:3], [0.03, 0.04, 0.04])
+    assert np.isnan(holm[3]) and np.isnan(bh[3])
+
+
+def test_failures_against_the_binomial():
+    p = np.linspace(0.0005, 1.0, 200)  # uniform grid: 10 below 0.05
+    reliable = np.ones(200, bool)
+    reliable[0] = False  # an unreliable test does not count
+    s = summarise(p, reliable, alpha=0.05)
+    assert s.n_reliable == 199 and s.n_failed == 9
+    assert s.n_expected == pytest.approx(9.95)
+    assert s.p_binomial == pytest.approx(stats.binom.sf(8, 199, 0.05))
+    assert s.p_uniformity > 0.9
+
+
+def _rec(method: str, x: str, y: str | None) -> TestRecord:
+    kind = "1d" if y is None else ("corr" if method.startswith("corr") else "2d")
+    return TestRecord("all", kind, x, y, GofResult(method=method, statistic=1.0, pvalue=1e-9))
+
+
+def test_findings_separate_marginal_from_correlation_failures():
+    records = [
+        _rec("chi2_uw", "met", None),
+        _rec("chi2_uw", "met", "ht"),  # plain 2D, met fails in 1D: explained
+        _rec("dependence", "met", "njet"),  # dependence residual of met's 1D failure
+        _rec("dependence", "iso1", "iso2"),  # marginals fine: a mismodelled correlation
+        _rec("corr_pearson", "met", "pt"),  # a correlation test always counts
+        _rec("chi2_uw", "a", "b"),  # plain 2D with no 1D failure
+    ]
+    found = findings(records, np.full(len(records), 1e-6))
+    assert set(found.features) == {("all", "met")}
+    assert set(found.correlations) == {("all", "iso1", "iso2"), ("all", "met", "pt")}
+    assert set(found.pairs_from_marginals) == {("all", "met", "ht"), ("all", "met", "njet")}
+    assert set(found.pairs_other) == {("all", "a", "b")}
