@@ -78,8 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def _console():
+    """A rich console; wide enough for the tables when the output is a file or a pipe."""
     from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=130)
+
+
+def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from validator.compare import CompareOptions
@@ -104,9 +111,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         compare=CompareOptions(dependence_toys=args.toys, seed=args.seed),
         command="validator " + " ".join(shlex.quote(a) for a in argv),
     )
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=130)
+    console = _console()
     if args.quiet or not console.is_terminal:
         outcome = run_validation(config)
     else:
@@ -126,7 +131,6 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from validator.store import list_runs
@@ -141,10 +145,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                       f"{row.n_data:,}", str(row.n_features), f"{row.n_tests:,}",
                       f"{row.n_failed} ({row.n_expected_failures:.1f})",
                       str(row.n_significant_holm))
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=130)
-    console.print(table)
+    _console().print(table)
     return EXIT_OK
 
 

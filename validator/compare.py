@@ -113,24 +113,21 @@ def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
         d, s, s2 = data.h2_sumw[0, lo:hi], sim.h2_sumw[0, lo:hi], sim.h2_sumw2[0, lo:hi]
         for result in _binned_tests(d, s, s2, options, rng):
             yield TestRecord(category, "2d", x, y, result)
-        table = d.reshape(shape)
+        table, sim_table, sim_table_w2 = d.reshape(shape), s.reshape(shape), s2.reshape(shape)
+        n_eff_sim = sim.pair_n_eff(layout, i, j)
+        n_eff_data = data.pair_n_eff(layout, i, j)
         rows_used = int((table.sum(axis=1) > 0).sum())
         cols_used = int((table.sum(axis=0) > 0).sum())
         if rows_used >= 2 and cols_used >= 2 and s.sum() > 0:
             try:
-                result = dependence(table, s.reshape(shape), s2.reshape(shape),
-                                    n_toys=options.dependence_toys,
-                                    min_expected=options.min_expected, rng=rng)
+                yield TestRecord(category, "2d", x, y, dependence(
+                    table, sim_table, sim_table_w2, n_toys=options.dependence_toys,
+                    min_expected=options.min_expected, rng=rng))
             except ValueError:  # fewer than two populated rows/columns once sparse cells go
-                result = None
-            if result is not None:
-                yield TestRecord(category, "2d", x, y, result)
+                pass
             yield TestRecord(category, "corr", x, y, corr_spearman(
-                s.reshape(shape), sim.pair_n_eff(layout, i, j),
-                table, data.pair_n_eff(layout, i, j),
-                sim_table_w2=s2.reshape(shape), data_table_w2=table))
-        n_eff_sim = sim.pair_n_eff(layout, i, j)
-        n_eff_data = data.pair_n_eff(layout, i, j)
+                sim_table, n_eff_sim, table, n_eff_data,
+                sim_table_w2=sim_table_w2, data_table_w2=table))
         if n_eff_sim > 0 and n_eff_data > 0:
             yield TestRecord(category, "corr", x, y, corr_pearson(
                 sim.moment_matrix(layout, i, j), n_eff_sim,

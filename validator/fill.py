@@ -252,10 +252,9 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
             acc.h2_sumw2 += sumw2
 
         used = layout.paired_features
-        loc = np.array([plan.features[k].loc for k in used])[:, None]
         scale = np.array([plan.features[k].scale for k in used])[:, None]
         mask = vmask[used]
-        z = np.where(valid[used], (safe[used] - loc) / scale, 0.0)
+        z = d[used] / scale  # standardised; zero where the feature is not valid
         powers = [mask, z, z * z, z**3, z**4]
         weighted = [pw * nominal for pw in powers]
         acc.moments = np.stack([weighted[a] @ powers[b].T for a, b in MOMENT_ORDERS])
