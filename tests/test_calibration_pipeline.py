@@ -31,8 +31,8 @@ def null_pvalues(tmp_path_factory):
                                            data=[str(tmp / "d.parquet")], weight="weight",
                                            db=None, seed=seed))
         for rec in outcome.records:
-            if rec.result.reliable:
-                pvalues[rec.kind, rec.result.method].append(rec.result.pvalue)
+            if rec.reliable:
+                pvalues[rec.kind, rec.method].append(rec.pvalue)
     return {k: np.array(v) for k, v in pvalues.items()}
 
 

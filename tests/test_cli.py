@@ -35,7 +35,8 @@ def test_run_stores_everything(capsys, samples, tmp_path):
                                     "corr_pearson", "corr_spearman"}
     assert tests["pvalue"].between(0, 1).all()
     assert (tests["p_holm"] >= tests["pvalue"] - 1e-12).all()
-    hist = query(db, "SELECT * FROM histograms WHERE feature_y IS NULL AND feature_x = 'c'")
+    hist = query(db, "SELECT * FROM histograms WHERE feature_y IS NULL AND feature_x = 'c' "
+                       "AND binning = 'test'")
     assert sum(hist["data_counts"][0]) == 10_000  # under/overflow folded in, nothing dropped
     feats = query(db, "SELECT * FROM features ORDER BY feature")
     assert feats["feature"].tolist() == ["a", "b", "c", "nj"]
@@ -73,7 +74,7 @@ def test_category_runs_per_value(capsys, tmp_path):
     cats = query(db, "SELECT DISTINCT category FROM tests ORDER BY category")["category"].tolist()
     assert cats == ["all", "ee", "mm"]
     h = query(db, "SELECT category, data_counts FROM histograms WHERE feature_x = 'a' "
-                  "AND feature_y IS NULL ORDER BY category")
+                  "AND feature_y IS NULL AND binning = 'test' ORDER BY category")
     totals = [sum(c) for c in h["data_counts"]]
     assert totals == [10_000, 3_334, 6_666]  # inclusive = sum of the categories
 
@@ -169,10 +170,17 @@ def test_sentinels_are_reported_and_excluded(capsys, tmp_path):
     db = tmp_path / "v.duckdb"
     code, out, _ = _run(capsys, "--sim", s, "--data", d, "--weight", "weight", "--db", str(db))
     assert code == 0
-    assert "default values such as -999 (counted, not tested): c (sim 100, data 0)" in out
+    assert "default values such as -999 (tested: invalid_fraction): c (sim 100, data 0)" in out
     feats = query(db, "SELECT n_sentinel_sim, edges FROM features WHERE feature = 'c' "
                       "AND category = 'all'")
     assert feats["n_sentinel_sim"][0] == 100 and min(feats["edges"][0]) >= 0
+    # the sentinel fraction is tested: 2.5% of the simulation's weight, none of the data
+    test = query(db, "SELECT * FROM tests WHERE method = 'invalid_fraction'")
+    assert test["feature_x"].tolist() == ["c"]
+    w = sim["weight"].to_numpy()
+    expected = -w[sim["event"].to_numpy() < 100].sum() / w.sum()
+    assert test["effect_size"][0] == pytest.approx(expected, rel=1e-9)
+    assert test["pvalue"][0] < 1e-6 and not test["passed"][0]
 
 
 def test_columns_missing_from_some_files_are_skipped_and_said(capsys, tmp_path):
@@ -206,6 +214,6 @@ def test_category_edge_cases_are_said(capsys, tmp_path):
     assert any(n.startswith("category mm") for n in notes)
     # a category called "all" does not overwrite the inclusive selection
     h = query(db, "SELECT category, data_counts FROM histograms WHERE feature_x = 'a' "
-                  "AND feature_y IS NULL ORDER BY category")
+                  "AND feature_y IS NULL AND binning = 'test' ORDER BY category")
     assert dict(zip(h["category"], (sum(c) for c in h["data_counts"]), strict=True)) == {
         "all": 3_000, "chan=all": 1_000, "ee": 1_000}

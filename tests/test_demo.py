@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from validator.pipeline import RunConfig, run_validation
-from validator.summary import findings
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 
@@ -29,7 +28,7 @@ def planted_run():
 
 
 def test_flags_exactly_the_planted_effects(planted_run):
-    found = findings(planted_run.records, planted_run.p_holm)
+    found = planted_run.findings()
     # sample_data/README.md: met is scaled by 5 % in data; lep1_iso x lep2_iso has
     # copula correlation 0.5 in data vs 0.2 in simulation with identical marginals
     assert set(found.features) == {("all", "met")}
@@ -44,13 +43,13 @@ def test_flags_exactly_the_planted_effects(planted_run):
 
 
 def test_the_worst_results_are_the_planted_ones(planted_run):
-    order = np.argsort([r.result.pvalue for r in planted_run.records])
+    order = np.argsort([r.pvalue for r in planted_run.records])
     planted = {"met", "lep1_iso", "lep2_iso"}
     n_significant = int(np.sum(planted_run.p_holm < 0.05))
     for t in order[:n_significant]:
         rec = planted_run.records[t]
         involved = {rec.feature_x, rec.feature_y} - {None}
-        assert involved & planted, (rec.feature_x, rec.feature_y, rec.result.method)
+        assert involved & planted, (rec.feature_x, rec.feature_y, rec.method)
         if rec.feature_y is not None and "met" not in involved:
             assert involved == {"lep1_iso", "lep2_iso"}
 
@@ -62,7 +61,7 @@ def test_data_drawn_from_the_simulation_passes(tmp_path):
     outcome = run_validation(RunConfig(sim=[str(tmp_path / "sim.parquet")],
                                        data=[str(tmp_path / "data.parquet")],
                                        weight="weight", db=None))
-    found = findings(outcome.records, outcome.p_holm)
+    found = outcome.findings()
     assert not (found.features or found.correlations or found.pairs_other
                 or found.pairs_from_marginals)
     s = outcome.summary

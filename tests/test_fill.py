@@ -25,7 +25,7 @@ def setup():
     x[rng.random(n) < 0.01, 0] = -999.0  # sentinels likewise
     w = rng.normal(1.0, 0.5, size=n)  # some negative weights
     names = ["a", "b", "k"]
-    prof = {nm: ColumnProfile.of(x[:, i], uniform_keys(0, n, i))
+    prof = {nm: ColumnProfile.of(x[:, i], uniform_keys(np.arange(n), 0, i))
             for i, nm in enumerate(names)}
     plan = make_plan(prof, prof, {"a": "float", "b": "float", "k": "int"}, weight="w",
                      category=None, requested=None, skipped={}, config=PlanConfig())
@@ -33,7 +33,10 @@ def setup():
 
 
 def _assert_equal(a: Accumulator, b: Accumulator) -> None:
+    assert a.layout_key == b.layout_key
     for f in fields(a):
+        if f.name == "layout_key":
+            continue
         np.testing.assert_allclose(getattr(a, f.name), getattr(b, f.name), rtol=1e-12,
                                    atol=1e-9, err_msg=f.name)
 
@@ -113,10 +116,47 @@ def test_std_keeps_its_precision_far_from_zero():
     rng = np.random.default_rng(13)
     x = (1e9 + rng.normal(0.0, 1.0, 20_000))[:, None]
     w = np.ones(20_000)
-    prof = {"t": ColumnProfile.of(x[:, 0], uniform_keys(0, 20_000, 0))}
+    prof = {"t": ColumnProfile.of(x[:, 0], uniform_keys(np.arange(20_000), 0, 0))}
     plan = make_plan(prof, prof, {}, weight=None, category=None, requested=None, skipped={},
                      config=PlanConfig())
     layout = Layout(plan)
     mean, std = accumulate(x, w[None, :], layout).mean_std(layout, 0)
     assert std == pytest.approx(np.std(x[:, 0] - 1e9), rel=1e-6)
     assert mean == pytest.approx(np.mean(x[:, 0]), rel=1e-12)
+
+
+def test_adding_checks_layout_and_variations(setup):
+    x, w, layout = setup
+    nominal = accumulate(x[:1000], w[None, :1000], layout)
+    three = accumulate(x[:1000], np.stack([w[:1000]] * 3), layout)
+    with pytest.raises(ValueError, match="1 and 3 weight variations"):
+        nominal + three
+    other_plan = make_plan(
+        {"a": ColumnProfile.of(x[:, 0], uniform_keys(np.arange(len(x)), 0, 1))},
+        {"a": ColumnProfile.of(x[:, 0], uniform_keys(np.arange(len(x)), 0, 1))},
+        {"a": "float"}, weight=None, category=None, requested=None, skipped={},
+        config=PlanConfig(n_bins=5))
+    other = accumulate(x[:1000, :1], w[None, :1000], Layout(other_plan))
+    with pytest.raises(ValueError, match="different layouts"):
+        nominal + other
+
+
+def test_plot_histogram_keeps_under_and_overflow(setup):
+    x, w, layout = setup
+    acc = accumulate(x, w[None, :], layout)
+    h = acc.hist_plot(layout, 1)  # feature b: exponential, NaNs not binned
+    b = x[:, 1]
+    b = b[np.isfinite(b)]
+    wb = w[np.isfinite(x[:, 1])]
+    edges = layout.plot_edges[1]
+    inside, _ = np.histogram(b, edges, weights=wb)
+    np.testing.assert_allclose(h.values[1:-1], inside)
+    np.testing.assert_allclose(h.values[0], wb[b < edges[0]].sum())
+    np.testing.assert_allclose(h.values[-1], wb[b > edges[-1]].sum())
+    np.testing.assert_allclose(h.variances[1:-1], np.histogram(b, edges, weights=wb**2)[0])
+    # the central 99% of the values lie inside the plotting range
+    assert 0.98 < ((b >= edges[0]) & (b <= edges[-1])).mean() < 1.0
+    assert len(edges) == 51
+    # an integer feature's plot bins are centred on its values
+    k_edges = layout.plot_edges[2]
+    assert np.allclose(k_edges - np.floor(k_edges), 0.5)

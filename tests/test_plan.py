@@ -20,7 +20,7 @@ from validator.plan import (
 
 def _profile(x: np.ndarray, seed: int = 0, start: int = 0) -> ColumnProfile:
     x = np.asarray(x, dtype=float)
-    return ColumnProfile.of(x, uniform_keys(start, len(x), seed))
+    return ColumnProfile.of(x, uniform_keys(np.arange(start, start + len(x)), 0, seed))
 
 
 def test_continuous_bins_are_equal_population_from_data():
@@ -106,13 +106,13 @@ def test_profiles_merge_independently_of_the_split():
 def test_reservoir_does_not_depend_on_chunking():
     rng = np.random.default_rng(9)
     x = rng.normal(size=30_000)
-    whole = ColumnProfile.of(x, uniform_keys(0, len(x), 5), capacity=1_000)
-    parts = sum((ColumnProfile.of(x[a:a + 7_000], uniform_keys(a, len(x[a:a + 7_000]), 5),
+    whole = ColumnProfile.of(x, uniform_keys(np.arange(len(x)), 0, 5), capacity=1_000)
+    parts = sum((ColumnProfile.of(x[a:a + 7_000], uniform_keys(np.arange(a, 30_000)[:7_000], 0, 5),
                                   capacity=1_000) for a in range(0, 30_000, 7_000)),
                 ColumnProfile(capacity=1_000))
     assert np.array_equal(np.sort(whole.values), np.sort(parts.values))
     # the keys are uniform: the reservoir is a fair sample (KS against the full sample)
-    keys = uniform_keys(0, 100_000, 1)
+    keys = uniform_keys(np.arange(100_000), 0, 1)
     assert stats.kstest(keys, "uniform").pvalue > 0.001
     assert stats.ks_2samp(whole.values, x).pvalue > 0.001
 

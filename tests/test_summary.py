@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from validator.compare import TestRecord
-from validator.stats import GofResult
 from validator.summary import adjust_pvalues, findings, summarise
 
 
@@ -31,9 +29,9 @@ def test_failures_against_the_binomial():
     assert s.p_uniformity > 0.9
 
 
-def _rec(method: str, x: str, y: str | None) -> TestRecord:
-    kind = "1d" if y is None else ("corr" if method.startswith("corr") else "2d")
-    return TestRecord("all", kind, x, y, GofResult(method=method, statistic=1.0, pvalue=1e-9))
+def _rec(method: str, x: str, y: str | None) -> dict:
+    return {"category": "all", "method": method, "feature_x": x, "feature_y": y,
+            "reliable": True, "p_holm": 1e-6}
 
 
 def test_findings_separate_marginal_from_correlation_failures():
@@ -45,8 +43,16 @@ def test_findings_separate_marginal_from_correlation_failures():
         _rec("corr_pearson", "met", "pt"),  # a correlation test always counts
         _rec("chi2_uw", "a", "b"),  # plain 2D with no 1D failure
     ]
-    found = findings(records, np.full(len(records), 1e-6))
+    found = findings(records)
     assert set(found.features) == {("all", "met")}
     assert set(found.correlations) == {("all", "iso1", "iso2"), ("all", "met", "pt")}
     assert set(found.pairs_from_marginals) == {("all", "met", "ht"), ("all", "met", "njet")}
     assert set(found.pairs_other) == {("all", "a", "b")}
+
+
+def test_tests_that_did_not_run_are_counted_apart():
+    p = np.array([0.01, 0.5, np.nan, np.nan])
+    s = summarise(p, np.array([True, True, False, False]), alpha=0.05)
+    assert s.n_not_run == 2 and s.n_reliable == 2 and s.n_failed == 1 and s.n_tests == 4
+    # a test with no p-value is never significant
+    assert findings([{**_rec("ks", "a", None), "p_holm": None}]).features == {}

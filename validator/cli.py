@@ -1,7 +1,8 @@
 """Command line: a thin face over :func:`validator.run_validation` and the store.
 
 Exit codes: 0 success (all rules pass), 1 a rule fails, 2 the input or the command is unusable
-(one line on stderr names the file, column or rule).
+(one line on stderr names the file, column or rule), 3 an internal error (one line, then the
+traceback, on stderr).
 """
 
 from __future__ import annotations
@@ -9,9 +10,24 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import traceback
 from collections.abc import Sequence
 
-EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+#: Most equal-population bins per feature: beyond it the bins hold too few events for the
+#: binned tests' asymptotics and the pair histograms grow as its square.
+MAX_BINS = 200
+
+DESCRIPTION = (
+    "Input-space validation for machine learning in HEP: does the simulation a network was\n"
+    "trained on describe the data in every input, alone and in pairs? 'validator run' tests\n"
+    "weighted simulation against data and stores the results in DuckDB.")
+
+RUN_EXAMPLE = """example:
+  validator run --sim sample_data/sim.parquet --data sample_data/data.parquet \\
+      --weight weight --sim-selection "n_jets >= 2" --data-selection "n_jets >= 2"
+
+exit codes: 0 done, 1 a rule fails, 2 unusable input or command, 3 internal error"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,18 +52,37 @@ def _int_at_least(minimum: int):
 _positive_int = _int_at_least(1)
 
 
+def _int_between(minimum: int, maximum: int):
+    at_least = _int_at_least(minimum)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from validator import __version__
+    from validator.pipeline import DEFAULT_DB_WAIT_S, DEFAULT_SEED
 
-    parser = _Parser(prog="validator", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="validator", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"validator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="compare simulation with data and store the results")
+    run = sub.add_parser("run", help="compare simulation with data and store the results",
+                         description="Compare weighted simulation with data in every feature "
+                                     "and pair; store the run in DuckDB.",
+                         epilog=RUN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--sim", nargs="+", required=True, metavar="PATH",
                      help="simulation files: .parquet, .csv or .root[:TREE]")
     run.add_argument("--data", nargs="+", required=True, metavar="PATH", help="data files")
     run.add_argument("--weight", metavar="COL", help="event-weight column of the simulation")
+    run.add_argument("--unweighted", action="store_true",
+                     help="compare the simulation unweighted although it has a weight column")
     run.add_argument("--features", metavar="COL,...",
                      help="features to test (default: every shared numeric column); "
                           "NAME[k] takes element k of a jagged branch")
@@ -55,26 +90,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="columns to leave out of the default feature set")
     run.add_argument("--category", metavar="COL", help="also run everything per value of COL")
     run.add_argument("--sim-selection", metavar="EXPR",
-                     help="SQL condition selecting simulated events, e.g. \"njets >= 2\"; "
+                     help="SQL condition selecting simulated events, e.g. \"n_jets >= 2\"; "
                           "_entry is the row number in the file")
     run.add_argument("--data-selection", metavar="EXPR", help="likewise for data")
+    run.add_argument("--define", action="append", default=[], metavar="NAME=EXPR",
+                     help="a derived column (SQL expression), tested like any feature, "
+                          "e.g. \"ht=jet1_pt + jet2_pt\" (repeatable)")
+    run.add_argument("--blind", metavar="EXPR",
+                     help="SQL condition of the blinded region: its events are removed from "
+                          "data and simulation before anything is computed")
     run.add_argument("--db", default="validation.duckdb", metavar="PATH",
                      help="DuckDB file to append the run to (default: %(default)s)")
     run.add_argument("--no-db", action="store_true", help="do not store the run")
     run.add_argument("--alpha", type=float, default=0.05, help="test size (default: 0.05)")
-    run.add_argument("--bins", type=_int_at_least(2), default=10,
-                     help="equal-population bins per feature (default: 10)")
+    run.add_argument("--bins", type=_int_between(2, MAX_BINS), default=10,
+                     help="equal-population bins per feature (default: 10, at most "
+                          f"{MAX_BINS})")
     run.add_argument("--max-pairs", type=_int_at_least(0), default=1000,
                      help="most pairs tested in 2D (default: 1000)")
     run.add_argument("--toys", type=_positive_int, default=300,
                      help="toys for the dependence test's p-value (default: 300)")
     run.add_argument("--chunk-rows", type=_positive_int, default=250_000,
                      help="rows read at a time (bounds the memory)")
-    run.add_argument("--seed", type=int, default=20261123, help="seed for reservoirs and toys")
+    run.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                     help="seed of the reservoirs and of every test's toys (default: "
+                          "%(default)s)")
+    run.add_argument("--db-wait", type=float, default=DEFAULT_DB_WAIT_S, metavar="SECONDS",
+                     help="how long a finished run waits for a busy database before it is "
+                          "written to a side file (default: %(default)s)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     runs = sub.add_parser("runs", help="list the runs stored in a database")
     runs.add_argument("--db", default="validation.duckdb", metavar="PATH")
+
+    show = sub.add_parser("show", help="print the summary of a stored run")
+    show.add_argument("run", nargs="?", default="latest",
+                      help="run id (or a unique prefix), or 'latest' (default)")
+    show.add_argument("--db", default="validation.duckdb", metavar="PATH")
+    show.add_argument("--run", dest="run_option", metavar="ID", help="same as the positional RUN")
+
+    merge = sub.add_parser("merge", help="add a run written to a side file (database was busy)")
+    merge.add_argument("side_files", nargs="+", metavar="SIDE_FILE")
+    merge.add_argument("--db", default="validation.duckdb", metavar="PATH")
     return parser
 
 
@@ -101,14 +158,18 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         features = [f.strip() for f in args.features.split(",") if f.strip()]
         if not features:
             raise _usage("--features names no column")
+    if args.db_wait < 0:
+        raise _usage("--db-wait must be >= 0")
     config = RunConfig(
         sim=args.sim, data=args.data, weight=args.weight, features=features,
         category=args.category, db=None if args.no_db else args.db, alpha=args.alpha,
         chunk_rows=args.chunk_rows, seed=args.seed,
         sim_selection=args.sim_selection, data_selection=args.data_selection,
         exclude=[c.strip() for c in (args.exclude or "").split(",") if c.strip()],
+        defines=args.define, blind=args.blind, unweighted=args.unweighted,
+        db_wait_s=args.db_wait,
         plan=PlanConfig(n_bins=args.bins, max_pairs=args.max_pairs),
-        compare=CompareOptions(dependence_toys=args.toys, seed=args.seed),
+        compare=CompareOptions(dependence_toys=args.toys),
         command="validator " + " ".join(shlex.quote(a) for a in argv),
     )
     console = _console()
@@ -127,25 +188,72 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
             outcome = run_validation(config, progress)
     render(outcome, console)
+    if outcome.side_file:
+        print(f"validator: warning: {config.db} stayed busy; the run is in {outcome.side_file}: "
+              f"add it with 'validator merge --db {config.db} {outcome.side_file}'",
+              file=sys.stderr)
     return EXIT_OK
 
 
+def _short_paths(paths) -> str:
+    from pathlib import PurePath
+
+    names = [PurePath(str(p).split(".root:")[0]).name + (
+        ":" + str(p).split(".root:")[1] if ".root:" in str(p) else "") for p in paths]
+    return ", ".join(names[:2]) + (f" +{len(names) - 2}" if len(names) > 2 else "")
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
+    import json
+
+    import pandas as pd
     from rich.table import Table
 
     from validator.store import list_runs
 
     frame = list_runs(args.db)
     table = Table(title=f"runs in {args.db}", title_justify="left")
-    for col in ("run_id", "started (UTC)", "sim", "data", "features", "tests",
-                "failed (expected)", "Holm-significant"):
-        table.add_column(col, justify="left" if col in ("run_id", "started (UTC)") else "right")
+    for col in ("run_id", "started (UTC)", "simulation → data", "options", "events sim/data",
+                "tests", "failed (exp.)", "Holm", "not run"):
+        left = col in ("run_id", "started (UTC)", "simulation → data", "options")
+        table.add_column(col, justify="left" if left else "right",
+                         no_wrap=col in ("run_id", "started (UTC)"))
     for row in frame.itertuples(index=False):
-        table.add_row(row.run_id, f"{row.started_at:%Y-%m-%d %H:%M}", f"{row.n_sim:,}",
-                      f"{row.n_data:,}", str(row.n_features), f"{row.n_tests:,}",
+        config = {} if pd.isna(row.config_json) else json.loads(row.config_json)
+        options = [f"{k.replace('_', '-')}: {config[k]}"
+                   for k in ("sim_selection", "data_selection", "blind") if config.get(k)]
+        options += [f"--{k} {getattr(row, k + '_column')}" for k in ("weight", "category")
+                    if isinstance(getattr(row, k + "_column"), str)]
+        table.add_row(row.run_id, f"{row.started_at:%Y-%m-%d %H:%M}",
+                      f"{_short_paths(row.sim_paths)} → {_short_paths(row.data_paths)}",
+                      "; ".join(options), f"{row.n_sim:,}/{row.n_data:,}", f"{row.n_tests:,}",
                       f"{row.n_failed} ({row.n_expected_failures:.1f})",
-                      str(row.n_significant_holm))
+                      str(row.n_significant_holm),
+                      "-" if pd.isna(row.n_not_run) else str(int(row.n_not_run)))
     _console().print(table)
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from validator.report import render_run
+    from validator.store import load_run
+
+    tables = load_run(args.db, args.run_option or args.run)
+    console = _console()
+    render_run(tables, console)
+    run = tables["runs"].iloc[0]
+    if run.get("command"):
+        console.print(f"command: {run['command']}")
+    return EXIT_OK
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from validator.store import merge_side_file
+
+    for side in args.side_files:
+        added = merge_side_file(args.db, side)
+        what = ", ".join(added) if added else "no new run (already there)"
+        print(f"{side}: merged into {args.db}: {what}")
     return EXIT_OK
 
 
@@ -163,18 +271,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    commands = {"run": lambda: _cmd_run(args, argv), "runs": lambda: _cmd_runs(args),
+                "show": lambda: _cmd_show(args), "merge": lambda: _cmd_merge(args)}
     try:
-        if args.command == "run":
-            return _cmd_run(args, argv)
-        if args.command == "runs":
-            return _cmd_runs(args)
+        return commands[args.command]()
     except (InputError, _UsageError) as exc:
         print(f"validator: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("validator: interrupted; nothing was written", file=sys.stderr)
         return 130
-    return EXIT_INPUT
+    except Exception as exc:  # a bug: never exit 0 or 1, which a gate would read as a verdict
+        print(f"validator: internal error: {type(exc).__name__}: {exc} (a bug; please report "
+              "it with the traceback below)", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,17 +1,28 @@
 """Run the statistical tests on filled accumulators: every feature in 1D, every pair in 2D.
 
-This stage only slices histograms out of the accumulators and calls the pure functions of
+Every *planned* test gets a :class:`TestRecord`: either a result, or the reason it could not
+run (``not_run_reason``; such a test has no p-value and never counts as passed). What is
+planned follows from the plan alone (see :func:`planned_methods`), so a category with few
+events has as many rows as any other.
+
+Each test draws its randomness (toys) from its own stream, derived from the run's seed and the
+test's identity (category, method, features; :func:`test_rng`): a result does not depend on
+which other tests are in the run, nor on the order they run in.
+
+This stage slices histograms out of the accumulators and calls the pure functions of
 :mod:`validator.stats`; it does no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from validator.fill import Accumulator, Layout
+from validator.hist import Hist
 from validator.stats import (
     GofResult,
     ad_hist,
@@ -26,6 +37,13 @@ from validator.stats import (
     wasserstein_hist,
 )
 
+#: Tests of each feature (kind ``1d``), each pair's histogram (``2d``) and correlation (``corr``).
+METHODS_1D = ("chi2_uw", "saturated", "ks", "ad")
+METHODS_2D = ("chi2_uw", "saturated", "dependence")
+METHODS_CORR = ("corr_spearman", "corr_pearson")
+#: The 1D test of the fraction of NaN/inf/sentinel values, planned for a feature that has any.
+INVALID_FRACTION = "invalid_fraction"
+
 
 @dataclass(frozen=True)
 class CompareOptions:
@@ -34,106 +52,187 @@ class CompareOptions:
     min_expected: float = 5.0
     dependence_toys: int = 300
     small_sample_toys: int = 500
-    seed: int = 12345
 
 
 @dataclass(frozen=True)
 class TestRecord:
-    """One test of a run: where it looked, and its result."""
+    """One planned test of a run: where it looked, and its result or why it could not run."""
 
     __test__ = False  # not a pytest class
 
     category: str
     kind: str  # 1d | 2d | corr
+    method: str
     feature_x: str
     feature_y: str | None
-    result: GofResult
+    result: GofResult | None
+    not_run_reason: str | None = None
+
+    @property
+    def pvalue(self) -> float:
+        return self.result.pvalue if self.result is not None else float("nan")
+
+    @property
+    def reliable(self) -> bool:
+        return self.result is not None and self.result.reliable
 
 
-def _binned_tests(data: np.ndarray, sim_w: np.ndarray, sim_w2: np.ndarray,
-                  options: CompareOptions, rng: np.random.Generator) -> list[GofResult]:
+def test_rng(seed: int, category: str, method: str, feature_x: str,
+             feature_y: str | None = None) -> np.random.Generator:
+    """The random stream of one test: a function of the run's seed and the test's identity.
+
+    The identity is hashed with SHA-256 (stable across processes and platforms, unlike
+    Python's ``hash``) into the entropy of a numpy ``SeedSequence``.
+    """
+    identity = "\x1f".join([category, method, feature_x, feature_y or ""]).encode()
+    words = np.frombuffer(hashlib.sha256(identity).digest()[:16], dtype=np.uint32)
+    return np.random.default_rng(np.random.SeedSequence([seed % (1 << 63), *words.tolist()]))
+
+
+Outcome = GofResult | str  # a result, or the reason the test could not run
+
+
+def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
+                  rng: Callable[[str], np.random.Generator]) -> dict[str, Outcome]:
     """``chi2_uw`` and ``saturated`` on a histogram, sparse bins merged first."""
-    total_data = data.sum()
-    total_sim = sim_w.sum()
-    if total_data <= 0 or total_sim <= 0:
-        return []
-    expected = np.clip(sim_w, 0.0, None) * (total_data / total_sim)
-    groups = merge_sparse_bins(expected, options.min_expected)
-    if groups.max() < 1:  # a single group: nothing to compare the shape with
-        return []
-    d = merge_histogram(data, groups)
-    s = merge_histogram(sim_w, groups)
-    s2 = merge_histogram(sim_w2, groups)
-    results = []
-    for test in (chi2_uw, saturated):
+    d, s, s2 = data.values.ravel(), sim.values.ravel(), sim.variances.ravel()
+    total_data, total_sim = d.sum(), s.sum()
+    reason = None
+    if total_data <= 0:
+        reason = "no data event with valid values"
+    elif total_sim <= 0:
+        reason = f"the simulation's sum of weights here is {total_sim:.4g} (not > 0)"
+    else:
+        expected = np.clip(s, 0.0, None) * (total_data / total_sim)
+        groups = merge_sparse_bins(expected, options.min_expected)
+        if groups.max() < 1:
+            reason = (f"fewer than {2 * options.min_expected:g} expected events: one bin left "
+                      f"after merging bins below {options.min_expected:g}")
+    if reason:
+        return {"chi2_uw": reason, "saturated": reason}
+    d, s, s2 = (merge_histogram(a, groups) for a in (d, s, s2))
+    results: dict[str, Outcome] = {}
+    for name, test in (("chi2_uw", chi2_uw), ("saturated", saturated)):
         result = test(d, s, s2)
         if not result.reliable:  # asymptotics do not hold: calibrate with toys instead
-            result = test(d, s, s2, n_toys=options.small_sample_toys, rng=rng)
-        results.append(result)
+            result = test(d, s, s2, n_toys=options.small_sample_toys, rng=rng(name))
+        results[name] = result
     return results
 
 
-def tests_1d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
-             options: CompareOptions, rng: np.random.Generator) -> Iterator[TestRecord]:
-    """All 1D tests of every feature."""
-    for k, feature in enumerate(layout.plan.features):
-        lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
-        d, s, s2 = data.h1_sumw[0, lo:hi], sim.h1_sumw[0, lo:hi], sim.h1_sumw2[0, lo:hi]
-        for result in _binned_tests(d, s, s2, options, rng):
-            yield TestRecord(category, "1d", feature.name, None, result)
-
-        lo, hi = layout.offsets_fine[k], layout.offsets_fine[k + 1]
-        fd, fs = data.fine_sumw[0, lo:hi], sim.fine_sumw[0, lo:hi]
-        if fd.sum() <= 0 or fs.sum() <= 0:
-            continue
-        sim_w2_total = float(sim.valid_sumw2[k])
-        edges = layout.fine_edges[k]
-        # a discrete feature's fine bins hold one value each: W1 is measured at the values
-        centres = np.asarray(feature.values) if feature.values else 0.5 * (edges[1:] + edges[:-1])
-        _, sim_std = sim.mean_std(layout, k)
-        w1 = wasserstein_hist(fd, fs, centres)
-        w1_norm = float(w1 / sim_std) if sim_std > 0 else float("nan")
-        for test in (ks_hist, ad_hist):
-            result = test(fd, fs, sim_w2_total)
-            details = {**result.details, "wasserstein_norm": w1_norm}
-            if feature.kind == "discrete":
-                details["note"] = "discrete feature: EDF p-value is conservative (ties)"
-            yield TestRecord(category, "1d", feature.name, None,
-                             replace(result, details=details))
+def _edf_tests(layout: Layout, k: int, sim: Accumulator, data: Accumulator) -> dict[str, Outcome]:
+    """``ks`` and ``ad`` on the fine histograms, with the normalised Wasserstein distance."""
+    feature = layout.plan.features[k]
+    fd, fs = data.hist_fine(layout, k).values, sim.hist_fine(layout, k).values
+    if fd.sum() <= 0:
+        return dict.fromkeys(("ks", "ad"), "no data event with valid values")
+    if fs.sum() <= 0:
+        return dict.fromkeys(("ks", "ad"), f"the simulation's sum of weights here is "
+                                           f"{fs.sum():.4g} (not > 0)")
+    edges = layout.fine_edges[k]
+    # a discrete feature's fine bins hold one value each: W1 is measured at the values
+    centres = np.asarray(feature.values) if feature.values else 0.5 * (edges[1:] + edges[:-1])
+    _, sim_std = sim.mean_std(layout, k)
+    w1 = wasserstein_hist(fd, fs, centres)
+    w1_norm = float(w1 / sim_std) if sim_std > 0 else float("nan")
+    results: dict[str, Outcome] = {}
+    for name, test in (("ks", ks_hist), ("ad", ad_hist)):
+        result = test(fd, fs, float(sim.valid_sumw2[k]))
+        details = {**result.details, "wasserstein_norm": w1_norm}
+        if feature.kind == "discrete":
+            details["note"] = "discrete feature: EDF p-value is conservative (ties)"
+        results[name] = replace(result, details=details)
+    return results
 
 
-def tests_2d(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
-             options: CompareOptions, rng: np.random.Generator) -> Iterator[TestRecord]:
-    """All 2D, dependence and correlation tests of every planned pair."""
-    features = layout.plan.features
-    for p, (i, j) in enumerate(layout.plan.pairs):
-        x, y = features[i].name, features[j].name
-        lo, hi = layout.offsets_2d[p], layout.offsets_2d[p + 1]
-        shape = layout.pair_shape[p]
-        d, s, s2 = data.h2_sumw[0, lo:hi], sim.h2_sumw[0, lo:hi], sim.h2_sumw2[0, lo:hi]
-        for result in _binned_tests(d, s, s2, options, rng):
-            yield TestRecord(category, "2d", x, y, result)
-        table, sim_table, sim_table_w2 = d.reshape(shape), s.reshape(shape), s2.reshape(shape)
-        n_eff_sim = sim.pair_n_eff(layout, i, j)
-        n_eff_data = data.pair_n_eff(layout, i, j)
-        rows_used = int((table.sum(axis=1) > 0).sum())
-        cols_used = int((table.sum(axis=0) > 0).sum())
-        if rows_used >= 2 and cols_used >= 2 and s.sum() > 0:
-            try:
-                yield TestRecord(category, "2d", x, y, dependence(
-                    table, sim_table, sim_table_w2, n_toys=options.dependence_toys,
-                    min_expected=options.min_expected, rng=rng))
-            except ValueError:  # fewer than two populated rows/columns once sparse cells go
-                pass
-            yield TestRecord(category, "corr", x, y, corr_spearman(
-                sim_table, n_eff_sim, table, n_eff_data,
-                sim_table_w2=sim_table_w2, data_table_w2=table))
-        if n_eff_sim > 0 and n_eff_data > 0:
-            yield TestRecord(category, "corr", x, y, corr_pearson(
-                sim.moment_matrix(layout, i, j), n_eff_sim,
-                data.moment_matrix(layout, i, j), n_eff_data,
-                sim_S2=sim.moment_matrix(layout, i, j, squared=True),
-                data_S2=data.moment_matrix(layout, i, j, squared=True)))
+def invalid_fraction(layout: Layout, k: int, sim: Accumulator, data: Accumulator,
+                     options: CompareOptions, rng: np.random.Generator) -> Outcome:
+    """Is the fraction of NaN/inf/sentinel values (-999, ...) the same in simulation and data?
+
+    Gagunashvili's chi² (:func:`~validator.stats.chi2_uw`) on the two-bin histogram (valid,
+    not valid): the comparison of two proportions, one of them weighted, with toys where the
+    counts are small. A default value that the simulation fills more or less often than the
+    detector is a mismodelling like any other. The effect size is the difference of the
+    fractions, data minus simulation.
+    """
+    d = np.array([data.valid_sumw[k], data.invalid_sumw[k]])
+    s = np.array([sim.valid_sumw[k], sim.invalid_sumw[k]])
+    s2 = np.array([sim.valid_sumw2[k], sim.invalid_sumw2[k]])
+    if d.sum() <= 0:
+        return "no data event"
+    if s.sum() <= 0:
+        return f"the simulation's sum of weights here is {s.sum():.4g} (not > 0)"
+    if d[1] == 0 and s[1] == 0 and s2[1] == 0:
+        return "no NaN/inf/sentinel value in this category in either sample"
+    result = chi2_uw(d, s, s2)
+    if not result.reliable:
+        result = chi2_uw(d, s, s2, n_toys=options.small_sample_toys, rng=rng)
+    frac_data, frac_sim = d[1] / d.sum(), s[1] / s.sum()
+    return replace(result, method=INVALID_FRACTION, effect_size=float(frac_data - frac_sim),
+                   effect_name="delta_invalid_fraction",
+                   details={**result.details, "fraction_data": float(frac_data),
+                            "fraction_sim": float(frac_sim)})
+
+
+def _pair_tests(layout: Layout, p: int, sim: Accumulator, data: Accumulator,
+                options: CompareOptions, rng: Callable[[str], np.random.Generator],
+                ) -> dict[str, Outcome]:
+    """2D histogram, dependence and correlation tests of pair ``p``."""
+    i, j = layout.plan.pairs[p]
+    hd, hs = data.hist_2d(layout, p), sim.hist_2d(layout, p)
+    results = _binned_tests(hd, hs, options, rng)
+    table, sim_table, sim_table_w2 = hd.values, hs.values, hs.variances
+    rows_used = int((table.sum(axis=1) > 0).sum())
+    cols_used = int((table.sum(axis=0) > 0).sum())
+    n_eff_sim = sim.pair_n_eff(layout, i, j)
+    n_eff_data = data.pair_n_eff(layout, i, j)
+    why = None
+    if sim_table.sum() <= 0:
+        why = "the simulation's sum of weights here is not > 0"
+    elif rows_used < 2 or cols_used < 2:
+        why = (f"data populate {rows_used} row(s) and {cols_used} column(s) of the pair "
+               "histogram; two of each are needed")
+    if why:
+        results["dependence"] = results["corr_spearman"] = why
+    else:
+        try:
+            results["dependence"] = dependence(
+                table, sim_table, sim_table_w2, n_toys=options.dependence_toys,
+                min_expected=options.min_expected, rng=rng("dependence"))
+        except ValueError as exc:  # fewer than two populated rows/columns once sparse cells go
+            results["dependence"] = str(exc)
+        results["corr_spearman"] = corr_spearman(
+            sim_table, n_eff_sim, table, n_eff_data,
+            sim_table_w2=sim_table_w2, data_table_w2=table)
+    if n_eff_sim > 0 and n_eff_data > 0:
+        results["corr_pearson"] = corr_pearson(
+            sim.moment_matrix(layout, i, j), n_eff_sim,
+            data.moment_matrix(layout, i, j), n_eff_data,
+            sim_S2=sim.moment_matrix(layout, i, j, squared=True),
+            data_S2=data.moment_matrix(layout, i, j, squared=True))
+    else:
+        results["corr_pearson"] = "no event where both features are valid in one sample"
+    return results
+
+
+def planned_methods(layout: Layout, with_invalid: np.ndarray,
+                    ) -> list[tuple[str, str, str, str | None]]:
+    """Every test the plan asks for in one category: (kind, method, feature_x, feature_y).
+
+    ``with_invalid[k]`` says whether feature ``k`` has NaN/inf/sentinel values in either
+    sample (then its invalid-fraction test is planned too).
+    """
+    plan = layout.plan
+    tests: list[tuple[str, str, str, str | None]] = []
+    for k, f in enumerate(plan.features):
+        tests.extend(("1d", m, f.name, None) for m in METHODS_1D)
+        if with_invalid[k]:
+            tests.append(("1d", INVALID_FRACTION, f.name, None))
+    for i, j in plan.pairs:
+        x, y = plan.features[i].name, plan.features[j].name
+        tests.extend(("2d", m, x, y) for m in METHODS_2D)
+        tests.extend(("corr", m, x, y) for m in METHODS_CORR)
+    return tests
 
 
 def untested_categories(sims: dict[str, Accumulator], datas: dict[str, Accumulator],
@@ -154,16 +253,66 @@ def untested_categories(sims: dict[str, Accumulator], datas: dict[str, Accumulat
     return reasons
 
 
+def _category_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
+                       options: CompareOptions, seed: int, with_invalid: np.ndarray,
+                       ) -> Iterator[tuple[str, str, str | None, dict[str, Outcome]]]:
+    """(kind, feature_x, feature_y, method -> outcome) per feature and pair of a category."""
+    plan = layout.plan
+    for k, f in enumerate(plan.features):
+        def rng(method: str, name: str = f.name) -> np.random.Generator:
+            return test_rng(seed, category, method, name)
+
+        hd, hs = data.hist_1d(layout, k), sim.hist_1d(layout, k)
+        outcomes = {**_binned_tests(hd, hs, options, rng), **_edf_tests(layout, k, sim, data)}
+        if with_invalid[k]:
+            outcomes[INVALID_FRACTION] = invalid_fraction(layout, k, sim, data, options,
+                                                          rng(INVALID_FRACTION))
+        yield "1d", f.name, None, outcomes
+    for p, (i, j) in enumerate(plan.pairs):
+        x, y = plan.features[i].name, plan.features[j].name
+
+        def rng2(method: str, x: str = x, y: str = y) -> np.random.Generator:
+            return test_rng(seed, category, method, x, y)
+
+        yield "2d", x, y, _pair_tests(layout, p, sim, data, options, rng2)
+
+
 def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
-              options: CompareOptions) -> list[TestRecord]:
-    """Every test of every category that both samples populate (see untested_categories)."""
-    rng = np.random.default_rng(options.seed)
-    records: list[TestRecord] = []
+              options: CompareOptions, seed: int,
+              progress: Callable[[str, int, int], None] | None = None) -> list[TestRecord]:
+    """Every planned test of every category, in the order of :func:`planned_methods`.
+
+    A category present in one sample only (or with Σw ≤ 0) gets every planned test with the
+    reason it could not run.
+    """
+    categories = list(dict.fromkeys([*sims, *datas]))
+    inclusive_sim, inclusive_data = sum(sims.values()), sum(datas.values())
+    with_invalid = np.zeros(layout.n_features, dtype=bool)
+    for acc in (inclusive_sim, inclusive_data):
+        if isinstance(acc, Accumulator):
+            with_invalid |= (acc.n_nonfinite + acc.n_sentinel) > 0
+    planned = planned_methods(layout, with_invalid)
     skip = untested_categories(sims, datas)
-    for category in sims:
+    groups_per_category = layout.n_features + len(layout.plan.pairs)
+    total, done = groups_per_category * len(categories), 0
+    records: list[TestRecord] = []
+    for category in categories:
         if category in skip:
+            records.extend(TestRecord(category, kind, method, x, y, None, skip[category])
+                           for kind, method, x, y in planned)
+            done += groups_per_category
             continue
-        sim, data = sims[category], datas[category]
-        records.extend(tests_1d(layout, sim, data, category, options, rng))
-        records.extend(tests_2d(layout, sim, data, category, options, rng))
+        outcomes: dict[tuple[str, str, str | None], Outcome] = {}
+        for _kind, x, y, group in _category_outcomes(layout, sims[category], datas[category],
+                                                    category, options, seed, with_invalid):
+            outcomes.update({(m, x, y): o for m, o in group.items()})
+            done += 1
+            if progress:
+                progress("tests", done, total)
+        for kind, method, x, y in planned:
+            outcome = outcomes[(method, x, y)]
+            if isinstance(outcome, str):
+                records.append(TestRecord(category, kind, method, x, y, None, outcome))
+            else:
+                records.append(TestRecord(category, kind, method, x, y, outcome))
     return records

@@ -12,12 +12,17 @@ result does not depend on how the input was split.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import cached_property
 
 import numpy as np
 
+from validator.hist import Hist
 from validator.plan import SENTINEL_VALUES, Plan
+from validator.sources import ENTRY
+from validator.transform import INCLUSIVE, Reader, categories_of, weights_of
 
 #: Entries (events x pairs) indexed at once when filling the pair histograms.
 PAIR_BLOCK_ENTRIES = 8_000_000
@@ -47,6 +52,15 @@ class Layout:
     def fine_edges(self) -> list[np.ndarray]:
         return [np.asarray(f.fine_edges) for f in self.plan.features]
 
+    @cached_property
+    def plot_edges(self) -> list[np.ndarray]:
+        return [np.asarray(f.plot_edges) for f in self.plan.features]
+
+    @cached_property
+    def key(self) -> str:
+        """A fingerprint of every binning and pair: accumulators add only on equal keys."""
+        return hashlib.sha256(self.plan.binning_json().encode()).hexdigest()[:16]
+
     @staticmethod
     def _offsets(sizes: list[int]) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -58,6 +72,11 @@ class Layout:
     @cached_property
     def offsets_fine(self) -> np.ndarray:
         return self._offsets([len(e) - 1 for e in self.fine_edges])
+
+    @cached_property
+    def offsets_plot(self) -> np.ndarray:
+        """Plotting bins, each feature with an underflow and an overflow bin."""
+        return self._offsets([len(e) + 1 for e in self.plot_edges])
 
     @cached_property
     def pair_shape(self) -> list[tuple[int, int]]:
@@ -99,16 +118,24 @@ class Accumulator:
     h2_sumw2: np.ndarray  # (n_var, B2)
     valid_sumw: np.ndarray  # (F,) Σw over events where the feature is valid
     valid_sumw2: np.ndarray  # (F,)
+    invalid_sumw: np.ndarray  # (F,) Σw over events where it is NaN/inf or a sentinel
+    invalid_sumw2: np.ndarray  # (F,)
     sum_wd: np.ndarray  # (F,) Σ w (x - loc): about the plan's location, for precision
     sum_wd2: np.ndarray  # (F,) Σ w (x - loc)²
     moments: np.ndarray  # (len(MOMENT_ORDERS), K, K) Σ w z_i^a z_j^b, standardised, K paired
     moments_w2: np.ndarray  # (len(MOMENT_ORDERS), K, K) Σ w² z_i^a z_j^b
+    plot_sumw: np.ndarray  # (n_var, Bp) plotting bins with under/overflow
+    plot_sumw2: np.ndarray  # (n_var, Bp)
+    layout_key: str = ""  # Layout.key of the plan this was filled with
 
     @classmethod
     def empty(cls, layout: Layout, n_var: int = 1) -> Accumulator:
         n_f = layout.n_features
         n_k = len(layout.paired_features)
         return cls(
+            layout_key=layout.key,
+            plot_sumw=np.zeros((n_var, layout.offsets_plot[-1])),
+            plot_sumw2=np.zeros((n_var, layout.offsets_plot[-1])),
             n_events=0,
             sumw=np.zeros(n_var), sumw2=np.zeros(n_var),
             n_nonfinite=np.zeros(n_f, np.int64), n_sentinel=np.zeros(n_f, np.int64),
@@ -119,14 +146,38 @@ class Accumulator:
             h2_sumw=np.zeros((n_var, layout.offsets_2d[-1])),
             h2_sumw2=np.zeros((n_var, layout.offsets_2d[-1])),
             valid_sumw=np.zeros(n_f), valid_sumw2=np.zeros(n_f),
+            invalid_sumw=np.zeros(n_f), invalid_sumw2=np.zeros(n_f),
             sum_wd=np.zeros(n_f), sum_wd2=np.zeros(n_f),
             moments=np.zeros((len(MOMENT_ORDERS), n_k, n_k)),
             moments_w2=np.zeros((len(MOMENT_ORDERS), n_k, n_k)),
         )
 
     def __add__(self, other: Accumulator) -> Accumulator:
-        return Accumulator(**{f.name: getattr(self, f.name) + getattr(other, f.name)
-                              for f in fields(self)})
+        """The accumulator of both inputs together.
+
+        Raises ``ValueError`` unless both were filled with the same layout (binning and pairs)
+        and the same number of weight variations: numpy would otherwise broadcast one
+        variation over three, or add bins that are not the same bins.
+        """
+        if not isinstance(other, Accumulator):
+            return NotImplemented
+        if self.layout_key != other.layout_key:
+            raise ValueError(f"cannot add accumulators filled with different layouts "
+                             f"({self.layout_key} and {other.layout_key})")
+        if self.sumw.shape != other.sumw.shape:
+            raise ValueError(f"cannot add accumulators with {self.sumw.shape[0]} and "
+                             f"{other.sumw.shape[0]} weight variations")
+        merged = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "layout_key":
+                merged[f.name] = a
+                continue
+            if np.shape(a) != np.shape(b):
+                raise ValueError(f"cannot add accumulators: '{f.name}' has shapes "
+                                 f"{np.shape(a)} and {np.shape(b)}")
+            merged[f.name] = a + b
+        return Accumulator(**merged)
 
     def __radd__(self, other: object) -> Accumulator:
         if other == 0:  # lets sum() start from 0
@@ -134,6 +185,34 @@ class Accumulator:
         return NotImplemented
 
     # ------------------------------------------------------------------ views for the tests
+
+    @property
+    def n_var(self) -> int:
+        return int(self.sumw.shape[0])
+
+    def hist_1d(self, layout: Layout, k: int) -> Hist:
+        """Feature ``k`` in the test binning (under/overflow folded into the edge bins)."""
+        lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
+        return Hist((layout.edges[k],), self.h1_sumw[:, lo:hi], self.h1_sumw2[:, lo:hi])
+
+    def hist_fine(self, layout: Layout, k: int) -> Hist:
+        """Feature ``k`` in the fine binning behind the EDF tests (KS, AD, Wasserstein)."""
+        lo, hi = layout.offsets_fine[k], layout.offsets_fine[k + 1]
+        return Hist((layout.fine_edges[k],), self.fine_sumw[:, lo:hi], self.fine_sumw2[:, lo:hi])
+
+    def hist_plot(self, layout: Layout, k: int) -> Hist:
+        """Feature ``k`` in the plotting binning, with underflow and overflow bins."""
+        lo, hi = layout.offsets_plot[k], layout.offsets_plot[k + 1]
+        return Hist((layout.plot_edges[k],), self.plot_sumw[:, lo:hi],
+                    self.plot_sumw2[:, lo:hi], flow=True)
+
+    def hist_2d(self, layout: Layout, p: int) -> Hist:
+        """Pair ``p`` of the plan, shape ``(n_var, nx, ny)``."""
+        lo, hi = layout.offsets_2d[p], layout.offsets_2d[p + 1]
+        i, j = layout.plan.pairs[p]
+        shape = (self.n_var, *layout.pair_shape[p])
+        return Hist((layout.pair_edges[i], layout.pair_edges[j]),
+                    self.h2_sumw[:, lo:hi].reshape(shape), self.h2_sumw2[:, lo:hi].reshape(shape))
 
     def moment_matrix(self, layout: Layout, i: int, j: int, squared: bool = False,
                       ) -> np.ndarray:
@@ -170,6 +249,16 @@ def _bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value, under/overflow folded into the first/last bin."""
     idx = np.searchsorted(edges, x, side="right") - 1
     return np.clip(idx, 0, len(edges) - 2)
+
+
+def _flow_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value counting an underflow bin 0 and an overflow bin ``len(edges)``.
+
+    Bins are ``[e_k, e_k+1)``; the last bin also holds its upper edge, like numpy.histogram.
+    """
+    idx = np.searchsorted(edges, x, side="right")
+    idx[x == edges[-1]] = len(edges) - 1
+    return idx
 
 
 def _masked_bincount(index: np.ndarray, mask: np.ndarray, weights: np.ndarray, size: int,
@@ -220,18 +309,24 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
     idx1 = np.empty((n_f, n), np.int64)
     idx2 = np.empty((n_f, n), np.int64)
     idxf = np.empty((n_f, n), np.int64)
+    idxp = np.empty((n_f, n), np.int64)
     for k in range(n_f):
         idx1[k] = _bin_index(safe[k], layout.edges[k]) + layout.offsets_1d[k]
         idx2[k] = _bin_index(safe[k], layout.pair_edges[k])
         idxf[k] = _bin_index(safe[k], layout.fine_edges[k]) + layout.offsets_fine[k]
+        idxp[k] = _flow_index(safe[k], layout.plot_edges[k]) + layout.offsets_plot[k]
     acc.h1_sumw, acc.h1_sumw2 = _masked_bincount(idx1, vmask, weights,
                                                  int(layout.offsets_1d[-1]))
     acc.fine_sumw, acc.fine_sumw2 = _masked_bincount(idxf, vmask, weights,
                                                      int(layout.offsets_fine[-1]))
+    acc.plot_sumw, acc.plot_sumw2 = _masked_bincount(idxp, vmask, weights,
+                                                     int(layout.offsets_plot[-1]))
 
     nominal = weights[0]
     acc.valid_sumw = vmask @ nominal
     acc.valid_sumw2 = vmask @ (nominal * nominal)
+    acc.invalid_sumw = (1.0 - vmask) @ nominal
+    acc.invalid_sumw2 = (1.0 - vmask) @ (nominal * nominal)
     loc_all = np.array([f.loc for f in plan.features])[:, None]
     d = np.where(valid, x - loc_all, 0.0)
     acc.sum_wd = d @ nominal
@@ -261,3 +356,28 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
         weighted = [pw * nominal for pw in weighted]
         acc.moments_w2 = np.stack([weighted[a] @ powers[b].T for a, b in MOMENT_ORDERS])
     return acc
+
+
+def fill_sample(reader: Reader, layout: Layout, category: str | None = None,
+                progress: Callable[[str, int, int], None] | None = None,
+                ) -> dict[str, Accumulator]:
+    """Second pass: one accumulator per category (and the inclusive one, their sum)."""
+    names = layout.plan.feature_names
+    per_category: dict[str, Accumulator] = {}
+    done = 0
+    for chunk in reader:
+        n = len(chunk[ENTRY])
+        x = np.column_stack([chunk[c] for c in names]) if n else np.empty((0, len(names)))
+        w = weights_of(chunk, reader.sample)
+        cats = categories_of(chunk, category)
+        parts = {INCLUSIVE: slice(None)} if cats is None else {
+            str(c): cats == c for c in np.unique(cats)}
+        for cat, sel in parts.items():
+            acc = accumulate(x[sel], w[:, sel], layout)
+            per_category[cat] = per_category[cat] + acc if cat in per_category else acc
+        done += n
+        if progress:
+            progress(f"fill {reader.sample.name}", done, reader.sample.n_rows)
+    if category is not None and per_category:
+        per_category = {INCLUSIVE: sum(per_category.values()), **dict(sorted(per_category.items()))}
+    return per_category

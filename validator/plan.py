@@ -15,13 +15,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from validator.errors import InputError
+from validator.sources import ENTRY, FILE, Sample, common_kind
+from validator.transform import Reader, weights_of
 
 #: Values physicists use as "not set"; counted and excluded from the binned tests.
 SENTINEL_VALUES = (-99.0, -999.0, -9999.0, -99999.0, -999999.0)
@@ -113,14 +115,17 @@ class ColumnProfile:
         return self.n - self.n_nonfinite - self.n_sentinel
 
 
-def uniform_keys(start: int, n: int, seed: int) -> np.ndarray:
-    """Uniform [0, 1) keys for events ``start .. start+n-1``: a hash of the position.
+def uniform_keys(entries: np.ndarray, files: np.ndarray | int, seed: int) -> np.ndarray:
+    """Uniform [0, 1) keys for events, a hash of (file index, row in the file, seed).
 
-    SplitMix64 (Steele, Lea & Flood, OOPSLA 2014) of ``position + seed``: the key of an event
-    does not depend on the chunk it was read in.
+    SplitMix64 (Steele, Lea & Flood, OOPSLA 2014) finalisation of the event's position: an
+    event's key depends only on where it sits in its file, not on the chunk, the partition or
+    the worker that read it, nor on which events a selection kept around it.
     """
+    entries = np.asarray(entries, dtype=np.float64).astype(np.uint64)
+    files = np.broadcast_to(np.asarray(files, dtype=np.float64).astype(np.uint64), entries.shape)
     with np.errstate(over="ignore"):
-        z = np.arange(start, start + n, dtype=np.uint64) + np.uint64(seed % (1 << 63))
+        z = entries + (files << np.uint64(40)) + np.uint64(seed % (1 << 63))
         z = z + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -151,8 +156,10 @@ class FeaturePlan:
 
     ``edges`` bin the 1D tests, ``pair_edges`` the 2D tests (the same or coarser),
     ``fine_edges`` the unbinned-style tests (KS, AD, Wasserstein). Values below the first or
-    above the last edge are folded into the edge bins. ``loc``/``scale`` standardise the
-    feature before moment sums are accumulated, so correlations are numerically stable.
+    above the last edge are folded into the edge bins. ``plot_edges`` bin the histograms drawn
+    for a reviewer (equal widths over the central range, under/overflow kept apart).
+    ``loc``/``scale`` standardise the feature before moment sums are accumulated, so
+    correlations are numerically stable.
     """
 
     name: str
@@ -165,6 +172,7 @@ class FeaturePlan:
     n_sentinel_sim: int = 0
     n_sentinel_data: int = 0
     values: tuple[float, ...] = ()  # a discrete feature's values, one per fine bin
+    plot_edges: tuple[float, ...] = ()  # equal-width bins over the central range, for plots
 
     @property
     def n_bins(self) -> int:
@@ -188,12 +196,24 @@ class Plan:
         return [f.name for f in self.features]
 
     def to_json(self) -> str:
-        payload: dict[str, Any] = asdict(self)
+        payload: dict[str, Any] = {"plan_version": PLAN_VERSION, **asdict(self)}
         return json.dumps(payload, default=float)
+
+    def binning_json(self) -> str:
+        """The features' binnings and the pairs: what accumulators must share to add."""
+        return json.dumps({"features": [asdict(f) for f in self.features],
+                           "pairs": self.pairs}, default=float)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
+        """Rebuild a plan stored by any release (older versions are migrated)."""
         raw = json.loads(text)
+        version = raw.pop("plan_version", 1)
+        if version > PLAN_VERSION:
+            raise ValueError(f"plan version {version} is newer than this validator reads "
+                             f"({PLAN_VERSION}); upgrade validator")
+        for migrate in _PLAN_MIGRATIONS[version - 1:]:
+            raw = migrate(raw)
         feats = tuple(
             FeaturePlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in f.items()})
             for f in raw["features"]
@@ -207,6 +227,18 @@ class Plan:
             config=PlanConfig(**raw["config"]),
             notes=tuple(raw.get("notes", ())),
         )
+
+
+def _plan_v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added plotting edges; a version-1 plan has none."""
+    for f in raw["features"]:
+        f.setdefault("plot_edges", [])
+    return raw
+
+
+#: Version of the plan's JSON; ``_PLAN_MIGRATIONS[v - 1]`` turns version v into v + 1.
+PLAN_VERSION = 2
+_PLAN_MIGRATIONS = (_plan_v1_to_v2,)
 
 
 def classify_columns(columns: dict[str, str], exclude: Iterable[str]) -> tuple[list[str],
@@ -316,7 +348,8 @@ def plan_feature(name: str, sim: ColumnProfile, data: ColumnProfile, kind_hint: 
             grid, counts, counts.sum() / n_pair)
         return FeaturePlan(kind="discrete", edges=tuple(edges.tolist()),
                            pair_edges=tuple(pair.tolist()), fine_edges=tuple(fine.tolist()),
-                           values=tuple(grid.tolist()), **common)
+                           values=tuple(grid.tolist()), plot_edges=tuple(fine.tolist()),
+                           **common)
     n_bins = int(min(config.n_bins, n_data // config.min_data_per_bin))
     if n_bins < 2:
         return f"too few data events ({n_data}) for two bins of {config.min_data_per_bin:g}"
@@ -331,8 +364,35 @@ def plan_feature(name: str, sim: ColumnProfile, data: ColumnProfile, kind_hint: 
     pair = edges if n_pair >= n_bins else _quantile_edges(source, max(n_pair, 2))
     n_fine = int(min(config.n_fine_bins, max(len(source) // 5, n_bins)))
     fine = _quantile_edges(source, n_fine)
+    plot = plot_edges(pooled, integral=sim.integral and data.integral)
     return FeaturePlan(kind="continuous", edges=tuple(edges.tolist()),
-                       pair_edges=tuple(pair.tolist()), fine_edges=tuple(fine.tolist()), **common)
+                       pair_edges=tuple(pair.tolist()), fine_edges=tuple(fine.tolist()),
+                       plot_edges=tuple(plot.tolist()), **common)
+
+
+#: Bins of a plotting histogram, over the central range of both samples: enough to show a
+#: shape, few enough that a bin holds ~1/50 of the events; the tails go to under/overflow.
+PLOT_BINS = 50
+PLOT_RANGE_QUANTILES = (0.005, 0.995)
+
+
+def plot_edges(values: np.ndarray, integral: bool = False) -> np.ndarray:
+    """Equal-width plotting edges over the central 99% of ``values``.
+
+    Integer-valued features get edges at half-integers, each bin a whole number of values
+    wide, so no bin holds one more value than its neighbour.
+    """
+    lo, hi = np.quantile(values, PLOT_RANGE_QUANTILES)
+    if hi <= lo:
+        lo, hi = float(np.min(values)), float(np.max(values))
+    if integral:
+        lo, hi = math.floor(lo), math.ceil(hi)
+        width = max(1, math.ceil((hi - lo + 1) / PLOT_BINS))
+        return np.arange(lo - 0.5, hi + 0.5 + width, width, dtype=float)[
+            : math.ceil((hi - lo + 1) / width) + 1]
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.linspace(lo, hi, PLOT_BINS + 1)
 
 
 def choose_pairs(n_features: int, max_pairs: int) -> tuple[list[tuple[int, int]], int]:
@@ -398,3 +458,179 @@ def make_plan(
         )
     return Plan(features=tuple(features), pairs=tuple(pairs), weight=weight, category=category,
                 skipped=skipped, config=config, notes=tuple(notes))
+
+
+# ------------------------------------------------------------------ choosing the features
+
+
+@dataclass(frozen=True)
+class FeatureChoice:
+    """Candidate features with their kinds, the columns left out (with the reason), notes."""
+
+    candidates: list[str]
+    kinds: dict[str, str]
+    skipped: dict[str, str]
+    notes: list[str]
+
+
+def _not_found(sample: Sample, name: str) -> InputError:
+    kind = sample.columns.get(name)
+    if kind == "jagged":
+        why = f"is jagged: name an element, e.g. {name}[0]"
+    else:
+        why = "not found" + sample.did_you_mean(name)
+    return InputError(f"{sample.label_lacking(name)}: feature '{name}' {why}")
+
+
+def select_features(sim: Sample, data: Sample, *, weight: str | None, category: str | None,
+                    features: Sequence[str] | None, exclude: Sequence[str] = (),
+                    derived: Sequence[str] = ()) -> FeatureChoice:
+    """The candidate features of a run, before their values are seen.
+
+    ``features`` given: exactly those (each must exist in both samples and be numeric).
+    Otherwise every numeric column both samples share, less weights, identifiers, labels,
+    the category column and ``exclude``. ``derived`` columns (``--define``, model outputs)
+    exist in both samples and are candidates too.
+    """
+    for sample in (sim, data):
+        for name in derived:
+            if name in sample.columns:
+                raise InputError(f"{sample.sources[0].label}: --define '{name}' is already a "
+                                 "column of the file; choose another name")
+        if category:
+            if category not in sample.columns:
+                raise InputError(f"{sample.label_lacking(category)}: category column "
+                                 f"'{category}' not found{sample.did_you_mean(category)}")
+            if sample.columns[category] == "jagged":
+                raise InputError(f"{sample.sources[0].label}: category column "
+                                 f"'{category}' is jagged")
+    notes: list[str] = []
+    skipped: dict[str, str] = {}
+    if features:
+        requested = list(dict.fromkeys(features))
+        for name in requested:
+            if name in derived:
+                continue
+            for sample in (sim, data):
+                if not sample.has(name):
+                    raise _not_found(sample, name)
+                if sample.columns.get(name) in ("string", "other"):
+                    raise InputError(f"{sample.sources[0].label}: feature '{name}' is not "
+                                     f"numeric ({sample.columns[name]})")
+        kinds = {n: "float" if n in derived else common_kind(
+            sim.columns.get(n, "float"), data.columns.get(n, "float")) or "float"
+            for n in requested}
+        notes += _mixed_kind_notes(sim, data, requested)
+        return FeatureChoice(requested, kinds, skipped, notes)
+    excluded = [c for c in (weight, category) if c]
+    shared = {c: common_kind(k, data.columns.get(c)) for c, k in sim.columns.items()}
+    shared = {c: k for c, k in shared.items() if k is not None}
+    for c in sorted(set(sim.columns) ^ set(data.columns)):
+        if c not in excluded:
+            where = "simulation" if c in sim.columns else "data"
+            skipped[c] = f"only in {where}"
+    for sample in (sim, data):
+        for c in sample.partial_columns:
+            skipped[c] = f"not in every {sample.name} file"
+    for c in sorted(set(sim.columns) & set(data.columns)):
+        if c not in shared and c not in excluded:
+            skipped[c] = f"type differs ({sim.columns[c]} in simulation, {data.columns[c]} in data)"
+    candidates, more = classify_columns(shared, excluded)
+    skipped.update({k: v for k, v in more.items() if k not in excluded})
+    unknown = [c for c in exclude if c not in shared and c not in skipped and c not in derived]
+    if unknown:
+        raise InputError(f"--exclude: column '{unknown[0]}' is in neither sample"
+                         + sim.did_you_mean(unknown[0]))
+    candidates += [d for d in derived if d not in candidates]
+    for c in exclude:
+        if c in candidates:
+            candidates.remove(c)
+            skipped[c] = "excluded (--exclude)"
+    if not candidates:
+        raise InputError("no shared numeric feature between simulation and data")
+    kinds = {c: shared.get(c, "float") for c in candidates}
+    notes += _mixed_kind_notes(sim, data, candidates)
+    return FeatureChoice(candidates, kinds, skipped, notes)
+
+
+def _mixed_kind_notes(sim: Sample, data: Sample, names: Sequence[str]) -> list[str]:
+    mixed = [f"{n} ({sim.columns[n]} in simulation, {data.columns[n]} in data)" for n in names
+             if n in sim.columns and n in data.columns and sim.columns[n] != data.columns[n]]
+    if not mixed:
+        return []
+    return ["columns stored with different types, compared as numbers: " + ", ".join(mixed[:8])
+            + (f" and {len(mixed) - 8} more" if len(mixed) > 8 else "")]
+
+
+# ------------------------------------------------------------------ the planning scan
+
+#: Columns that together name an event, in the order of the key; an event column must exist.
+EVENT_KEY_COLUMNS = ("run", "luminosityblock", "lumi", "lumiblock", "event", "evt",
+                     "eventnumber", "event_id", "eventid")
+#: Rows whose event keys are kept to look for rows sharing an event (a bounded check).
+MAX_KEYS_CHECKED = 2_000_000
+
+
+def event_key_columns(sample: Sample) -> list[str]:
+    """The columns naming an event (e.g. Run, Event), or none if there is no event number."""
+    by_lower = {c.lower(): c for c, k in sample.columns.items() if k in ("int", "float")}
+    cols = [by_lower[n] for n in EVENT_KEY_COLUMNS if n in by_lower]
+    has_event = any(n in by_lower for n in EVENT_KEY_COLUMNS[4:])
+    # files number their events independently: the file is part of the key
+    return [FILE, *cols] if has_event else []
+
+
+def _shared_event_note(sample: Sample, keys: list[np.ndarray], key_cols: list[str]) -> str | None:
+    """A note when several rows carry the same event number (they are not independent)."""
+    if not keys:
+        return None
+    table = np.concatenate(keys)
+    n_distinct = len(np.unique(table, axis=0))
+    if n_distinct == len(table):
+        return None
+    names = ", ".join(c for c in key_cols if c != FILE)
+    return (f"{sample.name}: {len(table):,} rows but {n_distinct:,} distinct ({names}): rows "
+            "of one event are not independent and the p-values assume independent events; "
+            "select one row per event")
+
+
+@dataclass(frozen=True)
+class SampleScan:
+    """What the planning pass learns about one sample."""
+
+    profiles: dict[str, ColumnProfile]
+    sumw: float
+    n_events: int
+    note: str | None
+
+
+def scan_sample(reader: Reader, columns: list[str], seed: int, key_cols: list[str],
+                progress: Callable[[str, int, int], None] | None = None) -> SampleScan:
+    """First pass: column profiles (for the plan), Σw, the event count, and a note if rows
+    share an event. Reservoir keys come from each event's (file, row)."""
+    sample = reader.sample
+    capacity = reservoir_capacity(len(columns))
+    profiles = {c: ColumnProfile(capacity=capacity) for c in columns}
+    sumw = 0.0
+    n_events = 0
+    event_keys: list[np.ndarray] = []
+    for chunk in reader:
+        n = len(chunk[ENTRY])
+        sumw += float(weights_of(chunk, sample).sum())
+        keys = uniform_keys(chunk[ENTRY], chunk[FILE], seed)
+        for c in columns:
+            profiles[c] = profiles[c] + ColumnProfile.of(chunk[c], keys, capacity)
+        if key_cols and n_events < MAX_KEYS_CHECKED:
+            event_keys.append(np.column_stack([chunk[c] for c in key_cols]))
+        n_events += n
+        if progress:
+            progress(f"scan {sample.name}", n_events, sample.n_rows)
+    if n_events == 0:
+        chain, why = reader.chain, []
+        if chain.selection:
+            why.append(f"passes the selection '{chain.selection.text}'")
+        if chain.blind:
+            why.append(f"lies outside the blinded region '{chain.blind.text}'")
+        raise InputError(f"{', '.join(s.label for s in sample.sources)}: no {sample.name} event "
+                         + (" and ".join(why) or "was read"))
+    return SampleScan(profiles, sumw, n_events, _shared_event_note(sample, event_keys, key_cols))

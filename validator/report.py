@@ -1,100 +1,129 @@
-"""Terminal report of a run: the worst tests, failures vs expected, where results went."""
+"""Terminal report of a run: the worst tests, failures vs expected, where results went.
+
+One renderer for a run just finished and a stored one (``validator show``): both are read from
+the rows of the DuckDB tables (:func:`validator.store.run_rows` / :func:`validator.store.load_run`).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from validator.pipeline import RunOutcome
 from validator.summary import findings
+from validator.transform import INCLUSIVE
 
 
-def _fmt_p(p: float) -> str:
-    if not np.isfinite(p):
+def _fmt_p(p: Any) -> str:
+    if p is None or not np.isfinite(p):
         return "-"
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def _pair(x: str, y: str | None) -> str:
-    return x if y is None else f"{x} × {y}"
+def _pair(x: str, y: Any) -> str:
+    return x if y is None or (isinstance(y, float) and np.isnan(y)) else f"{x} × {y}"
 
 
-def render(outcome: RunOutcome, console: Console | None = None, n_worst: int = 15) -> None:
-    """Print the compact summary of a run."""
+def _counts(features: pd.DataFrame, sim_col: str, data_col: str) -> list[tuple[str, int, int]]:
+    rows = features[features["category"] == INCLUSIVE] if len(features) else features
+    return [(r["feature"], int(r[sim_col]), int(r[data_col])) for _, r in rows.iterrows()
+            if r[sim_col] or r[data_col]]
+
+
+def _listing(items: list[tuple[str, int, int]]) -> str:
+    return (", ".join(f"{n} (sim {a}, data {b})" for n, a, b in items[:8])
+            + (f" and {len(items) - 8} more" if len(items) > 8 else ""))
+
+
+def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = None,
+               n_worst: int = 15) -> None:
+    """Print the compact summary of one run from its table rows."""
     console = console or Console()
-    plan, s = outcome.plan, outcome.summary
-    reasons = Counter(plan.skipped.values())
+    run = tables["runs"].iloc[0]
+    tests, features = tables["tests"], tables["features"]
+    skipped = tables["skipped_columns"]
+    # NULL for runs of release 0.1.0, which kept no record of the tests it could not run
+    n_not_run = 0 if pd.isna(run.get("n_not_run")) else int(run["n_not_run"])
     console.print(
-        f"[bold]validator[/bold] run [cyan]{outcome.run_id}[/cyan]: "
-        f"{outcome.n_sim:,} simulated and {outcome.n_data:,} data events, "
-        f"{len(plan.features)} features, {len(plan.pairs)} pairs, {s.n_tests:,} tests"
-    )
-    if plan.skipped:
+        f"[bold]validator[/bold] run [cyan]{run['run_id']}[/cyan]: "
+        f"{int(run['n_sim']):,} simulated and {int(run['n_data']):,} data events, "
+        f"{int(run['n_features'])} features, {int(run['n_pairs'])} pairs, "
+        f"{int(run['n_tests']):,} tests" + (f" ({n_not_run:,} could not run)" if n_not_run else ""))
+    if len(skipped):
+        reasons = Counter(skipped["reason"])
         parts = ", ".join(f"{n} {why}" for why, n in reasons.most_common())
-        console.print(f"skipped {len(plan.skipped)} columns: {parts}")
-    for note in outcome.notes:
+        console.print(f"skipped {len(skipped)} columns: {parts}")
+    for note in run["notes"] if run["notes"] is not None else []:
         console.print(f"[yellow]note:[/yellow] {note}")
-    nan = [(f.name, int(outcome.sim["all"].n_nonfinite[k]), int(outcome.data["all"].n_nonfinite[k]))
-           for k, f in enumerate(plan.features)] if "all" in outcome.sim else []
-    nan = [t for t in nan if t[1] or t[2]]
-    if nan:
-        console.print("NaN/inf values (counted, not tested): "
-                      + ", ".join(f"{n} (sim {a}, data {b})" for n, a, b in nan[:8])
-                      + (f" and {len(nan) - 8} more" if len(nan) > 8 else ""))
-    sentinels = [(f.name, f.n_sentinel_sim, f.n_sentinel_data) for f in plan.features
-                 if f.n_sentinel_sim or f.n_sentinel_data]
-    if sentinels:
-        console.print("default values such as -999 (counted, not tested): "
-                      + ", ".join(f"{n} (sim {a}, data {b})" for n, a, b in sentinels[:8])
-                      + (f" and {len(sentinels) - 8} more" if len(sentinels) > 8 else ""))
+    if len(features):
+        nan = _counts(features, "n_nan_sim", "n_nan_data")
+        if nan:
+            console.print("NaN/inf values (tested: invalid_fraction): " + _listing(nan))
+        sentinels = _counts(features, "n_sentinel_sim", "n_sentinel_data")
+        if sentinels:
+            console.print("default values such as -999 (tested: invalid_fraction): "
+                          + _listing(sentinels))
 
+    ran = tests[tests["pvalue"].notna()]
     # reliable tests first, then by p-value: a low-statistics p-value is no confident failure
-    pvals = np.nan_to_num(np.array([r.result.pvalue for r in outcome.records]), nan=2.0)
-    unreliable = np.array([not r.result.reliable for r in outcome.records])
-    order = np.lexsort((pvals, unreliable))
-    categories = {rec.category for rec in outcome.records}
+    order = ran.assign(_unrel=~ran["reliable"].astype(bool)).sort_values(
+        ["_unrel", "pvalue"], kind="stable")
+    multi = tests["category"].nunique() > 1
     table = Table(title=f"worst {min(n_worst, len(order))} tests", title_justify="left")
-    columns = (["category"] if len(categories) > 1 else []) + [
+    columns = (["category"] if multi else []) + [
         "test", "feature(s)", "stat/ndf", "p", "p Holm", "effect", "effect size"]
     for col in columns:
         table.add_column(col, justify="right" if col in ("p", "p Holm", "stat/ndf",
                                                           "effect") else "left")
-    for t in order[:n_worst]:
-        rec = outcome.records[t]
-        r = rec.result
-        stat = f"{r.statistic:.1f}/{r.ndf:g}" if r.ndf else f"{r.statistic:.3g}"
-        effect = f"{r.effect_size:.3g}" if r.effect_size is not None else ""
-        method = r.method + ("" if r.reliable else " (low stats)")
-        if r.pvalue_method == "toys":
-            method += f" ({r.n_toys} toys)"
-        row = [method, _pair(rec.feature_x, rec.feature_y), stat, _fmt_p(r.pvalue),
-               _fmt_p(outcome.p_holm[t]), effect, r.effect_name or ""]
-        table.add_row(*([rec.category] if len(categories) > 1 else []), *row)
+    for _, t in order.head(n_worst).iterrows():
+        ndf = t["ndf"]
+        stat = f"{t['statistic']:.1f}/{ndf:g}" if ndf is not None and np.isfinite(ndf) and ndf \
+            else f"{t['statistic']:.3g}"
+        effect = f"{t['effect_size']:.3g}" if t["effect_size"] is not None and \
+            np.isfinite(t["effect_size"]) else ""
+        method = t["method"] + ("" if t["reliable"] else " (low stats)")
+        if t["pvalue_method"] == "toys":
+            method += f" ({int(t['n_toys'])} toys)"
+        row = [method, _pair(t["feature_x"], t["feature_y"]), stat, _fmt_p(t["pvalue"]),
+               _fmt_p(t["p_holm"]), effect, t["effect_name"] or ""]
+        table.add_row(*([t["category"]] if multi else []), *row)
     console.print(table)
+    if n_not_run:
+        not_run = tests[tests["pvalue"].isna() & tests["not_run_reason"].notna()]
+        why = Counter(not_run["not_run_reason"]).most_common(3)
+        console.print(f"[yellow]{n_not_run:,} tests could not run[/yellow] (never counted as "
+                      "passed): " + "; ".join(f"{n} × {r}" for r, n in why))
 
     console.print(
-        f"failures at alpha={s.alpha:g}: [bold]{s.n_failed}[/bold] of {s.n_reliable} reliable tests"
-        f" (expected {s.n_expected:.1f}; P(>= observed) = {_fmt_p(s.p_binomial)}); "
-        f"p-value uniformity KS p = {_fmt_p(s.p_uniformity)}; "
-        f"significant after Holm: {s.n_significant_holm}, after BH: {s.n_significant_bh}"
+        f"failures at alpha={run['alpha']:g}: [bold]{int(run['n_failed'])}[/bold] of "
+        f"{int(run['n_reliable'])} reliable tests (expected {run['n_expected_failures']:.1f}; "
+        f"P(>= observed) = {_fmt_p(run['p_binomial'])}); "
+        f"p-value uniformity KS p = {_fmt_p(run['p_uniformity'])}; "
+        f"significant after Holm: {int(run['n_significant_holm'])}, "
+        f"after BH: {int(run['n_significant_bh'])}"
     )
-    found = findings(outcome.records, outcome.p_holm, s.alpha)
+    rows = tests.replace({np.nan: None}).to_dict("records")
+    found = findings(rows, float(run["alpha"]))
+
+    def where(c: str) -> str:
+        return f" [{c}]" if c != INCLUSIVE else ""
+
     if found.features:
         console.print("[bold red]mismodelled features[/bold red] (1D, Holm < alpha): " + "; ".join(
-            f"{f}" + (f" [{c}]" if c != "all" else "") + f" ({', '.join(m)})"
-            for (c, f), m in found.features.items()))
+            f"{f}{where(c)} ({', '.join(m)})" for (c, f), m in found.features.items()))
     if found.correlations:
         console.print("[bold red]mismodelled correlations[/bold red] (dependence/corr): "
-                      + "; ".join(f"{_pair(x, y)}" + (f" [{c}]" if c != "all" else "")
-                                  + f" ({', '.join(m)})"
+                      + "; ".join(f"{_pair(x, y)}{where(c)} ({', '.join(m)})"
                                   for (c, x, y), m in found.correlations.items()))
     if found.pairs_other:
         console.print("[bold red]pairs failing in 2D[/bold red]: " + "; ".join(
-            _pair(x, y) + (f" [{c}]" if c != "all" else "")
-            for (c, x, y) in found.pairs_other))
+            _pair(x, y) + where(c) for (c, x, y) in found.pairs_other))
     if found.pairs_from_marginals:
         n_dep = sum("dependence" in m for m in found.pairs_from_marginals.values())
         console.print(f"{len(found.pairs_from_marginals)} pairs fail in 2D through a feature "
@@ -102,5 +131,27 @@ def render(outcome: RunOutcome, console: Console | None = None, n_worst: int = 1
                       "dependence residual of the 1D mismodelling within bins)")
     if not (found.features or found.correlations or found.pairs_other):
         console.print("[bold green]no significant mismodelling[/bold green] after Holm correction")
+
+
+def outcome_tables(outcome: Any) -> dict[str, pd.DataFrame]:
+    """A finished run's rows as the DataFrames :func:`render_run` reads."""
+    from validator.store import SCHEMA, run_rows
+
+    rows = run_rows(outcome)
+    return {t: pd.DataFrame(rows[t], columns=[c for c, _ in SCHEMA[t]])
+            for t in ("runs", "features", "tests", "skipped_columns")}
+
+
+def render(outcome: Any, console: Console | None = None, n_worst: int = 15) -> None:
+    """Print the summary of a run just finished, and where it was stored."""
+    console = console or Console()
+    render_run(outcome_tables(outcome), console, n_worst)
     if outcome.db:
         console.print(f"results written to [cyan]{outcome.db}[/cyan] (run_id {outcome.run_id})")
+    if outcome.side_file:
+        _side_file_message(console, Path(outcome.config.db), outcome.side_file)
+
+
+def _side_file_message(console: Console, db: Path, side: Path) -> None:
+    console.print(f"[bold yellow]{db} stayed busy[/bold yellow]: the run was written to "
+                  f"[cyan]{side}[/cyan]; add it with: validator merge --db {db} {side}")

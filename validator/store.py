@@ -1,22 +1,37 @@
 """Store runs in DuckDB: the documented schema is the public contract (see docs/schema.md).
 
 A run is written in one transaction: it is there whole or not at all. DuckDB locks the file per
-process, so the writer connects only to write a finished run (retrying briefly while another
-process holds the file) and readers use short-lived read-only connections.
-The schema grows by columns: opening an older file adds the columns it lacks.
+process, so the writer connects only to write a finished run and readers use short-lived
+read-only connections. A finished run is never lost: the database is checked before any work
+(:func:`check_database`), a busy one is retried for a bounded time, and if it stays busy the
+run goes to a side file (a DuckDB file of its own) that :func:`merge_side_file`
+(``validator merge``) adds later.
+
+The schema is versioned (table ``schema_info``): opening a file of an earlier version migrates
+it, in the same transaction as the run written (columns are added, never renamed).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from validator.errors import InputError
+
+if TYPE_CHECKING:
+    from validator.pipeline import RunOutcome
+
+#: Version of the schema this release writes. 1: release 0.1.0 (no ``schema_info`` table).
+SCHEMA_VERSION = 2
 
 #: table -> ordered (column, DuckDB type). Adding a column here migrates existing files.
 SCHEMA: dict[str, list[tuple[str, str]]] = {
@@ -31,6 +46,8 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("n_expected_failures", "DOUBLE"), ("p_binomial", "DOUBLE"), ("p_uniformity", "DOUBLE"),
         ("n_significant_holm", "INTEGER"), ("n_significant_bh", "INTEGER"),
         ("gate_passed", "BOOLEAN"), ("command", "VARCHAR"), ("notes", "VARCHAR[]"),
+        ("seed", "BIGINT"), ("n_not_run", "INTEGER"), ("config_json", "VARCHAR"),
+        ("versions_json", "VARCHAR"),
     ],
     "features": [
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature", "VARCHAR"),
@@ -46,17 +63,23 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("pvalue", "DOUBLE"), ("pvalue_method", "VARCHAR"), ("n_toys", "INTEGER"),
         ("effect_size", "DOUBLE"), ("effect_name", "VARCHAR"), ("reliable", "BOOLEAN"),
         ("p_holm", "DOUBLE"), ("p_bh", "DOUBLE"), ("passed", "BOOLEAN"),
-        ("details", "VARCHAR"),
+        ("details", "VARCHAR"), ("not_run_reason", "VARCHAR"),
     ],
     "histograms": [
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature_x", "VARCHAR"),
         ("feature_y", "VARCHAR"), ("edges_x", "DOUBLE[]"), ("edges_y", "DOUBLE[]"),
         ("sim_sumw", "DOUBLE[]"), ("sim_sumw2", "DOUBLE[]"), ("data_counts", "DOUBLE[]"),
+        ("binning", "VARCHAR"),
     ],
     "skipped_columns": [
         ("run_id", "VARCHAR"), ("column_name", "VARCHAR"), ("reason", "VARCHAR"),
     ],
+    "schema_info": [
+        ("version", "INTEGER"), ("applied_at", "TIMESTAMP"), ("tool_version", "VARCHAR"),
+    ],
 }
+#: Tables holding one run's rows (``schema_info`` describes the file).
+RUN_TABLES = ("runs", "features", "tests", "histograms", "skipped_columns")
 
 _ARROW_TYPES = {
     "VARCHAR": pa.string(), "TIMESTAMP": pa.timestamp("us"), "BIGINT": pa.int64(),
@@ -65,22 +88,100 @@ _ARROW_TYPES = {
 }
 
 
-def _connect(path: Path, read_only: bool = False, timeout_s: float = 15.0,
+
+class DatabaseBusy(Exception):
+    """The database stayed locked by another process for the whole wait."""
+
+
+_DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
+
+
+def _connect(path: Path, read_only: bool = False, wait_s: float = 15.0,
              ) -> duckdb.DuckDBPyConnection:
-    """Open the database, waiting briefly while another process holds its lock."""
-    deadline = time.monotonic() + timeout_s
+    """Open the database, waiting up to ``wait_s`` while another process holds its lock."""
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise InputError(f"{path}: cannot open the database ({exc})") from exc
+            if "lock" not in str(exc).lower():
+                raise InputError(f"{path}: cannot open the database ({_first_line(exc)})") \
+                    from exc
+            if time.monotonic() > deadline:
+                raise DatabaseBusy(f"{path}: the database stayed locked by another process for "
+                                   f"{wait_s:g} s ({_first_line(exc)})") from exc
             time.sleep(0.2)
         except duckdb.Error as exc:
-            raise InputError(f"{path}: not a usable DuckDB file ({exc})") from exc
+            raise InputError(f"{path}: not a usable DuckDB file ({_first_line(exc)})") from exc
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_database(path: str | Path) -> None:
+    """Check, before any work, that a run can be written to ``path``.
+
+    Raises :class:`InputError` for a folder, a missing or read-only folder, a file that is
+    not a DuckDB database, or a database of a newer schema. A database busy right now is
+    fine: the write waits for it, or goes to a side file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; --db needs a database file")
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: the folder {path.parent} does not exist")
+    if not path.exists():
+        if not _writable(folder):
+            raise InputError(f"{path}: cannot create the database: the folder {folder} is not "
+                             "writable")
+        return
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    if not _writable(path):
+        raise InputError(f"{path}: the database file is not writable")
+    with path.open("rb") as fh:
+        header = fh.read(12)
+    if header and header[8:12] != _DUCKDB_MAGIC:
+        raise InputError(f"{path}: not a DuckDB database (choose another --db file)")
+    if not header:
+        return
+    try:
+        con = _connect(path, read_only=True, wait_s=0)
+    except DatabaseBusy:
+        return
+    try:
+        version = _schema_version(con)
+    finally:
+        con.close()
+    if version > SCHEMA_VERSION:
+        raise InputError(f"{path}: written by a newer validator (schema version {version}; "
+                         f"this one writes {SCHEMA_VERSION}); upgrade validator")
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK)
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+    ).fetchall()}
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The file's schema version: 0 for an empty file, 1 for release 0.1.0's files."""
+    tables = _tables(con)
+    if "schema_info" in tables:
+        return int(con.execute("SELECT max(version) FROM schema_info").fetchone()[0] or 0)
+    return 1 if "runs" in tables else 0
+
+
+def _add_missing(con: duckdb.DuckDBPyConnection) -> None:
     """Create missing tables and add missing columns (the schema only grows)."""
     for table, columns in SCHEMA.items():
         cols = ", ".join(f'"{name}" {typ}' for name, typ in columns)
@@ -93,6 +194,37 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {typ}')
 
 
+def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
+    """2 added ``schema_info``, the run's seed, configuration and package versions, the
+    tests' ``not_run_reason``, and plotting/fine histograms (``histograms.binning``): every
+    histogram of a version-1 file is a test binning."""
+    _add_missing(con)
+    con.execute("UPDATE histograms SET binning = 'test' WHERE binning IS NULL")
+
+
+#: ``_MIGRATIONS[v]`` turns a version-v file into version v + 1.
+_MIGRATIONS = {1: _migrate_1_to_2}
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring the file to :data:`SCHEMA_VERSION` (create it, or migrate it step by step)."""
+    version = _schema_version(con)
+    if version > SCHEMA_VERSION:
+        raise InputError(f"the database was written by a newer validator (schema version "
+                         f"{version}; this one writes {SCHEMA_VERSION}); upgrade validator")
+    if version == SCHEMA_VERSION:
+        _add_missing(con)
+        return
+    from validator import __version__
+
+    if version == 0:
+        _add_missing(con)
+    for step in range(version or SCHEMA_VERSION, SCHEMA_VERSION):
+        _MIGRATIONS[step](con)
+    con.execute("INSERT INTO schema_info VALUES (?, ?, ?)",
+                [SCHEMA_VERSION, datetime.now(timezone.utc).replace(tzinfo=None), __version__])
+
+
 def _arrow_table(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     columns = SCHEMA[table]
     arrays = {name: pa.array([row.get(name) for row in rows], type=_ARROW_TYPES[typ])
@@ -100,23 +232,16 @@ def _arrow_table(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.table(arrays)
 
 
-def write_run(path: str | Path, tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
-    """Write one run's rows (table name -> list of row dicts) in a single transaction."""
-    for table in tables:
-        if table not in SCHEMA:
-            raise ValueError(f"unknown table {table}")
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise InputError(f"{path}: the folder {path.parent} does not exist")
-    con = _connect(path)
+def _write_tables(path: Path, tables: Mapping[str, pa.Table], wait_s: float) -> None:
+    """Insert arrow tables in one transaction (schema created or migrated inside it)."""
+    con = _connect(path, wait_s=wait_s)
     try:
         con.execute("BEGIN TRANSACTION")
         try:
             ensure_schema(con)  # inside the transaction: a failed run adds no column either
-            for table, rows in tables.items():
-                if not rows:
+            for table, arrow in tables.items():
+                if arrow.num_rows == 0:
                     continue
-                arrow = _arrow_table(table, rows)
                 con.register("_incoming", arrow)
                 con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
                 con.unregister("_incoming")
@@ -125,8 +250,88 @@ def write_run(path: str | Path, tables: Mapping[str, Sequence[Mapping[str, Any]]
             con.execute("ROLLBACK")
             if isinstance(exc, duckdb.Error):
                 raise InputError(f"{path}: the run could not be written, nothing was "
-                                 f"({str(exc).splitlines()[0]})") from exc
+                                 f"({_first_line(exc)})") from exc
             raise
+    finally:
+        con.close()
+
+
+def write_run(path: str | Path, tables: Mapping[str, Sequence[Mapping[str, Any]]],
+              wait_s: float = 15.0) -> None:
+    """Write one run's rows (table name -> list of row dicts) in a single transaction.
+
+    Raises :class:`DatabaseBusy` if another process holds the file for ``wait_s`` seconds.
+    """
+    for table in tables:
+        if table not in RUN_TABLES:
+            raise ValueError(f"unknown table {table}")
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise InputError(f"{path}: the folder {path.parent} does not exist")
+    _write_tables(path, {t: _arrow_table(t, rows) for t, rows in tables.items()}, wait_s)
+
+
+def side_file_path(path: str | Path, run_id: str) -> Path:
+    """Where a run goes when its database stays busy: beside it, named after the run."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{run_id}.pending.duckdb")
+
+
+def save_run(outcome: RunOutcome, path: str | Path, wait_s: float = 60.0) -> None:
+    """Store a finished run; if the database stays busy, in a side file instead.
+
+    Sets ``outcome.db`` (stored there) or ``outcome.side_file`` (stored there, to be added
+    with ``validator merge``).
+    """
+    rows = run_rows(outcome)
+    try:
+        write_run(path, rows, wait_s=wait_s)
+        outcome.db = Path(path)
+    except DatabaseBusy:
+        side = side_file_path(path, outcome.run_id)
+        write_run(side, rows, wait_s=0)
+        outcome.side_file = side
+
+
+def merge_side_file(path: str | Path, side: str | Path, wait_s: float = 60.0) -> list[str]:
+    """Add the runs of a side file to the database in one transaction; returns their ids.
+
+    Runs already in the database are not added twice. The side file is deleted once its
+    runs are in.
+    """
+    path, side = Path(path), Path(side)
+    if not side.is_file():
+        raise InputError(f"{side}: side file not found")
+    check_database(path)
+    con = _connect(side, read_only=True, wait_s=wait_s)
+    try:
+        if "runs" not in _tables(con):
+            raise InputError(f"{side}: not a validator run file (no runs table)")
+        tables = {t: con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in RUN_TABLES
+                  if t in _tables(con)}
+    finally:
+        con.close()
+    run_ids = [str(r) for r in tables["runs"].column("run_id").to_pylist()]
+    if path.exists() and path.stat().st_size:
+        have = set(query(path, "SELECT run_id FROM runs")["run_id"]) if _has_runs(path) else set()
+        new = [r for r in run_ids if r not in have]
+        if len(new) < len(run_ids):
+            import pyarrow.compute as pc
+
+            keep = pa.array(new, type=pa.string())
+            tables = {t: a.filter(pc.is_in(a.column("run_id"), value_set=keep))
+                      for t, a in tables.items()}
+        run_ids = new
+    if run_ids:
+        _write_tables(path, tables, wait_s)
+    side.unlink()
+    return run_ids
+
+
+def _has_runs(path: Path) -> bool:
+    con = _connect(path, read_only=True)
+    try:
+        return "runs" in _tables(con)
     finally:
         con.close()
 
@@ -136,17 +341,146 @@ def query(path: str | Path, sql: str, params: Sequence[Any] | None = None) -> An
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: database not found")
-    con = _connect(path, read_only=True)
+    try:
+        con = _connect(path, read_only=True)
+    except DatabaseBusy as exc:
+        raise InputError(str(exc)) from exc
     try:
         return con.execute(sql, params or []).df()
     except duckdb.CatalogException as exc:
-        raise InputError(f"{path}: not a validator database ({str(exc).splitlines()[0]})") \
-            from exc
+        raise InputError(f"{path}: not a validator database ({_first_line(exc)})") from exc
     finally:
         con.close()
 
 
 def list_runs(path: str | Path) -> Any:
     """The runs in a database, newest first."""
-    return query(path, "SELECT run_id, started_at, n_sim, n_data, n_features, n_tests, n_failed, "
-                       "n_expected_failures, n_significant_holm FROM runs ORDER BY started_at DESC")
+    return query(path, "SELECT * FROM runs ORDER BY started_at DESC")
+
+
+def resolve_run(path: str | Path, run: str = "latest") -> str:
+    """The id of ``run``: ``latest``, an id, or an id's unique prefix."""
+    if run == "latest":
+        found = query(path, "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")
+    else:
+        found = query(path, "SELECT run_id FROM runs WHERE starts_with(run_id, ?)", [run])
+    if len(found) == 0:
+        raise InputError(f"{path}: no run '{run}'" if run != "latest" else f"{path}: no run")
+    if len(found) > 1:
+        raise InputError(f"{path}: '{run}' matches {len(found)} runs; give more of the id")
+    return str(found["run_id"].iloc[0])
+
+
+def load_run(path: str | Path, run: str = "latest") -> dict[str, Any]:
+    """One stored run: table name -> DataFrame of its rows (histograms left out)."""
+    run_id = resolve_run(path, run)
+    return {t: query(path, f"SELECT * FROM {t} WHERE run_id = ?"
+                           + (" ORDER BY test_id" if t == "tests" else ""), [run_id])
+            for t in ("runs", "features", "tests", "skipped_columns")}
+
+
+# ------------------------------------------------------------------ one run's rows
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _hist_row(run_id: str, category: str, binning: str, x: str, y: str | None, sim: Any,
+              data: Any) -> dict[str, Any]:
+    return {
+        "run_id": run_id, "category": category, "binning": binning, "feature_x": x,
+        "feature_y": y, "edges_x": sim.edges[0].tolist(),
+        "edges_y": sim.edges[1].tolist() if sim.ndim == 2 else None,
+        "sim_sumw": sim.values.ravel().tolist(), "sim_sumw2": sim.variances.ravel().tolist(),
+        "data_counts": data.values.ravel().tolist(),
+    }
+
+
+def run_rows(outcome: RunOutcome) -> dict[str, list[dict[str, Any]]]:
+    """The rows of every table for one run (see :data:`SCHEMA` and docs/schema.md)."""
+    from validator.transform import INCLUSIVE
+
+    config = outcome.config
+    run_id = outcome.run_id
+    plan, layout = outcome.plan, outcome.layout
+    sim_all = outcome.sim[INCLUSIVE]
+    s = outcome.summary
+    runs = [{
+        "run_id": run_id, "started_at": outcome.started_at, "finished_at": outcome.finished_at,
+        "tool_version": outcome.versions.get("validator"), "sim_paths": outcome.sim_paths,
+        "data_paths": outcome.data_paths, "weight_column": config.weight,
+        "category_column": config.category, "plan_json": plan.to_json(),
+        "n_sim": outcome.n_sim, "n_data": outcome.n_data,
+        "sumw_sim": float(sim_all.sumw[0]), "sumw2_sim": float(sim_all.sumw2[0]),
+        "n_features": len(plan.features), "n_pairs": len(plan.pairs), "alpha": s.alpha,
+        "n_tests": s.n_tests, "n_reliable": s.n_reliable, "n_failed": s.n_failed,
+        "n_expected_failures": s.n_expected, "p_binomial": _finite(s.p_binomial),
+        "p_uniformity": _finite(s.p_uniformity), "n_significant_holm": s.n_significant_holm,
+        "n_significant_bh": s.n_significant_bh, "command": config.command,
+        "notes": outcome.notes, "seed": config.seed, "n_not_run": s.n_not_run,
+        "config_json": json.dumps(config.to_dict(), default=_json_default),
+        "versions_json": json.dumps(outcome.versions),
+    }]
+    features, histograms = [], []
+    for cat in outcome.sim:
+        if cat not in outcome.data:
+            continue
+        sim, data = outcome.sim[cat], outcome.data[cat]
+        for k, f in enumerate(plan.features):
+            ms, ss = sim.mean_std(layout, k)
+            md, sd = data.mean_std(layout, k)
+            features.append({
+                "run_id": run_id, "category": cat, "feature": f.name, "kind": f.kind,
+                "edges": list(f.edges), "n_nan_sim": int(sim.n_nonfinite[k]),
+                "n_nan_data": int(data.n_nonfinite[k]), "n_sentinel_sim": int(sim.n_sentinel[k]),
+                "n_sentinel_data": int(data.n_sentinel[k]), "mean_sim": _finite(ms),
+                "std_sim": _finite(ss), "mean_data": _finite(md), "std_data": _finite(sd),
+            })
+            for binning, view in (("test", "hist_1d"), ("fine", "hist_fine"),
+                                  ("plot", "hist_plot")):
+                histograms.append(_hist_row(run_id, cat, binning, f.name, None,
+                                            getattr(sim, view)(layout, k),
+                                            getattr(data, view)(layout, k)))
+        for p, (i, j) in enumerate(plan.pairs):
+            histograms.append(_hist_row(run_id, cat, "test", plan.features[i].name,
+                                        plan.features[j].name, sim.hist_2d(layout, p),
+                                        data.hist_2d(layout, p)))
+    skipped = [{"run_id": run_id, "column_name": c, "reason": why}
+               for c, why in plan.skipped.items()]
+    return {"runs": runs, "features": features, "tests": test_rows(outcome),
+            "histograms": histograms, "skipped_columns": skipped}
+
+
+def test_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
+    """The rows of the ``tests`` table for one run."""
+    tests = []
+    run_id = outcome.run_id
+    for t, rec in enumerate(outcome.records):
+        r = rec.result
+        row = {"run_id": run_id, "test_id": t, "category": rec.category, "kind": rec.kind,
+               "method": rec.method, "feature_x": rec.feature_x, "feature_y": rec.feature_y,
+               "not_run_reason": rec.not_run_reason, "passed": outcome.passed[t],
+               "reliable": bool(rec.reliable)}
+        if r is not None:
+            row.update({
+                "statistic": _finite(r.statistic), "ndf": _finite(r.ndf),
+                "pvalue": _finite(r.pvalue), "pvalue_method": r.pvalue_method,
+                "n_toys": r.n_toys, "effect_size": _finite(r.effect_size),
+                "effect_name": r.effect_name, "p_holm": _finite(outcome.p_holm[t]),
+                "p_bh": _finite(outcome.p_bh[t]),
+                "details": json.dumps(r.details, default=_json_default),
+            })
+        tests.append(row)
+    return tests

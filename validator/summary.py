@@ -11,7 +11,9 @@ uniformity figures are indicative, not exact.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -35,6 +37,7 @@ class RunSummary:
     p_uniformity: float
     n_significant_holm: int
     n_significant_bh: int
+    n_not_run: int = 0
 
 
 def adjust_pvalues(pvalues: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +60,8 @@ def summarise(pvalues: np.ndarray, reliable: np.ndarray, alpha: float = 0.05,
               adjusted: tuple[np.ndarray, np.ndarray] | None = None) -> RunSummary:
     """Observed vs expected failures, p-value uniformity and adjusted significance.
 
-    ``adjusted`` takes the (Holm, BH) p-values when the caller has them already.
+    ``adjusted`` takes the (Holm, BH) p-values when the caller has them already. A test
+    without a p-value (NaN: it could not run) is counted in ``n_not_run`` and nowhere else.
     """
     p = np.asarray(pvalues, dtype=float)
     rel = np.asarray(reliable, dtype=bool) & np.isfinite(p)
@@ -76,6 +80,7 @@ def summarise(pvalues: np.ndarray, reliable: np.ndarray, alpha: float = 0.05,
         p_uniformity=p_unif,
         n_significant_holm=int(np.sum(rel & (holm < alpha))),
         n_significant_bh=int(np.sum(rel & (bh < alpha))),
+        n_not_run=int(np.sum(~np.isfinite(p))),
     )
 
 
@@ -100,18 +105,23 @@ class Findings:
     pairs_other: dict[tuple[str, str, str], list[str]]
 
 
-def findings(records: list, p_holm: np.ndarray, alpha: float = 0.05) -> Findings:
-    """Group the significant tests (reliable, Holm-adjusted p < alpha) of a run."""
+def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Findings:
+    """Group the significant tests (reliable, Holm-adjusted p < alpha) of a run.
+
+    ``tests`` are rows of the ``tests`` table (mappings with ``category``, ``method``,
+    ``feature_x``, ``feature_y``, ``reliable`` and ``p_holm``).
+    """
     feats: dict[tuple[str, str], list[str]] = {}
     pairs: dict[tuple[str, str, str], list[str]] = {}
-    for rec, p in zip(records, p_holm, strict=True):
-        r = rec.result
-        if not (r.reliable and np.isfinite(p) and p < alpha):
+    for t in tests:
+        p = t["p_holm"]
+        if not (t["reliable"] and p is not None and np.isfinite(p) and p < alpha):
             continue
-        if rec.feature_y is None:
-            feats.setdefault((rec.category, rec.feature_x), []).append(r.method)
+        y = t["feature_y"]
+        if y is None or (isinstance(y, float) and np.isnan(y)):
+            feats.setdefault((t["category"], t["feature_x"]), []).append(t["method"])
         else:
-            pairs.setdefault((rec.category, rec.feature_x, rec.feature_y), []).append(r.method)
+            pairs.setdefault((t["category"], t["feature_x"], y), []).append(t["method"])
     corr, from_marg, other = {}, {}, {}
     for key, methods in pairs.items():
         cat, x, y = key

@@ -1,0 +1,74 @@
+"""Histograms as small values: edges, Σw and Σw² per bin, with a leading variation axis.
+
+The tests, the store and the plots share one :class:`Hist`. Like ``hist``/``boost-histogram``
+objects they carry their axes and add (``+`` checks that the binnings match), but they are plain
+numpy arrays cut out of an :class:`~validator.fill.Accumulator`'s flat vectors, so filling stays
+one ``bincount`` per chunk.
+
+``sumw`` and ``sumw2`` have the shape ``(n_var, *bins)``: row 0 is the nominal weight, the
+others are systematic weight variations. A histogram with ``flow=True`` (the plotting
+histograms) has one more bin at each end of its single axis: values below the first edge and
+above the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: What a stored histogram is binned for (``histograms.binning`` in DuckDB).
+BINNINGS = ("test", "fine", "plot")
+
+
+@dataclass(frozen=True)
+class Hist:
+    """A weighted histogram with its axes; see the module docstring."""
+
+    edges: tuple[np.ndarray, ...]
+    sumw: np.ndarray
+    sumw2: np.ndarray
+    flow: bool = False
+
+    def __post_init__(self) -> None:
+        shape = tuple(len(e) - 1 + (2 if self.flow else 0) for e in self.edges)
+        if self.sumw.shape[1:] != shape or self.sumw2.shape != self.sumw.shape:
+            raise ValueError(f"histogram contents {self.sumw.shape}/{self.sumw2.shape} do not "
+                             f"match its edges (bins {shape})")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.edges)
+
+    @property
+    def n_var(self) -> int:
+        return self.sumw.shape[0]
+
+    @property
+    def values(self) -> np.ndarray:
+        """Nominal Σw per bin."""
+        return self.sumw[0]
+
+    @property
+    def variances(self) -> np.ndarray:
+        """Nominal Σw² per bin (the simulation's statistical variance; counts for data)."""
+        return self.sumw2[0]
+
+    def total(self) -> float:
+        return float(self.sumw[0].sum())
+
+    def __add__(self, other: Hist) -> Hist:
+        if self.flow != other.flow or len(self.edges) != len(other.edges) or any(
+                not np.array_equal(a, b) for a, b in zip(self.edges, other.edges, strict=True)):
+            raise ValueError("cannot add histograms with different binnings")
+        if self.n_var != other.n_var:
+            raise ValueError(f"cannot add histograms with {self.n_var} and {other.n_var} "
+                             "weight variations")
+        return Hist(self.edges, self.sumw + other.sumw, self.sumw2 + other.sumw2, self.flow)
+
+    def density(self) -> np.ndarray:
+        """Nominal Σw per unit of bin width (1D, in-range bins only), for plotting."""
+        if self.ndim != 1:
+            raise ValueError("density is defined for 1D histograms")
+        values = self.values[1:-1] if self.flow else self.values
+        return values / np.diff(self.edges[0])

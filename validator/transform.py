@@ -1,0 +1,215 @@
+"""The per-chunk transform chain: selection -> derived columns -> blinding.
+
+Every pass over a sample (the planning scan and the fill) reads chunks through one
+:class:`TransformChain`, so both passes see exactly the same events:
+
+1. **selection**: a SQL condition (``--sim-selection``/``--data-selection``); events where it is
+   false or NULL are dropped.
+2. **derived columns**: columns computed per chunk from the selected events, in order. Today
+   ``--define NAME=EXPR`` (a SQL expression, like ROOT's ``RDataFrame::Define``); the audited
+   network's outputs are derived columns too, evaluated chunk by chunk.
+3. **blinding**: events inside the blinded region (``--blind EXPR``, which may use derived
+   columns such as a network output) are removed from data *and* simulation here, before any
+   quantile, histogram or number is computed or stored.
+
+The chunk's ``_file`` and ``_entry`` columns (the event's file and row in it) travel through
+the chain: they key the planning reservoir, so the binning does not depend on chunking.
+
+Also here: the weights of a chunk (nominal first, then variations) and its category labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from validator.errors import InputError
+from validator.sources import ENTRY, FILE, Sample, Selection
+
+Chunk = dict[str, np.ndarray]
+
+#: A category column may hold this many values at most (a channel, a run period, a muon type).
+MAX_CATEGORIES = 50
+#: Category label of the inclusive selection (all events).
+INCLUSIVE = "all"
+
+
+class DerivedColumns(Protocol):
+    """Columns computed per chunk from other columns (``--define``, a network's outputs)."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def inputs(self) -> tuple[str, ...]: ...
+
+    def __call__(self, chunk: Chunk, label: str) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Definition:
+    """``NAME=EXPR``: a column computed with a SQL expression over the chunk's columns."""
+
+    name: str
+    expression: Selection  # parsed once: its text and the columns it reads
+
+    @classmethod
+    def parse(cls, text: str, option: str = "--define") -> Definition:
+        name, sep, expr = text.partition("=")
+        name = name.strip()
+        if not sep or not name or not expr.strip():
+            raise InputError(f"{option}: '{text}' is not NAME=EXPR")
+        if not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise InputError(f"{option}: '{name}' is not a column name (letters, digits, _)")
+        return cls(name=name, expression=Selection.parse(expr.strip(), option))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.expression.columns
+
+    def __call__(self, chunk: Chunk, label: str) -> dict[str, np.ndarray]:
+        import polars as pl
+
+        n = len(chunk[ENTRY])
+        frame = pl.DataFrame({c: chunk[c] for c in self.expression.columns})
+        try:
+            result = frame.select(pl.sql_expr(self.expression.text)).to_series()
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise InputError(f"{label}: --define {self.name}={self.expression.text} failed "
+                             f"({first})") from exc
+        if not (result.dtype.is_numeric() or result.dtype == pl.Boolean):
+            raise InputError(f"{label}: --define {self.name}={self.expression.text} is not a "
+                             f"number ({result.dtype})")
+        values = result.cast(pl.Float64).fill_null(np.nan).to_numpy()
+        if len(values) != n:  # a constant expression gives one value
+            values = np.full(n, values[0] if len(values) else np.nan)
+        return {self.name: values}
+
+
+@dataclass(frozen=True)
+class TransformChain:
+    """Selection, derived columns and blinding of one sample; see the module docstring."""
+
+    selection: Selection | None = None
+    derived: tuple[DerivedColumns, ...] = ()
+    blind: Selection | None = None
+
+    @property
+    def derived_names(self) -> list[str]:
+        return [n for d in self.derived for n in d.names]
+
+    def columns_read(self) -> list[str]:
+        """Columns the chain itself needs from the file (besides the features)."""
+        made = set(self.derived_names)
+        needed = [*(self.selection.columns if self.selection else ()),
+                  *(c for d in self.derived for c in d.inputs),
+                  *(self.blind.columns if self.blind else ())]
+        return [c for c in dict.fromkeys(needed) if c not in made]
+
+    def apply(self, chunk: Chunk, label: str) -> Chunk:
+        """The chunk's selected, extended and blinded events (all columns kept)."""
+        if self.selection is not None:
+            keep = self.selection.mask(chunk, label)
+            chunk = {c: v[keep] for c, v in chunk.items()}
+        for derived in self.derived:
+            chunk = {**chunk, **derived(chunk, label)}
+        if self.blind is not None:
+            inside = self.blind.mask(chunk, label)
+            chunk = {c: v[~inside] for c, v in chunk.items()}
+        return chunk
+
+
+@dataclass
+class Reader:
+    """Chunks of one sample through its transform chain, for both passes.
+
+    A sample that fits in one chunk is read (and transformed) only once.
+    """
+
+    sample: Sample
+    columns: list[str]
+    chunk_rows: int
+    chain: TransformChain = field(default_factory=TransformChain)
+    _cache: list[Chunk] | None = None
+
+    def __iter__(self):
+        from validator.sources import iter_chunks
+
+        if self._cache is not None:
+            return iter(self._cache)
+        made = set(self.chain.derived_names)
+        to_read = [c for c in dict.fromkeys([*self.columns, *self.chain.columns_read()])
+                   if c not in made]
+        keep = list(dict.fromkeys([*self.columns, FILE, ENTRY,
+                                   *([self.sample.weight] if self.sample.weight else [])]))
+
+        def chunks():
+            for raw in iter_chunks(self.sample, [*to_read, FILE, ENTRY], self.chunk_rows):
+                label = self.sample.sources[int(raw[FILE][0])].label if len(raw[FILE]) \
+                    else self.sample.sources[0].label
+                out = self.chain.apply(raw, label)
+                yield {c: out[c] for c in keep}
+
+        if self.sample.n_rows <= self.chunk_rows:
+            self._cache = list(chunks())
+            return iter(self._cache)
+        return chunks()
+
+
+def weights_of(chunk: Chunk, sample: Sample) -> np.ndarray:
+    """The chunk's weights, shape ``(n_var, n)``: the nominal weight first (1 for data)."""
+    n = len(chunk[ENTRY])
+    if sample.weight is None:
+        return np.ones((1, n))
+    w = chunk[sample.weight]
+    with np.errstate(over="ignore"):
+        bad = ~np.isfinite(w * w)
+    if bad.any():
+        where = sample.sources[int(chunk[FILE][bad][0])].label
+        raise InputError(f"{where}: weight column '{sample.weight}' has NaN/inf values (or "
+                         f"values so large their square overflows), e.g. at row "
+                         f"{int(chunk[ENTRY][bad][0])}")
+    return w[None, :]
+
+
+def category_label(value: object, column: str) -> str:
+    """The label of a category value (``3`` for 3.0; ``COL=all`` for a value named ``all``)."""
+    if isinstance(value, float):
+        value = int(value) if value.is_integer() else value
+    label = str(value)
+    # the inclusive selection is called "all": a category of that name keeps its column
+    return f"{column}={label}" if label == INCLUSIVE else label
+
+
+def categories_of(chunk: Chunk, column: str | None) -> np.ndarray | None:
+    """Category label per event, or None without a category column."""
+    if column is None:
+        return None
+    values = chunk[column]
+    uniq, inverse = np.unique(values.astype(str) if values.dtype == object else values,
+                              return_inverse=True)
+    if len(uniq) > MAX_CATEGORIES:
+        raise InputError(f"category column '{column}' has more than {MAX_CATEGORIES} values; "
+                         "a category column needs a few (a channel, a muon type, a run period)")
+    labels = np.array([category_label(u.item() if hasattr(u, "item") else u, column)
+                       for u in uniq], dtype=object)
+    return labels[inverse.ravel()]
+
+
+def parse_definitions(texts: Sequence[str]) -> tuple[Definition, ...]:
+    """``--define`` options, in order; a name defined twice is an error."""
+    defs = tuple(Definition.parse(t) for t in texts)
+    seen: set[str] = set()
+    for d in defs:
+        if d.name in seen:
+            raise InputError(f"--define: '{d.name}' is defined twice")
+        seen.add(d.name)
+    return defs
