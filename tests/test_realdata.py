@@ -62,7 +62,7 @@ def test_zmumu_data_halves_by_event_with_muon_type_categories(capsys, tmp_path, 
 
 def test_hzz_jagged_branches_skipped_or_reduced(capsys, tmp_path, shared_data):
     path = str(shared_data / "uproot-HZZ.root:events")
-    out, db = _halves(capsys, tmp_path, path, "_entry")
+    out, db = _halves(capsys, tmp_path, path, "_entry", "--unweighted")
     assert "jagged" in out
     skipped = query(db, "SELECT * FROM skipped_columns").set_index("column_name")["reason"]
     assert skipped["Jet_Px"].startswith("jagged") and skipped["EventWeight"] == "weight-like"
@@ -103,12 +103,49 @@ def test_nanoaod_halves_without_features(capsys, tmp_path, shared_data):
 
 def test_real_file_errors(capsys, shared_data):
     path = str(shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root")
+    split = ["--sim-selection", "event % 2 = 0", "--data-selection", "event % 2 = 1"]
     for args, message in [
         (["--sim", path + ":Nope", "--data", path], "no tree 'Nope'"),
         (["--sim", path, "--data", path, "--weight", "Jet_pt"], "is jagged"),
-        (["--sim", path, "--data", path, "--features", "Jet_ptt[0]"], "not found"),
-        (["--sim", path, "--data", path, "--features", "Jet_pt"], "name an element"),
+        (["--sim", path, "--data", path, *split, "--weight", "genWeight",
+          "--features", "Jet_ptt[0]"], "not found"),
+        (["--sim", path, "--data", path, *split, "--weight", "genWeight",
+          "--features", "Jet_pt"], "name an element"),
     ]:
         assert main(["run", "--quiet", "--no-db", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_nanoaod_last_jet_counts_missing_like_nan(capsys, tmp_path, shared_data):
+    """``Jet_pt[-1]``: the last jet of each event, NaN exactly for the events without jets."""
+    import uproot
+
+    path = str(shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root")
+    _, db = _halves(capsys, tmp_path, path, "event", "--weight", "genWeight", "--features",
+                    "nJet,Jet_pt[-1],MET_pt", name="last")
+    feats = query(db, "SELECT feature, n_nan_sim, n_nan_data FROM features").set_index("feature")
+    njet = uproot.open(path)["Events"]["nJet"].array(library="np")
+    assert (njet == 0).sum() > 0
+    assert feats.loc["Jet_pt[-1]", "n_nan_sim"] + feats.loc["Jet_pt[-1]", "n_nan_data"] == \
+        int((njet == 0).sum())
+
+
+def test_real_file_suggestions(shared_data):
+    """Misspelt trees, weights and columns of a real file name the closest real one."""
+    from validator.errors import InputError
+    from validator.sources import iter_chunks, open_sample
+
+    path = shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
+    with pytest.raises(InputError) as info:
+        open_sample("sim", [f"{path}:events"])
+    assert str(info.value) == f"{path}: no tree 'events' (TTrees: Events); did you mean 'Events'?"
+    with pytest.raises(InputError, match="weight column 'genweight' not found; did you mean "
+                                         "'genWeight'"):
+        open_sample("sim", [str(path)], "genweight")
+    sample = open_sample("sim", [str(path)], "genWeight")
+    with pytest.raises(InputError) as info:
+        list(iter_chunks(sample, ["Jet_ptt[0]"]))
+    assert str(info.value) == f"{path}: column 'Jet_ptt' not found; did you mean 'Jet_pt[0]'?"
+    with pytest.raises(InputError, match="column 'met_PT' not found; did you mean 'MET_pt'"):
+        list(iter_chunks(sample, ["met_PT"]))

@@ -1,13 +1,15 @@
-"""Read samples: parquet, CSV and ROOT TTrees, in column chunks of bounded size.
+"""Read samples: parquet, CSV and ROOT (TTrees and RNTuples), in column chunks of bounded size.
 
 A :class:`Sample` names its files and its weight column; :func:`iter_chunks` yields dictionaries
-of numpy arrays, at most ``chunk_rows`` rows each, so a file larger than memory streams.
+of numpy arrays of exactly ``chunk_rows`` rows each (the last chunk of a file may be shorter),
+so a file larger than memory streams.
 Every problem with a file (missing, unreadable, a tree or column not there, a jagged weight)
 is raised as :class:`~validator.errors.InputError` with one line that names it.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +23,9 @@ from validator.errors import InputError
 #: Kinds a column can have. Only ``float``, ``int`` and ``bool`` can be features.
 COLUMN_KINDS = ("float", "int", "bool", "string", "jagged", "other")
 
-#: ``Jet_pt[0]``: the leading element of a jagged branch, a per-event reduction by name.
-_ELEMENT = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)\[(?P<index>\d+)\]$")
+#: ``Jet_pt[0]``: the leading element of a jagged branch, a per-event reduction by name;
+#: ``Jet_pt[-1]`` counts from the end of each event's list, as in Python.
+_ELEMENT = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)\[(?P<index>-?\d+)\]$")
 
 DEFAULT_CHUNK_ROWS = 250_000
 #: Row number of an event within its file, usable in selections (e.g. to split a file in two).
@@ -49,8 +52,11 @@ class Source:
 class Sample:
     """A named sample (``sim`` or ``data``): its files, its weight column and its columns.
 
-    ``columns`` maps each column present in every file to its kind (see ``COLUMN_KINDS``);
-    ``n_rows`` is the total number of rows.
+    ``columns`` maps each column present in every file (with kinds that can be read together)
+    to its kind (see ``COLUMN_KINDS``); ``n_rows`` is the total number of rows;
+    ``partial_columns`` are the columns only some files have (or with kinds that do not mix);
+    ``source_columns`` holds each file's own column kinds, in the order of ``sources`` (empty
+    when the sample was built by hand).
     """
 
     name: str
@@ -59,6 +65,7 @@ class Sample:
     columns: dict[str, str]
     n_rows: int
     partial_columns: tuple[str, ...] = field(default=())
+    source_columns: tuple[dict[str, str], ...] = field(default=())
 
     def has(self, expression: str) -> bool:
         """Whether a column or a jagged-element expression (``Jet_pt[0]``) can be read."""
@@ -66,6 +73,58 @@ class Sample:
         if match:
             return self.columns.get(match["name"]) == "jagged"
         return expression in self.columns
+
+    def label_lacking(self, column: str) -> str:
+        """The label of the first file of the sample that does not have ``column``.
+
+        ``column`` is a column name or an element expression (``Jet_pt[0]``: its column is
+        looked up). Where no file lacks it (it is in every file, maybe with kinds that do not
+        mix) or the per-file columns are not known, the first file's label is returned; where
+        no file has it, that is the first file too.
+        """
+        match = _ELEMENT.match(column)
+        base = match["name"] if match else column
+        for source, kinds in zip(self.sources, self.source_columns, strict=False):
+            if base not in kinds:
+                return source.label
+        return self.sources[0].label
+
+    def did_you_mean(self, name: str) -> str:
+        """A hint naming the sample's column closest to a misspelt ``name``, or ``""``.
+
+        Gives ``"; did you mean 'n_jets'?"``, ready to append to a message. Names are compared
+        ignoring case (``njet`` finds ``nJet``). For an element expression (``Jet_ptt[0]``)
+        the jagged columns are searched and the hint keeps the index (``'Jet_pt[0]'``).
+        Nothing is suggested for a name that is a column already.
+        """
+        match = _ELEMENT.match(name)
+        if match:
+            jagged = [c for c, k in self.columns.items() if k == "jagged"]
+            best = _closest(match["name"], jagged)
+            if best is None or best == match["name"]:
+                return ""
+            return f"; did you mean '{best}[{match['index']}]'?"
+        if name in self.columns:
+            return ""
+        best = _closest(name, list(self.columns))
+        return f"; did you mean '{best}'?" if best else ""
+
+
+def _closest(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate most like ``name`` ignoring case (difflib), or None when none is close."""
+    lowered: dict[str, str] = {}
+    for candidate in candidates:
+        lowered.setdefault(candidate.lower(), candidate)
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def _hint(name: str, candidates: Sequence[str]) -> str:
+    """``"; did you mean 'X'?"`` for the candidate closest to ``name``, or ``""``."""
+    best = _closest(name, candidates)
+    return f"; did you mean '{best}'?" if best and best != name else ""
 
 
 @dataclass(frozen=True)
@@ -171,24 +230,86 @@ def _arrow_kind(arrow_type: Any) -> str:
     return "other"
 
 
+#: ROOT type names read as text.
+_ROOT_STRINGS = frozenset({"char*", "const char*", "std::string", "string", "TString"})
+#: ROOT type names read as true/false.
+_ROOT_BOOLS = frozenset({"bool", "Bool_t"})
+#: ROOT floating-point type names (TTree leaves, RNTuple fields and their aliases).
+_ROOT_FLOATS = frozenset({
+    "float", "double", "long double", "Float_t", "Double_t", "Float16_t", "Double32_t",
+    "std::float16_t", "float16_t", "std::float32_t", "std::float64_t", "half", "Real_t",
+})
+#: ROOT integer type names (besides ``[std::][u]intN_t``, matched by ``_ROOT_FIXED_INT``).
+_ROOT_INTS = frozenset({
+    "char", "signed char", "unsigned char", "short", "short int", "unsigned short",
+    "unsigned short int", "int", "signed", "signed int", "unsigned", "unsigned int", "long",
+    "long int", "unsigned long", "unsigned long int", "long long", "long long int",
+    "unsigned long long", "unsigned long long int", "size_t", "std::size_t", "std::byte",
+    "Char_t", "UChar_t", "Short_t", "UShort_t", "Int_t", "UInt_t", "Long_t", "ULong_t",
+    "Long64_t", "ULong64_t", "Byte_t", "Ssiz_t",
+})
+_ROOT_FIXED_INT = re.compile(r"^(std::)?u?int(8|16|32|64)_t$")
+#: ``vector<T>`` and the like: one list of values per event (``std::array<T,N>`` too).
+_ROOT_LIST = re.compile(
+    r"^(std::)?(vector|array|span|set|unordered_set|multiset|unordered_multiset)<.*>$"
+    r"|^(ROOT::)?(VecOps::)?RVec<.*>$|^ROOT::VecOps::RVec.*$"
+)
+#: Wrappers read as the type they hold (``std::optional<T>``: a missing value reads as NaN).
+_ROOT_WRAPPER = re.compile(r"^(std::)?(optional|atomic|unique_ptr)<(?P<inner>.*)>$")
+_ROOT_CARDINALITY = re.compile(r"^(ROOT::)?(Experimental::)?RNTupleCardinality<.*>$")
+
+
 def _root_kind(typename: str) -> str:
-    name = typename.strip()
-    if name in ("char*", "std::string", "string", "TString"):
+    """The kind (see ``COLUMN_KINDS``) of a TTree leaf or RNTuple field, from its type name.
+
+    TTree names (``Float_t``, ``int32_t``, ``float[]``) and RNTuple names (``std::uint32_t``,
+    ``std::vector<float>``, ``ROOT::RVec<int>``, ``std::optional<double>``) are understood;
+    any list type is ``jagged``, a type this reader cannot turn into numbers is ``other``.
+    """
+    name = " ".join(typename.split())
+    name = name.replace(" >", ">").replace("< ", "<").replace(", ", ",")
+    if name in _ROOT_STRINGS:
         return "string"
-    if name.endswith("]") or name.startswith(("std::vector", "vector", "ROOT::VecOps")):
+    if name.endswith("]") or _ROOT_LIST.match(name):
         return "jagged"
-    if name in ("bool", "Bool_t"):
+    wrapped = _ROOT_WRAPPER.match(name)
+    if wrapped:
+        inner = _root_kind(wrapped["inner"])
+        return inner if inner in NUMERIC_KINDS else "other"
+    if name in _ROOT_BOOLS:
         return "bool"
-    if name in ("float", "double", "Float_t", "Double_t", "Float16_t", "Double32_t"):
+    if name in _ROOT_FLOATS:
         return "float"
-    ints = ("int", "uint", "short", "long", "char", "unsigned", "Int", "UInt", "Long", "ULong",
-            "Short", "UShort", "Char_t", "UChar_t", "size_t")
-    if name.startswith(ints):
+    if name in _ROOT_INTS or _ROOT_FIXED_INT.match(name) or _ROOT_CARDINALITY.match(name):
         return "int"
     return "other"
 
 
+def _tree_kind(classname: str) -> str | None:
+    """``TTree`` or ``RNTuple`` for a ROOT class that holds events, else None."""
+    if classname.startswith(("TTree", "TNtuple")):
+        return "TTree"
+    if classname.split("::")[-1] == "RNTuple":
+        return "RNTuple"
+    return None
+
+
+def _tree_listing(trees: dict[str, str]) -> str:
+    """``TTrees: a, b; RNTuples: c``, or a sentence saying the file holds neither."""
+    parts = []
+    for kind in ("TTree", "RNTuple"):
+        names = [n for n, k in trees.items() if k == kind]
+        if names:
+            parts.append(f"{kind}s: {', '.join(names)}")
+    return "; ".join(parts) or "the file holds no TTree or RNTuple"
+
+
 def _root_tree(source: Source) -> Any:
+    """The TTree or RNTuple of a ROOT file: the one named, or the only one in the file.
+
+    Both have ``typenames``, ``keys``, ``num_entries`` and ``iterate``, which is all the
+    reader uses.
+    """
     try:
         import uproot
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -197,27 +318,43 @@ def _root_tree(source: Source) -> Any:
         ) from exc
     try:
         handle = uproot.open(source.path)
+        classnames = handle.classnames()
     except Exception as exc:
         raise InputError(f"{source.path}: not a readable ROOT file ({_short(exc)})") from exc
-    trees = [k.split(";")[0] for k, c in handle.classnames().items() if c.startswith("TTree")]
-    trees = list(dict.fromkeys(trees))
+    trees: dict[str, str] = {}
+    for key, classname in classnames.items():
+        kind = _tree_kind(classname)
+        if kind is not None:
+            trees.setdefault(key.split(";")[0], kind)
     if source.tree is None:
         if len(trees) == 1:
-            return handle[trees[0]]
+            return _get_tree(handle, next(iter(trees)), source)
         if not trees:
-            raise InputError(f"{source.path}: no TTree in the file")
+            raise InputError(f"{source.path}: no TTree or RNTuple in the file")
         raise InputError(
-            f"{source.path}: holds several trees ({', '.join(trees)}); name one as "
-            f"{source.path}:TREE"
+            f"{source.path}: holds several trees ({_tree_listing(trees)}); name one as "
+            f"{source.path}:NAME"
         )
-    try:
-        tree = handle[source.tree]
-    except Exception as exc:
+    name = source.tree
+    if name.split(";")[0] not in trees:
+        others = {k.split(";")[0]: c for k, c in classnames.items()}
+        if name.split(";")[0] in others:
+            raise InputError(f"{source.path}: '{name}' is a {others[name.split(';')[0]]}, "
+                             "not a TTree or RNTuple")
         raise InputError(
-            f"{source.path}: no tree '{source.tree}' (trees: {', '.join(trees) or 'none'})"
-        ) from exc
-    if not hasattr(tree, "typenames"):
-        raise InputError(f"{source.path}: '{source.tree}' is not a TTree")
+            f"{source.path}: no tree '{name}' ({_tree_listing(trees)}){_hint(name, list(trees))}"
+        )
+    return _get_tree(handle, name, source)
+
+
+def _get_tree(handle: Any, name: str, source: Source) -> Any:
+    """The object ``name`` of an open ROOT file, checked to be a TTree or an RNTuple."""
+    try:
+        tree = handle[name]
+    except Exception as exc:
+        raise InputError(f"{source.path}: cannot read '{name}' ({_short(exc)})") from exc
+    if not hasattr(tree, "typenames") or not hasattr(tree, "iterate"):
+        raise InputError(f"{source.path}: '{name}' is not a TTree or RNTuple")
     return tree
 
 
@@ -262,13 +399,16 @@ def open_sample(name: str, specs: Sequence[str], weight: str | None = None) -> S
         raise InputError(f"--{name}: no input file given")
     sources = tuple(parse_source(spec) for spec in specs)
     columns: dict[str, str] | None = None
+    per_source: list[dict[str, str]] = []
     seen: set[str] = set()
     n_rows = 0
     for source in sources:
         kinds, rows = read_schema(source)
+        per_source.append(kinds)
         if weight is not None:
             if weight not in kinds:
-                raise InputError(f"{source.label}: weight column '{weight}' not found")
+                raise InputError(f"{source.label}: weight column '{weight}' not found"
+                                 f"{_hint(weight, list(kinds))}")
             if kinds[weight] == "jagged":
                 raise InputError(
                     f"{source.label}: weight column '{weight}' is jagged (one value per object); "
@@ -290,17 +430,21 @@ def open_sample(name: str, specs: Sequence[str], weight: str | None = None) -> S
         raise InputError(f"{', '.join(s.label for s in sources)}: the {name} sample has no events")
     partial = tuple(sorted(seen - set(columns)))
     return Sample(name=name, sources=sources, weight=weight, columns=columns, n_rows=n_rows,
-                  partial_columns=partial)
+                  partial_columns=partial, source_columns=tuple(per_source))
 
 
 # ---------------------------------------------------------------------------------- reading
 
 
 def _element_of_lists(offsets: np.ndarray, values: np.ndarray, index: int) -> np.ndarray:
-    """Element ``index`` of each list given by ``offsets``; NaN where the list is too short."""
-    starts = offsets[:-1]
-    position = starts + index
-    present = position < offsets[1:]
+    """Element ``index`` of each list given by ``offsets`` into ``values``.
+
+    A negative ``index`` counts from the end of each list (``-1``: the last element); NaN
+    where the list is too short.
+    """
+    starts, stops = offsets[:-1], offsets[1:]
+    position = starts + index if index >= 0 else stops + index
+    present = (position >= starts) & (position < stops)
     out = np.full(len(starts), np.nan)
     out[present] = values[position[present]]
     return out
@@ -319,7 +463,8 @@ def _arrow_to_numpy(column: Any, element: int | None) -> np.ndarray:
             column = column.cast(pa.list_(column.type.value_type))
         column = column.fill_null([]) if column.null_count else column
         offsets = np.asarray(column.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
-        values = column.values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        # flatten() honours a sliced array's offset (``values`` would not)
+        values = column.flatten().cast(pa.float64()).to_numpy(zero_copy_only=False)
         offsets = offsets - offsets[0]
         return _element_of_lists(offsets, values, element)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -353,6 +498,7 @@ def _open_csv(source: Source, columns: Sequence[str] | None = None,
 
     pyarrow guesses types from the first block; an integer-looking column with a decimal
     further down would then fail to convert, so numeric columns are read as float64.
+    Its blocks are sized in bytes, not rows: :func:`_rebatch` cuts them to ``chunk_rows``.
     """
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -368,19 +514,50 @@ def _open_csv(source: Source, columns: Sequence[str] | None = None,
     ), {f.name: _arrow_kind(f.type) for f in inferred}
 
 
+def _rebatch(batches: Iterator[Any], chunk_rows: int) -> Iterator[Any]:
+    """Regroup arrow record batches into tables of exactly ``chunk_rows`` rows (the last one
+    may be shorter), holding at most one incoming batch plus ``chunk_rows`` rows at a time.
+    """
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    n_pending = 0
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        if not pending and batch.num_rows == chunk_rows:
+            yield batch
+            continue
+        pending.append(batch)
+        n_pending += batch.num_rows
+        if n_pending < chunk_rows:
+            continue
+        table = pa.Table.from_batches(pending)
+        start = 0
+        while n_pending - start >= chunk_rows:
+            yield table.slice(start, chunk_rows)
+            start += chunk_rows
+        rest = table.slice(start)
+        pending = rest.to_batches() if rest.num_rows else []
+        n_pending = rest.num_rows
+    if n_pending:
+        yield pa.Table.from_batches(pending)
+
+
 def _iter_arrow(source: Source, columns: Sequence[str], chunk_rows: int) -> Iterator[Any]:
-    """Yield pyarrow tables (RecordBatches) of at most ``chunk_rows`` rows."""
+    """Yield pyarrow tables or record batches of exactly ``chunk_rows`` rows (the last one
+    may be shorter)."""
     needed, _ = _split_expressions(columns)
     try:
         if source.format == "parquet":
             import pyarrow.parquet as pq
 
-            yield from pq.ParquetFile(source.path).iter_batches(
+            batches = pq.ParquetFile(source.path).iter_batches(
                 batch_size=chunk_rows, columns=needed
             )
         else:
-            reader, _ = _open_csv(source, needed, chunk_rows)
-            yield from reader
+            batches, _ = _open_csv(source, needed, chunk_rows)
+        yield from _rebatch(batches, chunk_rows)
     except InputError:
         raise
     except Exception as exc:
@@ -399,34 +576,56 @@ def _chunk_from_arrow(batch: Any, columns: Sequence[str]) -> dict[str, np.ndarra
     return out
 
 
-def _iter_root(source: Source, columns: Sequence[str], chunk_rows: int,
-               ) -> Iterator[dict[str, np.ndarray]]:
+def _awkward_element(array: Any, index: int) -> np.ndarray:
+    """Element ``index`` (negative: from the end) of each event's list; NaN where too short."""
     import awkward as ak
 
+    counts = ak.to_numpy(ak.fill_none(ak.num(array, axis=1), 0)).astype(np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    values = ak.fill_none(ak.values_astype(ak.flatten(array, axis=1), np.float64), np.nan)
+    return _element_of_lists(offsets, ak.to_numpy(values), index)
+
+
+def _awkward_flat(array: Any) -> np.ndarray:
+    """A flat awkward array as float64 (a missing value as NaN) or, for text, as objects."""
+    import awkward as ak
+
+    content = ak.type(array).content
+    if isinstance(content, ak.types.OptionType):
+        content = content.content
+    if content.parameter("__array__") in ("string", "bytestring"):
+        return np.asarray(ak.to_list(ak.fill_none(array, "")), dtype=object)
+    values = ak.values_astype(array, np.float64)
+    if isinstance(ak.type(array).content, ak.types.OptionType):
+        values = ak.fill_none(values, np.nan)
+    return ak.to_numpy(values).astype(np.float64, copy=False)
+
+
+def _iter_root(source: Source, columns: Sequence[str], chunk_rows: int,
+               ) -> Iterator[dict[str, np.ndarray]]:
+    """Yield chunks of exactly ``chunk_rows`` entries (the last may be shorter) of a TTree or
+    RNTuple; both are read through uproot's ``iterate``."""
     tree = _root_tree(source)
     needed, elements = _split_expressions(columns)
-    branches = set(tree.keys())
-    missing = [c for c in needed if c not in branches]
+    branches = list(tree.keys())
+    missing = [c for c in needed if c not in set(branches)]
     if missing:
-        raise InputError(f"{source.label}: branch '{missing[0]}' not found")
+        raise InputError(f"{source.label}: branch '{missing[0]}' not found"
+                         f"{_hint(missing[0], branches)}")
     try:
         for arrays in tree.iterate(needed, step_size=chunk_rows, library="ak"):
             out: dict[str, np.ndarray] = {}
             for expr in columns:
                 if expr in elements:
                     base, index = elements[expr]
-                    padded = ak.pad_none(arrays[base], index + 1, clip=True)[:, index]
-                    out[expr] = ak.to_numpy(ak.fill_none(padded, np.nan)).astype(np.float64)
+                    out[expr] = _awkward_element(arrays[base], index)
                     continue
                 array = arrays[expr]
                 if array.ndim > 1:
                     raise InputError(f"{source.label}: branch '{expr}' is jagged; "
                                      f"name an element such as {expr}[0]")
-                layout_type = str(ak.type(array))
-                if "string" in layout_type:
-                    out[expr] = np.asarray(ak.to_list(array), dtype=object)
-                else:
-                    out[expr] = ak.to_numpy(array).astype(np.float64)
+                out[expr] = _awkward_flat(array)
             yield out
     except InputError:
         raise
@@ -434,27 +633,53 @@ def _iter_root(source: Source, columns: Sequence[str], chunk_rows: int,
         raise InputError(f"{source.label}: read failed ({_short(exc)})") from exc
 
 
+def _check_readable(sample: Sample, expr: str) -> None:
+    """Raise the one-line error saying why ``expr`` cannot be read from ``sample``."""
+    match = _ELEMENT.match(expr)
+    base = match["name"] if match else expr
+    kind = sample.columns.get(base)
+    if kind is not None:
+        if match:
+            raise InputError(
+                f"{sample.sources[0].label}: column '{base}' is not jagged; use '{base}'"
+            )
+        return
+    having = [s.label for s, kinds in zip(sample.sources, sample.source_columns, strict=False)
+              if base in kinds]
+    if having and len(having) == len(sample.sources):
+        found = ", ".join(f"{kinds[base]} in {s.label}" for s, kinds
+                          in zip(sample.sources, sample.source_columns, strict=True))
+        raise InputError(f"{sample.sources[0].label}: column '{base}' has kinds that cannot be "
+                         f"read together ({found})")
+    if having:
+        raise InputError(f"{sample.label_lacking(base)}: column '{base}' not found "
+                         f"(it is in {having[0]})")
+    raise InputError(f"{sample.label_lacking(base)}: column '{base}' not found"
+                     f"{sample.did_you_mean(expr)}")
+
+
 def iter_chunks(sample: Sample, columns: Sequence[str], chunk_rows: int = DEFAULT_CHUNK_ROWS,
                 selection: Selection | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Yield the requested columns of every file of ``sample`` in chunks of bounded size.
+    """Yield the requested columns of every file of ``sample`` in chunks of ``chunk_rows`` rows.
 
-    Numeric and boolean columns come as float64 arrays, string columns as object arrays;
-    ``Name[k]`` gives element ``k`` of a jagged column per event (NaN when the event has
-    fewer than ``k+1`` elements). The weight column, if the sample has one, is read too.
-    With a ``selection``, only the selected events are yielded.
+    Each file gives chunks of exactly ``chunk_rows`` rows, its last chunk possibly shorter
+    (a selection then drops events from them). Numeric and boolean columns come as float64
+    arrays, string columns as object arrays; ``Name[k]`` gives element ``k`` of a jagged
+    column per event (``Name[-1]``: the last one), NaN when the event's list is too short.
+    The weight column, if the sample has one, is read too. With a ``selection``, only the
+    selected events are yielded.
     """
+    if chunk_rows < 1:
+        raise InputError(f"chunk size must be at least one row (got {chunk_rows})")
     wanted = list(dict.fromkeys([*columns, *([sample.weight] if sample.weight else [])]))
     extra = selection.columns if selection else ()
     to_read = [c for c in dict.fromkeys([*wanted, *extra]) if c not in VIRTUAL_COLUMNS]
     for expr in to_read:
         if not sample.has(expr):
-            match = _ELEMENT.match(expr)
-            base = match["name"] if match else expr
-            if match and base in sample.columns:
-                raise InputError(
-                    f"{sample.sources[0].label}: column '{base}' is not jagged; use '{base}'"
-                )
-            raise InputError(f"{sample.sources[0].label}: column '{base}' not found")
+            _check_readable(sample, expr)
+        elif sample.columns.get(expr) == "jagged":
+            raise InputError(f"{sample.sources[0].label}: column '{expr}' is jagged; "
+                             f"name an element such as {expr}[0]")
     for file_index, source in enumerate(sample.sources):
         if source.format == "root":
             chunks = _iter_root(source, to_read, chunk_rows)
