@@ -68,11 +68,26 @@ def test_sums_match_numpy(setup):
     np.testing.assert_allclose(acc.h1_sumw[0, lo:hi], expect, rtol=1e-10)
     # every valid event lands in exactly one bin: nothing dropped
     assert acc.h1_sumw[0, lo:hi].sum() == pytest.approx(w[ok].sum())
+    # events and Σw³ per bin, for the toys of heavy-tailed weights
+    h = acc.hist_1d(layout, 1)
+    np.testing.assert_array_equal(h.count, np.histogram(clipped, bins=edges)[0])
+    np.testing.assert_allclose(h.sumw3, np.histogram(clipped, bins=edges, weights=w[ok]**3)[0],
+                               rtol=1e-10)
     # pair (a, b): the 2D histogram holds events valid in both
     both = ok & (x[:, 0] != -999)
     p = layout.plan.pairs.index((0, 1))
     lo2, hi2 = layout.offsets_2d[p], layout.offsets_2d[p + 1]
     assert acc.h2_sumw[0, lo2:hi2].sum() == pytest.approx(w[both].sum())
+    h2 = acc.hist_2d(layout, p)
+    ea, eb = layout.pair_edges[0], layout.pair_edges[1]
+    ca = np.clip(x[both, 0], ea[0], np.nextafter(ea[-1], -np.inf))
+    cb = np.clip(x[both, 1], eb[0], np.nextafter(eb[-1], -np.inf))
+    np.testing.assert_allclose(h2.values, np.histogram2d(ca, cb, [ea, eb], weights=w[both])[0],
+                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(h2.count, np.histogram2d(ca, cb, [ea, eb])[0])
+    np.testing.assert_allclose(h2.sumw3, np.histogram2d(ca, cb, [ea, eb],
+                                                        weights=w[both]**3)[0],
+                               rtol=1e-9, atol=1e-9)
     # standardised moment sums against a direct computation
     fa, fb = layout.plan.features[0], layout.plan.features[1]
     za = (x[both, 0] - fa.loc) / fa.scale

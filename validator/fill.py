@@ -126,6 +126,12 @@ class Accumulator:
     moments_w2: np.ndarray  # (len(MOMENT_ORDERS), K, K) Σ w² z_i^a z_j^b
     plot_sumw: np.ndarray  # (n_var, Bp) plotting bins with under/overflow
     plot_sumw2: np.ndarray  # (n_var, Bp)
+    # events and Σw³ per bin (nominal weight): the shape of the weight law within a bin, for
+    # toys of heavy-tailed or signed weights (validator.stats.binned.sim_toys)
+    h1_count: np.ndarray  # (B1,)
+    h1_sumw3: np.ndarray  # (B1,)
+    h2_count: np.ndarray  # (B2,)
+    h2_sumw3: np.ndarray  # (B2,)
     layout_key: str = ""  # Layout.key of the plan this was filled with
 
     @classmethod
@@ -136,6 +142,8 @@ class Accumulator:
             layout_key=layout.key,
             plot_sumw=np.zeros((n_var, layout.offsets_plot[-1])),
             plot_sumw2=np.zeros((n_var, layout.offsets_plot[-1])),
+            h1_count=np.zeros(layout.offsets_1d[-1]), h1_sumw3=np.zeros(layout.offsets_1d[-1]),
+            h2_count=np.zeros(layout.offsets_2d[-1]), h2_sumw3=np.zeros(layout.offsets_2d[-1]),
             n_events=0,
             sumw=np.zeros(n_var), sumw2=np.zeros(n_var),
             n_nonfinite=np.zeros(n_f, np.int64), n_sentinel=np.zeros(n_f, np.int64),
@@ -193,7 +201,8 @@ class Accumulator:
     def hist_1d(self, layout: Layout, k: int) -> Hist:
         """Feature ``k`` in the test binning (under/overflow folded into the edge bins)."""
         lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
-        return Hist((layout.edges[k],), self.h1_sumw[:, lo:hi], self.h1_sumw2[:, lo:hi])
+        return Hist((layout.edges[k],), self.h1_sumw[:, lo:hi], self.h1_sumw2[:, lo:hi],
+                    count=self.h1_count[lo:hi], sumw3=self.h1_sumw3[lo:hi])
 
     def hist_fine(self, layout: Layout, k: int) -> Hist:
         """Feature ``k`` in the fine binning behind the EDF tests (KS, AD, Wasserstein)."""
@@ -212,7 +221,9 @@ class Accumulator:
         i, j = layout.plan.pairs[p]
         shape = (self.n_var, *layout.pair_shape[p])
         return Hist((layout.pair_edges[i], layout.pair_edges[j]),
-                    self.h2_sumw[:, lo:hi].reshape(shape), self.h2_sumw2[:, lo:hi].reshape(shape))
+                    self.h2_sumw[:, lo:hi].reshape(shape), self.h2_sumw2[:, lo:hi].reshape(shape),
+                    count=self.h2_count[lo:hi].reshape(shape[1:]),
+                    sumw3=self.h2_sumw3[lo:hi].reshape(shape[1:]))
 
     def moment_matrix(self, layout: Layout, i: int, j: int, squared: bool = False,
                       ) -> np.ndarray:
@@ -277,6 +288,14 @@ def _masked_bincount(index: np.ndarray, mask: np.ndarray, weights: np.ndarray, s
     return np.stack(sumw), np.stack(sumw2)
 
 
+def _count_sumw3(index: np.ndarray, mask: np.ndarray, weight: np.ndarray, size: int,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Events and Σw³ per bin for one weight (see :func:`_masked_bincount`)."""
+    flat = index.ravel()
+    count = np.bincount(flat, weights=mask.ravel(), minlength=size)
+    return count, np.bincount(flat, weights=(mask * weight**3).ravel(), minlength=size)
+
+
 def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Accumulator:
     """Accumulate one chunk.
 
@@ -317,6 +336,8 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
         idxp[k] = _flow_index(safe[k], layout.plot_edges[k]) + layout.offsets_plot[k]
     acc.h1_sumw, acc.h1_sumw2 = _masked_bincount(idx1, vmask, weights,
                                                  int(layout.offsets_1d[-1]))
+    acc.h1_count, acc.h1_sumw3 = _count_sumw3(idx1, vmask, weights[0],
+                                              int(layout.offsets_1d[-1]))
     acc.fine_sumw, acc.fine_sumw2 = _masked_bincount(idxf, vmask, weights,
                                                      int(layout.offsets_fine[-1]))
     acc.plot_sumw, acc.plot_sumw2 = _masked_bincount(idxp, vmask, weights,
@@ -342,9 +363,13 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
             sel = slice(start, start + block)
             i, j = pairs[sel, 0], pairs[sel, 1]
             flat = idx2[i] * ny[sel, None] + idx2[j] + layout.offsets_2d[:-1][sel, None]
-            sumw, sumw2 = _masked_bincount(flat, vmask[i] * vmask[j], weights, size2)
+            both = vmask[i] * vmask[j]
+            sumw, sumw2 = _masked_bincount(flat, both, weights, size2)
             acc.h2_sumw += sumw
             acc.h2_sumw2 += sumw2
+            count, sumw3 = _count_sumw3(flat, both, weights[0], size2)
+            acc.h2_count += count
+            acc.h2_sumw3 += sumw3
 
         used = layout.paired_features
         scale = np.array([plan.features[k].scale for k in used])[:, None]

@@ -29,6 +29,8 @@ class Hist:
     sumw: np.ndarray
     sumw2: np.ndarray
     flow: bool = False
+    count: np.ndarray | None = None  # events per bin (nominal), where kept
+    sumw3: np.ndarray | None = None  # Σw³ per bin (nominal), where kept
 
     def __post_init__(self) -> None:
         shape = tuple(len(e) - 1 + (2 if self.flow else 0) for e in self.edges)
@@ -64,7 +66,11 @@ class Hist:
         if self.n_var != other.n_var:
             raise ValueError(f"cannot add histograms with {self.n_var} and {other.n_var} "
                              "weight variations")
-        return Hist(self.edges, self.sumw + other.sumw, self.sumw2 + other.sumw2, self.flow)
+        def both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+            return a + b if a is not None and b is not None else None
+
+        return Hist(self.edges, self.sumw + other.sumw, self.sumw2 + other.sumw2, self.flow,
+                    both(self.count, other.count), both(self.sumw3, other.sumw3))
 
     def density(self) -> np.ndarray:
         """Nominal Σw per unit of bin width (1D, in-range bins only), for plotting."""
