@@ -21,11 +21,15 @@ import numpy as np
 
 from validator.hist import Hist
 from validator.plan import SENTINEL_VALUES, Plan
-from validator.sources import ENTRY
+from validator.sources import ENTRY, FILE
 from validator.transform import INCLUSIVE, Reader, categories_of, weights_of
 
 #: Entries (events x pairs) indexed at once when filling the pair histograms.
 PAIR_BLOCK_ENTRIES = 8_000_000
+#: Random event groups kept apart in the group-resolved sums behind the run-level global test
+#: (validator.globaltest): its sign-flip replicas combine the groups, so 2**32 replicas are
+#: possible while the sums stay 32 times the histograms.
+N_GROUPS = 32
 #: Moment orders (a, b) with a <= b, a + b <= 4, accumulated as Σ w x^a y^b.
 MOMENT_ORDERS = tuple((a, b) for a in range(5) for b in range(a, 5) if a + b <= 4)
 
@@ -132,6 +136,10 @@ class Accumulator:
     h1_sumw3: np.ndarray  # (B1,)
     h2_count: np.ndarray  # (B2,)
     h2_sumw3: np.ndarray  # (B2,)
+    # Σw per random event group (nominal): (N_GROUPS, B) for the test, fine and pair bins
+    group_h1: np.ndarray
+    group_fine: np.ndarray
+    group_h2: np.ndarray
     layout_key: str = ""  # Layout.key of the plan this was filled with
 
     @classmethod
@@ -144,6 +152,9 @@ class Accumulator:
             plot_sumw2=np.zeros((n_var, layout.offsets_plot[-1])),
             h1_count=np.zeros(layout.offsets_1d[-1]), h1_sumw3=np.zeros(layout.offsets_1d[-1]),
             h2_count=np.zeros(layout.offsets_2d[-1]), h2_sumw3=np.zeros(layout.offsets_2d[-1]),
+            group_h1=np.zeros((N_GROUPS, layout.offsets_1d[-1])),
+            group_fine=np.zeros((N_GROUPS, layout.offsets_fine[-1])),
+            group_h2=np.zeros((N_GROUPS, layout.offsets_2d[-1])),
             n_events=0,
             sumw=np.zeros(n_var), sumw2=np.zeros(n_var),
             n_nonfinite=np.zeros(n_f, np.int64), n_sentinel=np.zeros(n_f, np.int64),
@@ -296,7 +307,24 @@ def _count_sumw3(index: np.ndarray, mask: np.ndarray, weight: np.ndarray, size: 
     return count, np.bincount(flat, weights=(mask * weight**3).ravel(), minlength=size)
 
 
-def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Accumulator:
+def _group_sums(index: np.ndarray, mask: np.ndarray, weight: np.ndarray, groups: np.ndarray,
+                size: int) -> np.ndarray:
+    """Σw per (event group, bin): shape (N_GROUPS, size)."""
+    flat = (index + groups * size).ravel()
+    sums = np.bincount(flat, weights=(mask * weight).ravel(), minlength=N_GROUPS * size)
+    return sums.reshape(N_GROUPS, size)
+
+
+def event_groups(entries: np.ndarray, files: np.ndarray, seed: int) -> np.ndarray:
+    """The random group (0 .. N_GROUPS-1) of each event, a hash of its (file, row)."""
+    from validator.plan import uniform_keys
+
+    keys = uniform_keys(entries, files, seed ^ 0x5EED_6A0B)
+    return np.minimum((keys * N_GROUPS).astype(np.int64), N_GROUPS - 1)
+
+
+def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
+               groups: np.ndarray | None = None) -> Accumulator:
     """Accumulate one chunk.
 
     Parameters
@@ -305,6 +333,8 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
         (n_events, n_features) float array in the plan's feature order.
     weights:
         (n_var, n_events): the nominal weight first, then any variations.
+    groups:
+        (n_events,) each event's random group (:func:`event_groups`); all in group 0 if None.
     """
     plan = layout.plan
     n, n_f = features.shape
@@ -342,6 +372,10 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
                                                      int(layout.offsets_fine[-1]))
     acc.plot_sumw, acc.plot_sumw2 = _masked_bincount(idxp, vmask, weights,
                                                      int(layout.offsets_plot[-1]))
+    groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
+    acc.group_h1 = _group_sums(idx1, vmask, weights[0], groups, int(layout.offsets_1d[-1]))
+    acc.group_fine = _group_sums(idxf, vmask, weights[0], groups,
+                                 int(layout.offsets_fine[-1]))
 
     nominal = weights[0]
     acc.valid_sumw = vmask @ nominal
@@ -370,6 +404,7 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
             count, sumw3 = _count_sumw3(flat, both, weights[0], size2)
             acc.h2_count += count
             acc.h2_sumw3 += sumw3
+            acc.group_h2 += _group_sums(flat, both, weights[0], groups, size2)
 
         used = layout.paired_features
         scale = np.array([plan.features[k].scale for k in used])[:, None]
@@ -384,9 +419,13 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout) -> Acc
 
 
 def fill_sample(reader: Reader, layout: Layout, category: str | None = None,
-                progress: Callable[[str, int, int], None] | None = None,
+                progress: Callable[[str, int, int], None] | None = None, seed: int = 0,
                 ) -> dict[str, Accumulator]:
-    """Second pass: one accumulator per category (and the inclusive one, their sum)."""
+    """Second pass: one accumulator per category (and the inclusive one, their sum).
+
+    Events are assigned to random groups by a hash of (``seed``, file, row): the same events
+    fall in the same groups however the input is chunked or partitioned.
+    """
     names = layout.plan.feature_names
     per_category: dict[str, Accumulator] = {}
     done = 0
@@ -394,11 +433,12 @@ def fill_sample(reader: Reader, layout: Layout, category: str | None = None,
         n = len(chunk[ENTRY])
         x = np.column_stack([chunk[c] for c in names]) if n else np.empty((0, len(names)))
         w = weights_of(chunk, reader.sample)
+        groups = event_groups(chunk[ENTRY], chunk[FILE], seed)
         cats = categories_of(chunk, category)
         parts = {INCLUSIVE: slice(None)} if cats is None else {
             str(c): cats == c for c in np.unique(cats)}
         for cat, sel in parts.items():
-            acc = accumulate(x[sel], w[:, sel], layout)
+            acc = accumulate(x[sel], w[:, sel], layout, groups[sel])
             per_category[cat] = per_category[cat] + acc if cat in per_category else acc
         done += n
         if progress:

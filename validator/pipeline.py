@@ -25,6 +25,7 @@ from validator import __version__
 from validator.compare import CompareOptions, TestRecord, run_tests, untested_categories
 from validator.errors import InputError
 from validator.fill import Accumulator, Layout, fill_sample
+from validator.globaltest import GlobalResult, global_test
 from validator.plan import (
     Plan,
     PlanConfig,
@@ -124,6 +125,7 @@ class RunOutcome:
     data_paths: list[str]
     versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    global_result: GlobalResult | None = None  # the run-level test (validator.globaltest)
     db: Path | None = None  # where the run was stored
     side_file: Path | None = None  # where it went when the database stayed busy
 
@@ -209,9 +211,11 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                      skipped=choice.skipped, config=config.plan, notes=notes)
     layout = Layout(plan)
 
-    sim_acc = fill_sample(sim_reader, layout, config.category, progress)
-    data_acc = fill_sample(data_reader, layout, config.category, progress)
+    sim_acc = fill_sample(sim_reader, layout, config.category, progress, config.seed)
+    data_acc = fill_sample(data_reader, layout, config.category, progress, config.seed + 1)
     records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress)
+    global_result = global_test(layout, sim_acc, data_acc, config.alpha, config.seed,
+                                config.compare.min_expected)
     pvalues = np.array([r.pvalue for r in records], dtype=float)
     reliable = np.array([r.reliable for r in records], dtype=bool)
     ran = np.array([r.result is not None for r in records], dtype=bool)
@@ -231,7 +235,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         p_holm=p_holm, p_bh=p_bh, passed=passed, started_at=started, finished_at=finished,
         n_sim=sim_scan.n_events, n_data=data_scan.n_events,
         sim_paths=[s.label for s in sim.sources], data_paths=[s.label for s in data.sources],
-        versions=package_versions(), notes=run_notes,
+        versions=package_versions(), notes=run_notes, global_result=global_result,
     )
     if config.db:
         store.save_run(outcome, config.db, wait_s=config.db_wait_s)

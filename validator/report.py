@@ -26,6 +26,12 @@ def _fmt_p(p: Any) -> str:
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
+def _fmt_bound(p: float, run: Any) -> str:
+    """A randomization p-value; at its floor 1/(1 + replicas) it is a bound."""
+    floor = 1.0 / (1.0 + float(run["n_global_replicas"]))
+    return f"< {floor * 1.0001:.1e}" if p <= floor * 1.0001 else _fmt_p(p)
+
+
 def _pair(x: str, y: Any) -> str:
     return x if y is None or (isinstance(y, float) and np.isnan(y)) else f"{x} × {y}"
 
@@ -102,12 +108,21 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
 
     console.print(
         f"failures at alpha={run['alpha']:g}: [bold]{int(run['n_failed'])}[/bold] of "
-        f"{int(run['n_reliable'])} reliable tests (expected {run['n_expected_failures']:.1f}; "
-        f"P(>= observed) = {_fmt_p(run['p_binomial'])}); "
-        f"p-value uniformity KS p = {_fmt_p(run['p_uniformity'])}; "
+        f"{int(run['n_reliable'])} reliable tests (expected {run['n_expected_failures']:.1f}); "
         f"significant after Holm: {int(run['n_significant_holm'])}, "
         f"after BH: {int(run['n_significant_bh'])}"
     )
+    if not pd.isna(run.get("p_global_min")):
+        console.print(
+            f"[bold]run-level test[/bold] (keeps the correlations between tests; "
+            f"{int(run['n_global_tests'])} histogram tests, {int(run['n_global_replicas'])} "
+            f"sign-flip replicas): P(smallest p) = {_fmt_bound(run['p_global_min'], run)}, "
+            f"P(>= {int(run['n_global_failed'])} failures) = "
+            f"{_fmt_bound(run['p_global_nfail'], run)}")
+    console.print(
+        f"[dim]indicators assuming independent tests (they are not): binomial P(>= "
+        f"{int(run['n_failed'])} failures) = {_fmt_p(run['p_binomial'])}, p-value uniformity "
+        f"KS p = {_fmt_p(run['p_uniformity'])}[/dim]")
     rows = tests.replace({np.nan: None}).to_dict("records")
     found = findings(rows, float(run["alpha"]))
 

@@ -47,7 +47,9 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("n_significant_holm", "INTEGER"), ("n_significant_bh", "INTEGER"),
         ("gate_passed", "BOOLEAN"), ("command", "VARCHAR"), ("notes", "VARCHAR[]"),
         ("seed", "BIGINT"), ("n_not_run", "INTEGER"), ("config_json", "VARCHAR"),
-        ("versions_json", "VARCHAR"),
+        ("versions_json", "VARCHAR"), ("p_global_min", "DOUBLE"), ("p_global_nfail", "DOUBLE"),
+        ("n_global_tests", "INTEGER"), ("n_global_failed", "INTEGER"),
+        ("n_global_replicas", "INTEGER"),
     ],
     "features": [
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature", "VARCHAR"),
@@ -433,6 +435,11 @@ def run_rows(outcome: RunOutcome) -> dict[str, list[dict[str, Any]]]:
         "config_json": json.dumps(config.to_dict(), default=_json_default),
         "versions_json": json.dumps(outcome.versions),
     }]
+    g = outcome.global_result
+    if g is not None:
+        runs[0].update({"p_global_min": g.p_min, "p_global_nfail": g.p_nfail,
+                        "n_global_tests": g.n_tests, "n_global_failed": g.n_failed,
+                        "n_global_replicas": g.n_replicas})
     features, histograms = [], []
     for cat in outcome.sim:
         if cat not in outcome.data:

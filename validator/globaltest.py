@@ -1,0 +1,161 @@
+"""The run-level global test: are the results of the whole run, taken together, compatible with
+"the simulation describes the data"? It keeps the correlations between the tests.
+
+Tests of one run are strongly correlated: ``chi2_uw`` and ``saturated`` read one histogram, a
+feature's 1D test and its pairs share events, correlated features share fluctuations. The
+number of failures at ``alpha`` then has a variance several times the binomial one, and the
+uniformity of all p-values fails under the null. This module gives two run-level p-values that
+hold under any such correlation:
+
+- ``p_min``: the probability of a smallest p-value at least as small as observed;
+- ``p_nfail``: the probability of at least as many failures at ``alpha``.
+
+**Method: a sign-flip randomization test over random event groups.** Every event carries a
+random group ``g`` (a hash of its file and row; :func:`validator.fill.event_groups`), and the
+fill keeps Σw per group and bin. For a histogram, the group residuals
+:math:`r_g = d_g - (N/W)\\,s_g` (data counts minus the simulation normalised to the data) are
+independent across groups, and under the null each is centred and, by the central limit
+theorem within a group, symmetric. The observed residual is :math:`r = \\sum_g r_g`; a replica
+is :math:`r^* = \\sum_g \\epsilon_g r_g` with independent random signs :math:`\\epsilon_g`, the
+*same* signs for every histogram of the run, so every correlation between tests (shared events,
+shared histograms, correlated features) is kept. Under the null the observed vector is one more
+draw of the same law as the replicas, so the p-value
+:math:`(1 + \\#\\{b: S^*_b \\ge S\\})/(1 + B)` of any run-level statistic :math:`S` is valid
+(Fisher's randomization principle; Westfall & Young, *Resampling-Based Multiple Testing*,
+Wiley 1993, ch. 2, for the min-p statistic; the sign-flip form of Pesarin & Salmaso,
+*Permutation Tests for Complex Data*, Wiley 2010, ch. 1). A mismodelling shifts the observed
+residual but not the sign-flipped ones, which are centred whatever the truth.
+
+The statistics are the linearised forms of the run's tests, computed identically on the
+observed residual and on every replica: for each binned histogram (1D test binning, pair
+binning, with the tests' sparse-bin merging) Pearson's :math:`X^2 = \\sum r'^2/V` with the
+normalisation projected out and :math:`V = \\hat e + (N/W)^2 \\sum w^2` (its p-value from
+:math:`\\chi^2_{M-1}`), and for each feature a Kolmogorov-Smirnov-type maximum of the
+standardised cumulative residual over the fine bins (its p-value from Kolmogorov's law). The
+correlation tests and ``dependence`` are not in the family.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from validator.fill import N_GROUPS, Accumulator, Layout
+from validator.stats import merge_sparse_bins
+
+#: Sign-flip replicas: p-values resolve down to 1/(1 + N_REPLICAS), below 1e-3.
+N_REPLICAS = 1999
+
+
+@dataclass(frozen=True)
+class GlobalResult:
+    """The run-level p-values and what they rest on."""
+
+    p_min: float  # P(smallest p-value of the family <= observed)
+    p_nfail: float  # P(at least the observed number of family failures at alpha)
+    n_tests: int  # tests in the family
+    n_failed: int  # family tests with linearised p < alpha
+    min_pvalue: float  # smallest linearised p-value observed
+    n_replicas: int
+
+
+@dataclass
+class _Block:
+    """One histogram's group residuals, merged into its test groups."""
+
+    kind: str  # "binned" or "ks"
+    residuals: np.ndarray  # (N_GROUPS, M)
+    variance: np.ndarray  # (M,)
+    share: np.ndarray  # (M,) expected fraction of the total per bin, for the normalisation
+
+
+def _block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
+           data_groups: np.ndarray, sim_groups: np.ndarray, min_expected: float,
+           ) -> _Block | None:
+    total_d, total_s = data.sum(), sim.sum()
+    if total_d <= 0 or total_s <= 0:
+        return None
+    ratio = total_d / total_s
+    expected = np.clip(sim, 0.0, None) * ratio
+    if kind == "binned":
+        labels = merge_sparse_bins(expected, min_expected)
+        n = int(labels.max()) + 1
+        if n < 2:
+            return None
+        merging = np.zeros((len(labels), n))
+        merging[np.arange(len(labels)), labels] = 1.0  # bins x groups of bins
+        expected, sim_w2 = expected @ merging, sim_w2 @ merging
+        data_groups, sim_groups = data_groups @ merging, sim_groups @ merging
+    variance = np.clip(expected, 0.0, None) + ratio * ratio * sim_w2
+    keep = variance > 0
+    if keep.sum() < 2:
+        return None
+    residuals = (data_groups - ratio * sim_groups)[:, keep]
+    share = np.clip(expected[keep], 0.0, None)
+    share = share / share.sum() if share.sum() > 0 else np.full(keep.sum(), 1 / keep.sum())
+    return _Block(kind, residuals, variance[keep], share)
+
+
+def _pvalues(block: _Block, r: np.ndarray) -> np.ndarray:
+    """Linearised p-value of each row of residual vectors ``r`` (n, M)."""
+    centred = r - r.sum(axis=1, keepdims=True) * block.share  # the normalisation is free
+    if block.kind == "binned":
+        x2 = np.sum(centred**2 / block.variance, axis=1)
+        return stats.chi2.sf(x2, len(block.variance) - 1)
+    # KS-type: the cumulative residual, standardised like a Brownian bridge
+    d = np.max(np.abs(np.cumsum(centred, axis=1)), axis=1) / np.sqrt(block.variance.sum())
+    return stats.kstwobign.sf(d)
+
+
+def _blocks(layout: Layout, sim: Accumulator, data: Accumulator, min_expected: float,
+            ) -> list[_Block]:
+    blocks = []
+    for k in range(layout.n_features):
+        lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
+        blocks.append(_block("binned", data.h1_sumw[0, lo:hi], sim.h1_sumw[0, lo:hi],
+                             sim.h1_sumw2[0, lo:hi], data.group_h1[:, lo:hi],
+                             sim.group_h1[:, lo:hi], min_expected))
+        lo, hi = layout.offsets_fine[k], layout.offsets_fine[k + 1]
+        blocks.append(_block("ks", data.fine_sumw[0, lo:hi], sim.fine_sumw[0, lo:hi],
+                             sim.fine_sumw2[0, lo:hi], data.group_fine[:, lo:hi],
+                             sim.group_fine[:, lo:hi], min_expected))
+    for p in range(len(layout.plan.pairs)):
+        lo, hi = layout.offsets_2d[p], layout.offsets_2d[p + 1]
+        blocks.append(_block("binned", data.h2_sumw[0, lo:hi], sim.h2_sumw[0, lo:hi],
+                             sim.h2_sumw2[0, lo:hi], data.group_h2[:, lo:hi],
+                             sim.group_h2[:, lo:hi], min_expected))
+    return [b for b in blocks if b is not None]
+
+
+def global_test(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
+                alpha: float, seed: int, min_expected: float = 5.0,
+                n_replicas: int = N_REPLICAS) -> GlobalResult | None:
+    """The run-level p-values of the smallest p-value and of the number of failures.
+
+    Every category both samples populate contributes its histograms; the signs of a replica
+    are shared by all of them (an event's group is the same in every category it is in).
+    Returns None when no histogram can be tested.
+    """
+    blocks = [b for cat in sims if cat in datas and sims[cat].sumw[0] > 0
+              for b in _blocks(layout, sims[cat], datas[cat], min_expected)]
+    if not blocks:
+        return None
+    entropy = np.frombuffer(hashlib.sha256(b"global_test").digest()[:8], dtype=np.uint32)
+    rng = np.random.default_rng(np.random.SeedSequence([seed % (1 << 63), *entropy.tolist()]))
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_replicas, N_GROUPS))
+    observed = np.empty(len(blocks))
+    replicas = np.empty((n_replicas, len(blocks)))
+    for t, block in enumerate(blocks):
+        observed[t] = _pvalues(block, block.residuals.sum(axis=0)[None, :])[0]
+        replicas[:, t] = _pvalues(block, signs @ block.residuals)
+    n_failed = int(np.sum(observed < alpha))
+    min_p = float(observed.min())
+    more_extreme_min = int(np.sum(replicas.min(axis=1) <= min_p))
+    more_failures = int(np.sum((replicas < alpha).sum(axis=1) >= n_failed))
+    return GlobalResult(
+        p_min=(1 + more_extreme_min) / (1 + n_replicas),
+        p_nfail=(1 + more_failures) / (1 + n_replicas),
+        n_tests=len(blocks), n_failed=n_failed, min_pvalue=min_p, n_replicas=n_replicas)
