@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -44,7 +46,8 @@ def test_bins_shrink_with_few_events():
     fp = plan_feature("x", _profile(rng.normal(size=500)), _profile(data), "float", PlanConfig())
     assert fp.n_bins == 4  # 90 events // 20 per bin
     cfg = PlanConfig()
-    assert isinstance(plan_feature("x", _profile(data), _profile(data[:30]), "float", cfg), str)
+    assert (plan_feature("x", _profile(data), _profile(data[:30]), "float", cfg)
+            == "too few data events (30) for two bins of 20")
 
 
 def test_integer_mass_points_merge_duplicate_edges():
@@ -87,7 +90,9 @@ def test_constant_and_all_nan_columns():
     const = _profile(np.full(1000, 3.0))
     assert plan_feature("c", const, const, "float", PlanConfig()) == "constant in both samples"
     nan = _profile(np.full(1000, np.nan))
-    with pytest.raises(InputError, match="'bad'.*no finite value"):
+    message = ("simulation: feature 'bad' has no finite value (all NaN/inf/sentinel); "
+               "leave it out with --exclude bad")
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         make_plan({"bad": nan}, {"bad": const}, {"bad": "float"}, weight=None, category=None,
                   requested=None, skipped={}, config=PlanConfig())
 
@@ -133,9 +138,16 @@ def test_classify_columns():
              "Jet_pt": "jagged", "isGood": "bool", "label": "int", "w": "float"}
     features, skipped = classify_columns(kinds, ["w"])
     assert features == ["pt", "isGood"]
-    assert skipped["Jet_pt"].startswith("jagged") and skipped["Type"].startswith("string")
-    assert skipped["run"] == skipped["Event"] == "identifier"
-    assert skipped["genWeight"] == "weight-like"
+    assert skipped == {
+        "run": "identifier",
+        "Event": "identifier",
+        "genWeight": "weight-like",
+        "Type": "string (usable as --category)",
+        "Jet_pt": "jagged (name an element, e.g. NAME[0], in --features)",
+        "label": "label/bookkeeping",
+        "w": "weight/category column",
+    }
+    assert classify_columns({"x": "other"}, [])[1] == {"x": "unsupported type"}
 
 
 def test_plan_round_trips_through_json():
@@ -175,3 +187,119 @@ def test_data_on_one_value_is_binned_on_both_samples():
     flag_data = np.ones(2_000)
     fb = plan_feature("flag", _profile(flag_sim), _profile(flag_data, 1), "bool", PlanConfig())
     assert not isinstance(fb, str) and fb.edges == (-0.5, 0.5, 1.5)
+
+
+# ---------------------------------------------------------------- reasons for not testing
+
+
+def _keyed(x, capacity: int = 100_000, keys=None) -> ColumnProfile:
+    """A profile with explicit reservoir keys (seeded uniforms unless given)."""
+    x = np.asarray(x, dtype=float)
+    if keys is None:
+        keys = np.random.default_rng(len(x)).random(len(x))
+    return ColumnProfile.of(x, np.asarray(keys, dtype=float), capacity=capacity)
+
+
+def _reason_case(case: str) -> tuple[ColumnProfile, ColumnProfile, str]:
+    """(simulation, data, kind hint) that plan_feature cannot bin, one per reason."""
+    rng = np.random.default_rng(20)
+    normal = _keyed(rng.normal(size=500))
+    if case == "no data":
+        return normal, _keyed(np.full(100, np.nan)), "float"
+    if case == "no simulation":
+        return _keyed(np.r_[np.full(50, -999.0), np.full(50, np.inf)]), normal, "float"
+    if case == "constant":
+        return _keyed(np.full(300, 3.0)), _keyed(np.full(200, 3.0)), "float"
+    if case == "discrete":
+        # data 10 x 0 and 15 x 1, simulation 5 x 0: no two groups of 20, even pooled
+        return _keyed(np.zeros(5)), _keyed(np.r_[np.zeros(10), np.ones(15)]), "bool"
+    if case == "few events":
+        return normal, _keyed(rng.normal(size=30)), "float"
+    assert case == "single value"
+    # data all at 5; the simulation's 70 other values (> MAX_DISTINCT distinct, so not
+    # discrete) hold the largest keys and miss the reservoir, which holds only 5s
+    sim = np.r_[np.full(1000, 5.0), np.linspace(6.0, 7.0, 70)]
+    keys = np.r_[np.linspace(0.0, 0.5, 1000), np.linspace(0.9, 0.99, 70)]
+    return _keyed(sim, capacity=500, keys=keys), _keyed(np.full(200, 5.0)), "float"
+
+
+REASONS = {
+    "no data": "no valid value in data",
+    "no simulation": "no valid value in simulation",
+    "constant": "constant in both samples",
+    "discrete": "fewer than two values with 20 events each",
+    "few events": "too few data events (30) for two bins of 20",
+    "single value": "a single populated value",
+}
+
+
+@pytest.mark.parametrize("case", list(REASONS))
+def test_plan_feature_gives_the_specific_reason(case):
+    sim, data, kind = _reason_case(case)
+    assert plan_feature("x", sim, data, kind, PlanConfig()) == REASONS[case]
+
+
+def test_thresholds_in_the_reasons_follow_the_config():
+    sim, data, _ = _reason_case("few events")
+    cfg = PlanConfig(min_data_per_bin=17.5)
+    assert plan_feature("x", sim, data, "float", cfg) == (
+        "too few data events (30) for two bins of 17.5")
+    sim, data, _ = _reason_case("discrete")
+    assert plan_feature("x", sim, data, "bool", PlanConfig(min_data_per_bin=30)) == (
+        "fewer than two values with 30 events each")
+
+
+def _plan(sim: dict, data: dict, requested=None, skipped=None):
+    return make_plan(sim, data, {}, weight=None, category=None, requested=requested,
+                     skipped=dict(skipped or {}), config=PlanConfig())
+
+
+def test_make_plan_records_the_reason_of_each_skipped_feature():
+    good = _keyed(np.random.default_rng(21).normal(size=400))
+    sims, datas = {"good": good}, {"good": good}
+    for case in ("constant", "discrete", "few events", "single value"):
+        sims[case], datas[case], _ = _reason_case(case)
+    sims["empty"] = datas["empty"] = _keyed(np.full(20, np.nan))
+    plan = _plan(sims, datas, skipped={"Jet_pt": "jagged"})
+    assert plan.feature_names == ["good"]
+    assert plan.skipped == {
+        "Jet_pt": "jagged",
+        # no kind hints: the two-valued column is discrete by its number of values
+        "constant": "constant in both samples",
+        "discrete": "fewer than two values with 20 events each",
+        "few events": "too few data events (30) for two bins of 20",
+        "single value": "a single populated value",
+        "empty": "no valid value in either sample (all NaN/inf/sentinel)",
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "requested", "message"),
+    [
+        ("no data", None, "data: feature 'x' has no finite value (all NaN/inf/sentinel); "
+                          "leave it out with --exclude x"),
+        ("no data", ["x"], "data: feature 'x' has no finite value (all NaN/inf/sentinel)"),
+        ("no simulation", None, "simulation: feature 'x' has no finite value "
+                                "(all NaN/inf/sentinel); leave it out with --exclude x"),
+        ("few events", ["x"], "feature 'x': too few data events (30) for two bins of 20"),
+        ("single value", ["x"], "feature 'x': a single populated value"),
+    ],
+)
+def test_make_plan_errors_give_the_specific_reason(case, requested, message):
+    sim, data, _ = _reason_case(case)
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        _plan({"x": sim}, {"x": data}, requested=requested)
+
+
+def test_make_plan_with_nothing_left_lists_the_reasons():
+    sim, data, _ = _reason_case("constant")
+    few_sim, few_data, _ = _reason_case("few events")
+    # a requested constant feature is skipped, not an error; then nothing is left
+    message = ("no feature left to test (all columns were skipped: Type: string (usable as "
+               "--category); c: constant in both samples; f: too few data events (30) for two "
+               "bins of 20)")
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        _plan({"c": sim, "f": few_sim}, {"c": data, "f": few_data},
+              skipped={"Type": "string (usable as --category)"})
+    with pytest.raises(InputError, match=re.escape("skipped: c: constant in both samples)")):
+        _plan({"c": sim}, {"c": data}, requested=["c"])

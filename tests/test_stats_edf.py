@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 from validator.stats.edf import (
     _ad_discrete_sf,
@@ -32,6 +31,74 @@ def _anderson_scipy(a, b):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns when its p-value is capped
         return stats.anderson_ksamp([a, b], variant="midrank")
+
+
+# ------------------------------------------------------------------------------------------
+# Hand computations from the definitions (independent of validator.stats.edf)
+# ------------------------------------------------------------------------------------------
+
+
+def _ecdf(x, w, grid):
+    """Weighted ECDF F(t) = sum_{x_i <= t} w_i / sum w at each t of ``grid`` (raw, unclipped)."""
+    x = np.asarray(x, dtype=float)
+    w = np.ones_like(x) if w is None else np.asarray(w, dtype=float)
+    order = np.argsort(x, kind="stable")
+    cum = np.r_[0.0, np.cumsum(w[order])] / np.sum(w)
+    return cum[np.searchsorted(x[order], grid, side="right")]
+
+
+def _monotone(cdf):
+    """The documented repair of a non-monotone cumulative: mean of its running maximum and its
+    reversed running minimum, clipped to [0, 1], last value 1."""
+    upper = np.maximum.accumulate(cdf)
+    lower = np.minimum.accumulate(cdf[::-1])[::-1]
+    mono = np.clip(0.5 * (upper + lower), 0.0, 1.0)
+    mono[-1] = 1.0
+    return mono
+
+
+def _kish(w):
+    w = np.asarray(w, dtype=float)
+    return np.sum(w) ** 2 / np.sum(w**2)
+
+
+def _a2_midrank(cdf_1, cdf_2, n_1, n_2):
+    """Scholz & Stephens (JASA 82 (1987) 918) eq. (7), k = 2, written out:
+
+    A2 = (N-1)/N^2 sum_i 1/n_i sum_j l_j (N M_aij - n_i B_aj)^2 / (B_aj (N - B_aj) - N l_j/4)
+
+    with f_ij = n_i (F_i(z_j) - F_i(z_{j-1})) the (weighted) counts of sample i at the j-th
+    distinct pooled value, l_j = f_1j + f_2j, M_aij = sum_{m<=j} f_im - f_ij/2,
+    B_aj = sum_{m<=j} l_m - l_j/2.
+    """
+    n = n_1 + n_2
+    f = [n_1 * np.diff(cdf_1, prepend=0.0), n_2 * np.diff(cdf_2, prepend=0.0)]
+    l_j = f[0] + f[1]
+    b_a = np.cumsum(l_j) - 0.5 * l_j
+    use = l_j > 0
+    total = 0.0
+    for f_i, n_i in zip(f, (n_1, n_2), strict=True):
+        m_a = np.cumsum(f_i) - 0.5 * f_i
+        num = (n * m_a - n_i * b_a) ** 2
+        den = b_a * (n - b_a) - n * l_j / 4.0
+        total += np.sum(l_j[use] * num[use] / den[use]) / n_i
+    return (n - 1.0) / n**2 * total
+
+
+def test_hand_a2_is_scipys_midrank_statistic():
+    # Check of the written-out formula itself: scipy's T = (A2 - 1)/sigma_N, sigma_N depending
+    # on the sample sizes only, so for two pairs of samples of the same sizes the ratio of
+    # (A2 - 1) equals the ratio of scipy's statistics.
+    rng = np.random.default_rng(21)
+    hand, ref = [], []
+    for shift in (0.0, 0.3):
+        a = np.round(rng.normal(size=300), 1)  # with ties
+        b = np.round(rng.normal(shift, 1.0, size=200), 1)
+        grid = np.unique(np.r_[a, b])
+        hand.append(_a2_midrank(_ecdf(a, None, grid), _ecdf(b, None, grid), 300, 200))
+        ref.append(_anderson_scipy(a, b).statistic)
+        assert ad_weighted(a, None, b).details["A2"] == pytest.approx(hand[-1], rel=1e-10)
+    assert (hand[1] - 1.0) / (hand[0] - 1.0) == pytest.approx(ref[1] / ref[0], rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------------
@@ -125,10 +192,15 @@ def test_ad_pvalue_agrees_with_scipy_table_inside_its_range():
 def test_ad_constant_weight_equals_unit_weight():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=700), rng.normal(0.1, 1, size=500)
-    r1 = ad_weighted(a, None, b)
-    r2 = ad_weighted(a, np.full(a.size, 0.37), b)
-    assert r2.statistic == pytest.approx(r1.statistic, rel=1e-10)
-    assert r2.pvalue == pytest.approx(r1.pvalue, rel=1e-8)
+    res = ad_weighted(a, np.full(a.size, 0.37), b)
+    # Reference: scipy on the unweighted samples (a constant weight has n_eff = n).
+    ref = _anderson_scipy(a, b)
+    assert res.details["n_eff_sim"] == pytest.approx(700.0, rel=1e-12)
+    assert res.statistic == pytest.approx(ref.statistic, rel=1e-10)
+    # scipy's p-value interpolates Scholz & Stephens' table (0.061 here; see the test above
+    # for the precision of that interpolation).
+    assert 0.001 < ref.pvalue < 0.25
+    assert res.pvalue == pytest.approx(ref.pvalue, rel=0.05)
 
 
 def test_ad_detects_planted_shift_and_effect_size_is_stable():
@@ -181,16 +253,51 @@ def test_adinf_matches_independent_imhof_inversion(z):
     assert ad_inf_cdf(z) == pytest.approx(_imhof_cdf_reference(z), abs=2e-6)
 
 
-def test_adinf_tail_expansion_matches_series():
-    for z in (10.0, 12.0, 15.0):
-        exact = 1.0 - ad_inf_cdf(z)
-        assert _ad_inf_sf_asymptotic(z) == pytest.approx(exact, rel=1e-4)
-    # Continuity at the switch and monotone decrease in the far tail.
-    assert ad_inf_sf(18.0 - 1e-9) == pytest.approx(ad_inf_sf(18.0), rel=1e-5)
-    tail = [ad_inf_sf(z) for z in (20.0, 30.0, 50.0, 100.0)]
-    assert all(t > 0 for t in tail)
-    assert all(a > b for a, b in itertools.pairwise(tail))
-    assert ad_inf_sf(0.001) == 1.0
+@pytest.mark.parametrize("z", [0.05, 0.1, 0.15, 0.2])
+def test_adinf_lower_tail_matches_independent_imhof_inversion(z):
+    # Lower tail, where the CDF is tiny (1.7e-10 at z = 0.05): relative agreement.
+    assert ad_inf_cdf(z) == pytest.approx(_imhof_cdf_reference(z), rel=1e-4)
+    assert ad_inf_sf(z) == pytest.approx(1.0 - _imhof_cdf_reference(z), rel=1e-9)
+
+
+def test_adinf_far_lower_tail_is_below_an_analytic_bound():
+    # A∞² = sum_j Z_j²/(j(j+1)) <= z needs every term <= z, so by independence
+    # P(A∞² <= z) <= prod_{j<=J} P(chi2_1 <= j(j+1) z) for any J.
+    for z in (0.001, 0.01, 0.03):
+        j = np.arange(1, 60)
+        bound = float(np.prod(stats.chi2.cdf(j * (j + 1) * z, 1)))
+        assert 0.0 <= ad_inf_cdf(z) <= bound
+        assert 1.0 - bound <= ad_inf_sf(z) <= 1.0
+    assert ad_inf_cdf(0.03) > 0.0  # not a hard zero where the law has mass (1.6e-17)
+
+
+def _adinf_sf_reference(z: np.ndarray, n_samples: int = 40_000, n_terms: int = 200) -> np.ndarray:
+    """P(A∞² > z) by conditional Monte Carlo, independent of the module's series and expansion.
+
+    A∞² = Z_1²/2 + R with R = sum_{j>=2} Z_j²/(j(j+1)) independent of Z_1, so
+    P(A∞² > z) = E[P(Z_1² > 2(z - R))] = E[erfc(sqrt(z - R))] (1 where R >= z). R is sampled
+    (terms beyond n_terms replaced by their mean 1/(n_terms + 1)); the relative standard error
+    is about 0.3/sqrt(n_samples) at every z, as erfc(sqrt(z - R)) ~ e^(R - z).
+    """
+    rng = np.random.default_rng(2004)
+    j = np.arange(2, n_terms + 1, dtype=float)
+    r = rng.chisquare(1.0, size=(n_samples, j.size)) @ (1.0 / (j * (j + 1.0)))
+    r += 1.0 / (n_terms + 1.0)
+    s = np.asarray(z, dtype=float)[:, None] - r[None, :]
+    return np.where(s > 0, special.erfc(np.sqrt(np.clip(s, 0.0, None))), 1.0).mean(axis=1)
+
+
+def test_adinf_upper_tail_matches_conditional_monte_carlo():
+    # Covers both evaluations: the series (z < 18) and the asymptotic expansion (z >= 18),
+    # down to p ~ 1e-45. 40000 samples: relative standard error ~1.5e-3.
+    z = np.array([3.0, 10.0, 15.0, 17.9, 18.0, 25.0, 40.0, 100.0])
+    ref = _adinf_sf_reference(z)
+    got = np.array([ad_inf_sf(v) for v in z])
+    np.testing.assert_allclose(got, ref, rtol=1e-2)
+    assert np.all(np.diff(got) < 0)
+    # The expansion alone also agrees with the series where both are accurate.
+    for v in (10.0, 12.0, 15.0):
+        assert _ad_inf_sf_asymptotic(v) == pytest.approx(1.0 - ad_inf_cdf(v), rel=1e-4)
 
 
 def test_ad_discrete_limit_matches_monte_carlo():
@@ -265,7 +372,7 @@ def test_integer_weights_equal_replication_for_distance_statistics():
     assert r_w.details["d_minus"] == pytest.approx(r_rep.details["d_minus"], abs=1e-12)
     assert stats.ks_2samp(y, rep).statistic == pytest.approx(r_w.statistic, abs=1e-12)
     assert wasserstein_weighted(x, k, y) == pytest.approx(
-        wasserstein_weighted(rep, None, y), rel=1e-12
+        stats.wasserstein_distance(rep, y), rel=1e-12
     )
     # The sample size is Kish's: weight k counts less than k replicated events.
     assert r_w.details["n_eff_sim"] == pytest.approx(k.sum() ** 2 / np.sum(k**2))
@@ -306,24 +413,91 @@ def test_hist_form_equals_array_form_on_binned_values(n_bins):
     assert ad_limit == ("discrete" if n_bins <= 40 else "continuous")
 
 
-def test_negative_weights_give_finite_results():
-    rng = np.random.default_rng(12)
+def _negative_weight_sample(seed):
+    rng = np.random.default_rng(seed)
     x = rng.normal(size=500)
-    w = np.where(rng.random(500) < 0.2, -1.0, 1.0)
+    w = np.where(rng.random(500) < 0.2, -1.0, 1.0) * rng.choice([0.5, 1.5], size=500)
     # Negative weights concentrated at low x: the raw cumulative goes below 0.
     w[np.argsort(x)[:40]] = -1.0
-    y = rng.normal(size=300)
-    for f in (ks_weighted, ad_weighted):
-        res = f(x, w, y)
-        assert np.isfinite(res.statistic)
-        assert 0.0 <= res.pvalue <= 1.0
-    assert np.isfinite(wasserstein_weighted(x, w, y))
-    h = np.array([5.0, -3.0, 10.0, 2.0, 8.0])
-    d = np.array([4.0, 1.0, 9.0, 3.0, 7.0])
-    for f in (ks_hist, ad_hist):
-        res = f(d, h, 250.0)
-        assert np.isfinite(res.statistic) and 0.0 <= res.pvalue <= 1.0
-    assert np.isfinite(wasserstein_hist(d, h, np.arange(5.0)))
+    y = rng.normal(0.1, 1.0, size=300)
+    return x, w, y
+
+
+def test_ks_with_negative_weights_is_the_sup_distance_of_the_weighted_ecdfs():
+    x, w, y = _negative_weight_sample(12)
+    grid = np.union1d(x, y)
+    f_sim_raw = _ecdf(x, w, grid)
+    assert f_sim_raw.min() < 0.0  # the case the clipping is for
+    diff = np.clip(f_sim_raw, 0.0, 1.0) - _ecdf(y, None, grid)
+    res = ks_weighted(x, w, y)
+    assert res.details["d_plus"] == pytest.approx(max(diff.max(), 0.0), abs=1e-12)
+    assert res.details["d_minus"] == pytest.approx(max(-diff.min(), 0.0), abs=1e-12)
+    assert res.statistic == pytest.approx(np.abs(diff).max(), abs=1e-12)
+    # p-value: Kolmogorov's law (scipy.stats.kstwo, as ks_2samp(method="asymp")) at Kish's
+    # effective sizes, n = n1 n2/(n1 + n2); no ties, so no continuity correction.
+    n1, n2 = _kish(w), 300.0
+    assert res.details["n_eff_sim"] == pytest.approx(n1, rel=1e-12)
+    en = n1 * n2 / (n1 + n2)
+    assert res.pvalue == pytest.approx(stats.kstwo.sf(res.statistic, round(en)), rel=1e-9)
+
+
+def test_ad_with_negative_weights_is_the_midrank_formula_on_repaired_ecdfs():
+    x, w, y = _negative_weight_sample(12)
+    grid = np.union1d(x, y)
+    cdf_sim = _monotone(_ecdf(x, w, grid))
+    n1, n2 = _kish(w), 300.0
+    a2 = _a2_midrank(cdf_sim, _ecdf(y, None, grid), n1, n2)
+    res = ad_weighted(x, w, y)
+    assert res.details["A2"] == pytest.approx(a2, rel=1e-10)
+    assert res.effect_size == pytest.approx(a2 * (n1 + n2) / (n1 * n2), rel=1e-10)
+
+
+def test_wasserstein_with_negative_weights_is_the_l1_distance_of_the_ecdfs():
+    x, w, y = _negative_weight_sample(12)
+    grid = np.union1d(x, y)
+    diff = np.clip(_ecdf(x, w, grid), 0.0, 1.0) - _ecdf(y, None, grid)
+    expected = np.sum(np.abs(diff[:-1]) * np.diff(grid))
+    assert wasserstein_weighted(x, w, y) == pytest.approx(expected, rel=1e-12)
+    assert wasserstein_weighted(x, w, y, normalise_by=2.0) == pytest.approx(expected / 2, rel=1e-12)
+
+
+def test_hist_forms_with_a_negative_bin_match_hand_computation():
+    h = np.array([5.0, -3.0, 10.0, 2.0, 8.0])  # sum 22, raw cumulative dips: 5, 2, 12, ...
+    d = np.array([4.0, 1.0, 9.0, 3.0, 7.0])  # sum 24
+    f_sim = np.cumsum(h) / 22.0
+    f_data = np.cumsum(d) / 24.0
+    n1, n2 = 22.0**2 / 250.0, 24.0
+    ks = ks_hist(d, h, 250.0)
+    assert ks.statistic == pytest.approx(np.max(np.abs(f_sim - f_data)), abs=1e-12)
+    assert ks.details["n_eff_sim"] == pytest.approx(n1)
+    ad = ad_hist(d, h, 250.0)
+    # Monotone repair by hand: running max (5, 5, 12, 14, 22)/22, reversed running min
+    # (2, 2, 12, 14, 22)/22, mean (3.5, 3.5, 12, 14, 22)/22.
+    repaired = np.array([3.5, 3.5, 12.0, 14.0, 22.0]) / 22.0
+    np.testing.assert_allclose(_monotone(f_sim), repaired)
+    assert ad.details["A2"] == pytest.approx(_a2_midrank(repaired, f_data, n1, n2), rel=1e-10)
+    pos = np.arange(5.0)
+    assert wasserstein_hist(d, h, pos) == pytest.approx(np.sum(np.abs(f_sim - f_data)[:-1]))
+
+
+def test_negative_weight_null_gives_uniform_pvalues():
+    # Planted null: the simulation's positive and negative weights (10 %, weights 0.4 and 1.6)
+    # are drawn from the same law as the data, so the weighted law is the data's. KS against
+    # U(0, 1) with a fixed seed; a calibrated test fails it with probability 1e-4.
+    rng = np.random.default_rng(40)
+    p_ks, p_ad = [], []
+    for _ in range(300):
+        x = rng.normal(size=2000)
+        w = rng.choice([0.4, 1.6], size=2000) * np.where(rng.random(2000) < 0.1, -1.0, 1.0)
+        y = rng.normal(size=800)
+        p_ks.append(ks_weighted(x, w, y).pvalue)
+        p_ad.append(ad_weighted(x, w, y).pvalue)
+    assert stats.kstest(p_ks, "uniform").pvalue > 1e-4
+    assert stats.kstest(p_ad, "uniform").pvalue > 1e-4
+    # The false-positive rate at 5 % is in its binomial 99.9 % band.
+    lo, hi = stats.binom.interval(0.999, 300, 0.05)
+    assert lo <= np.sum(np.array(p_ks) < 0.05) <= hi
+    assert lo <= np.sum(np.array(p_ad) < 0.05) <= hi
 
 
 def test_small_samples_are_flagged_unreliable():
