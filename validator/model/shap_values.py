@@ -1,0 +1,195 @@
+"""Mean |SHAP| per input of the audited network, on a subsample.
+
+SHAP values (S. M. Lundberg, S.-I. Lee, "A Unified Approach to Interpreting Model
+Predictions", NeurIPS 2017, arXiv:1705.07874) with the ``shap`` package:
+
+* ``"gradient"`` (default for TorchScript / torch.export): ``shap.GradientExplainer``,
+  *expected gradients* (G. Erion et al., Nature Mach. Intell. 3 (2021) 620,
+  arXiv:1906.10670), an extension of integrated gradients (M. Sundararajan, A. Taly, Q. Yan,
+  ICML 2017, arXiv:1703.01365) averaged over the background. Its additivity
+  (Σ_i φ_i + E_bg[f] = f(x)) holds in expectation only: the Monte-Carlo residual is reported
+  as ``additivity_error``.
+* ``"kernel"`` (default for ONNX): ``shap.KernelExplainer``, model-agnostic (it runs the
+  deployed onnxruntime session), additive exactly by construction.
+* ``"permutation"``: ``shap.PermutationExplainer`` with an independent masker, model-agnostic
+  and exactly additive; slower in the ``shap`` implementation.
+
+The base value is the mean output over the background (rows drawn from ``background``, or
+from ``x``). Use the same (simulation) background for simulation and data so both are
+measured from the same base. Averages: ⟨|φ_i|⟩ per group with the weighted mean and
+linearised variance of :class:`validator.model.taylor.AbsMeanSums` (signed weights); groups as
+for the Taylor coefficients (a multi-class network: node c on the events whose highest output
+is c, and ``all``, each event at its highest node).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from validator.model.taylor import AbsMeanSums, _groups
+
+if TYPE_CHECKING:
+    from validator.model.load import AuditedModel
+
+EXPLAINERS = {"gradient": "GradientExplainer", "kernel": "KernelExplainer",
+              "permutation": "PermutationExplainer"}
+
+
+@dataclass(frozen=True)
+class ShapResult:
+    """Mean |SHAP| per group and input.
+
+    ``values``/``uncertainties``: ``(G, N)``; ``n_events``/``sum_weights``: ``(G,)``;
+    ``base_values``: ``(C,)`` (mean output over the background); ``per_event``: the SHAP
+    values ``(n, N, C)`` of the subsample, ``outputs`` ``(n, C)``; ``additivity_error``: the
+    largest |Σφ + base − f| over events and nodes; ``explainer``: the ``shap`` class used.
+    """
+
+    inputs: tuple[str, ...]
+    groups: tuple[str, ...]
+    values: np.ndarray
+    uncertainties: np.ndarray
+    n_events: np.ndarray
+    sum_weights: np.ndarray
+    base_values: np.ndarray
+    per_event: np.ndarray
+    outputs: np.ndarray
+    additivity_error: float
+    explainer: str
+    n_background: int
+    nsamples: int
+    sums: AbsMeanSums
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (group, input): ``node``, ``feature_x``, ``value``, ``uncertainty``,
+        ``n_events``, ``sum_weights``."""
+        return [{"node": group, "feature_x": fx, "value": float(self.values[g, i]),
+                 "uncertainty": float(self.uncertainties[g, i]),
+                 "n_events": int(self.n_events[g]), "sum_weights": float(self.sum_weights[g])}
+                for g, group in enumerate(self.groups) for i, fx in enumerate(self.inputs)]
+
+
+def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
+                    w: np.ndarray | None = None, background: np.ndarray | None = None,
+                    method: str = "auto", max_events: int = 300, n_background: int = 50,
+                    nsamples: int | None = None, seed: int = 0) -> ShapResult:
+    """Mean |SHAP| per input on (a subsample of) ``x`` (a chunk or an array
+    ``(n, len(model.inputs))``), weights ``w`` (None: unweighted).
+
+    ``max_events``: the subsample size (a seeded draw without replacement when ``x`` has more
+    finite events); ``background``: rows ``(m, N)`` for the base value (default: drawn from
+    ``x``), of which ``n_background`` are used; ``method``: ``"auto"`` (``"gradient"`` for
+    torch formats, ``"kernel"`` for ONNX), ``"gradient"``, ``"kernel"`` or ``"permutation"``;
+    ``nsamples``: samples per event (gradient: 200; kernel: 1000 coalitions; permutation: 2N+2
+    evaluations per permutation, 4 permutations by default).
+    """
+    model._require_fixed()
+    xm = model.matrix(x)
+    n, dim = xm.shape
+    wv = np.ones(n) if w is None else np.asarray(w, dtype=float).reshape(-1)
+    good = np.flatnonzero(np.isfinite(xm).all(axis=1) & np.isfinite(wv))
+    rng = np.random.default_rng(seed)
+    if len(good) > max_events:
+        good = np.sort(rng.choice(good, max_events, replace=False))
+    xs, ws = xm[good], wv[good]
+    bg = xm[np.isfinite(xm).all(axis=1)] if background is None \
+        else np.asarray(background, dtype=float)
+    bg = bg[np.isfinite(bg).all(axis=1)]
+    if len(bg) > n_background:
+        bg = bg[np.sort(rng.choice(len(bg), n_background, replace=False))]
+    if len(bg) == 0 or len(xs) == 0:
+        raise ValueError("SHAP needs finite events and background rows")
+    if method == "auto":
+        method = "kernel" if model.format == "onnx" else "gradient"
+    if method not in EXPLAINERS:
+        raise ValueError(f"method must be auto, {', '.join(EXPLAINERS)}; not {method!r}")
+
+    outputs = model.evaluate(xs)
+    base = model.evaluate(bg).mean(axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if method == "gradient":
+            phi, ns = _gradient(model, xs, bg, nsamples or 200, seed)
+        elif method == "kernel":
+            phi, ns = _kernel(model, xs, bg, nsamples or 1000, seed)
+        else:
+            phi, ns = _permutation(model, xs, bg, nsamples or 4 * (2 * dim + 2), seed)
+    additivity = float(np.max(np.abs(phi.sum(axis=1) + base[None, :] - outputs)))
+
+    groups = _groups(model)
+    sums = AbsMeanSums.zeros(len(groups), dim)
+    if model.kind == "multiclass":
+        top = outputs.argmax(axis=1)
+        own = phi[np.arange(len(xs)), :, top]
+        for c in range(model.n_outputs):
+            sel = top == c
+            sums.add(c, ws[sel], own[sel])
+        sums.add(len(groups) - 1, ws, own)
+    else:
+        for c in range(model.n_outputs):
+            sums.add(c, ws, phi[:, :, c])
+    mean, unc = sums.means()
+    return ShapResult(inputs=model.inputs, groups=groups, values=mean, uncertainties=unc,
+                      n_events=sums.n.copy(), sum_weights=sums.sw.copy(), base_values=base,
+                      per_event=phi, outputs=outputs, additivity_error=additivity,
+                      explainer=EXPLAINERS[method], n_background=len(bg), nsamples=ns,
+                      sums=sums)
+
+
+def _as_3d(values: Any, n: int, dim: int) -> np.ndarray:
+    """shap's output (an array ``(n, N[, C])`` or a list of C arrays) as ``(n, N, C)``."""
+    if isinstance(values, list):
+        return np.stack([np.asarray(v) for v in values], axis=-1).reshape(n, dim, -1)
+    arr = np.asarray(values)
+    return arr.reshape(n, dim, -1)
+
+
+def _gradient(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, nsamples: int, seed: int
+              ) -> tuple[np.ndarray, int]:
+    import shap
+    import torch
+
+    fn = model.torch_forward()
+    if fn is None:
+        raise ValueError(f"model {model.path.name} has no differentiable torch form "
+                         f"({model.derivative_method}): use method='kernel'")
+    tdtype = torch.float64  # raw inputs; the network runs in its own precision
+
+    class Wrapped(torch.nn.Module):
+        def forward(self, z):
+            return fn(z)
+
+    explainer = shap.GradientExplainer(Wrapped().eval(), torch.as_tensor(bg, dtype=tdtype),
+                                       batch_size=max(50, nsamples))
+    values = explainer.shap_values(torch.as_tensor(xs, dtype=tdtype), nsamples=nsamples,
+                                   rseed=seed)
+    return _as_3d(values, len(xs), xs.shape[1]).astype(float), nsamples
+
+
+def _kernel(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, nsamples: int, seed: int
+            ) -> tuple[np.ndarray, int]:
+    import shap
+
+    state = np.random.get_state()  # noqa: NPY002 — KernelExplainer draws from numpy's global generator
+    np.random.seed(seed)  # noqa: NPY002
+    try:
+        explainer = shap.KernelExplainer(model.evaluate, bg)
+        values = explainer.shap_values(xs, nsamples=nsamples, silent=True)
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+    return _as_3d(values, len(xs), xs.shape[1]).astype(float), nsamples
+
+
+def _permutation(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, nsamples: int,
+                 seed: int) -> tuple[np.ndarray, int]:
+    import shap
+
+    masker = shap.maskers.Independent(bg, max_samples=len(bg))
+    explainer = shap.PermutationExplainer(model.evaluate, masker, seed=seed)
+    explanation = explainer(xs, max_evals=max(nsamples, 2 * xs.shape[1] + 2), silent=True)
+    return _as_3d(explanation.values, len(xs), xs.shape[1]).astype(float), nsamples

@@ -1,0 +1,537 @@
+"""Taylor-coefficient feature importances of the audited network, accumulated as sums.
+
+Method: A. Wunsch, S. Friese, R. Wagner, G. Quast, "Identifying the relevant dependencies of
+the neural network response on characteristics of the input space", Comput. Softw. Big Sci.
+2 (2018) 5, arXiv:1803.08782. Convention of the KIT ``tayloranalysis`` package: the
+coefficient of each monomial of the Taylor expansion of the output f at the event,
+
+    t_i  = ∂f/∂x_i,    t_ii = ½ ∂²f/∂x_i²,    t_ij = ∂²f/∂x_i∂x_j  (i < j),
+
+reported as the mean of the absolute value over events, ⟨|t|⟩. Derivatives are exact
+(autograd) for TorchScript and torch.export networks, and for ONNX networks converted with
+``onnx2torch``; otherwise central finite differences (``derivative_method``).
+
+Derivatives in batches: rows are independent events, so the gradient of Σ_b f(x_b) with
+respect to the batch gives every event's gradient in one backward pass
+(``torch.func.grad``), and its vector-Jacobian products with the N unit vectors
+(``torch.func.vjp`` under ``torch.func.vmap``) give every event's Hessian: N
+Hessian-vector products per batch.
+
+Output nodes (as ``tayloranalysis`` with ``eval_max_output_node_only``): a multi-class network
+is differentiated, event by event, at its highest output node c: the sums of node c gather
+the events whose highest output is c (the analysis category), and the group ``all`` gathers
+every event (each at its own highest node). A one-node network has one group; a multi-output
+regression has one group per node, each over all events.
+
+Averages and uncertainties (:class:`AbsMeanSums`): for events e with weights w_e,
+
+    m = Σ w|t| / Σ w,      Var(m) ≈ Σ w² (|t| − m)² / (Σ w)²,
+
+the weighted mean and its linearised (ratio-estimator, "Kish") variance; for unweighted data
+(w = 1) this is s²/n with the population variance s². **Negative weights** enter with their
+sign in both sums (|t| is averaged with the signed weights, as every simulated distribution
+is) and through w² in the variance. The sums Σw, Σw², Σw|t|, Σw²|t|, Σw²t² per group and
+coefficient are additive, so chunks and workers merge with ``+``. Coefficients scaled to
+standardised inputs (t_i·σ_i, t_ij·σ_i·σ_j, with σ from the simulation) are the same sums
+times constants, so σ may be given when accumulating or at :meth:`TaylorSums.means`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from validator.model.load import AuditedModel
+
+#: Group name of all events (multi-class networks: each at its highest node).
+ALL = "all"
+
+
+# ---------------------------------------------------------------------------------------------
+# mergeable weighted means of |value|
+
+
+@dataclass
+class AbsMeanSums:
+    """Sums for weighted means of |value| per (group, quantity), mergeable with ``+``.
+
+    ``n``, ``sw``, ``sww``: events, Σw, Σw² per group ``(G,)``; ``a``, ``b``, ``c``: Σw|v|,
+    Σw²|v|, Σw²v² per group and quantity ``(G, K)``.
+    """
+
+    n: np.ndarray
+    sw: np.ndarray
+    sww: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+
+    @classmethod
+    def zeros(cls, groups: int, size: int) -> AbsMeanSums:
+        return cls(n=np.zeros(groups, np.int64), sw=np.zeros(groups), sww=np.zeros(groups),
+                   a=np.zeros((groups, size)), b=np.zeros((groups, size)),
+                   c=np.zeros((groups, size)))
+
+    def add(self, group: int, w: np.ndarray, values: np.ndarray) -> None:
+        """Add events with weights ``w`` ``(n,)`` and values ``(n, K)`` to ``group``."""
+        if len(w) == 0:
+            return
+        v = np.abs(values)
+        w2 = w * w
+        self.n[group] += len(w)
+        self.sw[group] += w.sum()
+        self.sww[group] += w2.sum()
+        self.a[group] += w @ v
+        self.b[group] += w2 @ v
+        self.c[group] += w2 @ (v * v)
+
+    def __add__(self, other: AbsMeanSums) -> AbsMeanSums:
+        if self.a.shape != other.a.shape:
+            raise ValueError(f"cannot merge sums of shape {self.a.shape} and {other.a.shape}")
+        return AbsMeanSums(*(getattr(self, f) + getattr(other, f)
+                             for f in ("n", "sw", "sww", "a", "b", "c")))
+
+    def means(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, uncertainty)`` of |v| per group and quantity (NaN where Σw ≤ 0)."""
+        sw = self.sw[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = np.where(sw > 0, self.a / sw, np.nan)
+            var = (self.c - 2 * m * self.b + m * m * self.sww[:, None]) / (sw * sw)
+        return m, np.sqrt(np.maximum(var, 0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# per-event coefficients
+
+
+@dataclass(frozen=True)
+class TaylorCoefficients:
+    """Per-event Taylor coefficients of one output node per event.
+
+    ``node`` ``(n,)``: the node differentiated (-1 for events with a NaN/inf input, whose
+    coefficients are NaN); ``value`` ``(n,)``: its output; ``first`` ``(n, N)``: t_i;
+    ``second`` ``(n, N, N)``: t_ii = ½∂²f/∂x_i² on the diagonal and t_ij = ∂²f/∂x_i∂x_j off it
+    (symmetric), or None for ``order=1``.
+    """
+
+    inputs: tuple[str, ...]
+    node: np.ndarray
+    value: np.ndarray
+    first: np.ndarray
+    second: np.ndarray | None
+    method: str
+
+
+def _node_rule(model: AuditedModel, node: int | str | None) -> int | str:
+    if node is None:
+        if model.kind == "multiclass":
+            return "max"
+        if model.n_outputs == 1:
+            return 0
+        raise ValueError(f"{model.path.name} has {model.n_outputs} regression outputs: choose "
+                         "one with node=")
+    if isinstance(node, str) and node != "max":
+        names = list(model.names)
+        if node not in names:
+            raise ValueError(f"node {node!r} is not an output of the model ({names})")
+        return names.index(node)
+    return node
+
+
+def taylor_coefficients(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
+                        order: int = 2, node: int | str | None = None,
+                        batch: int | None = None, sigma: np.ndarray | None = None
+                        ) -> TaylorCoefficients:
+    """Taylor coefficients (``order`` 1 or 2) of every event of ``x`` (a chunk or an array
+    ``(n, len(model.inputs))``).
+
+    ``node``: an output index or name, ``"max"`` (each event's highest node), or None (the
+    highest node of a multi-class network, the only node otherwise). ``batch``: events per
+    autograd batch (default: 32768 for first order, 2**18/N for second order, whose N
+    Hessian-vector products run side by side). ``sigma`` (per input) sets the
+    finite-difference steps when those are used.
+    """
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, not {order}")
+    xm = model.matrix(x)
+    rule = _node_rule(model, node)
+    n, dim = xm.shape
+    good = np.isfinite(xm).all(axis=1)
+    nodes = np.full(n, -1)
+    value = np.full(n, np.nan)
+    first = np.full((n, dim), np.nan)
+    second = np.full((n, dim, dim), np.nan) if order == 2 else None
+    idx = np.flatnonzero(good)
+    nd, val, g, h, method = _derivatives(model, xm[idx], rule, order, batch, sigma)
+    nodes[idx], value[idx], first[idx] = nd, val, g
+    if second is not None:
+        second[idx] = _monomial(h)
+    return TaylorCoefficients(model.inputs, nodes, value, first, second, method)
+
+
+def _monomial(hess: np.ndarray) -> np.ndarray:
+    """Hessians ``(n, N, N)`` -> monomial coefficients (diagonal halved)."""
+    t = hess.copy()
+    diag = np.arange(hess.shape[1])
+    t[:, diag, diag] *= 0.5
+    return t
+
+
+def _derivatives(model: AuditedModel, x: np.ndarray, rule: int | str, order: int,
+                 batch: int | None, sigma: np.ndarray | None):
+    """``(node, value, gradient, hessian or None, method)`` for finite rows ``x``."""
+    model._require_fixed()
+    if batch is None:
+        batch = 32_768 if order == 1 else max(256, 2**18 // max(1, x.shape[1]))
+    fn = model.torch_forward()
+    if fn is None:
+        return (*_finite_differences(model, x, rule, order, sigma), "finite_differences")
+    try:
+        return (*_autograd(fn, x, rule, order, batch), model.derivative_method)
+    except Exception as exc:
+        if model.format == "onnx":  # the conversion ran on the probe but not here
+            return (*_finite_differences(model, x, rule, order, sigma), "finite_differences")
+        from validator.errors import InputError
+        from validator.model.formats import _first_line
+
+        raise InputError(f"model {model.path.name}: cannot differentiate it "
+                         f"({_first_line(exc)})") from exc
+
+
+def _autograd(fn, x: np.ndarray, rule: int | str, order: int, batch: int):
+    import torch
+
+    tdtype = torch.float64  # the inputs; the network runs in its own precision
+    n, dim = x.shape
+    nodes = np.zeros(n, np.int64)
+    value = np.zeros(n)
+    grad = np.zeros((n, dim))
+    hess = np.zeros((n, dim, dim)) if order == 2 else None
+    basis = torch.eye(dim, dtype=tdtype)
+    with torch.no_grad():
+        for s in range(0, n, batch):
+            xt = torch.as_tensor(x[s:s + batch], dtype=tdtype)
+            out = fn(xt)
+            idx = out.argmax(dim=1) if rule == "max" else torch.full((len(xt),), int(rule))
+            mask = torch.nn.functional.one_hot(idx, out.shape[1]).to(out.dtype)
+            sl = slice(s, s + len(xt))
+            nodes[sl] = idx.numpy()
+            value[sl] = (out * mask).sum(dim=1).double().numpy()
+            try:
+                g, h = _func_derivatives(fn, xt, mask, basis, order)
+            except Exception:  # an operator without functorch support: plain autograd
+                g, h = _loop_derivatives(fn, xt, mask, order)
+            grad[sl] = g.double().numpy()
+            if hess is not None:
+                hess[sl] = h.double().numpy()
+    return nodes, value, grad, hess
+
+
+def _func_derivatives(fn, xt, mask, basis, order: int):
+    import torch
+
+    def selected(z):
+        return (fn(z) * mask).sum()
+
+    grad_fn = torch.func.grad(selected)
+    if order == 1:
+        return grad_fn(xt), None
+    g, vjp = torch.func.vjp(grad_fn, xt)
+    tangents = basis[:, None, :].expand(basis.shape[0], *xt.shape)
+    rows = torch.func.vmap(lambda v: vjp(v)[0])(tangents)  # (N, B, N): row j of each Hessian
+    return g, rows.permute(1, 0, 2)
+
+
+def _loop_derivatives(fn, xt, mask, order: int):
+    import torch
+
+    with torch.enable_grad():
+        z = xt.clone().requires_grad_(True)
+        out = (fn(z) * mask).sum()
+        (g,) = torch.autograd.grad(out, z, create_graph=order == 2)
+        if order == 1:
+            return g.detach(), None
+        rows = []
+        for j in range(z.shape[1]):
+            if not g.requires_grad:
+                rows.append(torch.zeros_like(z))
+                continue
+            (r,) = torch.autograd.grad(g[:, j].sum(), z, retain_graph=True, allow_unused=True)
+            rows.append(torch.zeros_like(z) if r is None else r)
+        return g.detach(), torch.stack(rows, dim=1).detach()
+
+
+def _finite_differences(model: AuditedModel, x: np.ndarray, rule: int | str, order: int,
+                        sigma: np.ndarray | None, max_rows: int = 262_144):
+    """Central differences with steps ε^(1/3)·s_i (first order) and ε^(1/4)·s_i (second),
+    ε the model's float precision and s_i = σ_i if given, else the scaler's scale, else 1."""
+    n, dim = x.shape
+    eps = float(np.finfo(model._backend.dtype).eps)
+    scale = np.array([model.scaler.get(c, (0.0, 1.0))[1] for c in model.inputs], float)
+    scale = np.abs(scale)
+    if sigma is not None:
+        sig = np.asarray(sigma, float)
+        scale = np.where(np.isfinite(sig) & (sig > 0), sig, scale)
+    h1, h2 = eps ** (1 / 3) * scale, eps ** (1 / 4) * scale
+    pairs = [(i, j) for i in range(dim) for j in range(i + 1, dim)]
+    shifts = [np.zeros(dim)]
+    shifts += [s * h1[i] * _unit(dim, i) for i in range(dim) for s in (1, -1)]
+    if order == 2:
+        shifts += [s * h2[i] * _unit(dim, i) for i in range(dim) for s in (1, -1)]
+        shifts += [a * h2[i] * _unit(dim, i) + b * h2[j] * _unit(dim, j)
+                   for i, j in pairs for a, b in ((1, 1), (1, -1), (-1, 1), (-1, -1))]
+    shift = np.array(shifts)  # (P, N)
+    per = max(1, max_rows // len(shift))
+    nodes = np.zeros(n, np.int64)
+    value = np.zeros(n)
+    grad = np.zeros((n, dim))
+    hess = np.zeros((n, dim, dim)) if order == 2 else None
+    for s in range(0, n, per):
+        xb = x[s:s + per]
+        b = len(xb)
+        pts = (xb[:, None, :] + shift[None]).reshape(-1, dim)
+        out = model.evaluate(pts).reshape(b, len(shift), -1)
+        idx = out[:, 0].argmax(axis=1) if rule == "max" else np.full(b, int(rule))
+        f = out[np.arange(b), :, idx]  # (b, P)
+        sl = slice(s, s + b)
+        nodes[sl], value[sl] = idx, f[:, 0]
+        k = 1
+        for i in range(dim):
+            grad[sl, i] = (f[:, k] - f[:, k + 1]) / (2 * h1[i])
+            k += 2
+        if hess is None:
+            continue
+        for i in range(dim):
+            hess[sl, i, i] = (f[:, k] - 2 * f[:, 0] + f[:, k + 1]) / h2[i] ** 2
+            k += 2
+        for i, j in pairs:
+            v = (f[:, k] - f[:, k + 1] - f[:, k + 2] + f[:, k + 3]) / (4 * h2[i] * h2[j])
+            hess[sl, i, j] = hess[sl, j, i] = v
+            k += 4
+    return nodes, value, grad, hess
+
+
+def _unit(dim: int, i: int) -> np.ndarray:
+    e = np.zeros(dim)
+    e[i] = 1.0
+    return e
+
+
+# ---------------------------------------------------------------------------------------------
+# accumulated sums
+
+
+@dataclass(frozen=True)
+class TaylorMeans:
+    """⟨|t|⟩ and uncertainties per group (``groups``) and input (``inputs``).
+
+    ``first``, ``first_unc``: ``(G, N)``; ``second``, ``second_unc``: ``(G, N, N)``, symmetric,
+    t_ii on the diagonal and t_ij off it (None for order 1); ``n_first``/``n_second`` and
+    ``sum_w_first``/``sum_w_second``: events and Σw per group (the second order may run on a
+    subsample). ``sigma``: the per-input scales of the standardised coefficients (or None).
+    """
+
+    inputs: tuple[str, ...]
+    groups: tuple[str, ...]
+    first: np.ndarray
+    first_unc: np.ndarray
+    second: np.ndarray | None
+    second_unc: np.ndarray | None
+    n_first: np.ndarray
+    n_second: np.ndarray | None
+    sum_w_first: np.ndarray
+    sum_w_second: np.ndarray | None
+    sigma: np.ndarray | None
+    derivative_method: str
+
+    def scaled(self) -> TaylorMeans:
+        """The coefficients for standardised inputs: t_i·σ_i and t_ij·σ_i·σ_j."""
+        if self.sigma is None:
+            raise ValueError("no sigma: give sigma to taylor_sums() or TaylorSums.means()")
+        s1 = self.sigma[None, :]
+        s2 = np.outer(self.sigma, self.sigma)[None]
+        return TaylorMeans(self.inputs, self.groups, self.first * s1, self.first_unc * s1,
+                           None if self.second is None else self.second * s2,
+                           None if self.second_unc is None else self.second_unc * s2,
+                           self.n_first, self.n_second, self.sum_w_first, self.sum_w_second,
+                           None, self.derivative_method)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (group, coefficient): ``node``, ``order``, ``feature_x``,
+        ``feature_y`` (None for first order), ``value``, ``uncertainty``, ``scaled_value``,
+        ``scaled_uncertainty`` (NaN without sigma), ``n_events``, ``sum_weights``."""
+        sc = self.scaled() if self.sigma is not None else None
+        out = []
+        for g, group in enumerate(self.groups):
+            for i, fx in enumerate(self.inputs):
+                out.append({"node": group, "order": 1, "feature_x": fx, "feature_y": None,
+                            "value": float(self.first[g, i]),
+                            "uncertainty": float(self.first_unc[g, i]),
+                            "scaled_value": float(sc.first[g, i]) if sc else np.nan,
+                            "scaled_uncertainty": float(sc.first_unc[g, i]) if sc else np.nan,
+                            "n_events": int(self.n_first[g]),
+                            "sum_weights": float(self.sum_w_first[g])})
+            if self.second is None:
+                continue
+            for i, j in zip(*np.triu_indices(len(self.inputs)), strict=True):
+                out.append({"node": group, "order": 2, "feature_x": self.inputs[i],
+                            "feature_y": self.inputs[j],
+                            "value": float(self.second[g, i, j]),
+                            "uncertainty": float(self.second_unc[g, i, j]),
+                            "scaled_value": float(sc.second[g, i, j]) if sc else np.nan,
+                            "scaled_uncertainty": float(sc.second_unc[g, i, j]) if sc
+                            else np.nan,
+                            "n_events": int(self.n_second[g]),
+                            "sum_weights": float(self.sum_w_second[g])})
+        return out
+
+
+@dataclass
+class TaylorSums:
+    """Mergeable sums for ⟨|t|⟩ (see the module docstring); combine chunks with ``+``.
+
+    ``first``: sums of |t_i| ``(G, N)``; ``second``: sums of |t_ij|, i ≤ j, in
+    ``numpy.triu_indices(N)`` order ``(G, N(N+1)/2)`` (None for order 1); ``n_skipped``:
+    events left out for a NaN/inf input or weight.
+    """
+
+    inputs: tuple[str, ...]
+    groups: tuple[str, ...]
+    order: int
+    derivative_method: str
+    first: AbsMeanSums
+    second: AbsMeanSums | None
+    sigma: np.ndarray | None = None
+    n_skipped: int = 0
+
+    @classmethod
+    def empty(cls, model: AuditedModel, order: int = 2, sigma: np.ndarray | None = None
+              ) -> TaylorSums:
+        """Zero sums for ``model`` (the start of an accumulation)."""
+        groups = _groups(model)
+        dim = len(model.inputs)
+        return cls(model.inputs, groups, order, model.derivative_method,
+                   AbsMeanSums.zeros(len(groups), dim),
+                   AbsMeanSums.zeros(len(groups), dim * (dim + 1) // 2) if order == 2
+                   else None, _sigma(sigma, dim))
+
+    def __add__(self, other: TaylorSums) -> TaylorSums:
+        if not isinstance(other, TaylorSums):
+            return NotImplemented
+        for what in ("inputs", "groups", "order"):
+            if getattr(self, what) != getattr(other, what):
+                raise ValueError(f"cannot merge Taylor sums with different {what}: "
+                                 f"{getattr(self, what)} vs {getattr(other, what)}")
+        if self.sigma is not None and other.sigma is not None \
+                and not np.array_equal(self.sigma, other.sigma):
+            raise ValueError("cannot merge Taylor sums with different sigma")
+        method = self.derivative_method if self.derivative_method == other.derivative_method \
+            else f"{self.derivative_method}+{other.derivative_method}"
+        return TaylorSums(self.inputs, self.groups, self.order, method,
+                          self.first + other.first,
+                          None if self.second is None else self.second + other.second,
+                          self.sigma if self.sigma is not None else other.sigma,
+                          self.n_skipped + other.n_skipped)
+
+    def __radd__(self, other: Any) -> TaylorSums:
+        if isinstance(other, int) and other == 0:  # sum([...])
+            return self
+        return NotImplemented
+
+    def means(self, sigma: np.ndarray | None = None) -> TaylorMeans:
+        """⟨|t|⟩ with uncertainties; ``sigma`` (per input) overrides the stored one."""
+        dim = len(self.inputs)
+        sig = _sigma(sigma, dim) if sigma is not None else self.sigma
+        m1, u1 = self.first.means()
+        m2 = u2 = None
+        if self.second is not None:
+            iu = np.triu_indices(dim)
+            v, u = self.second.means()
+            m2 = np.zeros((len(self.groups), dim, dim))
+            u2 = np.zeros_like(m2)
+            m2[:, iu[0], iu[1]] = v
+            m2[:, iu[1], iu[0]] = v
+            u2[:, iu[0], iu[1]] = u
+            u2[:, iu[1], iu[0]] = u
+        return TaylorMeans(self.inputs, self.groups, m1, u1, m2, u2, self.first.n.copy(),
+                           None if self.second is None else self.second.n.copy(),
+                           self.first.sw.copy(),
+                           None if self.second is None else self.second.sw.copy(), sig,
+                           self.derivative_method)
+
+
+def _groups(model: AuditedModel) -> tuple[str, ...]:
+    if model.kind == "multiclass":
+        return (*model.names, ALL)
+    return tuple(model.names)
+
+
+def _sigma(sigma: np.ndarray | None, dim: int) -> np.ndarray | None:
+    if sigma is None:
+        return None
+    s = np.asarray(sigma, dtype=float)
+    if s.shape != (dim,):
+        raise ValueError(f"sigma must have one value per input ({dim}), got shape {s.shape}")
+    return s
+
+
+def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
+                w: np.ndarray | None = None, sigma: np.ndarray | None = None, order: int = 2,
+                batch: int | None = None, second_order_mask: np.ndarray | None = None
+                ) -> TaylorSums:
+    """Sums for ⟨|t|⟩ of the events of ``x`` (a chunk or an array ``(n, len(model.inputs))``)
+    with weights ``w`` (None: unweighted, as for data).
+
+    ``sigma``: per-input standard deviations for the standardised coefficients (may be given
+    later to :meth:`TaylorSums.means`). ``second_order_mask`` (bool ``(n,)``): the events whose
+    second-order coefficients are taken (a subsample, to save time; the counts are kept per
+    order); all events by default. ``batch``: see :func:`taylor_coefficients`. Events with a
+    NaN/inf input or weight are skipped and counted in ``n_skipped``.
+    """
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, not {order}")
+    xm = model.matrix(x)
+    n, dim = xm.shape
+    wv = np.ones(n) if w is None else np.asarray(w, dtype=float).reshape(-1)
+    if len(wv) != n:
+        raise ValueError(f"{len(wv)} weights for {n} events")
+    sums = TaylorSums.empty(model, order, sigma)
+    good = np.isfinite(xm).all(axis=1) & np.isfinite(wv)
+    sums.n_skipped = int(n - good.sum())
+    sub = good.copy()
+    if order == 2 and second_order_mask is not None:
+        mask = np.asarray(second_order_mask, dtype=bool).reshape(-1)
+        if len(mask) != n:
+            raise ValueError(f"second_order_mask has {len(mask)} entries for {n} events")
+        sub &= mask
+    only_first = good & ~sub if order == 2 else good
+    iu = np.triu_indices(dim)
+    if model.kind == "multiclass" or model.n_outputs == 1:
+        rules: list[int | str] = ["max" if model.kind == "multiclass" else 0]
+    else:
+        rules = list(range(model.n_outputs))
+    multiclass = model.kind == "multiclass"
+    method = model.derivative_method
+    block = max(1024, 2**23 // (dim * dim + 1))  # events per block: bounds the Hessians' memory
+    for rule in rules:
+        for all_rows, o in ((np.flatnonzero(sub), 2), (np.flatnonzero(only_first), 1)):
+            if order == 1 and o == 2:
+                continue
+            for start in range(0, len(all_rows), block):
+                rows = all_rows[start:start + block]
+                nodes, _, g, h, method = _derivatives(model, xm[rows], rule, o, batch, sigma)
+                wr = wv[rows]
+                targets = [(int(rule), np.ones(len(rows), bool))] if not multiclass else \
+                    [(c, nodes == c) for c in range(model.n_outputs)] + \
+                    [(len(sums.groups) - 1, np.ones(len(rows), bool))]
+                t2 = _monomial(h)[:, iu[0], iu[1]] if o == 2 else None
+                for group, sel in targets:
+                    sums.first.add(group, wr[sel], g[sel])
+                    if t2 is not None:
+                        sums.second.add(group, wr[sel], t2[sel])
+    sums.derivative_method = method
+    return sums
