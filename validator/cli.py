@@ -96,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--define", action="append", default=[], metavar="NAME=EXPR",
                      help="a derived column (SQL expression), tested like any feature, "
                           "e.g. \"ht=jet1_pt + jet2_pt\" (repeatable)")
+    run.add_argument("--model", metavar="PATH",
+                     help="the audited network (TorchScript, torch.export .pt2 or ONNX; never a "
+                          "pickle): its outputs are tested like inputs, and may be blinded")
+    run.add_argument("--model-inputs", metavar="COL,...",
+                     help="the network's inputs in order (default: the names stored in the "
+                          "model)")
+    run.add_argument("--model-scaler", metavar="JSON",
+                     help="per-input offset and scale for a network exported without them")
+    run.add_argument("--model-kind", choices=("binary", "multiclass", "regression"),
+                     help="what the network outputs (default: inferred)")
+    run.add_argument("--model-param", action="append", default=[], metavar="NAME=V1,V2",
+                     help="a parametric network's parameter and the values to audit it at "
+                          "(repeatable)")
     run.add_argument("--blind", metavar="EXPR",
                      help="SQL condition of the blinded region: its events are removed from "
                           "data and simulation before anything is computed")
@@ -160,6 +173,15 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise _usage("--features names no column")
     if args.db_wait < 0:
         raise _usage("--db-wait must be >= 0")
+    model_params = {}
+    for text in args.model_param:
+        name, sep, values = text.partition("=")
+        try:
+            model_params[name.strip()] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip() or not model_params.get(name.strip()):
+            raise _usage(f"--model-param: '{text}' is not NAME=V1,V2,...")
     config = RunConfig(
         sim=args.sim, data=args.data, weight=args.weight, features=features,
         category=args.category, db=None if args.no_db else args.db, alpha=args.alpha,
@@ -167,6 +189,9 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         sim_selection=args.sim_selection, data_selection=args.data_selection,
         exclude=[c.strip() for c in (args.exclude or "").split(",") if c.strip()],
         defines=args.define, blind=args.blind, unweighted=args.unweighted,
+        model=args.model, model_scaler=args.model_scaler, model_kind=args.model_kind,
+        model_inputs=[c.strip() for c in args.model_inputs.split(",") if c.strip()]
+        if args.model_inputs else None, model_params=model_params or None,
         db_wait_s=args.db_wait,
         plan=PlanConfig(n_bins=args.bins, max_pairs=args.max_pairs),
         compare=CompareOptions(dependence_toys=args.toys),

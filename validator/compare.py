@@ -25,12 +25,11 @@ from validator.fill import Accumulator, Layout
 from validator.hist import Hist
 from validator.stats import (
     GofResult,
-    ad_hist,
     chi2_uw,
     corr_pearson,
     corr_spearman,
     dependence,
-    ks_hist,
+    edf_hist_tests,
     merge_histogram,
     merge_sparse_bins,
     saturated,
@@ -47,11 +46,17 @@ INVALID_FRACTION = "invalid_fraction"
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """Options of the test stage."""
+    """Options of the test stage.
+
+    Toy p-values start with the given number of toys and add more, up to ``max_toys``, while
+    the decision at alpha or at Holm's first threshold alpha/m is not settled by them.
+    """
 
     min_expected: float = 5.0
     dependence_toys: int = 300
     small_sample_toys: int = 500
+    edf_toys: int = 500
+    max_toys: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,15 @@ Outcome = GofResult | str  # a result, or the reason the test could not run
 
 
 def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
-                  rng: Callable[[str], np.random.Generator]) -> dict[str, Outcome]:
-    """``chi2_uw`` and ``saturated`` on a histogram, sparse bins merged first."""
+                  rng: Callable[[str], np.random.Generator],
+                  thresholds: tuple[float, ...]) -> dict[str, Outcome]:
+    """``chi2_uw`` and ``saturated`` on a histogram, sparse bins merged first.
+
+    Bins are merged until each group has enough expected data *and* enough equivalent
+    simulated entries (:func:`~validator.stats.merge_sparse_bins`). Where the asymptotics do
+    not hold, the p-value comes from toys that follow each bin's weight law (events, Σw, Σw²,
+    Σw³), refined until the decisions at ``thresholds`` are settled.
+    """
     d, s, s2 = data.values.ravel(), sim.values.ravel(), sim.variances.ravel()
     total_data, total_sim = d.sum(), s.sum()
     reason = None
@@ -104,26 +116,39 @@ def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
         reason = f"the simulation's sum of weights here is {total_sim:.4g} (not > 0)"
     else:
         expected = np.clip(s, 0.0, None) * (total_data / total_sim)
-        groups = merge_sparse_bins(expected, options.min_expected)
+        groups = merge_sparse_bins(expected, options.min_expected, sim_sumw=s, sim_sumw2=s2)
         if groups.max() < 1:
-            reason = (f"fewer than {2 * options.min_expected:g} expected events: one bin left "
-                      f"after merging bins below {options.min_expected:g}")
+            reason = (f"fewer than {2 * options.min_expected:g} expected events or too few "
+                      "simulated entries: one bin left after merging sparse bins")
     if reason:
         return {"chi2_uw": reason, "saturated": reason}
+    count = sim.count.ravel() if sim.count is not None else None
+    sumw3 = sim.sumw3.ravel() if sim.sumw3 is not None else None
     d, s, s2 = (merge_histogram(a, groups) for a in (d, s, s2))
+    shape = {"sim_count": merge_histogram(count, groups) if count is not None else None,
+             "sim_sumw3": merge_histogram(sumw3, groups) if sumw3 is not None else None}
     results: dict[str, Outcome] = {}
     for name, test in (("chi2_uw", chi2_uw), ("saturated", saturated)):
         result = test(d, s, s2)
         if not result.reliable:  # asymptotics do not hold: calibrate with toys instead
-            result = test(d, s, s2, n_toys=options.small_sample_toys, rng=rng(name))
+            result = test(d, s, s2, n_toys=options.small_sample_toys, rng=rng(name),
+                          max_toys=options.max_toys, thresholds=thresholds, **shape)
         results[name] = result
     return results
 
 
-def _edf_tests(layout: Layout, k: int, sim: Accumulator, data: Accumulator) -> dict[str, Outcome]:
-    """``ks`` and ``ad`` on the fine histograms, with the normalised Wasserstein distance."""
+def _edf_tests(layout: Layout, k: int, sim: Accumulator, data: Accumulator,
+               options: CompareOptions, rng: np.random.Generator,
+               thresholds: tuple[float, ...]) -> dict[str, Outcome]:
+    """``ks`` and ``ad`` on the fine histograms, with the normalised Wasserstein distance.
+
+    The p-values come from toys of the fine histograms that carry each bin's Σw²
+    (:func:`~validator.stats.edf_hist_tests`): calibrated when the weights depend on the
+    feature, and for ties, spikes and booleans.
+    """
     feature = layout.plan.features[k]
-    fd, fs = data.hist_fine(layout, k).values, sim.hist_fine(layout, k).values
+    fine = sim.hist_fine(layout, k)
+    fd, fs = data.hist_fine(layout, k).values, fine.values
     if fd.sum() <= 0:
         return dict.fromkeys(("ks", "ad"), "no data event with valid values")
     if fs.sum() <= 0:
@@ -135,18 +160,15 @@ def _edf_tests(layout: Layout, k: int, sim: Accumulator, data: Accumulator) -> d
     _, sim_std = sim.mean_std(layout, k)
     w1 = wasserstein_hist(fd, fs, centres)
     w1_norm = float(w1 / sim_std) if sim_std > 0 else float("nan")
-    results: dict[str, Outcome] = {}
-    for name, test in (("ks", ks_hist), ("ad", ad_hist)):
-        result = test(fd, fs, float(sim.valid_sumw2[k]))
-        details = {**result.details, "wasserstein_norm": w1_norm}
-        if feature.kind == "discrete":
-            details["note"] = "discrete feature: EDF p-value is conservative (ties)"
-        results[name] = replace(result, details=details)
-    return results
+    both = edf_hist_tests(fd, fs, sim_sumw2_bins=fine.variances, n_toys=options.edf_toys,
+                          rng=rng, max_toys=options.max_toys, thresholds=thresholds)
+    return {name: replace(result, details={**result.details, "wasserstein_norm": w1_norm})
+            for name, result in both.items()}
 
 
 def invalid_fraction(layout: Layout, k: int, sim: Accumulator, data: Accumulator,
-                     options: CompareOptions, rng: np.random.Generator) -> Outcome:
+                     options: CompareOptions, rng: np.random.Generator,
+                     thresholds: tuple[float, ...] = ()) -> Outcome:
     """Is the fraction of NaN/inf/sentinel values (-999, ...) the same in simulation and data?
 
     Gagunashvili's chi² (:func:`~validator.stats.chi2_uw`) on the two-bin histogram (valid,
@@ -166,7 +188,8 @@ def invalid_fraction(layout: Layout, k: int, sim: Accumulator, data: Accumulator
         return "no NaN/inf/sentinel value in this category in either sample"
     result = chi2_uw(d, s, s2)
     if not result.reliable:
-        result = chi2_uw(d, s, s2, n_toys=options.small_sample_toys, rng=rng)
+        result = chi2_uw(d, s, s2, n_toys=options.small_sample_toys, rng=rng,
+                         max_toys=options.max_toys, thresholds=thresholds)
     frac_data, frac_sim = d[1] / d.sum(), s[1] / s.sum()
     return replace(result, method=INVALID_FRACTION, effect_size=float(frac_data - frac_sim),
                    effect_name="delta_invalid_fraction",
@@ -176,11 +199,11 @@ def invalid_fraction(layout: Layout, k: int, sim: Accumulator, data: Accumulator
 
 def _pair_tests(layout: Layout, p: int, sim: Accumulator, data: Accumulator,
                 options: CompareOptions, rng: Callable[[str], np.random.Generator],
-                ) -> dict[str, Outcome]:
+                thresholds: tuple[float, ...]) -> dict[str, Outcome]:
     """2D histogram, dependence and correlation tests of pair ``p``."""
     i, j = layout.plan.pairs[p]
     hd, hs = data.hist_2d(layout, p), sim.hist_2d(layout, p)
-    results = _binned_tests(hd, hs, options, rng)
+    results = _binned_tests(hd, hs, options, rng, thresholds)
     table, sim_table, sim_table_w2 = hd.values, hs.values, hs.variances
     rows_used = int((table.sum(axis=1) > 0).sum())
     cols_used = int((table.sum(axis=0) > 0).sum())
@@ -198,7 +221,9 @@ def _pair_tests(layout: Layout, p: int, sim: Accumulator, data: Accumulator,
         try:
             results["dependence"] = dependence(
                 table, sim_table, sim_table_w2, n_toys=options.dependence_toys,
-                min_expected=options.min_expected, rng=rng("dependence"))
+                min_expected=options.min_expected, rng=rng("dependence"),
+                max_toys=options.max_toys, thresholds=thresholds, sim_count=hs.count,
+                sim_sumw3=hs.sumw3)
         except ValueError as exc:  # fewer than two populated rows/columns once sparse cells go
             results["dependence"] = str(exc)
         results["corr_spearman"] = corr_spearman(
@@ -255,6 +280,7 @@ def untested_categories(sims: dict[str, Accumulator], datas: dict[str, Accumulat
 
 def _category_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
                        options: CompareOptions, seed: int, with_invalid: np.ndarray,
+                       thresholds: tuple[float, ...],
                        ) -> Iterator[tuple[str, str, str | None, dict[str, Outcome]]]:
     """(kind, feature_x, feature_y, method -> outcome) per feature and pair of a category."""
     plan = layout.plan
@@ -263,10 +289,11 @@ def _category_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, cate
             return test_rng(seed, category, method, name)
 
         hd, hs = data.hist_1d(layout, k), sim.hist_1d(layout, k)
-        outcomes = {**_binned_tests(hd, hs, options, rng), **_edf_tests(layout, k, sim, data)}
+        outcomes = {**_binned_tests(hd, hs, options, rng, thresholds),
+                    **_edf_tests(layout, k, sim, data, options, rng("ks+ad"), thresholds)}
         if with_invalid[k]:
             outcomes[INVALID_FRACTION] = invalid_fraction(layout, k, sim, data, options,
-                                                          rng(INVALID_FRACTION))
+                                                          rng(INVALID_FRACTION), thresholds)
         yield "1d", f.name, None, outcomes
     for p, (i, j) in enumerate(plan.pairs):
         x, y = plan.features[i].name, plan.features[j].name
@@ -274,16 +301,18 @@ def _category_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, cate
         def rng2(method: str, x: str = x, y: str = y) -> np.random.Generator:
             return test_rng(seed, category, method, x, y)
 
-        yield "2d", x, y, _pair_tests(layout, p, sim, data, options, rng2)
+        yield "2d", x, y, _pair_tests(layout, p, sim, data, options, rng2, thresholds)
 
 
 def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
               options: CompareOptions, seed: int,
-              progress: Callable[[str, int, int], None] | None = None) -> list[TestRecord]:
+              progress: Callable[[str, int, int], None] | None = None,
+              alpha: float = 0.05) -> list[TestRecord]:
     """Every planned test of every category, in the order of :func:`planned_methods`.
 
     A category present in one sample only (or with Σw ≤ 0) gets every planned test with the
-    reason it could not run.
+    reason it could not run. Toy p-values are refined until they settle the decisions at
+    ``alpha`` and at Holm's first threshold ``alpha / m`` (m planned tests).
     """
     categories = list(dict.fromkeys([*sims, *datas]))
     inclusive_sim, inclusive_data = sum(sims.values()), sum(datas.values())
@@ -293,6 +322,7 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
             with_invalid |= (acc.n_nonfinite + acc.n_sentinel) > 0
     planned = planned_methods(layout, with_invalid)
     skip = untested_categories(sims, datas)
+    thresholds = (alpha, alpha / max(len(planned) * len(categories), 1))
     groups_per_category = layout.n_features + len(layout.plan.pairs)
     total, done = groups_per_category * len(categories), 0
     records: list[TestRecord] = []
@@ -304,7 +334,8 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
             continue
         outcomes: dict[tuple[str, str, str | None], Outcome] = {}
         for _kind, x, y, group in _category_outcomes(layout, sims[category], datas[category],
-                                                    category, options, seed, with_invalid):
+                                                    category, options, seed, with_invalid,
+                                                    thresholds):
             outcomes.update({(m, x, y): o for m, o in group.items()})
             done += 1
             if progress:

@@ -81,7 +81,7 @@ def _block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
     ratio = total_d / total_s
     expected = np.clip(sim, 0.0, None) * ratio
     if kind == "binned":
-        labels = merge_sparse_bins(expected, min_expected)
+        labels = merge_sparse_bins(expected, min_expected, sim_sumw=sim, sim_sumw2=sim_w2)
         n = int(labels.max()) + 1
         if n < 2:
             return None

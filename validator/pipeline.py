@@ -13,7 +13,7 @@ from __future__ import annotations
 import platform
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -78,6 +78,11 @@ class RunConfig:
     defines: Sequence[str] = ()
     blind: str | None = None
     unweighted: bool = False
+    model: str | None = None
+    model_inputs: Sequence[str] | None = None
+    model_scaler: str | None = None
+    model_kind: str | None = None
+    model_params: dict[str, list[float]] | None = None
     db_wait_s: float = DEFAULT_DB_WAIT_S
     command: str | None = None
 
@@ -86,7 +91,7 @@ class RunConfig:
         raw = asdict(self)
         raw["sim"], raw["data"] = list(self.sim), list(self.data)
         raw["db"] = str(self.db) if self.db else None
-        for key in ("features", "exclude", "defines"):
+        for key in ("features", "exclude", "defines", "model_inputs"):
             raw[key] = list(raw[key]) if raw[key] is not None else None
         return raw
 
@@ -126,6 +131,7 @@ class RunOutcome:
     versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
     global_result: GlobalResult | None = None  # the run-level test (validator.globaltest)
+    model: dict[str, Any] | None = None  # the audited network (AuditedModel.describe())
     db: Path | None = None  # where the run was stored
     side_file: Path | None = None  # where it went when the database stayed busy
 
@@ -162,6 +168,19 @@ def _check_distinct_inputs(sim: Sample, data: Sample, config: RunConfig) -> None
                          "with --sim-selection/--data-selection to test the chain)")
 
 
+def _load_model(config: RunConfig, sim: Sample, data: Sample) -> Any:
+    """The audited network (``--model``), checked against both samples' columns."""
+    if not config.model:
+        return None
+    from validator.model import load_model
+
+    model = load_model(config.model, inputs=config.model_inputs, scaler=config.model_scaler,
+                       kind=config.model_kind, params=config.model_params or None)
+    for sample in (sim, data):
+        model.check_columns(sample.columns, sample.sources[0].label)
+    return model
+
+
 def _identical_note(sims: dict[str, Accumulator], datas: dict[str, Accumulator]) -> str | None:
     sim, data = sims.get(INCLUSIVE), datas.get(INCLUSIVE)
     if sim is None or data is None or sim.n_events != data.n_events:
@@ -185,15 +204,17 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     _check_weighting(sim, config)
     _check_distinct_inputs(sim, data, config)
     definitions = parse_definitions(config.defines)
+    model = _load_model(config, sim, data)
+    derived = (*definitions, *(model.grid() if model else ()))
     blind = Selection.parse(config.blind, "--blind") if config.blind else None
 
     def chain(selection: str | None, option: str) -> TransformChain:
         return TransformChain(selection=Selection.parse(selection, option) if selection else None,
-                              derived=definitions, blind=blind)
+                              derived=derived, blind=blind)
 
     choice = select_features(sim, data, weight=config.weight, category=config.category,
                              features=config.features, exclude=config.exclude,
-                             derived=[d.name for d in definitions])
+                             derived=[n for d in derived for n in d.names])
     columns = choice.candidates + ([config.category] if config.category else [])
     sim_keys, data_keys = event_key_columns(sim), event_key_columns(data)
     sim_reader = Reader(sim, list(dict.fromkeys(columns + sim_keys)), config.chunk_rows,
@@ -213,7 +234,12 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
 
     sim_acc = fill_sample(sim_reader, layout, config.category, progress, config.seed)
     data_acc = fill_sample(data_reader, layout, config.category, progress, config.seed + 1)
-    records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress)
+    records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress,
+                        config.alpha)
+    if model is not None:  # a test that involves a network output is an output test
+        outputs = {n for m in derived[len(definitions):] for n in m.names}
+        records = [replace(r, kind="output") if {r.feature_x, r.feature_y} & outputs else r
+                   for r in records]
     global_result = global_test(layout, sim_acc, data_acc, config.alpha, config.seed,
                                 config.compare.min_expected)
     pvalues = np.array([r.pvalue for r in records], dtype=float)
@@ -236,6 +262,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         n_sim=sim_scan.n_events, n_data=data_scan.n_events,
         sim_paths=[s.label for s in sim.sources], data_paths=[s.label for s in data.sources],
         versions=package_versions(), notes=run_notes, global_result=global_result,
+        model=model.describe() if model is not None else None,
     )
     if config.db:
         store.save_run(outcome, config.db, wait_s=config.db_wait_s)

@@ -96,8 +96,12 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
         method = t["method"] + ("" if t["reliable"] else " (low stats)")
         if t["pvalue_method"] == "toys":
             method += f" ({int(t['n_toys'])} toys)"
-        row = [method, _pair(t["feature_x"], t["feature_y"]), stat, _fmt_p(t["pvalue"]),
-               _fmt_p(t["p_holm"]), effect, t["effect_name"] or ""]
+        # a toy p-value no toy reached is an upper bound; so is its Holm adjustment
+        flag = t.get("pvalue_is_bound")
+        bound = flag is not None and not pd.isna(flag) and bool(flag)
+        row = [method, _pair(t["feature_x"], t["feature_y"]), stat,
+               ("< " if bound else "") + _fmt_p(t["pvalue"]),
+               ("≤ " if bound else "") + _fmt_p(t["p_holm"]), effect, t["effect_name"] or ""]
         table.add_row(*([t["category"]] if multi else []), *row)
     console.print(table)
     if n_not_run:

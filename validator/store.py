@@ -65,7 +65,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("pvalue", "DOUBLE"), ("pvalue_method", "VARCHAR"), ("n_toys", "INTEGER"),
         ("effect_size", "DOUBLE"), ("effect_name", "VARCHAR"), ("reliable", "BOOLEAN"),
         ("p_holm", "DOUBLE"), ("p_bh", "DOUBLE"), ("passed", "BOOLEAN"),
-        ("details", "VARCHAR"), ("not_run_reason", "VARCHAR"),
+        ("details", "VARCHAR"), ("not_run_reason", "VARCHAR"), ("pvalue_is_bound", "BOOLEAN"),
     ],
     "histograms": [
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature_x", "VARCHAR"),
@@ -76,12 +76,18 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
     "skipped_columns": [
         ("run_id", "VARCHAR"), ("column_name", "VARCHAR"), ("reason", "VARCHAR"),
     ],
+    "models": [
+        ("run_id", "VARCHAR"), ("model_id", "VARCHAR"), ("path", "VARCHAR"),
+        ("format", "VARCHAR"), ("kind", "VARCHAR"), ("inputs", "VARCHAR[]"),
+        ("outputs", "VARCHAR[]"), ("params_json", "VARCHAR"), ("derivative_method", "VARCHAR"),
+        ("added_at", "TIMESTAMP"),
+    ],
     "schema_info": [
         ("version", "INTEGER"), ("applied_at", "TIMESTAMP"), ("tool_version", "VARCHAR"),
     ],
 }
 #: Tables holding one run's rows (``schema_info`` describes the file).
-RUN_TABLES = ("runs", "features", "tests", "histograms", "skipped_columns")
+RUN_TABLES = ("runs", "features", "tests", "histograms", "skipped_columns", "models")
 
 _ARROW_TYPES = {
     "VARCHAR": pa.string(), "TIMESTAMP": pa.timestamp("us"), "BIGINT": pa.int64(),
@@ -435,6 +441,15 @@ def run_rows(outcome: RunOutcome) -> dict[str, list[dict[str, Any]]]:
         "config_json": json.dumps(config.to_dict(), default=_json_default),
         "versions_json": json.dumps(outcome.versions),
     }]
+    models = []
+    if outcome.model is not None:
+        m = outcome.model
+        runs[0]["model_id"] = m["model_id"]
+        models.append({"run_id": run_id, "model_id": m["model_id"], "path": m["path"],
+                       "format": m["format"], "kind": m["kind"], "inputs": m["inputs"],
+                       "outputs": m["outputs"], "params_json": json.dumps(m["params"]),
+                       "derivative_method": m["derivative_method"],
+                       "added_at": outcome.finished_at})
     g = outcome.global_result
     if g is not None:
         runs[0].update({"p_global_min": g.p_min, "p_global_nfail": g.p_nfail,
@@ -467,7 +482,7 @@ def run_rows(outcome: RunOutcome) -> dict[str, list[dict[str, Any]]]:
     skipped = [{"run_id": run_id, "column_name": c, "reason": why}
                for c, why in plan.skipped.items()]
     return {"runs": runs, "features": features, "tests": test_rows(outcome),
-            "histograms": histograms, "skipped_columns": skipped}
+            "histograms": histograms, "skipped_columns": skipped, "models": models}
 
 
 def test_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
@@ -484,6 +499,7 @@ def test_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
             row.update({
                 "statistic": _finite(r.statistic), "ndf": _finite(r.ndf),
                 "pvalue": _finite(r.pvalue), "pvalue_method": r.pvalue_method,
+                "pvalue_is_bound": bool(r.pvalue_is_bound),
                 "n_toys": r.n_toys, "effect_size": _finite(r.effect_size),
                 "effect_name": r.effect_name, "p_holm": _finite(outcome.p_holm[t]),
                 "p_bh": _finite(outcome.p_bh[t]),

@@ -26,7 +26,14 @@ from validator.stats.correlation import (
 
 # binds the function `dependence` over the submodule of the same name
 from validator.stats.dependence import dependence, ipf
-from validator.stats.edf import ad_hist, ad_weighted, ks_hist, ks_weighted, wasserstein_hist
+from validator.stats.edf import (
+    ad_hist,
+    ad_weighted,
+    edf_hist_tests,
+    ks_hist,
+    ks_weighted,
+    wasserstein_hist,
+)
 from validator.stats.likelihood import saturated
 from validator.stats.result import GofResult
 
@@ -38,6 +45,7 @@ __all__ = [
     "corr_pearson",
     "corr_spearman",
     "dependence",
+    "edf_hist_tests",
     "ipf",
     "ks_hist",
     "ks_weighted",

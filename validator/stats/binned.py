@@ -5,20 +5,36 @@ All functions are pure (arrays in, arrays or floats out) and vectorised with num
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
 __all__ = [
+    "MIN_SIM_ENTRIES",
+    "ToyOutcome",
     "as_histograms",
+    "check_toy_options",
+    "clopper_pearson",
     "effective_entries",
     "max_abs_ratio_deviation",
     "merge_histogram",
+    "merge_histogram_rows",
     "merge_sparse_bins",
+    "merge_sparse_bins_batched",
+    "optional_sums",
+    "run_toys",
     "sim_toys",
     "small_simulation_reason",
     "toy_pvalue",
+    "weight_quadrature",
 ]
+
+#: Default minimum equivalent simulated entries (sum w)^2/sum w^2 of a merged bin group,
+#: chosen by calibration (see :func:`merge_sparse_bins`).
+MIN_SIM_ENTRIES = 25.0
 
 
 def as_histograms(data_counts: ArrayLike, sim_sumw: ArrayLike, sim_sumw2: ArrayLike,
@@ -42,49 +58,209 @@ def as_histograms(data_counts: ArrayLike, sim_sumw: ArrayLike, sim_sumw2: ArrayL
     return n, w, s2
 
 
-def merge_sparse_bins(expected: ArrayLike, min_expected: float = 5.0) -> np.ndarray:
-    """Group neighbouring bins so that every group has at least ``min_expected`` expected entries.
+def optional_sums(
+    shape: tuple[int, ...], sim_count: ArrayLike | None, sim_sumw3: ArrayLike | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Check and flatten the optional per-bin event count and sum of cubed weights.
 
-    Bins are visited in the given order and accumulated into the current group until its
-    expected content reaches ``min_expected``; then a new group starts. A trailing group
-    that stays below ``min_expected`` is merged into its predecessor. This is the usual
-    rule of thumb for the asymptotic validity of Pearson's chi² (every expected count of
-    at least 5; W. G. Cochran, "Some methods for strengthening the common chi² tests",
-    Biometrics 10 (1954) 417), applied by merging adjacent bins as in the
-    ``Chi2Test`` documentation of ROOT and in Gagunashvili, arXiv:physics/0605123.
+    Returns ``(None, None)`` when neither is given; raises ``ValueError`` when only one is, or
+    on a shape other than ``shape``, non-finite values or negative counts.
+    """
+    if sim_count is None and sim_sumw3 is None:
+        return None, None
+    if sim_count is None or sim_sumw3 is None:
+        raise ValueError("give both sim_count and sim_sumw3, or neither")
+    cnt = np.asarray(sim_count, dtype=float)
+    s3 = np.asarray(sim_sumw3, dtype=float)
+    if cnt.shape != shape or s3.shape != shape:
+        raise ValueError(f"shapes differ: sim_sumw {shape}, sim_count {cnt.shape}, "
+                         f"sim_sumw3 {s3.shape}")
+    if not (np.all(np.isfinite(cnt)) and np.all(np.isfinite(s3))) or np.any(cnt < 0):
+        raise ValueError("sim_count must be finite and non-negative, sim_sumw3 finite")
+    return cnt.ravel(), s3.ravel()
+
+
+def merge_sparse_bins(
+    expected: ArrayLike,
+    min_expected: float = 5.0,
+    *,
+    sim_sumw: ArrayLike | None = None,
+    sim_sumw2: ArrayLike | None = None,
+    min_sim_entries: float = MIN_SIM_ENTRIES,
+) -> np.ndarray:
+    r"""Group neighbouring bins so that every group holds enough information to be tested.
+
+    Bins are visited in the given order and accumulated into the current group until the group
+    is *complete*; then a new group starts. A trailing group that is not complete is merged
+    into its predecessor.
+
+    A group is complete when its expected data count reaches ``min_expected``: the usual rule
+    of thumb for the asymptotic validity of Pearson's chi² (every expected count of at least 5;
+    W. G. Cochran, "Some methods for strengthening the common chi² tests", Biometrics 10
+    (1954) 417), applied by merging adjacent bins as in the ``Chi2Test`` documentation of ROOT
+    and in Gagunashvili, arXiv:physics/0605123.
+
+    When the simulation's sums ``sim_sumw`` (:math:`\sum w`) and ``sim_sumw2``
+    (:math:`\sum w^2`) are given, a group also needs a positive sum of weights and at least
+    ``min_sim_entries`` *equivalent simulated entries*
+    :math:`(\sum_{g} w)^2 / \sum_{g} w^2` (Kish's effective number; ROOT's ``TH1::Chi2Test``
+    documentation asks for enough equivalent entries in every bin of a weighted histogram,
+    N. D. Gagunashvili, arXiv:physics/0605123 and arXiv:1606.06591). Without it, a cell
+    where the simulation holds zero or one small-weight event while the data hold a dozen is
+    kept: its estimated variance :math:`\sum w^2` is far below the true one, and no
+    asymptotic formula and no toy drawn from the observed weights can reproduce how the
+    simulation really fluctuates there (the bootstrap of a mean needs the sample to represent
+    its law: K. B. Athreya, Ann. Statist. 15 (1987) 724).
+
+    The default :data:`MIN_SIM_ENTRIES` = 25 (ROOT's guidance for weighted histograms; 10 is
+    its figure for near-constant weights) was chosen by calibration on null replicas from
+    ``tests/null_weightings.py`` (the issue-14 weightings; 10-bin 1D and 10 x 10 2D
+    histograms from data deciles, 100 replicas x 3 histograms), with each test asymptotic
+    where it reports itself reliable and compound-Poisson toys otherwise. FPR at 5% of
+    ``chi2_uw`` / ``saturated`` in 2D for no / 10 / 25 equivalent entries, 2000 data events:
+    importance 0.080 / 0.077 / 0.053 and 0.063 / 0.073 / 0.050; ht_slices 0.070 / 0.067 /
+    0.043 and 0.063 / 0.050 / 0.037; nlo 0.030 / 0.027 / 0.027 and 0.033 / 0.023 / 0.030;
+    small_sim (Kish size 0.3 x data) 0.003 / 0.013 / 0.030 and 0.000 / 0.013 / 0.027; plain
+    0.050 / 0.050 / 0.027 and 0.043 / 0.043 / 0.023. At 10 000 data events every choice lies
+    in 0.020-0.060; in 1D every choice gives the same groups. Where it matters, 25 removes the
+    excess of the asymptotic p-values (importance, ht_slices) and the over-conservative toys
+    of a small simulation. One harsher law of our own (rare weights up to x1000 on a hidden
+    variable, Kish size 0.3 x data, 5000 data events in 2D) gives toy FPRs 0.080 / 0.063
+    at 25 and 0.040 / 0.040 at 10: the plug-in weight law of a bin cannot show a tail the
+    bin did not sample (see :func:`sim_toys`).
 
     Parameters
     ----------
     expected:
-        Expected content per bin, 1D (negative values count as zero). Pass ``array.ravel()``
-        of a 2D table in the neighbour order wanted.
+        Expected data content per bin, 1D (negative values count as zero). Pass
+        ``array.ravel()`` of a 2D table in the neighbour order wanted.
     min_expected:
-        Minimum expected content of a group.
+        Minimum expected data content of a group.
+    sim_sumw, sim_sumw2:
+        Optional simulated sums of weights and of squared weights per bin (same order and
+        size as ``expected``). Without them only ``min_expected`` applies (the behaviour of
+        earlier releases).
+    min_sim_entries:
+        Minimum equivalent simulated entries :math:`(\sum w)^2/\sum w^2` of a group (only
+        used with ``sim_sumw`` and ``sim_sumw2``). A group with :math:`\sum w^2 = 0` and
+        :math:`\sum w > 0` (a prediction without uncertainty) has infinitely many.
 
     Returns
     -------
     numpy.ndarray
-        Integer group label per bin, starting at 0, non-decreasing, consecutive. If the
-        total expected content is below ``min_expected``, every bin is in group 0.
+        Integer group label per bin, starting at 0, non-decreasing, consecutive. If the whole
+        histogram does not make one complete group, every bin is in group 0.
     """
     exp = np.clip(np.asarray(expected, dtype=float).ravel(), 0.0, None)
     n = exp.size
+    if (sim_sumw is None) != (sim_sumw2 is None):
+        raise ValueError("give both sim_sumw and sim_sumw2, or neither")
+    with_sim = sim_sumw is not None
+    if with_sim:
+        sw = np.asarray(sim_sumw, dtype=float).ravel()
+        sw2 = np.asarray(sim_sumw2, dtype=float).ravel()
+        if sw.size != n or sw2.size != n:
+            raise ValueError(f"sizes differ: expected {n}, sim_sumw {sw.size}, "
+                             f"sim_sumw2 {sw2.size}")
+    else:
+        sw = sw2 = np.zeros(n)
     labels = np.zeros(n, dtype=np.int64)
     if n == 0:
         return labels
+
+    def complete(e: float, w: float, w2: float) -> bool:
+        if e < min_expected:
+            return False
+        if not with_sim:
+            return True
+        return w > 0 and (w2 <= 0 or w * w >= min_sim_entries * w2)
+
     group = 0
-    acc = 0.0
+    acc_e = acc_w = acc_w2 = 0.0
     # A plain loop: the rule is sequential and the arrays are small (bins, not events).
     for i in range(n):
         labels[i] = group
-        acc += exp[i]
-        if acc >= min_expected and i < n - 1:
+        acc_e += exp[i]
+        acc_w += sw[i]
+        acc_w2 += sw2[i]
+        if i < n - 1 and complete(acc_e, acc_w, acc_w2):
             group += 1
-            acc = 0.0
-    # Trailing group short of the threshold: merge into the predecessor.
-    if acc < min_expected and group > 0:
-        labels[labels == group] = group - 1
+            acc_e = acc_w = acc_w2 = 0.0
+    # Trailing group that is not complete: merge into the predecessor (repeatedly, since with
+    # signed weights the merged group may still fall short).
+    while group > 0 and not complete(acc_e, acc_w, acc_w2):
+        last = labels == group
+        group -= 1
+        prev = labels == group
+        labels[last] = group
+        acc_e += float(exp[prev].sum())
+        acc_w += float(sw[prev].sum())
+        acc_w2 += float(sw2[prev].sum())
     return labels
+
+
+def merge_sparse_bins_batched(
+    expected: ArrayLike,
+    sim_sumw: ArrayLike,
+    sim_sumw2: ArrayLike,
+    min_expected: float = 5.0,
+    min_sim_entries: float = MIN_SIM_ENTRIES,
+) -> np.ndarray:
+    """:func:`merge_sparse_bins` with the simulation's rule, for many simulated histograms.
+
+    ``expected`` has shape ``(n_bins,)`` (shared), ``sim_sumw`` and ``sim_sumw2`` shape
+    ``(n_hist, n_bins)``; returns labels of shape ``(n_hist, n_bins)``, row ``k`` equal to
+    ``merge_sparse_bins(expected, min_expected, sim_sumw=sim_sumw[k], sim_sumw2=sim_sumw2[k],
+    min_sim_entries=min_sim_entries)``. The sequential rule is run bin by bin, vectorised over
+    the histograms, so that toys can be grouped by the same rule as the observation.
+    """
+    exp = np.clip(np.asarray(expected, dtype=float).ravel(), 0.0, None)
+    sw = np.asarray(sim_sumw, dtype=float)
+    sw2 = np.asarray(sim_sumw2, dtype=float)
+    n_hist, n = sw.shape
+    labels = np.zeros((n_hist, n), dtype=np.int64)
+    if n == 0:
+        return labels
+
+    def complete(e: np.ndarray, w: np.ndarray, w2: np.ndarray) -> np.ndarray:
+        return (e >= min_expected) & (w > 0) & ((w2 <= 0) | (w * w >= min_sim_entries * w2))
+
+    group = np.zeros(n_hist, dtype=np.int64)
+    acc_e, acc_w, acc_w2 = np.zeros(n_hist), np.zeros(n_hist), np.zeros(n_hist)
+    for i in range(n):
+        labels[:, i] = group
+        acc_e += exp[i]
+        acc_w += sw[:, i]
+        acc_w2 += sw2[:, i]
+        if i < n - 1:
+            done = complete(acc_e, acc_w, acc_w2)
+            group += done
+            acc_e[done] = acc_w[done] = acc_w2[done] = 0.0
+    while True:
+        fold = (group > 0) & ~complete(acc_e, acc_w, acc_w2)
+        if not fold.any():
+            return labels
+        prev = (labels == (group - 1)[:, None]) & fold[:, None]
+        acc_e += prev @ exp
+        acc_w += np.sum(np.where(prev, sw, 0.0), axis=1)
+        acc_w2 += np.sum(np.where(prev, sw2, 0.0), axis=1)
+        last = (labels == group[:, None]) & fold[:, None]
+        labels[last] -= 1
+        group[fold] -= 1
+
+
+def merge_histogram_rows(values: ArrayLike, labels: ArrayLike) -> np.ndarray:
+    """Sum bin contents per group, each row with its own grouping.
+
+    ``values`` and ``labels`` have shape ``(n_hist, n_bins)`` (``labels`` may be 1D: one
+    grouping for every row). Returns shape ``(n_hist, n_bins)``: column ``g`` holds group
+    ``g``'s sum, zero for groups a row does not have.
+    """
+    v = np.asarray(values, dtype=float)
+    g = np.broadcast_to(np.asarray(labels, dtype=np.int64), v.shape)
+    n_hist, n = v.shape
+    flat = (np.arange(n_hist)[:, None] * n + g).ravel()
+    return np.bincount(flat, weights=v.ravel(), minlength=n_hist * n).reshape(n_hist, n)
 
 
 def merge_histogram(values: ArrayLike, groups: ArrayLike) -> np.ndarray:
@@ -144,38 +320,172 @@ def max_abs_ratio_deviation(data_counts: ArrayLike, sim_sumw: ArrayLike) -> floa
     return float(np.max(np.abs(n[mask] / scaled - 1.0)))
 
 
+def weight_quadrature(
+    sim_count: ArrayLike, sim_sumw: ArrayLike, sim_sumw2: ArrayLike, sim_sumw3: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Two-node Gauss quadrature of each bin's empirical weight distribution.
+
+    With :math:`n` events of weights :math:`w_e` in a bin, the empirical moments are
+    :math:`m_k = \sum_e w_e^k / n` (:math:`k = 1, 2, 3`). The two-point law with the same
+    moments 0 to 3 (the 2-node Gauss quadrature of the empirical measure; G. H. Golub and
+    J. H. Welsch, Math. Comp. 23 (1969) 221) has, with mean :math:`m_1`, standard deviation
+    :math:`\sigma = \sqrt{m_2 - m_1^2}` and skewness
+    :math:`\gamma = (m_3 - 3m_1m_2 + 2m_1^3)/\sigma^3`, the nodes
+    :math:`x_{1,2} = m_1 + \sigma z_{1,2}` with :math:`z_{1,2} = (\gamma \mp
+    \sqrt{\gamma^2 + 4})/2` (the roots of :math:`z^2 - \gamma z - 1`) and probabilities
+    :math:`p_1 = z_2/(z_2 - z_1)`, :math:`p_2 = 1 - p_1`. The nodes lie within the range of
+    the weights, and a two-valued weight law (e.g. :math:`\pm c`) is reproduced exactly.
+
+    A bin whose weights all have the same value (:math:`n < 2`, or a relative variance
+    :math:`\sigma^2/m_2 < 10^{-9}`) gets one node :math:`x_1 = x_2 = m_1` (split evenly).
+    A bin without events (or with :math:`\sum w^2 = 0`) gets ``nan``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Nodes ``x`` and masses ``M`` (expected number of events at each node, :math:`n p_k`),
+        each of shape ``(*shape, 2)``, and the mask of bins where the quadrature is defined.
+    """
+    cnt = np.asarray(sim_count, dtype=float)
+    s1 = np.asarray(sim_sumw, dtype=float)
+    s2 = np.asarray(sim_sumw2, dtype=float)
+    s3 = np.asarray(sim_sumw3, dtype=float)
+    ok = (cnt > 0) & (s2 > 0) & np.isfinite(s3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(ok, cnt, 1.0)
+        m1, m2, m3 = s1 / c, s2 / c, s3 / c
+        var = m2 - m1 * m1
+        spread = ok & (cnt >= 2) & (var > 1e-9 * m2)
+        sigma = np.sqrt(np.where(spread, var, 1.0))
+        gamma = np.where(spread, (m3 - 3.0 * m1 * m2 + 2.0 * m1**3) / sigma**3, 0.0)
+        root = np.sqrt(gamma * gamma + 4.0)
+        # z1 = (gamma - root)/2 < 0 < z2 = (gamma + root)/2, written without cancellation.
+        z1 = np.where(gamma > 0, -2.0 / (gamma + root), 0.5 * (gamma - root))
+        z2 = np.where(gamma > 0, 0.5 * (gamma + root), 2.0 / (root - gamma))
+        p1 = z2 / (z2 - z1)
+    x1 = np.where(spread, m1 + sigma * z1, m1)
+    x2 = np.where(spread, m1 + sigma * z2, m1)
+    mass1 = np.where(spread, cnt * p1, 0.5 * cnt)
+    mass2 = cnt - mass1
+    x = np.stack([x1, x2], axis=-1)
+    mass = np.stack([mass1, mass2], axis=-1)
+    x = np.where(ok[..., None], x, np.nan)
+    mass = np.where(ok[..., None], mass, np.nan)
+    return x, mass, ok
+
+
+def _sign_scaled_rates(
+    beta: np.ndarray, x: np.ndarray, mass: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Poisson rates of the weight nodes with mean sum of weights ``beta`` (vectorised).
+
+    The rates of the positive nodes are scaled by :math:`e^{\eta}` and those of the negative
+    nodes by :math:`e^{-\eta}`: with :math:`P = \sum_{x_k>0} x_k M_k` and
+    :math:`Q = \sum_{x_k<0} |x_k| M_k`, :math:`Pe^{\eta} - Qe^{-\eta} = \beta` gives
+    :math:`e^{\eta} = (\beta + \sqrt{\beta^2 + 4PQ})/(2P)`. For weights of one sign this is
+    the plain rate scaling :math:`\beta/\sum w` of the scaled-Poisson scheme (the bin's
+    probability changes, its weight law does not). With signed weights the mean moves through
+    the balance of positive and negative events, whose product of rates is kept, so that a bin
+    whose sum of weights fluctuated to zero or below still gets a toy law of mean
+    :math:`\beta` with about the observed number of events: scaling every rate instead would
+    multiply the variance by :math:`\beta/\sum w`, without bound. (Measured against
+    re-simulated bins in ``tests/test_stats_toys.py``; the empirical-likelihood tilt
+    :math:`M_k/(1+\eta x_k)`, A. B. Owen, Biometrika 75 (1988) 237, was tried as well: as good
+    for signed weights, but 12-25 % low in variance for heavy-tailed positive weights.)
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Rates of shape ``x.shape`` and the mask (shape ``beta.shape``) of bins where
+        :math:`\beta` is reachable (a positive node for :math:`\beta > 0`, a negative one for
+        :math:`\beta < 0`).
+    """
+    pos = np.sum(np.where(x > 0, x * mass, 0.0), axis=-1)
+    neg = np.sum(np.where(x < 0, -x * mass, 0.0), axis=-1)
+    root = np.sqrt(beta * beta + 4.0 * pos * neg)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # (beta + root)/(2 pos), written without cancellation for beta < 0.
+        e = np.where(beta >= 0, (beta + root) / (2.0 * pos), 2.0 * neg / (root - beta))
+        lam = np.where(x > 0, mass * e[..., None], np.where(x < 0, mass / e[..., None], mass))
+    ok = np.isfinite(e) & (e >= 0) & np.all(np.isfinite(lam), axis=-1)
+    ok &= np.where(beta > 0, pos > 0, np.where(beta < 0, neg > 0, True))
+    return np.where(ok[..., None], lam, 0.0), ok
+
+
 def sim_toys(
     expected_sumw: ArrayLike,
     sim_sumw: ArrayLike,
     sim_sumw2: ArrayLike,
     n_toys: int,
     rng: np.random.Generator,
+    *,
+    sim_count: ArrayLike | None = None,
+    sim_sumw3: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""Pseudo-experiments of a weighted histogram: toy sums of weights and squared weights.
 
-    Where a bin has positive sum of weights :math:`w` and squared weights :math:`s^2`, it is
-    treated as :math:`m = w^2/s^2` effective events of equal weight :math:`u = s^2/w`
-    (the scaled-Poisson approximation of a compound Poisson sum: Barlow & Beeston, Comput.
-    Phys. Commun. 77 (1993) 219; Bohm & Zech, NIM A 748 (2014) 1): a toy draws
-    :math:`k \sim \mathrm{Poisson}(\beta/u)` around the wanted mean :math:`\beta` and returns
-    :math:`(u k, u^2 k)`. Unlike a Gaussian with fixed :math:`s^2`, this keeps the correlation
-    between a bin's sum of weights and its estimated variance that the tests themselves see.
-    A bin with no simulated event (:math:`w = s^2 = 0`) is treated the same way with the
-    histogram's mean weight :math:`u = \sum s^2 / \sum w` (as ROOT's ``Chi2Test`` gives such a
-    bin the variance of one event of mean weight). Other bins (:math:`w < 0`, or :math:`s^2 = 0`
-    with :math:`w \ne 0`, or :math:`w = 0` with :math:`s^2 > 0`) get :math:`\beta + s z` with
-    fixed :math:`s^2`.
+    **Compound Poisson from the bin's weight moments** (with ``sim_count`` and ``sim_sumw3``).
+    A bin of the simulation is a compound Poisson sum: a Poisson number of events, each with
+    a weight drawn from the bin's weight law. That law is represented by the two-node Gauss
+    quadrature of the bin's empirical weight distribution (:func:`weight_quadrature`: nodes
+    :math:`x_{1,2}` with masses :math:`M_{1,2}` matching the event count, :math:`\sum w`,
+    :math:`\sum w^2` and :math:`\sum w^3`), and a toy draws
+    :math:`k_j \sim \mathrm{Poisson}(\lambda_j)` events at each node:
+    :math:`w^* = x_1k_1 + x_2k_2`, :math:`s^{2*} = x_1^2k_1 + x_2^2k_2`. With
+    :math:`\lambda_j = M_j` the toys have the observed sum's first three cumulants
+    (:math:`\kappa_r = \sum_e w_e^r`: the cumulants of a compound Poisson sum are
+    :math:`\nu E[w^r]`; Bohm & Zech, "Statistics of weighted Poisson events and its
+    applications", NIM A 748 (2014) 1), so the toys keep the skewness that rare large weights
+    give a bin, and, with signed weights, its chance to come out negative, which the
+    scaled Poisson below cannot. The mean is moved to the wanted :math:`\beta` by scaling
+    the rates (:func:`_sign_scaled_rates`: by :math:`\beta/\sum w` for weights of one sign;
+    positive and negative nodes in opposite directions for signed weights). This works for
+    any sign of the observed :math:`\sum w` as long as the bin has a weight of the sign of
+    :math:`\beta`. Bins without events (or with
+    :math:`\sum w^2 = 0`) draw events from the whole histogram's two-node weight law at the
+    rate giving mean :math:`\beta` (the compound-Poisson analogue of ROOT's "one event of
+    mean weight" for an empty bin) when the histogram's total weight is positive. Where none of
+    this applies (a bin with only weights of the wrong sign, or a degenerate histogram) the
+    bin falls back to the scheme below.
+
+    Measured against re-simulated bins (``tests/test_stats_toys.py``): for NLO-like
+    :math:`\pm w` weights (negative fraction 10-45 %, 40 events) the toys give the variance
+    within 5 % and :math:`P(\sum w < 0)` 0.033 for a true 0.036 (scaled Poisson: variance
+    +47 %, 0.0015); for importance weights spanning a factor 1000 (400 events, 19 equivalent
+    entries) the variance is 16 % low, as for the scaled Poisson, but the lower quantiles
+    are right (0.1 %: 188 for 216; scaled Poisson 109). Limitation: the weight law is the
+    bin's own sample, so a bin that happened to hold none of the rare large weights gets toys
+    without them (the bootstrap of a mean with a heavy tail: K. B. Athreya, Ann. Statist. 15
+    (1987) 724); merging bins to enough equivalent entries (:func:`merge_sparse_bins`) is
+    what keeps this small.
+
+    **Scaled Poisson** (without them, and as fallback). Where a bin has positive sum of
+    weights :math:`w` and squared weights :math:`s^2`, it is treated as :math:`m = w^2/s^2`
+    effective events of equal weight :math:`u = s^2/w` (the scaled-Poisson approximation of a
+    compound Poisson sum: Barlow & Beeston, Comput. Phys. Commun. 77 (1993) 219; Bohm & Zech,
+    op. cit.): a toy draws :math:`k \sim \mathrm{Poisson}(\beta/u)` around the wanted mean
+    :math:`\beta` and returns :math:`(u k, u^2 k)`. Unlike a Gaussian with fixed
+    :math:`s^2`, this keeps the correlation between a bin's sum of weights and its estimated
+    variance that the tests themselves see, but it matches only two cumulants and is never
+    negative. A bin with no simulated event (:math:`w = s^2 = 0`) is treated the same way
+    with the histogram's mean weight :math:`u = \sum s^2 / \sum w` (as ROOT's ``Chi2Test``
+    gives such a bin the variance of one event of mean weight). Other bins (:math:`w < 0`, or
+    :math:`s^2 = 0` with :math:`w \ne 0`, or :math:`w = 0` with :math:`s^2 > 0`) get
+    :math:`\beta + s z` with fixed :math:`s^2`.
 
     Parameters
     ----------
     expected_sumw:
         Mean of the toys per bin (e.g. the fitted simulated content), any shape.
     sim_sumw, sim_sumw2:
-        Observed sums that define the effective weight per bin, same shape.
+        Observed sums that define the weight law per bin, same shape.
     n_toys:
         Number of toys (a leading axis of that length is added).
     rng:
         Random generator.
+    sim_count, sim_sumw3:
+        Optional number of simulated events and sum of cubed weights per bin, same shape
+        (both or neither): with them, the compound-Poisson scheme above.
 
     Returns
     -------
@@ -185,18 +495,47 @@ def sim_toys(
     beta = np.asarray(expected_sumw, dtype=float)
     w = np.asarray(sim_sumw, dtype=float)
     s2 = np.asarray(sim_sumw2, dtype=float)
+    if (sim_count is None) != (sim_sumw3 is None):
+        raise ValueError("give both sim_count and sim_sumw3, or neither")
     shape = (n_toys, *w.shape)
     tot_w, tot_s2 = float(w.sum()), float(s2.sum())
     mean_u = tot_s2 / tot_w if tot_w > 0 and tot_s2 > 0 else 0.0
     positive = (w > 0) & (s2 > 0)
     empty = (w == 0) & (s2 == 0) & (mean_u > 0)
     scaled = positive | empty
+    compound = np.zeros(w.shape, dtype=bool)
+    if sim_count is not None:
+        cnt = np.broadcast_to(np.asarray(sim_count, dtype=float), w.shape)
+        s3 = np.broadcast_to(np.asarray(sim_sumw3, dtype=float), w.shape)
+        if np.any(cnt < 0) or not np.all(np.isfinite(cnt)) or not np.all(np.isfinite(s3)):
+            raise ValueError("sim_count must be finite and non-negative, sim_sumw3 finite")
+        x, mass, has_law = weight_quadrature(cnt, w, s2, s3)
+        lam, reach = _sign_scaled_rates(np.broadcast_to(beta, w.shape), np.nan_to_num(x),
+                                        np.nan_to_num(mass))
+        compound = has_law & reach
+        # Bins without weight information: the histogram's own weight law, rate-scaled.
+        no_law = ~has_law & (w == 0) & (s2 == 0)
+        if no_law.any() and tot_w > 0:
+            gx, gmass, g_ok = weight_quadrature(cnt.sum(), tot_w, tot_s2, s3.sum())
+            if g_ok:
+                rate = np.clip(beta, 0.0, None) / tot_w
+                x = np.where(no_law[..., None], gx, x)
+                lam = np.where(no_law[..., None], rate[..., None] * gmass, lam)
+                compound = compound | no_law
     u = np.where(positive, s2 / np.where(positive, w, 1.0), np.where(empty, mean_u, 1.0))
-    lam = np.where(scaled, np.clip(beta, 0.0, None) / u, 0.0)
-    k = rng.poisson(np.broadcast_to(lam, shape)).astype(float)
+    lam_sp = np.where(scaled & ~compound, np.clip(beta, 0.0, None) / u, 0.0)
+    k = rng.poisson(np.broadcast_to(lam_sp, shape)).astype(float)
     gauss = beta + np.sqrt(s2) * rng.standard_normal(shape)
     w_toy = np.where(scaled, u * k, gauss)
     s2_toy = np.where(scaled, u * u * k, np.broadcast_to(s2, shape))
+    if compound.any():
+        x = np.nan_to_num(np.where(compound[..., None], x, 0.0))
+        lam = np.where(compound[..., None], lam, 0.0)
+        k1 = rng.poisson(np.broadcast_to(lam[..., 0], shape)).astype(float)
+        k2 = rng.poisson(np.broadcast_to(lam[..., 1], shape)).astype(float)
+        x1, x2 = x[..., 0], x[..., 1]
+        w_toy = np.where(compound, x1 * k1 + x2 * k2, w_toy)
+        s2_toy = np.where(compound, x1 * x1 * k1 + x2 * x2 * k2, s2_toy)
     return w_toy, s2_toy
 
 
@@ -233,13 +572,13 @@ def toy_pvalue(observed: float, toys: ArrayLike, n_failed: int = 0) -> tuple[flo
     r"""p-value of an observed statistic from pseudo-experiments (large values are extreme).
 
     :math:`p = (1 + \#\{t^* \ge t\} + n_\mathrm{failed}) / (1 + n_\mathrm{toys})` (Davison &
-    Hinkley, "Bootstrap methods and their application", 1997, sec. 4.2), toys that could not
-    be evaluated counting as extreme. When no toy reaches the observation this would stop at
-    :math:`1/(1 + n_\mathrm{toys})`, too coarse for a multiple-testing correction over many
-    tests; the tail is then extrapolated with a scaled :math:`\chi^2` matched to the toys'
-    mean :math:`m` and variance :math:`v`, :math:`t \sim c\,\chi^2_k` with :math:`c = v/2m`,
-    :math:`k = 2m^2/v` (F. E. Satterthwaite, Biometrics Bull. 2 (1946) 110; G. E. P. Box,
-    Ann. Math. Statist. 25 (1954) 290), capped at :math:`1/(1 + n_\mathrm{toys})`.
+    Hinkley, "Bootstrap methods and their application", 1997, sec. 4.2; B. V. North,
+    D. Curtis and P. C. Sham, Am. J. Hum. Genet. 71 (2002) 439), toys that could not be
+    evaluated counting as extreme. This p-value is valid (:math:`P(p \le \alpha) \le \alpha`
+    under the null) for any number of toys. When no toy reaches the observation it is
+    :math:`1/(1 + n_\mathrm{toys})`, and that is only a *bound*: nothing is claimed beyond what
+    the toys support (no tail is extrapolated). Add toys (:func:`run_toys`) where a smaller
+    p-value matters.
 
     Parameters
     ----------
@@ -253,22 +592,127 @@ def toy_pvalue(observed: float, toys: ArrayLike, n_failed: int = 0) -> tuple[flo
     Returns
     -------
     tuple
-        The p-value and details to store (``pvalue_tail``: ``"extrapolated"`` or
-        ``"empirical"``).
+        The p-value and details: ``n_toys_reaching`` (:math:`\#\{t^* \ge t\} +
+        n_\mathrm{failed}`) and ``pvalue_is_bound`` (``True`` when that is 0).
     """
     t = np.asarray(toys, dtype=float)
     n_toys = t.size + n_failed
-    n_ge = int(np.sum(t >= observed)) + n_failed
-    p_emp = (1 + n_ge) / (1 + n_toys)
-    if n_ge > 0 or t.size < 2:
-        return float(p_emp), {"pvalue_tail": "empirical"}
-    m, v = float(t.mean()), float(t.var(ddof=1))
-    if not (m > 0 and v > 0):
-        return float(p_emp), {"pvalue_tail": "empirical"}
-    scale, dof = v / (2.0 * m), 2.0 * m * m / v
-    p_fit = float(stats.chi2.sf(observed / scale, dof))
-    return min(p_fit, float(p_emp)), {
-        "pvalue_tail": "extrapolated",
-        "tail_fit_scale": scale,
-        "tail_fit_dof": dof,
+    n_ge = int(np.sum(t >= observed)) + int(n_failed)
+    return float((1 + n_ge) / (1 + n_toys)), {
+        "n_toys_reaching": n_ge,
+        "pvalue_is_bound": n_ge == 0,
     }
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.999) -> tuple[float, float]:
+    """Clopper-Pearson (exact, central) interval of a binomial probability from k of n.
+
+    C. J. Clopper and E. S. Pearson, Biometrika 26 (1934) 404: the bounds are the
+    ``(1 - confidence)/2`` and ``(1 + confidence)/2`` quantiles of Beta(k, n - k + 1) and
+    Beta(k + 1, n - k), with 0 for ``k = 0`` and 1 for ``k = n``.
+    """
+    a = 0.5 * (1.0 - confidence)
+    lo = float(stats.beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(stats.beta.ppf(1.0 - a, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
+
+
+def check_toy_options(n_toys: int, max_toys: int | None, thresholds: Sequence[float]) -> None:
+    """Validate the toy arguments shared by the binned tests (raises ``ValueError``)."""
+    if n_toys < 0:
+        raise ValueError("n_toys must be >= 0")
+    if max_toys is not None and max_toys < 0:
+        raise ValueError("max_toys must be >= 0")
+    for a in thresholds:
+        if not 0.0 < float(a) < 1.0:
+            raise ValueError(f"thresholds must lie in (0, 1), got {a!r}")
+
+
+@dataclass(frozen=True)
+class ToyOutcome:
+    """What :func:`run_toys` returns.
+
+    ``toys`` are the statistics of the toys that could be evaluated (all batches),
+    ``n_toys`` the total drawn (evaluated or failed).
+    """
+
+    pvalue: float
+    pvalue_is_bound: bool
+    n_toys: int
+    toys: np.ndarray
+    n_failed: int
+    details: dict
+
+
+def run_toys(
+    observed: float,
+    draw: Callable[[int], tuple[np.ndarray, int]],
+    n_toys: int,
+    *,
+    max_toys: int | None = None,
+    thresholds: Sequence[float] = (),
+    confidence: float = 0.999,
+) -> ToyOutcome:
+    r"""Toy p-value with toys added until the decisions at the given thresholds are settled.
+
+    ``draw(n)`` runs ``n`` more pseudo-experiments (from the caller's generator, so the whole
+    sequence is deterministic for a given seed) and returns the statistics of those that could
+    be evaluated and the number that could not. First ``n_toys`` are run, and the p-value is
+    :func:`toy_pvalue`. Then, while fewer than ``max_toys`` have been run, more are added in
+    batches that double the total (the last one capped at ``max_toys``) as long as
+
+    - a threshold :math:`\alpha` lies inside the ``confidence`` (99.9%) Clopper-Pearson
+      interval (:func:`clopper_pearson`) of the exceedance probability from
+      :math:`k = \#\{t^* \ge t\} + n_\mathrm{failed}` of :math:`n` toys, so that the decision
+      :math:`p < \alpha` is not settled; or
+    - no toy reached the observation (the p-value :math:`1/(1+n)` is a bound) and that bound
+      is above the smallest threshold.
+
+    Such sequential Monte Carlo tests keep their level when the final p-value is
+    :math:`(1+k)/(1+n)` (A. C. A. Hope, J. R. Statist. Soc. B 30 (1968) 582; J. Besag and
+    P. Clifford, Biometrika 78 (1991) 301; the stopping rule is that of A. Gandy, J. Am.
+    Statist. Assoc. 104 (2009) 1504, with a Clopper-Pearson interval in place of his
+    boundaries): the rule only decides how many toys to spend, where the decision is close.
+
+    Returns
+    -------
+    ToyOutcome
+        With ``details``: ``n_toys_reaching``, ``n_toys_initial``, ``toys_stop``
+        (``"fixed"``: no adaptive toys asked; ``"settled"``: every threshold outside the
+        interval; ``"max_toys"``: the cap was reached with a decision still open or a bound
+        above the smallest threshold) and ``pvalue_interval`` (the Clopper-Pearson interval of
+        the last step).
+    """
+    batches: list[np.ndarray] = []
+    n_failed = 0
+    total = 0
+    adaptive = max_toys is not None and max_toys > n_toys and len(thresholds) > 0
+    stop = "fixed"
+    batch = n_toys
+    while True:
+        t_ok, failed = draw(batch)
+        batches.append(np.asarray(t_ok, dtype=float))
+        n_failed += int(failed)
+        total += batch
+        k = int(sum(int(np.sum(b >= observed)) for b in batches)) + n_failed
+        lo, hi = clopper_pearson(k, total, confidence) if total > 0 else (0.0, 1.0)
+        if not adaptive:
+            break
+        open_decision = any(lo <= a <= hi for a in thresholds)
+        bound_above = k == 0 and 1.0 / (1.0 + total) > min(thresholds)
+        if not (open_decision or bound_above):
+            stop = "settled"
+            break
+        if total >= max_toys:  # type: ignore[operator]
+            stop = "max_toys"
+            break
+        batch = min(total, max_toys - total)  # type: ignore[operator]
+    toys = np.concatenate(batches) if batches else np.zeros(0)
+    pvalue, info = toy_pvalue(observed, toys, n_failed)
+    details = {
+        **info,
+        "n_toys_initial": int(n_toys),
+        "toys_stop": stop,
+        "pvalue_interval": [lo, hi],
+    }
+    return ToyOutcome(pvalue, bool(info["pvalue_is_bound"]), total, toys, n_failed, details)

@@ -7,17 +7,21 @@ with option ``"UW"`` (hist/hist/src/TH1.cxx), including ROOT's treatment of its 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
 from validator.stats.binned import (
     as_histograms,
+    check_toy_options,
     effective_entries,
     max_abs_ratio_deviation,
+    optional_sums,
+    run_toys,
     sim_toys,
     small_simulation_reason,
-    toy_pvalue,
 )
 from validator.stats.result import GofResult
 
@@ -105,6 +109,10 @@ def chi2_uw(
     *,
     n_toys: int = 0,
     rng: np.random.Generator | int | None = None,
+    max_toys: int | None = None,
+    thresholds: Sequence[float] = (),
+    sim_count: ArrayLike | None = None,
+    sim_sumw3: ArrayLike | None = None,
 ) -> GofResult:
     r"""Gagunashvili's chi² test of unweighted data against weighted simulation (ROOT "UW").
 
@@ -148,10 +156,12 @@ def chi2_uw(
     in some bins (its sum of weights is then far from Gaussian and correlated with its
     estimated variance); ``n_toys > 0`` calibrates it by a parametric bootstrap under the
     null: data toys :math:`n_i^* \sim \mathrm{Poisson}(N\hat p_i)`, simulation toys from
-    :func:`validator.stats.binned.sim_toys` with mean :math:`W\hat p_i`, and
+    :func:`validator.stats.binned.sim_toys` with mean :math:`W\hat p_i` (compound Poisson
+    from each bin's weight moments when ``sim_count`` and ``sim_sumw3`` are given), and
     :math:`p = (1 + \#\{X^{2*} \ge X^2\})/(1 + n_\mathrm{toys})` (Davison & Hinkley,
-    "Bootstrap methods and their application", 1997, sec. 4.2), with the tail extrapolated
-    when no toy reaches the observation (:func:`validator.stats.binned.toy_pvalue`).
+    "Bootstrap methods and their application", 1997, sec. 4.2). When no toy reaches the
+    observation that is a bound (``pvalue_is_bound``); with ``max_toys`` and ``thresholds``
+    toys are added while a decision is open (:func:`validator.stats.binned.run_toys`).
 
     Parameters
     ----------
@@ -168,6 +178,18 @@ def chi2_uw(
         asymptotic one (:math:`\chi^2` survival function, as ROOT's ``TMath::Prob``).
     rng:
         Random generator or seed for the toys.
+    max_toys:
+        With ``thresholds``: up to this many toys in all, added in doubling batches while a
+        threshold lies inside the 99.9% Clopper-Pearson interval of the toy p-value, or no toy
+        reached the observation and :math:`1/(1+n)` is above the smallest threshold
+        (:func:`validator.stats.binned.run_toys`). ``None``: exactly ``n_toys``.
+    thresholds:
+        Significance levels at which the p-value will be judged (e.g. ``alpha`` and Holm's
+        first threshold ``alpha/m``).
+    sim_count, sim_sumw3:
+        Number of simulated events and sum of cubed weights per bin (same shape as
+        ``sim_sumw``, both or neither): the toys then draw each bin as a compound Poisson sum
+        with the bin's weight moments (:func:`validator.stats.binned.sim_toys`).
 
     Returns
     -------
@@ -187,9 +209,9 @@ def chi2_uw(
         reports an infinite discrepancy (data in a bin of a simulation with all errors zero).
     """
     n_in, w_in, s2_in = as_histograms(data_counts, sim_sumw, sim_sumw2)
-    if n_toys < 0:
-        raise ValueError("n_toys must be >= 0")
+    check_toy_options(n_toys, max_toys, thresholds)
     n_all, w_all, s2_all = n_in.ravel(), w_in.ravel(), s2_in.ravel()
+    cnt_all, s3_all = optional_sums(n_in.shape, sim_count, sim_sumw3)
 
     core = _uw_core(n_all[None], w_all[None], s2_all[None])
     chi2 = float(core["chi2"][0])
@@ -222,18 +244,28 @@ def chi2_uw(
     }
     p_asym = float(stats.chi2.sf(chi2, ndf)) if ndf >= 1 else float("nan")
     reasons = []
+    pvalue_is_bound = False
+    n_toys_total = None
     if n_toys > 0:
         gen = np.random.default_rng(rng)
         probb = core["probb"][0]
         tot_n, tot_w = float(n_all.sum()), float(w_all.sum())
-        n_toy = gen.poisson(np.broadcast_to(tot_n * probb, (n_toys, n_all.size))).astype(float)
-        w_toy, s2_toy = sim_toys(tot_w * probb, w_all, s2_all, n_toys, gen)
-        # Toys with an empty histogram cannot be evaluated (vanishingly rare): count as >=.
-        ok = (n_toy.sum(axis=1) > 0) & (w_toy.sum(axis=1) != 0)
-        with np.errstate(all="ignore"):
-            chi2_toy = _uw_core(n_toy[ok], w_toy[ok], s2_toy[ok])["chi2"]
-        pvalue, tail = toy_pvalue(chi2, chi2_toy, int((~ok).sum()))
-        details.update(tail)
+
+        def draw(size: int) -> tuple[np.ndarray, int]:
+            n_toy = gen.poisson(np.broadcast_to(tot_n * probb, (size, n_all.size))).astype(float)
+            w_toy, s2_toy = sim_toys(tot_w * probb, w_all, s2_all, size, gen,
+                                     sim_count=cnt_all, sim_sumw3=s3_all)
+            # Toys with an empty histogram cannot be evaluated (vanishingly rare): count as >=.
+            ok = (n_toy.sum(axis=1) > 0) & (w_toy.sum(axis=1) != 0)
+            with np.errstate(all="ignore"):
+                chi2_toy = _uw_core(n_toy[ok], w_toy[ok], s2_toy[ok])["chi2"]
+            return chi2_toy, int((~ok).sum())
+
+        toys = run_toys(chi2, draw, n_toys, max_toys=max_toys, thresholds=thresholds)
+        pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
+        details.update(toys.details)
+        details["toy_scheme"] = "compound_poisson" if cnt_all is not None else "scaled_poisson"
+        details["chi2_toys_mean"] = float(toys.toys.mean()) if toys.toys.size else float("nan")
         pvalue_method = "toys"
         details["pvalue_asymptotic"] = p_asym
     else:
@@ -256,8 +288,9 @@ def chi2_uw(
         effect_size=max_abs_ratio_deviation(n_all, w_all),
         effect_name="max_abs_ratio_dev",
         pvalue_method=pvalue_method,
-        n_toys=n_toys if n_toys > 0 else None,
+        n_toys=n_toys_total,
         reliable=not reasons,
         residuals=residuals,
         details=details,
+        pvalue_is_bound=pvalue_is_bound,
     )

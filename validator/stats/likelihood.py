@@ -23,7 +23,7 @@ The per-bin nuisance parameters are profiled analytically (the likelihood equati
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -31,11 +31,13 @@ from scipy import stats
 
 from validator.stats.binned import (
     as_histograms,
+    check_toy_options,
     effective_entries,
     max_abs_ratio_deviation,
+    optional_sums,
+    run_toys,
     sim_toys,
     small_simulation_reason,
-    toy_pvalue,
 )
 from validator.stats.result import GofResult
 
@@ -350,6 +352,10 @@ def saturated(
     n_toys: int = 0,
     rng: np.random.Generator | int | None = None,
     variations: Mapping[str, tuple[ArrayLike, ArrayLike]] | None = None,
+    max_toys: int | None = None,
+    thresholds: Sequence[float] = (),
+    sim_count: ArrayLike | None = None,
+    sim_sumw3: ArrayLike | None = None,
 ) -> GofResult:
     r"""Likelihood-ratio test of the data against the saturated model (Barlow-Beeston lite).
 
@@ -393,12 +399,12 @@ def saturated(
         If positive, the p-value is from this many pseudo-experiments (parametric bootstrap):
         data toys :math:`n_i^* \sim \mathrm{Poisson}(\hat\mu \hat b_i)`, simulation toys
         :math:`(w_i^*, s_i^{2*})` with mean :math:`\hat b_i` from
-        :func:`validator.stats.binned.sim_toys` (scaled Poisson, so that the toy's estimated
-        variance fluctuates with its content as the real one does), each refitted;
+        :func:`validator.stats.binned.sim_toys` (scaled Poisson, or compound Poisson from
+        each bin's weight moments with ``sim_count`` and ``sim_sumw3``, so that the toy's
+        estimated variance fluctuates with its content as the real one does), each refitted;
         :math:`p = (1 + \#\{q^* \ge q\}) / (1 + n_\mathrm{toys})` (Davison & Hinkley,
-        "Bootstrap methods and their application", 1997, sec. 4.2), with the tail
-        extrapolated when no toy reaches the observation
-        (:func:`validator.stats.binned.toy_pvalue`).
+        "Bootstrap methods and their application", 1997, sec. 4.2); when no toy reaches the
+        observation that is a bound (``pvalue_is_bound``).
         Otherwise the asymptotic :math:`\chi^2` p-value.
     rng:
         Random generator or seed for the toys.
@@ -415,6 +421,14 @@ def saturated(
         positive get no effect from it (counted in ``details``). Toys also draw the
         constraint centres :math:`\theta_{0k}^* \sim
         \mathrm{Gauss}(\hat\theta_k, 1)`.
+    max_toys, thresholds:
+        Adaptive toys: up to ``max_toys`` in all, added in doubling batches while a threshold
+        lies inside the 99.9% Clopper-Pearson interval of the toy p-value or the p-value is a
+        bound above the smallest threshold (:func:`validator.stats.binned.run_toys`).
+        ``None`` / ``()``: exactly ``n_toys``.
+    sim_count, sim_sumw3:
+        Number of simulated events and sum of cubed weights per bin (same shape as
+        ``sim_sumw``, both or neither), for compound-Poisson toys.
 
     Returns
     -------
@@ -438,8 +452,8 @@ def saturated(
     n_all, w_all, s2_all = n_in.ravel(), w_in.ravel(), s2_in.ravel()
     if n_all.sum() <= 0 or w_all.sum() <= 0:
         raise ValueError("one histogram is empty (or has non-positive total weight)")
-    if n_toys < 0:
-        raise ValueError("n_toys must be >= 0")
+    check_toy_options(n_toys, max_toys, thresholds)
+    cnt_all, s3_all = optional_sums(n_in.shape, sim_count, sim_sumw3)
 
     # As in ROOT's Chi2Test: a bin empty in both histograms carries no information.
     used = ~((n_all == 0) & (w_all == 0))
@@ -521,32 +535,42 @@ def saturated(
             "was clipped at a small positive value"
         )
 
+    pvalue_is_bound = False
+    n_toys_total = None
     if n_toys > 0:
         gen = np.random.default_rng(rng)
-        n_toy = gen.poisson(np.broadcast_to(nu_hat, (n_toys, n_bins))).astype(float)
-        w_toy, s2_toy = sim_toys(b_hat, w, s2_raw, n_toys, gen)
-        s2_toy, _ = _fill_empty_sim_error(w_toy, s2_toy)
-        # Toys with no data or no positive simulation cannot be fitted (vanishingly rare):
-        # they count as at least as extreme as the observation.
-        ok = (n_toy.sum(axis=1) > 0) & (np.clip(w_toy, 0.0, None).sum(axis=1) > 0)
-        q_toy, mu_toy = _statistic(n_toy[ok], w_toy[ok], s2_toy[ok], b_floor)[:2]
-        if names:
-            theta0_toy = theta_hat + gen.standard_normal((n_toys, len(names)))
-            q_toy = _fit_with_variations(
-                n_toy[ok],
-                w_toy[ok],
-                s2_toy[ok],
-                l_up,
-                l_dn,
-                theta0_toy[ok],
-                b_floor,
-                np.log(mu_toy),
-            )[0]
-        pvalue, tail = toy_pvalue(q, q_toy, int(np.sum(~ok)))
-        details.update(tail)
+        cnt = cnt_all[used] if cnt_all is not None else None
+        s3 = s3_all[used] if s3_all is not None else None
+
+        def draw(size: int) -> tuple[np.ndarray, int]:
+            n_toy = gen.poisson(np.broadcast_to(nu_hat, (size, n_bins))).astype(float)
+            w_toy, s2_toy = sim_toys(b_hat, w, s2_raw, size, gen, sim_count=cnt, sim_sumw3=s3)
+            s2_toy, _ = _fill_empty_sim_error(w_toy, s2_toy)
+            # Toys with no data or no positive simulation cannot be fitted (vanishingly
+            # rare): they count as at least as extreme as the observation.
+            ok = (n_toy.sum(axis=1) > 0) & (np.clip(w_toy, 0.0, None).sum(axis=1) > 0)
+            q_toy, mu_toy = _statistic(n_toy[ok], w_toy[ok], s2_toy[ok], b_floor)[:2]
+            if names:
+                theta0_toy = theta_hat + gen.standard_normal((size, len(names)))
+                q_toy = _fit_with_variations(
+                    n_toy[ok],
+                    w_toy[ok],
+                    s2_toy[ok],
+                    l_up,
+                    l_dn,
+                    theta0_toy[ok],
+                    b_floor,
+                    np.log(mu_toy),
+                )[0]
+            return q_toy, int(np.sum(~ok))
+
+        toys = run_toys(q, draw, n_toys, max_toys=max_toys, thresholds=thresholds)
+        pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
+        details.update(toys.details)
+        details["toy_scheme"] = "compound_poisson" if cnt is not None else "scaled_poisson"
         pvalue_method = "toys"
         reliable = True
-        details["q_toys_mean"] = float(q_toy.mean())
+        details["q_toys_mean"] = float(toys.toys.mean()) if toys.toys.size else float("nan")
         details["pvalue_asymptotic"] = float(stats.chi2.sf(q, ndf)) if ndf >= 1 else float("nan")
     else:
         pvalue = float(stats.chi2.sf(q, ndf)) if ndf >= 1 else float("nan")
@@ -571,8 +595,9 @@ def saturated(
         effect_size=max_abs_ratio_deviation(n_all, w_all),
         effect_name="max_abs_ratio_dev",
         pvalue_method=pvalue_method,
-        n_toys=n_toys if n_toys > 0 else None,
+        n_toys=n_toys_total,
         reliable=reliable,
         residuals=residuals,
         details=details,
+        pvalue_is_bound=pvalue_is_bound,
     )

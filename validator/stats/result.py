@@ -36,7 +36,8 @@ class GofResult:
     pvalue_method:
         ``asymptotic``, ``toys`` or ``exact``.
     n_toys:
-        Number of pseudo-experiments behind a toy p-value, else ``None``.
+        Number of pseudo-experiments behind a toy p-value (the total, when more toys were
+        added adaptively), else ``None``.
     reliable:
         ``False`` when the asymptotic approximation behind the p-value is not trusted
         (too few events or bins); such a result must not be reported as a confident failure.
@@ -44,6 +45,9 @@ class GofResult:
         Per-bin normalised residuals, where the test defines them.
     details:
         Any further named numbers (kept small: they are stored as JSON).
+    pvalue_is_bound:
+        True when no toy reached the statistic: the true p-value is below ``pvalue``, which
+        is ``1/(1+n_toys)``.
     """
 
     method: str
@@ -57,3 +61,4 @@ class GofResult:
     reliable: bool = True
     residuals: np.ndarray | None = field(default=None, repr=False, compare=False)
     details: dict[str, Any] = field(default_factory=dict, compare=False)
+    pvalue_is_bound: bool = False
