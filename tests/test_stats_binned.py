@@ -676,9 +676,13 @@ def test_saturated_toys_detect_a_clear_mismatch() -> None:
     p = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
     q = np.array([0.15, 0.2, 0.3, 0.2, 0.15])
     res = saturated(5000 * q, 1000 * p, 10 * p, n_toys=200, rng=1)
-    # No toy reaches the observation: the tail is extrapolated below 1/(1 + n_toys).
-    assert res.pvalue < 1e-10
-    assert res.details["pvalue_tail"] == "extrapolated"
+    # No toy reaches the observation: the p-value is the bound 1/(1 + n_toys), never
+    # extrapolated beyond what the toys resolve.
+    assert res.pvalue_is_bound and res.pvalue == pytest.approx(1 / 201)
+    # asked to settle Holm's first threshold, more toys run; the bound follows them
+    res = saturated(5000 * q, 1000 * p, 10 * p, n_toys=200, rng=1, max_toys=3200,
+                    thresholds=(0.05, 0.05 / 1000))
+    assert res.pvalue_is_bound and res.n_toys == 3200 and res.pvalue == pytest.approx(1 / 3201)
 
 
 def test_saturated_variations_absorb_a_modelled_shape_effect() -> None:
@@ -791,24 +795,21 @@ def test_sim_toys_moments() -> None:
     np.testing.assert_array_equal(s2_t[:, 2], 2.0)
 
 
-def test_toy_pvalue_counts_and_extrapolates_the_tail() -> None:
+def test_toy_pvalue_counts_and_bounds_the_tail() -> None:
     rng = np.random.default_rng(3)
     toys = rng.chisquare(12, size=4000)
     # Inside the toys: the Monte Carlo p-value (1 + #>=) / (1 + n).
     p, info = toy_pvalue(15.0, toys)
     assert p == pytest.approx((1 + np.sum(toys >= 15.0)) / 4001)
-    assert info["pvalue_tail"] == "empirical"
+    assert not info["pvalue_is_bound"]
     assert p == pytest.approx(stats.chi2.sf(15.0, 12), abs=0.02)
     # Failed toys count as extreme.
     assert toy_pvalue(15.0, toys, n_failed=10)[0] == pytest.approx(
         (11 + np.sum(toys >= 15.0)) / 4011
     )
-    # Beyond every toy: a chi2 matched to the toys' moments, close to the true chi2(12) tail.
+    # Beyond every toy: the bound 1/(1 + n), not an extrapolation (the true p is 5e-12).
     p, info = toy_pvalue(80.0, toys)
-    assert info["pvalue_tail"] == "extrapolated"
-    assert info["tail_fit_dof"] == pytest.approx(12, rel=0.1)
-    assert p < 1 / 4001
-    assert np.log10(p) == pytest.approx(np.log10(stats.chi2.sf(80.0, 12)), abs=1.0)
+    assert info["pvalue_is_bound"] and p == pytest.approx(1 / 4001)
 
 
 # ---------------------------------------------------------------------------------------
@@ -900,8 +901,8 @@ def test_dependence_detects_a_planted_correlation() -> None:
     w, s2 = _weighted_sim(p_sim, 20000, rng)
     n = rng.poisson(5000 * p_data)
     res = dependence(n, w, s2, n_toys=200, rng=2)
-    assert res.pvalue < 1e-10
-    assert res.details["pvalue_tail"] == "extrapolated"
+    assert res.pvalue_is_bound and res.pvalue == pytest.approx(1 / 201)
+    assert stats.chi2.sf(res.statistic, res.ndf) < 1e-10
     assert res.effect_name == "max_abs_ratio_dev_ipf"
     assert res.effect_size > 0.3
     assert res.details["cramers_v_excess"] > 0.05
