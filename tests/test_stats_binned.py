@@ -966,3 +966,9 @@ def test_dependence_rejects_bad_input() -> None:
         dependence(np.ones(4), np.ones(4), np.ones(4))
     with pytest.raises(ValueError):
         dependence(np.ones((3, 1)), np.ones((3, 1)), np.ones((3, 1)))
+
+
+def test_chi2_uw_refuses_a_simulation_with_non_positive_total_weight() -> None:
+    # an all-negative simulation once "matched perfectly" (X² = 0, p = 1)
+    with pytest.raises(ValueError, match="total weight is -600"):
+        chi2_uw([10, 20, 30], [-100.0, -200.0, -300.0], [1.0, 2.0, 3.0])

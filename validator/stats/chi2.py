@@ -211,6 +211,8 @@ def chi2_uw(
     n_in, w_in, s2_in = as_histograms(data_counts, sim_sumw, sim_sumw2)
     check_toy_options(n_toys, max_toys, thresholds)
     n_all, w_all, s2_all = n_in.ravel(), w_in.ravel(), s2_in.ravel()
+    if not w_all.sum() > 0:  # the shape of a simulation with Σw <= 0 is not a distribution
+        raise ValueError(f"the simulation's total weight is {w_all.sum():g} (must be > 0)")
     cnt_all, s3_all = optional_sums(n_in.shape, sim_count, sim_sumw3)
 
     core = _uw_core(n_all[None], w_all[None], s2_all[None])
