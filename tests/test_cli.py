@@ -180,7 +180,8 @@ def test_sentinels_are_reported_and_excluded(capsys, tmp_path):
     w = sim["weight"].to_numpy()
     expected = -w[sim["event"].to_numpy() < 100].sum() / w.sum()
     assert test["effect_size"][0] == pytest.approx(expected, rel=1e-9)
-    assert test["pvalue"][0] < 1e-6 and not test["passed"][0]
+    # few events: a toy p-value, refined until it settles Holm's first threshold
+    assert test["p_holm"][0] < 0.05 and not test["passed"][0]
 
 
 def test_columns_missing_from_some_files_are_skipped_and_said(capsys, tmp_path):
