@@ -156,7 +156,7 @@ def outcome_tables(outcome: Any) -> dict[str, pd.DataFrame]:
     """A finished run's rows as the DataFrames :func:`render_run` reads."""
     from validator.store import SCHEMA, run_rows
 
-    rows = run_rows(outcome)
+    rows = run_rows(outcome, with_histograms=False)
     return {t: pd.DataFrame(rows[t], columns=[c for c, _ in SCHEMA[t]])
             for t in ("runs", "features", "tests", "skipped_columns")}
 

@@ -416,8 +416,11 @@ def _hist_row(run_id: str, category: str, binning: str, x: str, y: str | None, s
     }
 
 
-def run_rows(outcome: RunOutcome) -> dict[str, list[dict[str, Any]]]:
-    """The rows of every table for one run (see :data:`SCHEMA` and docs/schema.md)."""
+def run_rows(outcome: RunOutcome, with_histograms: bool = True,
+             ) -> dict[str, list[dict[str, Any]]]:
+    """The rows of every table for one run (see :data:`SCHEMA` and docs/schema.md).
+
+    ``with_histograms=False`` leaves the (largest) histograms table empty, for a summary."""
     from validator.transform import INCLUSIVE
 
     config = outcome.config
@@ -471,11 +474,11 @@ def run_rows(outcome: RunOutcome) -> dict[str, list[dict[str, Any]]]:
                 "std_sim": _finite(ss), "mean_data": _finite(md), "std_data": _finite(sd),
             })
             for binning, view in (("test", "hist_1d"), ("fine", "hist_fine"),
-                                  ("plot", "hist_plot")):
+                                  ("plot", "hist_plot")) if with_histograms else ():
                 histograms.append(_hist_row(run_id, cat, binning, f.name, None,
                                             getattr(sim, view)(layout, k),
                                             getattr(data, view)(layout, k)))
-        for p, (i, j) in enumerate(plan.pairs):
+        for p, (i, j) in enumerate(plan.pairs if with_histograms else ()):
             histograms.append(_hist_row(run_id, cat, "test", plan.features[i].name,
                                         plan.features[j].name, sim.hist_2d(layout, p),
                                         data.hist_2d(layout, p)))
