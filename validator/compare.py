@@ -315,11 +315,9 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     ``alpha`` and at Holm's first threshold ``alpha / m`` (m planned tests).
     """
     categories = list(dict.fromkeys([*sims, *datas]))
-    inclusive_sim, inclusive_data = sum(sims.values()), sum(datas.values())
     with_invalid = np.zeros(layout.n_features, dtype=bool)
-    for acc in (inclusive_sim, inclusive_data):
-        if isinstance(acc, Accumulator):
-            with_invalid |= (acc.n_nonfinite + acc.n_sentinel) > 0
+    for acc in (*sims.values(), *datas.values()):
+        with_invalid |= (acc.n_nonfinite + acc.n_sentinel) > 0
     planned = planned_methods(layout, with_invalid)
     skip = untested_categories(sims, datas)
     thresholds = (alpha, alpha / max(len(planned) * len(categories), 1))

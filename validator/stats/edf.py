@@ -363,8 +363,7 @@ def ks_hist(
     (Clopper–Pearson 99.9% interval of the tail probability) and ``pvalue_is_bound``: when no
     toy reaches ``T``, ``pvalue`` is an upper bound, ``1/(1 + n)`` or a smaller Gaussian-
     concentration bound (``details["pvalue_bound_from"]``: ``"toys"`` or
-    ``"gaussian_concentration"``). ``GofResult.pvalue_is_bound`` is set too where that field
-    exists.
+    ``"gaussian_concentration"``). ``GofResult.pvalue_is_bound`` is set too.
 
     Each bin is one tied value, so the result equals ``ks_weighted`` given every event's bin
     position as its value; the binning correction of ``_tie_shift`` keeps the asymptotic
@@ -1008,7 +1007,6 @@ def _toy_pvalues(observed: np.ndarray, names: list[str], statistics, model: _Nul
     return out
 
 
-_HAS_BOUND_FIELD = "pvalue_is_bound" in {f.name for f in dataclasses.fields(GofResult)}
 
 
 def _toy_results(results: dict[str, GofResult], inp: _HistInputs, n_toys: int, rng,
@@ -1037,10 +1035,9 @@ def _toy_results(results: dict[str, GofResult], inp: _HistInputs, n_toys: int, r
                    "toy_variance": "per bin" if inp.v is not None else "global Kish"}
         if toy["pvalue_is_bound"]:
             details["pvalue_bound_from"] = toy["pvalue_bound_from"]
-        extra = {"pvalue_is_bound": toy["pvalue_is_bound"]} if _HAS_BOUND_FIELD else {}
         out[name] = dataclasses.replace(
             result, pvalue=float(toy["pvalue"]), pvalue_method="toys", n_toys=toy["n_toys"],
-            details=details, **extra)
+            details=details, pvalue_is_bound=toy["pvalue_is_bound"])
     return out
 
 
