@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from validator.pipeline import RunOutcome
 
 #: Version of the schema this release writes. 1: release 0.1.0 (no ``schema_info`` table).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: table -> ordered (column, DuckDB type). Adding a column here migrates existing files.
 SCHEMA: dict[str, list[tuple[str, str]]] = {
@@ -49,7 +49,9 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("seed", "BIGINT"), ("n_not_run", "INTEGER"), ("config_json", "VARCHAR"),
         ("versions_json", "VARCHAR"), ("p_global_min", "DOUBLE"), ("p_global_nfail", "DOUBLE"),
         ("n_global_tests", "INTEGER"), ("n_global_failed", "INTEGER"),
-        ("n_global_replicas", "INTEGER"),
+        ("n_global_replicas", "INTEGER"), ("taylor_rank_corr_first", "DOUBLE"),
+        ("taylor_rank_corr_second", "DOUBLE"), ("shap_rank_corr", "DOUBLE"),
+        ("gate_rules_sha256", "VARCHAR"),
     ],
     "features": [
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature", "VARCHAR"),
@@ -66,6 +68,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("effect_size", "DOUBLE"), ("effect_name", "VARCHAR"), ("reliable", "BOOLEAN"),
         ("p_holm", "DOUBLE"), ("p_bh", "DOUBLE"), ("passed", "BOOLEAN"),
         ("details", "VARCHAR"), ("not_run_reason", "VARCHAR"), ("pvalue_is_bound", "BOOLEAN"),
+        ("node", "VARCHAR"),
     ],
     "histograms": [
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature_x", "VARCHAR"),
@@ -82,12 +85,36 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("outputs", "VARCHAR[]"), ("params_json", "VARCHAR"), ("derivative_method", "VARCHAR"),
         ("added_at", "TIMESTAMP"),
     ],
+    "importances": [
+        ("run_id", "VARCHAR"), ("model_id", "VARCHAR"), ("sample", "VARCHAR"),
+        ("method", "VARCHAR"), ("degree", "INTEGER"), ("node", "VARCHAR"),
+        ("feature_x", "VARCHAR"), ("feature_y", "VARCHAR"), ("value", "DOUBLE"),
+        ("uncertainty", "DOUBLE"), ("scaled_value", "DOUBLE"), ("scaled_uncertainty", "DOUBLE"),
+        ("n_events", "BIGINT"), ("sum_weights", "DOUBLE"), ("param_label", "VARCHAR"),
+        ("param_value", "DOUBLE"), ("details", "VARCHAR"),
+    ],
+    "criticality": [
+        ("run_id", "VARCHAR"), ("model_id", "VARCHAR"), ("node", "VARCHAR"),
+        ("param_label", "VARCHAR"), ("feature_x", "VARCHAR"), ("feature_y", "VARCHAR"),
+        ("degree", "INTEGER"), ("importance", "DOUBLE"), ("importance_rank", "INTEGER"),
+        ("important", "BOOLEAN"), ("worst_test_id", "INTEGER"), ("worst_method", "VARCHAR"),
+        ("worst_category", "VARCHAR"), ("worst_p_holm", "DOUBLE"),
+        ("worst_effect_size", "DOUBLE"), ("worst_effect_name", "VARCHAR"),
+        ("mismodelled", "BOOLEAN"), ("criticality_rank", "INTEGER"),
+    ],
+    "gate_results": [
+        ("run_id", "VARCHAR"), ("verdict_id", "VARCHAR"), ("judged_at", "TIMESTAMP"),
+        ("rules_name", "VARCHAR"), ("rules_sha256", "VARCHAR"), ("rule", "VARCHAR"),
+        ("rule_kind", "VARCHAR"), ("passed", "BOOLEAN"), ("reason", "VARCHAR"),
+        ("details", "VARCHAR"),
+    ],
     "schema_info": [
         ("version", "INTEGER"), ("applied_at", "TIMESTAMP"), ("tool_version", "VARCHAR"),
     ],
 }
 #: Tables holding one run's rows (``schema_info`` describes the file).
-RUN_TABLES = ("runs", "features", "tests", "histograms", "skipped_columns", "models")
+RUN_TABLES = ("runs", "features", "tests", "histograms", "skipped_columns", "models",
+              "importances", "criticality", "gate_results")
 
 _ARROW_TYPES = {
     "VARCHAR": pa.string(), "TIMESTAMP": pa.timestamp("us"), "BIGINT": pa.int64(),
@@ -210,8 +237,14 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("UPDATE histograms SET binning = 'test' WHERE binning IS NULL")
 
 
+def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
+    """3 added the model audit (``importances``, ``criticality``, ``tests.node``, the runs'
+    importance rank correlations) and the gate (``gate_results``, ``runs.gate_rules_sha256``)."""
+    _add_missing(con)
+
+
 #: ``_MIGRATIONS[v]`` turns a version-v file into version v + 1.
-_MIGRATIONS = {1: _migrate_1_to_2}
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -277,6 +310,42 @@ def write_run(path: str | Path, tables: Mapping[str, Sequence[Mapping[str, Any]]
     if path.parent and not path.parent.exists():
         raise InputError(f"{path}: the folder {path.parent} does not exist")
     _write_tables(path, {t: _arrow_table(t, rows) for t, rows in tables.items()}, wait_s)
+
+
+def save_verdict(path: str | Path, run_id: str, rows: Sequence[Mapping[str, Any]],
+                 passed: bool, rules_name: str, rules_sha256: str, wait_s: float = 60.0
+                 ) -> None:
+    """Add one gate verdict (rows of ``gate_results``) to a stored run and set its
+    ``runs.gate_passed``, ``rules_name`` and ``gate_rules_sha256``, in one transaction.
+
+    A run judged again (another rules file) gets a new verdict set; the run's columns hold
+    the latest verdict, ``gate_results`` every one.
+    """
+    path = Path(path)
+    arrow = _arrow_table("gate_results", rows)
+    con = _connect(path, wait_s=wait_s)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            ensure_schema(con)
+            if not con.execute("SELECT count(*) FROM runs WHERE run_id = ?",
+                               [run_id]).fetchone()[0]:
+                raise InputError(f"{path}: no run {run_id} to judge")
+            if arrow.num_rows:
+                con.register("_incoming", arrow)
+                con.execute("INSERT INTO gate_results BY NAME SELECT * FROM _incoming")
+                con.unregister("_incoming")
+            con.execute("UPDATE runs SET gate_passed = ?, rules_name = ?, gate_rules_sha256 = ? "
+                        "WHERE run_id = ?", [bool(passed), rules_name, rules_sha256, run_id])
+            con.execute("COMMIT")
+        except BaseException as exc:
+            con.execute("ROLLBACK")
+            if isinstance(exc, duckdb.Error):
+                raise InputError(f"{path}: the verdict could not be written, nothing was "
+                                 f"({_first_line(exc)})") from exc
+            raise
+    finally:
+        con.close()
 
 
 def side_file_path(path: str | Path, run_id: str) -> Path:
