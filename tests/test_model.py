@@ -564,7 +564,7 @@ def test_shap_additivity_torch_and_onnx(tmp_path):
     assert int(res.n_events[-1]) == 30 and len(res.rows()) == 16
 
     grad = shap_importance(ts, x, w, background=x[:40], max_events=30, n_background=20,
-                           nsamples=500)
+                           nsamples=500, method="gradient")
     assert grad.explainer == "GradientExplainer"
     np.testing.assert_allclose(grad.base_values, res.base_values, rtol=1e-5)
     spread = np.abs(grad.outputs - grad.base_values).mean()

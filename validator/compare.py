@@ -66,12 +66,13 @@ class TestRecord:
     __test__ = False  # not a pytest class
 
     category: str
-    kind: str  # 1d | 2d | corr
+    kind: str  # 1d | 2d | corr | output | taylor
     method: str
     feature_x: str
     feature_y: str | None
     result: GofResult | None
     not_run_reason: str | None = None
+    node: str | None = None  # the network output a model-audit test belongs to
 
     @property
     def pvalue(self) -> float:

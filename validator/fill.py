@@ -420,11 +420,14 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
 
 def fill_sample(reader: Reader, layout: Layout, category: str | None = None,
                 progress: Callable[[str, int, int], None] | None = None, seed: int = 0,
+                observe: Callable[[dict[str, np.ndarray], np.ndarray], None] | None = None,
                 ) -> dict[str, Accumulator]:
     """Second pass: one accumulator per category (and the inclusive one, their sum).
 
     Events are assigned to random groups by a hash of (``seed``, file, row): the same events
-    fall in the same groups however the input is chunked or partitioned.
+    fall in the same groups however the input is chunked or partitioned. ``observe(chunk,
+    weights)``, when given, sees every chunk with its nominal weights in the same pass (the
+    network audit accumulates its sums there: no second read of the data).
     """
     names = layout.plan.feature_names
     per_category: dict[str, Accumulator] = {}
@@ -433,6 +436,8 @@ def fill_sample(reader: Reader, layout: Layout, category: str | None = None,
         n = len(chunk[ENTRY])
         x = np.column_stack([chunk[c] for c in names]) if n else np.empty((0, len(names)))
         w = weights_of(chunk, reader.sample)
+        if observe is not None:
+            observe(chunk, w[0])
         groups = event_groups(chunk[ENTRY], chunk[FILE], seed)
         cats = categories_of(chunk, category)
         parts = {INCLUSIVE: slice(None)} if cats is None else {

@@ -22,6 +22,14 @@ from typing import Any
 import numpy as np
 
 from validator import __version__
+from validator.audit import (
+    SECOND_ORDER_EVENTS,
+    SHAP_EVENTS,
+    AuditResult,
+    ModelAudit,
+    audit_results,
+    criticality_rows,
+)
 from validator.compare import CompareOptions, TestRecord, run_tests, untested_categories
 from validator.errors import InputError
 from validator.fill import Accumulator, Layout, fill_sample
@@ -83,6 +91,8 @@ class RunConfig:
     model_scaler: str | None = None
     model_kind: str | None = None
     model_params: dict[str, list[float]] | None = None
+    shap_events: int = SHAP_EVENTS
+    second_order_events: int = SECOND_ORDER_EVENTS
     db_wait_s: float = DEFAULT_DB_WAIT_S
     command: str | None = None
 
@@ -132,6 +142,8 @@ class RunOutcome:
     notes: list[str] = field(default_factory=list)
     global_result: GlobalResult | None = None  # the run-level test (validator.globaltest)
     model: dict[str, Any] | None = None  # the audited network (AuditedModel.describe())
+    audit: AuditResult | None = None  # its importances, Taylor tests, rank correlations
+    criticality: list[dict[str, Any]] = field(default_factory=list)
     db: Path | None = None  # where the run was stored
     side_file: Path | None = None  # where it went when the database stayed busy
 
@@ -192,6 +204,17 @@ def _identical_note(sims: dict[str, Accumulator], datas: dict[str, Accumulator])
     return None
 
 
+def _test_dicts(records: Sequence[TestRecord], p_holm: np.ndarray) -> list[dict[str, Any]]:
+    """The fields of the tests that criticality reads, before the rows are stored."""
+    return [{"test_id": t, "category": r.category, "kind": r.kind, "method": r.method,
+             "feature_x": r.feature_x, "feature_y": r.feature_y,
+             "pvalue": r.pvalue if r.result is not None else None, "reliable": r.reliable,
+             "p_holm": float(p_holm[t]) if np.isfinite(p_holm[t]) else None,
+             "effect_size": r.result.effect_size if r.result is not None else None,
+             "effect_name": r.result.effect_name if r.result is not None else None}
+            for t, r in enumerate(records)]
+
+
 def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOutcome:
     """Run every test of ``config`` and store the run (unless ``config.db`` is None)."""
     from validator import store
@@ -205,17 +228,23 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     _check_distinct_inputs(sim, data, config)
     definitions = parse_definitions(config.defines)
     model = _load_model(config, sim, data)
-    derived = (*definitions, *(model.grid() if model else ()))
+    points = model.grid() if model else ()
+    derived = (*definitions, *points)
     blind = Selection.parse(config.blind, "--blind") if config.blind else None
 
     def chain(selection: str | None, option: str) -> TransformChain:
         return TransformChain(selection=Selection.parse(selection, option) if selection else None,
                               derived=derived, blind=blind)
 
+    features = config.features
+    if features and points:  # the network's outputs are tested whatever inputs are chosen
+        features = [*features, *(n for m in points for n in m.names
+                                 if n not in features and n not in config.exclude)]
     choice = select_features(sim, data, weight=config.weight, category=config.category,
-                             features=config.features, exclude=config.exclude,
+                             features=features, exclude=config.exclude,
                              derived=[n for d in derived for n in d.names])
-    columns = choice.candidates + ([config.category] if config.category else [])
+    columns = choice.candidates + ([config.category] if config.category else []) \
+        + (list(model.inputs) if model else [])
     sim_keys, data_keys = event_key_columns(sim), event_key_columns(data)
     sim_reader = Reader(sim, list(dict.fromkeys(columns + sim_keys)), config.chunk_rows,
                         chain(config.sim_selection, "--sim-selection"))
@@ -232,14 +261,25 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                      skipped=choice.skipped, config=config.plan, notes=notes)
     layout = Layout(plan)
 
-    sim_acc = fill_sample(sim_reader, layout, config.category, progress, config.seed)
-    data_acc = fill_sample(data_reader, layout, config.category, progress, config.seed + 1)
+    audits = [ModelAudit(points, scan.n_events, config.seed + k, config.second_order_events,
+                         config.shap_events) if model else None
+              for k, scan in enumerate((sim_scan, data_scan))]
+    sim_acc = fill_sample(sim_reader, layout, config.category, progress, config.seed,
+                          observe=audits[0].add if model else None)
+    data_acc = fill_sample(data_reader, layout, config.category, progress, config.seed + 1,
+                           observe=audits[1].add if model else None)
     records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress,
                         config.alpha)
+    audit = None
     if model is not None:  # a test that involves a network output is an output test
-        outputs = {n for m in derived[len(definitions):] for n in m.names}
+        outputs = {n for m in points for n in m.names}
         records = [replace(r, kind="output") if {r.feature_x, r.feature_y} & outputs else r
                    for r in records]
+        if progress:
+            progress("audit the network", 0, 1)
+        audit = audit_results(points, audits[0].result(), audits[1].result(), config.seed,
+                              config.shap_events)
+        records.extend(audit.records)
     global_result = global_test(layout, sim_acc, data_acc, config.alpha, config.seed,
                                 config.compare.min_expected)
     pvalues = np.array([r.pvalue for r in records], dtype=float)
@@ -250,11 +290,15 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     # an unreliable test is never reported as a confident failure; one that did not run is
     # neither passed nor failed
     passed = np.where(ran, ~(reliable & (pvalues < config.alpha)), None)
+    criticality = criticality_rows(audit, _test_dicts(records, p_holm), config.alpha) \
+        if audit is not None else []
     finished = datetime.now(timezone.utc).replace(tzinfo=None)
     run_notes = [*plan.notes, *untested_categories(sim_acc, data_acc).values()]
     identical = _identical_note(sim_acc, data_acc)
     if identical:
         run_notes.append(identical)
+    if audit is not None:
+        run_notes.extend(audit.notes)
     outcome = RunOutcome(
         run_id=f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", config=config, plan=plan,
         layout=layout, sim=sim_acc, data=data_acc, records=records, summary=summary,
@@ -262,7 +306,8 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         n_sim=sim_scan.n_events, n_data=data_scan.n_events,
         sim_paths=[s.label for s in sim.sources], data_paths=[s.label for s in data.sources],
         versions=package_versions(), notes=run_notes, global_result=global_result,
-        model=model.describe() if model is not None else None,
+        model=model.describe() if model is not None else None, audit=audit,
+        criticality=criticality,
     )
     if config.db:
         store.save_run(outcome, config.db, wait_s=config.db_wait_s)

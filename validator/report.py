@@ -133,6 +133,10 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
     def where(c: str) -> str:
         return f" [{c}]" if c != INCLUSIVE else ""
 
+    critical = tables.get("criticality")
+    if critical is not None and len(critical):
+        _render_audit(console, run, critical, found)
+
     if found.features:
         console.print("[bold red]mismodelled features[/bold red] (1D, Holm < alpha): " + "; ".join(
             f"{f}{where(c)} ({', '.join(m)})" for (c, f), m in found.features.items()))
@@ -152,13 +156,48 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
         console.print("[bold green]no significant mismodelling[/bold green] after Holm correction")
 
 
+def _render_audit(console: Console, run: Any, critical: pd.DataFrame, found: Any) -> None:
+    """The network audit first: inputs and pairs both important to the network and
+    mismodelled, then how its Taylor coefficients compare between data and simulation."""
+    bad = critical[critical["important"].astype(bool) & critical["mismodelled"].astype(bool)]
+    n_inputs = int((critical["degree"] == 1).sum())
+    multi_node = critical["node"].nunique() > 1
+
+    def describe(r: Any) -> str:
+        what = _pair(r["feature_x"], r["feature_y"])
+        node = f" [{r['node']}]" if multi_node else ""
+        rank = (f"importance rank {int(r['importance_rank'])} of "
+                f"{int((critical['degree'] == r['degree']).sum() / critical['node'].nunique())}")
+        return (f"{what}{node} ({rank}; {r['worst_method']} Holm p "
+                f"{_fmt_p(r['worst_p_holm'])}, {r['worst_effect_name']} "
+                f"{r['worst_effect_size']:.3g})")
+
+    if len(bad):
+        console.print("[bold red]critical: important to the network and mismodelled[/bold red]: "
+                      + "; ".join(describe(r) for _, r in bad.iterrows()))
+    else:
+        console.print(f"[bold green]no input or pair important to the network is "
+                      f"mismodelled[/bold green] ({n_inputs} inputs audited)")
+    corr = [(name, run.get(col)) for name, col in (
+        ("first-order Taylor", "taylor_rank_corr_first"),
+        ("second-order Taylor", "taylor_rank_corr_second"), ("SHAP", "shap_rank_corr"))]
+    corr = [f"{name} {v:.2f}" for name, v in corr if v is not None and not pd.isna(v)]
+    if corr:
+        console.print("importance rankings, simulation vs data (Spearman): " + ", ".join(corr))
+    if found.taylor:
+        console.print("[bold red]the network responds differently in data[/bold red] (Taylor "
+                      "coefficients, Holm < alpha): " + "; ".join(
+                          _pair(x, y) + (f" [{node}]" if multi_node else "")
+                          for (node, x, y) in found.taylor))
+
+
 def outcome_tables(outcome: Any) -> dict[str, pd.DataFrame]:
     """A finished run's rows as the DataFrames :func:`render_run` reads."""
     from validator.store import SCHEMA, run_rows
 
     rows = run_rows(outcome, with_histograms=False)
     return {t: pd.DataFrame(rows[t], columns=[c for c, _ in SCHEMA[t]])
-            for t in ("runs", "features", "tests", "skipped_columns")}
+            for t in ("runs", "features", "tests", "skipped_columns", "criticality")}
 
 
 def render(outcome: Any, console: Console | None = None, n_worst: int = 15) -> None:

@@ -328,8 +328,9 @@ def save_verdict(path: str | Path, run_id: str, rows: Sequence[Mapping[str, Any]
         con.execute("BEGIN TRANSACTION")
         try:
             ensure_schema(con)
+            # fetchall: a result left unfinished blocks the register() below
             if not con.execute("SELECT count(*) FROM runs WHERE run_id = ?",
-                               [run_id]).fetchone()[0]:
+                               [run_id]).fetchall()[0][0]:
                 raise InputError(f"{path}: no run {run_id} to judge")
             if arrow.num_rows:
                 con.register("_incoming", arrow)
@@ -449,11 +450,18 @@ def resolve_run(path: str | Path, run: str = "latest") -> str:
 
 
 def load_run(path: str | Path, run: str = "latest") -> dict[str, Any]:
-    """One stored run: table name -> DataFrame of its rows (histograms left out)."""
+    """One stored run: table name -> DataFrame of its rows, for every run table but the
+    (largest) histograms; a table the file does not have yet (an older schema) is empty."""
+    import pandas as pd
+
     run_id = resolve_run(path, run)
-    return {t: query(path, f"SELECT * FROM {t} WHERE run_id = ?"
-                           + (" ORDER BY test_id" if t == "tests" else ""), [run_id])
-            for t in ("runs", "features", "tests", "skipped_columns")}
+    have = set(query(path, "SELECT table_name FROM information_schema.tables "
+                           "WHERE table_schema = 'main'")["table_name"])
+    order = {"tests": " ORDER BY test_id", "criticality": " ORDER BY criticality_rank",
+             "gate_results": " ORDER BY judged_at"}
+    return {t: query(path, f"SELECT * FROM {t} WHERE run_id = ?" + order.get(t, ""), [run_id])
+            if t in have else pd.DataFrame(columns=[c for c, _ in SCHEMA[t]])
+            for t in RUN_TABLES if t != "histograms"}
 
 
 # ------------------------------------------------------------------ one run's rows
@@ -527,6 +535,19 @@ def run_rows(outcome: RunOutcome, with_histograms: bool = True,
         runs[0].update({"p_global_min": g.p_min, "p_global_nfail": g.p_nfail,
                         "n_global_tests": g.n_tests, "n_global_failed": g.n_failed,
                         "n_global_replicas": g.n_replicas})
+    importances, criticality = [], []
+    if outcome.audit is not None:
+        a = outcome.audit
+        runs[0].update({"taylor_rank_corr_first": _finite(a.rank_corr_first),
+                        "taylor_rank_corr_second": _finite(a.rank_corr_second),
+                        "shap_rank_corr": _finite(a.shap_rank_corr)})
+        importances = [{**r, "run_id": run_id, "value": _finite(r["value"]),
+                        "uncertainty": _finite(r["uncertainty"]),
+                        "scaled_value": _finite(r["scaled_value"]),
+                        "scaled_uncertainty": _finite(r["scaled_uncertainty"])}
+                       for r in a.importances]
+        criticality = [{**r, "run_id": run_id, "importance": _finite(r["importance"])}
+                       for r in outcome.criticality]
     features, histograms = [], []
     for cat in outcome.sim:
         if cat not in outcome.data:
@@ -554,7 +575,8 @@ def run_rows(outcome: RunOutcome, with_histograms: bool = True,
     skipped = [{"run_id": run_id, "column_name": c, "reason": why}
                for c, why in plan.skipped.items()]
     return {"runs": runs, "features": features, "tests": test_rows(outcome),
-            "histograms": histograms, "skipped_columns": skipped, "models": models}
+            "histograms": histograms, "skipped_columns": skipped, "models": models,
+            "importances": importances, "criticality": criticality}
 
 
 def test_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
@@ -565,6 +587,7 @@ def test_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
         r = rec.result
         row = {"run_id": run_id, "test_id": t, "category": rec.category, "kind": rec.kind,
                "method": rec.method, "feature_x": rec.feature_x, "feature_y": rec.feature_y,
+               "node": rec.node,
                "not_run_reason": rec.not_run_reason, "passed": outcome.passed[t],
                "reliable": bool(rec.reliable)}
         if r is not None:

@@ -12,7 +12,7 @@ uniformity figures are indicative, not exact.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -97,12 +97,16 @@ class Findings:
     absorbs a marginal mismodelling only up to its shape *within* each bin, so a large 1D
     failure can leave a small dependence residual; a scale or shift changes no correlation).
     ``pairs_other``: the remaining pairs with a significant plain 2D test.
+    ``taylor``: (node, x, y or None) -> methods, for the network's Taylor coefficients whose
+    data and simulation means differ (``kind='taylor'``): the network responds to x (and y)
+    differently in data.
     """
 
     features: dict[tuple[str, str], list[str]]
     correlations: dict[tuple[str, str, str], list[str]]
     pairs_from_marginals: dict[tuple[str, str, str], list[str]]
     pairs_other: dict[tuple[str, str, str], list[str]]
+    taylor: dict[tuple[str, str, str | None], list[str]] = field(default_factory=dict)
 
 
 def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Findings:
@@ -113,12 +117,17 @@ def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Finding
     """
     feats: dict[tuple[str, str], list[str]] = {}
     pairs: dict[tuple[str, str, str], list[str]] = {}
+    taylor: dict[tuple[str, str, str | None], list[str]] = {}
     for t in tests:
         p = t["p_holm"]
         if not (t["reliable"] and p is not None and np.isfinite(p) and p < alpha):
             continue
         y = t["feature_y"]
-        if y is None or (isinstance(y, float) and np.isnan(y)):
+        if isinstance(y, float) and np.isnan(y):
+            y = None
+        if t.get("kind") == "taylor":
+            taylor.setdefault((t.get("node") or "", t["feature_x"], y), []).append(t["method"])
+        elif y is None:
             feats.setdefault((t["category"], t["feature_x"]), []).append(t["method"])
         else:
             pairs.setdefault((t["category"], t["feature_x"], y), []).append(t["method"])
@@ -133,4 +142,4 @@ def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Finding
             from_marg[key] = methods
         else:
             other[key] = methods
-    return Findings(feats, corr, from_marg, other)
+    return Findings(feats, corr, from_marg, other, taylor)

@@ -84,10 +84,22 @@ class AuditedModel:
         """Output column names: ``output`` or ``output_<node>`` (plus ``_<param><value>`` for
         a model fixed with ``at(..., tag=True)``)."""
         base = ("output",) if len(self.nodes) == 1 else tuple(f"output_{n}" for n in self.nodes)
+        return tuple(f"{b}{self.tag}" for b in base)
+
+    @property
+    def tag(self) -> str:
+        """The suffix of a tagged parametric point's names (``_mass300``), else ``""``."""
         if not self.tagged:
-            return base
-        suffix = "_".join(f"{p}{_value_label(v)}" for p, v in self.param_values.items())
-        return tuple(f"{b}_{suffix}" for b in base)
+            return ""
+        return "_" + "_".join(f"{p}{_value_label(v)}" for p, v in self.param_values.items())
+
+    @property
+    def param_label(self) -> str | None:
+        """The fixed parameter values as ``mass=300`` (``a=1,b=2``); None when there are
+        none."""
+        if not self.param_values:
+            return None
+        return ",".join(f"{p}={v:g}" for p, v in self.param_values.items())
 
     def __call__(self, chunk: Mapping[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
         """The outputs for the events of ``chunk`` (float64, NaN where an input is NaN/inf)."""

@@ -1,0 +1,226 @@
+"""The network audit through a run: importances, Taylor tests, criticality, SHAP, parametric
+networks, and blinding that no blinded event can influence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from conftest import make_frames
+from scipy import stats
+from test_model import PNN, save_ts
+
+from validator.audit import IMPORTANT_FRACTION
+from validator.cli import main
+from validator.pipeline import RunConfig, run_validation
+from validator.store import load_run, query
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
+
+
+class Planted(torch.nn.Module):
+    """f = tanh(a) + 0.05·b·c: ``a`` dominates, (b, c) is the only pair that interacts."""
+
+    def forward(self, x):
+        return torch.tanh(x[:, 0]) + 0.05 * x[:, 1] * x[:, 2]
+
+
+class Bilinear(torch.nn.Module):
+    """f = a·b + c: t_a = b, t_b = a, t_c = 1, t_ab = 1."""
+
+    def forward(self, x):
+        return x[:, 0] * x[:, 1] + x[:, 2]
+
+
+def _files(tmp_path, shift=0.1, n_sim=20_000, n_data=10_000, weighted=True):
+    sim, data = make_frames(n_sim=n_sim, n_data=n_data, shift=shift)
+    if not weighted:
+        sim = sim.drop("weight")
+    s, d = tmp_path / "sim.parquet", tmp_path / "data.parquet"
+    sim.write_parquet(s)
+    data.write_parquet(d)
+    return sim, data, s, d
+
+
+def _config(s, d, model, **kw):
+    base = dict(sim=[str(s)], data=[str(d)], weight="weight", features=["a", "b", "c"],
+                model=str(model), db=None, shap_events=60)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_importances_are_the_weighted_means_and_the_tests_welch(tmp_path):
+    """Stored ⟨|t|⟩ equal numpy's weighted means of the analytic coefficients; the Taylor
+    test's z equals Welch's t (unweighted samples, n large) from scipy."""
+    model = save_ts(Bilinear(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
+    sim, data, s, d = _files(tmp_path, shift=0.1)
+    out = run_validation(_config(s, d, model))
+    imp = {(r["sample"], r["method"], r["degree"], r["feature_x"], r["feature_y"]): r
+           for r in out.audit.importances}
+    w = sim["weight"].to_numpy()
+    a_s, b_s = sim["a"].to_numpy(), sim["b"].to_numpy()
+    assert imp["sim", "taylor", 1, "a", None]["value"] == pytest.approx(
+        np.sum(w * np.abs(b_s)) / w.sum(), rel=1e-6)
+    assert imp["sim", "taylor", 1, "b", None]["value"] == pytest.approx(
+        np.sum(w * np.abs(a_s)) / w.sum(), rel=1e-6)
+    assert imp["data", "taylor", 1, "b", None]["value"] == pytest.approx(
+        np.abs(data["a"].to_numpy()).mean(), rel=1e-6)
+    assert imp["sim", "taylor", 2, "a", "b"]["value"] == pytest.approx(1.0)
+    assert imp["sim", "taylor", 2, "a", "a"]["value"] == pytest.approx(0.0, abs=1e-9)
+    mean = np.sum(w * a_s) / w.sum()
+    sigma_a = np.sqrt(np.sum(w * (a_s - mean) ** 2) / w.sum())
+    assert imp["sim", "taylor", 1, "b", None]["scaled_value"] == pytest.approx(
+        imp["sim", "taylor", 1, "b", None]["value"] * np.sqrt(
+            np.sum(w * (b_s - np.sum(w * b_s) / w.sum()) ** 2) / w.sum()), rel=1e-6)
+    assert imp["sim", "taylor", 2, "a", "b"]["scaled_value"] == pytest.approx(
+        sigma_a * np.sqrt(np.sum(w * (b_s - np.sum(w * b_s) / w.sum()) ** 2) / w.sum()),
+        rel=1e-6)
+    taylor = [r for r in out.records if r.kind == "taylor"]
+    assert len(taylor) == 3 + 6 and {r.node for r in taylor} == {"output"}
+    by = {(r.method, r.feature_x, r.feature_y): r for r in taylor}
+    # data 'a' is 10% wider: the network's slope in b (= a) is larger in data; its slope in
+    # a (= b, unchanged) and in c (constant) are not
+    assert by["taylor1", "b", None].pvalue < 1e-10
+    assert by["taylor1", "b", None].result.effect_size == pytest.approx(0.1, abs=0.03)
+    assert by["taylor1", "a", None].pvalue > 1e-3
+    assert by["taylor1", "c", None].pvalue > 0.999  # t_c = 1 on both sides (to rounding)
+
+    # z against Welch's t (scipy) on unweighted samples
+    unweighted = tmp_path / "unweighted"
+    unweighted.mkdir()
+    sim_u, data_u, s2, d2 = _files(unweighted, weighted=False)
+    out_u = run_validation(_config(s2, d2, model, weight=None))
+    rec = {(r.method, r.feature_x): r for r in out_u.records if r.kind == "taylor"}
+    welch = stats.ttest_ind(np.abs(data_u["a"].to_numpy()), np.abs(sim_u["a"].to_numpy()),
+                            equal_var=False)
+    assert rec["taylor1", "b"].result.statistic == pytest.approx(welch.statistic, rel=2e-4)
+    assert rec["taylor1", "b"].pvalue == pytest.approx(welch.pvalue, rel=1e-2)
+
+
+def test_criticality_ranks_the_planted_input_first_and_is_stored(tmp_path, capsys):
+    model = save_ts(Planted(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
+    _, _, s, d = _files(tmp_path, shift=0.15)
+    db = tmp_path / "v.duckdb"
+    code = main(["run", "--quiet", "--sim", str(s), "--data", str(d), "--weight", "weight",
+                 "--features", "a,b,c", "--model", str(model), "--db", str(db)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    crit = query(db, "SELECT * FROM criticality ORDER BY criticality_rank")
+    top = crit.iloc[0]
+    assert (top["feature_x"], top["degree"]) == ("a", 1)
+    assert bool(top["important"]) and bool(top["mismodelled"]) and top["importance_rank"] == 1
+    assert top["worst_p_holm"] < 1e-6 and top["worst_method"] in ("chi2_uw", "saturated", "ks",
+                                                                 "ad")
+    pairs = crit[crit["degree"] == 2].set_index(["feature_x", "feature_y"])
+    assert pairs.loc[("b", "c"), "importance_rank"] == 1
+    assert not bool(pairs.loc[("b", "c"), "mismodelled"])
+    # the KIT 10% rule on the stored importances
+    imp = query(db, "SELECT * FROM importances WHERE sample = 'sim' AND method = 'taylor' "
+                    "AND degree = 2")
+    top2 = imp["scaled_value"].max()
+    bc = imp[(imp["feature_x"] == "b") & (imp["feature_y"] == "c")]["scaled_value"].iloc[0]
+    assert bool(pairs.loc[("b", "c"), "important"]) == (bc >= IMPORTANT_FRACTION * top2)
+    assert set(imp["node"]) == {"output"} and imp["param_label"].isna().all()
+    assert "critical: important to the network and mismodelled: a" in out.replace("\n", " ")
+    run = query(db, "SELECT * FROM runs").iloc[0]
+    assert run["taylor_rank_corr_first"] == pytest.approx(1.0)
+    # SHAP: both samples, exactly additive (kernel explainer), same ranking
+    shap = query(db, "SELECT * FROM importances WHERE method = 'shap'")
+    assert set(shap["sample"]) == {"sim", "data"} and len(shap) == 6
+    details = json.loads(shap["details"].iloc[0])
+    assert details["explainer"] == "KernelExplainer" and details["additivity_error"] < 1e-5
+    assert shap.set_index(["sample", "feature_x"])["value"].idxmax()[1] == "a"
+    # show prints the same from DuckDB
+    assert main(["show", "--db", str(db)]) == 0
+    shown = capsys.readouterr().out.replace("\n", " ")
+    assert "critical: important to the network and mismodelled: a" in shown
+
+
+def test_parametric_network_results_per_value(tmp_path):
+    path = save_ts(PNN(), tmp_path / "pnn.pt", {"inputs": ["a", "b", "mass"]})
+    sim, _, s, d = _files(tmp_path, shift=0.0)
+    db = tmp_path / "v.duckdb"
+    out = run_validation(_config(s, d, path, model_params={"mass": [100.0, 300.0]}, db=db,
+                                 shap_events=0))
+    imp = query(db, "SELECT * FROM importances WHERE sample = 'sim' AND degree = 1 "
+                    "AND feature_x = 'a'").set_index("param_label")
+    assert set(imp.index) == {"mass=100", "mass=300"}
+    w = sim["weight"].to_numpy()
+    for mass in (100, 300):
+        u = sim["a"].to_numpy() * mass / 100 + sim["b"].to_numpy()
+        sig = 1 / (1 + np.exp(-u))
+        ref = np.sum(w * np.abs(sig * (1 - sig) * mass / 100)) / w.sum()
+        assert imp.loc[f"mass={mass}", "value"] == pytest.approx(ref, rel=1e-5)
+        assert imp.loc[f"mass={mass}", "param_value"] == mass
+        assert imp.loc[f"mass={mass}", "node"] == f"output_mass{mass}"
+    nodes = {r.node for r in out.records if r.kind == "taylor"}
+    assert nodes == {"output_mass100", "output_mass300"}
+    crit = query(db, "SELECT DISTINCT param_label, node FROM criticality ORDER BY node")
+    assert list(crit["node"]) == ["output_mass100", "output_mass300"]
+    outputs = query(db, "SELECT DISTINCT feature_x FROM tests WHERE kind = 'output' "
+                        "AND feature_y IS NULL")
+    assert set(outputs["feature_x"]) == {"output_mass100", "output_mass300"}
+
+
+def _stored(db):
+    tables = load_run(db)
+    keys = {"tests": ["test_id"], "features": ["category", "feature"],
+            "importances": ["sample", "method", "degree", "node", "feature_x", "feature_y"],
+            "criticality": ["criticality_rank", "node"]}
+    keep = {}
+    for name, by in keys.items():
+        frame = tables[name].drop(columns=["run_id"])
+        keep[name] = frame.sort_values(by).reset_index(drop=True)
+    keep["histograms"] = query(db, "SELECT * EXCLUDE (run_id) FROM histograms ORDER BY "
+                                   "binning, category, feature_x, feature_y")
+    run = tables["runs"].iloc[0]
+    keep["runs"] = run[["n_sim", "n_data", "sumw_sim", "plan_json", "p_global_min",
+                        "taylor_rank_corr_first", "shap_rank_corr"]]
+    return keep
+
+
+def test_blinded_events_change_nothing_stored(tmp_path):
+    """The stored results with and without extra events in the blinded region are identical:
+    no blinded event reaches the bin edges, a histogram, a test, a subsample or DuckDB."""
+    model = save_ts(Planted(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
+    sim, data, s, d = _files(tmp_path, shift=0.1)
+    rng = np.random.default_rng(5)
+
+    def inject(frame: pl.DataFrame, n: int) -> pl.DataFrame:
+        extra = frame.sample(n, seed=1).with_columns(
+            pl.Series("a", rng.uniform(2.6, 9.0, n)), pl.Series("c", rng.uniform(0, 40, n)))
+        return pl.concat([frame, extra])
+
+    s2, d2 = tmp_path / "sim2.parquet", tmp_path / "data2.parquet"
+    inject(sim, 3000).write_parquet(s2)
+    inject(data, 2000).write_parquet(d2)
+    blind = "a > 2.5 OR output > 0.999"
+    runs = []
+    for k, (si, di) in enumerate(((s, d), (s2, d2))):
+        db = tmp_path / f"b{k}.duckdb"
+        cfg = _config(si, di, model, db=db, blind=blind, chunk_rows=7000)
+        run_validation(cfg)
+        runs.append(_stored(db))
+    for name in ("tests", "features", "importances", "criticality", "histograms"):
+        a, b = runs[0][name], runs[1][name]
+        assert a.shape == b.shape and len(a) > 0, name
+        assert a.equals(b), name
+    assert runs[0]["runs"].equals(runs[1]["runs"])
+
+
+def test_chunking_changes_no_audit_result(tmp_path):
+    model = save_ts(Planted(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
+    _, _, s, d = _files(tmp_path, shift=0.1)
+    whole = run_validation(_config(s, d, model))
+    chunked = run_validation(_config(s, d, model, chunk_rows=3000))
+    a = {(r["sample"], r["method"], r["degree"], r["feature_x"], r["feature_y"]): r
+         for r in whole.audit.importances}
+    b = {(r["sample"], r["method"], r["degree"], r["feature_x"], r["feature_y"]): r
+         for r in chunked.audit.importances}
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key]["n_events"] == b[key]["n_events"], key
+        assert a[key]["value"] == pytest.approx(b[key]["value"], rel=1e-9, abs=1e-12), key

@@ -1,0 +1,415 @@
+"""The network audit stage: Taylor coefficients and SHAP, simulation vs data, and criticality.
+
+Accumulated in the fill pass (:func:`validator.fill.fill_sample`'s ``observe`` hook), so the
+data are read once: per sample, one :class:`AuditSums` holding
+
+* the Taylor-coefficient sums (:class:`validator.model.taylor.TaylorSums`) of every audited
+  network point (a parametric network at each value of its grid): the simulation weighted,
+  the data plain. First order on every event; second order on a deterministic subsample
+  (an event is in it when the hash key of its position in its file is below
+  ``second_order_events / n_events``: the same events however the input is chunked), whose
+  size is stored;
+* the weighted moments of the inputs (σ of the standardised coefficients, from simulation);
+* a reservoir of ``shap_events`` events (the smallest hash keys), for SHAP.
+
+All three add with ``+`` (chunks, jobs and workers merge the same way).
+
+After the pass, :func:`audit_results` turns the two samples' sums into
+
+* ``importances`` rows (method ``taylor``: ⟨|t|⟩ per node, degree 1 and 2, raw and scaled to
+  standardised inputs; method ``shap``: mean |SHAP|);
+* one test per Taylor coefficient (``kind='taylor'``, methods ``taylor1``/``taylor2``): the
+  difference of the data's and the simulation's ⟨|t|⟩ over its uncertainty,
+  z = (m_data − m_sim)/√(u_data² + u_sim²), two-sided normal p-value (the means are sums of
+  many events: central limit theorem), effect size the relative difference
+  (m_data − m_sim)/m_sim. Tested on the combined node (``all``: each event at its highest
+  output) of a multi-class network, on each node of a one-node or regression network;
+* the rank correlations (Spearman) of the simulation's and the data's rankings.
+
+:func:`criticality_rows` puts each input's and each pair's importance beside its worst
+goodness-of-fit result (see the function).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import stats
+
+from validator.compare import TestRecord
+from validator.sources import ENTRY, FILE
+from validator.stats.result import GofResult
+from validator.transform import INCLUSIVE
+
+if TYPE_CHECKING:
+    from validator.model.load import AuditedModel
+    from validator.model.taylor import TaylorMeans, TaylorSums
+
+#: Second-order coefficients (N(N+1)/2 per event, N Hessian-vector products) are taken on
+#: this many events per sample at most: their means are then known to ~0.5% of their spread,
+#: far below any mismodelling that matters, at a fraction of the time.
+SECOND_ORDER_EVENTS = 50_000
+#: Events per sample explained with SHAP (explainers cost ~ms per event), and background rows.
+SHAP_EVENTS = 200
+SHAP_BACKGROUND = 50
+#: A Taylor test needs this many events on each side for its normal approximation (means of
+#: |t|, skewed per event, are near-normal well before this).
+MIN_TAYLOR_EVENTS = 100
+#: The KIT convention (Wunsch et al.): a coefficient is important when it exceeds this
+#: fraction of the largest coefficient of its order.
+IMPORTANT_FRACTION = 0.10
+#: Salt of the hash keys of the audit's subsamples (independent of the planning reservoir's).
+_KEY_SALT = 0x5EED_A0D1
+
+
+# ---------------------------------------------------------------------------------------------
+# accumulation
+
+
+@dataclass
+class AuditSums:
+    """One sample's audit sums, mergeable with ``+``.
+
+    ``taylor``: one :class:`TaylorSums` per audited point; ``moments`` ``(3, N)``: Σw, Σwx,
+    Σwx² per input over events with finite inputs; ``keys``, ``x``, ``w``: the SHAP reservoir
+    (at most ``capacity`` events with the smallest keys).
+    """
+
+    taylor: tuple[TaylorSums, ...]
+    moments: np.ndarray
+    keys: np.ndarray
+    x: np.ndarray
+    w: np.ndarray
+    capacity: int
+
+    def __add__(self, other: AuditSums) -> AuditSums:
+        if not isinstance(other, AuditSums):
+            return NotImplemented
+        if len(self.taylor) != len(other.taylor) or self.moments.shape != other.moments.shape:
+            raise ValueError("cannot merge audit sums of different networks or inputs")
+        keys = np.concatenate([self.keys, other.keys])
+        keep = np.argsort(keys, kind="stable")[:self.capacity]
+        return AuditSums(tuple(a + b for a, b in zip(self.taylor, other.taylor, strict=True)),
+                         self.moments + other.moments, keys[keep],
+                         np.concatenate([self.x, other.x])[keep],
+                         np.concatenate([self.w, other.w])[keep], self.capacity)
+
+    def sigma(self) -> np.ndarray:
+        """Weighted standard deviation of each input (NaN where Σw ≤ 0)."""
+        sw, swx, swxx = self.moments
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = swx / sw
+            var = swxx / sw - mean * mean
+        return np.where(sw > 0, np.sqrt(np.maximum(var, 0.0)), np.nan)
+
+
+@dataclass
+class ModelAudit:
+    """What to audit: the network's points (``models``, one per parameter value) and how.
+
+    ``n_events``: the sample's events after selection and blinding (from the planning scan),
+    which sets the second-order subsample's fraction.
+    """
+
+    models: Sequence[AuditedModel]
+    n_events: int
+    seed: int
+    second_order_events: int = SECOND_ORDER_EVENTS
+    shap_events: int = SHAP_EVENTS
+    sums: AuditSums | None = field(default=None, init=False)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.models[0].inputs
+
+    def add(self, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> None:
+        """Accumulate one chunk (the fill pass's ``observe`` hook)."""
+        part = chunk_sums(self, chunk, w)
+        self.sums = part if self.sums is None else self.sums + part
+
+    def empty(self) -> AuditSums:
+        from validator.model.taylor import TaylorSums
+
+        dim = len(self.inputs)
+        return AuditSums(tuple(TaylorSums.empty(m, 2) for m in self.models), np.zeros((3, dim)),
+                         np.zeros(0), np.zeros((0, dim)), np.zeros(0), self.shap_events)
+
+    def result(self) -> AuditSums:
+        return self.sums if self.sums is not None else self.empty()
+
+
+def chunk_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> AuditSums:
+    """The audit sums of one chunk with nominal weights ``w``."""
+    from validator.model.taylor import taylor_sums
+    from validator.plan import uniform_keys
+
+    model = audit.models[0]
+    x = model.matrix(chunk)
+    w = np.asarray(w, dtype=float)
+    keys = uniform_keys(chunk[ENTRY], chunk[FILE], audit.seed ^ _KEY_SALT)
+    fraction = min(1.0, audit.second_order_events / max(audit.n_events, 1))
+    second = keys < fraction
+    taylor = tuple(taylor_sums(m, x, w, order=2, second_order_mask=second)
+                   for m in audit.models)
+    good = np.isfinite(x).all(axis=1)
+    xg, wg = x[good], w[good]
+    moments = np.stack([np.full(x.shape[1], wg.sum()), wg @ xg, wg @ (xg * xg)])
+    keep = np.flatnonzero(good)
+    keep = keep[np.argsort(keys[keep], kind="stable")[:audit.shap_events]]
+    return AuditSums(taylor, moments, keys[keep], x[keep], w[keep], audit.shap_events)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class AuditResult:
+    """The audit's products: ``importances`` rows, Taylor ``records`` (tests), rank
+    correlations, and the simulation's scaled means per point (for criticality)."""
+
+    importances: list[dict[str, Any]]
+    records: list[TestRecord]
+    rank_corr_first: float | None
+    rank_corr_second: float | None
+    shap_rank_corr: float | None
+    sim_means: list[TaylorMeans]
+    models: Sequence[AuditedModel]
+    notes: list[str] = field(default_factory=list)
+
+
+def tested_groups(model: AuditedModel) -> list[int]:
+    """Indices of the Taylor groups that are tested: the combined group of a multi-class
+    network, every node otherwise."""
+    from validator.model.taylor import _groups
+
+    groups = _groups(model)
+    return [len(groups) - 1] if model.kind == "multiclass" else list(range(len(groups)))
+
+
+def node_label(model: AuditedModel, group: str) -> str:
+    """A group's label in the ``tests`` table: output names carry a parametric point's tag;
+    the combined group ``all`` gets it here (``all_mass300``)."""
+    from validator.model.taylor import ALL
+
+    return f"{ALL}{model.tag}" if group == ALL else group
+
+
+def audit_results(models: Sequence[AuditedModel], sim: AuditSums, data: AuditSums,
+                  seed: int, shap_events: int = SHAP_EVENTS) -> AuditResult:
+    """Importances, Taylor tests and rank correlations from both samples' sums."""
+    sigma = sim.sigma()
+    importances: list[dict[str, Any]] = []
+    records: list[TestRecord] = []
+    sim_means: list[TaylorMeans] = []
+    corr1 = corr2 = corr_shap = None
+    notes: list[str] = []
+    for k, model in enumerate(models):
+        ms, md = sim.taylor[k].means(sigma), data.taylor[k].means(sigma)
+        sim_means.append(ms)
+        for sample, means, sums in (("sim", ms, sim.taylor[k]), ("data", md, data.taylor[k])):
+            for row in means.rows():
+                importances.append(_importance_row(model, sample, "taylor", row, {
+                    "derivative_method": sums.derivative_method, "n_skipped": sums.n_skipped}))
+        for g in tested_groups(model):
+            records.extend(taylor_tests(model, ms, md, g))
+        if k == 0:
+            g = tested_groups(model)[0]
+            corr1 = _spearman(ms.scaled().first[g], md.scaled().first[g])
+            iu = np.triu_indices(len(model.inputs), 1)
+            if len(iu[0]) > 1:
+                corr2 = _spearman(ms.scaled().second[g][iu], md.scaled().second[g][iu])
+        if shap_events > 0 and len(sim.x) and len(data.x):
+            shap_rows, corr, note = _shap_rows(model, sim, data, seed + k, shap_events)
+            importances.extend(shap_rows)
+            if note:
+                notes.append(note)
+            if k == 0:
+                corr_shap = corr
+    return AuditResult(importances, records, corr1, corr2, corr_shap, sim_means, models, notes)
+
+
+def _importance_row(model: AuditedModel, sample: str, method: str, row: Mapping[str, Any],
+                    details: Mapping[str, Any]) -> dict[str, Any]:
+    values = list(model.param_values.values())
+    return {"model_id": model.sha256, "sample": sample, "method": method,
+            "degree": row.get("order", 1), "node": row["node"], "feature_x": row["feature_x"],
+            "feature_y": row.get("feature_y"), "value": row["value"],
+            "uncertainty": row["uncertainty"], "scaled_value": row.get("scaled_value"),
+            "scaled_uncertainty": row.get("scaled_uncertainty"),
+            "n_events": row["n_events"], "sum_weights": row["sum_weights"],
+            "param_label": model.param_label, "param_value": values[0] if values else None,
+            "details": json.dumps(dict(details))}
+
+
+def taylor_tests(model: AuditedModel, sim: TaylorMeans, data: TaylorMeans, group: int
+                 ) -> list[TestRecord]:
+    """One test per coefficient of ``group``: data vs simulation ⟨|t|⟩ (module docstring)."""
+    node = node_label(model, sim.groups[group])
+    inputs = model.inputs
+    out = []
+    coefficients = [("taylor1", i, None, sim.first[group, i], sim.first_unc[group, i],
+                     data.first[group, i], data.first_unc[group, i], sim.n_first[group],
+                     data.n_first[group]) for i in range(len(inputs))]
+    if sim.second is not None and data.second is not None:
+        for i, j in zip(*np.triu_indices(len(inputs)), strict=True):
+            coefficients.append(("taylor2", i, j, sim.second[group, i, j],
+                                 sim.second_unc[group, i, j], data.second[group, i, j],
+                                 data.second_unc[group, i, j], sim.n_second[group],
+                                 data.n_second[group]))
+    for method, i, j, ms, us, md, ud, ns, nd in coefficients:
+        fy = None if j is None else inputs[j]
+        if not (np.isfinite(ms) and np.isfinite(md)):
+            why = "no simulated events" if not np.isfinite(ms) else "no data events"
+            out.append(TestRecord(INCLUSIVE, "taylor", method, inputs[i], fy, None,
+                                  f"{why} for the network's node {node}", node))
+            continue
+        out.append(TestRecord(INCLUSIVE, "taylor", method, inputs[i], fy,
+                              taylor_difference(method, ms, us, md, ud, int(ns), int(nd), node),
+                              None, node))
+    return out
+
+
+def taylor_difference(method: str, m_sim: float, u_sim: float, m_data: float, u_data: float,
+                      n_sim: int, n_data: int, node: str | None = None) -> GofResult:
+    """The z-test of one coefficient's ⟨|t|⟩, data vs simulation (module docstring)."""
+    diff = m_data - m_sim
+    sd = float(np.hypot(u_sim, u_data))
+    if sd > 0:
+        z = diff / sd
+        p = float(2 * stats.norm.sf(abs(z)))
+    else:  # both means exact (e.g. a coefficient that is the same constant on every event)
+        z, p = (0.0, 1.0) if diff == 0 else (float(np.copysign(np.inf, diff)), 0.0)
+    effect = diff / m_sim if m_sim > 0 else None
+    return GofResult(method=method, statistic=float(z), pvalue=p, ndf=None, effect_size=effect,
+                     effect_name="relative_difference", pvalue_method="asymptotic",
+                     reliable=min(n_sim, n_data) >= MIN_TAYLOR_EVENTS,
+                     details={"sim": m_sim, "sim_unc": u_sim, "data": m_data,
+                              "data_unc": u_data, "n_sim": n_sim, "n_data": n_data,
+                              "node": node})
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return None
+    return float(stats.spearmanr(a[ok], b[ok]).statistic)
+
+
+def _shap_rows(model: AuditedModel, sim: AuditSums, data: AuditSums, seed: int,
+               shap_events: int) -> tuple[list[dict[str, Any]], float | None, str | None]:
+    """Mean |SHAP| on both reservoirs, against the same simulation background."""
+    from validator.model.shap_values import shap_importance
+
+    rows: list[dict[str, Any]] = []
+    results = {}
+    for sample, sums, w in (("sim", sim, sim.w), ("data", data, None)):
+        res = shap_importance(model, sums.x, w, background=sim.x, max_events=shap_events,
+                              n_background=SHAP_BACKGROUND, seed=seed)
+        results[sample] = res
+        details = {"explainer": res.explainer, "n_background": res.n_background,
+                   "nsamples": res.nsamples, "additivity_error": res.additivity_error,
+                   "base_values": res.base_values.tolist()}
+        for row in res.rows():
+            rows.append(_importance_row(model, sample, "shap", row, details))
+    g = tested_groups(model)[0]
+    corr = _spearman(results["sim"].values[g], results["data"].values[g])
+    note = None
+    worst = max(r.additivity_error for r in results.values())
+    if results["sim"].explainer == "GradientExplainer" and worst > 0.05:
+        note = (f"SHAP (expected gradients) additivity holds to {worst:.2g} in output units "
+                "(a Monte-Carlo estimate: more samples make it exact)")
+    return rows, corr, note
+
+
+# ---------------------------------------------------------------------------------------------
+# criticality
+
+
+def criticality_rows(result: AuditResult, tests: Sequence[Mapping[str, Any]], alpha: float
+                     ) -> list[dict[str, Any]]:
+    """Each input's and each pair's importance beside its worst goodness-of-fit result.
+
+    Importance: the simulation's ⟨|t|⟩ scaled to standardised inputs, on the tested node
+    (:func:`tested_groups`): t_i·σ_i for an input (degree 1), t_ij·σ_i·σ_j for a pair i < j
+    (degree 2); ``importance_rank`` counts from 1 within the degree. ``important``: at least
+    :data:`IMPORTANT_FRACTION` of the largest coefficient of that degree (for pairs, of all
+    second-order coefficients, t_ii included: the KIT convention).
+
+    Worst result: for an input, its 1D tests (every category); for a pair, its correlation
+    tests (``dependence``, ``corr_pearson``, ``corr_spearman``), since a pair's plain 2D
+    test also fails through either input's 1D mismodelling, which the input's row shows. The
+    worst is the smallest Holm-adjusted p-value of a reliable test (ties: the larger effect);
+    ``mismodelled`` when it is below ``alpha``.
+
+    Order (``criticality_rank``): important and mismodelled first, then mismodelled, then
+    important, then the rest; inputs before pairs within each, by importance.
+    """
+    by_input: dict[str, list[Mapping[str, Any]]] = {}
+    by_pair: dict[frozenset[str], list[Mapping[str, Any]]] = {}
+    for t in tests:
+        if t.get("pvalue") is None or not t.get("reliable") or t.get("p_holm") is None:
+            continue
+        if t["kind"] == "1d":
+            by_input.setdefault(t["feature_x"], []).append(t)
+        elif t["method"] in ("dependence", "corr_pearson", "corr_spearman"):
+            by_pair.setdefault(frozenset((t["feature_x"], t["feature_y"])), []).append(t)
+    rows: list[dict[str, Any]] = []
+    for model, means in zip(result.models, result.sim_means, strict=True):
+        sc = means.scaled()
+        for g in tested_groups(model):
+            node = node_label(model, means.groups[g])
+            entries = []
+            first = sc.first[g]
+            top1 = np.nanmax(first) if np.isfinite(first).any() else np.nan
+            for i, fx in enumerate(model.inputs):
+                entries.append((1, fx, None, float(first[i]), top1,
+                                by_input.get(fx, [])))
+            if sc.second is not None:
+                second = sc.second[g]
+                top2 = np.nanmax(second) if np.isfinite(second).any() else np.nan
+                for i, j in zip(*np.triu_indices(len(model.inputs), 1), strict=True):
+                    fx, fy = model.inputs[i], model.inputs[j]
+                    entries.append((2, fx, fy, float(second[i, j]), top2,
+                                    by_pair.get(frozenset((fx, fy)), [])))
+            block = []
+            for degree, fx, fy, value, top, candidates in entries:
+                worst = min(candidates, key=lambda t: (t["p_holm"], -abs(t.get("effect_size")
+                                                                        or 0.0)),
+                            default=None)
+                block.append({
+                    "model_id": model.sha256, "node": node, "param_label": model.param_label,
+                    "feature_x": fx, "feature_y": fy, "degree": degree, "importance": value,
+                    "important": bool(np.isfinite(value) and np.isfinite(top) and top > 0
+                                      and value >= IMPORTANT_FRACTION * top),
+                    "worst_test_id": worst.get("test_id") if worst else None,
+                    "worst_method": worst["method"] if worst else None,
+                    "worst_category": worst["category"] if worst else None,
+                    "worst_p_holm": worst["p_holm"] if worst else None,
+                    "worst_effect_size": worst.get("effect_size") if worst else None,
+                    "worst_effect_name": worst.get("effect_name") if worst else None,
+                    "mismodelled": bool(worst is not None and worst["p_holm"] < alpha),
+                })
+            for degree in (1, 2):
+                same = sorted((r for r in block if r["degree"] == degree),
+                              key=lambda r: -_finite_or(r["importance"], -np.inf))
+                for rank, r in enumerate(same, 1):
+                    r["importance_rank"] = rank
+            block.sort(key=lambda r: (_tier(r), r["degree"], r["importance_rank"]))
+            for rank, r in enumerate(block, 1):
+                r["criticality_rank"] = rank
+            rows.extend(block)
+    return rows
+
+
+def _tier(row: Mapping[str, Any]) -> int:
+    important, bad = row["important"], row["mismodelled"]
+    return 0 if important and bad else 1 if bad else 2 if important else 3
+
+
+def _finite_or(value: float, default: float) -> float:
+    return value if value is not None and np.isfinite(value) else default

@@ -1,0 +1,437 @@
+"""Figures of a stored run, drawn from the stored tables only (so a report can be rebuilt from
+DuckDB alone, years later, without the input files).
+
+Every function is pure: it takes rows of the ``histograms``/``tests``/``criticality`` tables
+(see docs/schema.md) and returns a :class:`matplotlib.figure.Figure` drawn on an Agg canvas,
+made without pyplot: no display is needed, a notebook's backend is left alone, and no figure
+stays registered in pyplot's state (:func:`save_figure` writes PNG and PDF and releases it).
+
+Conventions, following the CMS style of ``mplhep`` (``mplhep.style.CMS``; Lange et al.,
+https://github.com/scikit-hep/mplhep) and the usual CMS/KIT validation plots:
+
+* 1D: the simulation as a filled histogram (stacked by process when per-process histograms
+  are given), normalised to the data count (the tests compare shapes: ``chi2_uw`` and
+  ``saturated`` leave the normalisation free, KS/AD compare distributions), with its
+  statistical uncertainty sqrt(Σw²) as a hatched band; data as black points with Garwood
+  (central 68.3 %) Poisson intervals, ``mplhep.error_estimation.poisson_interval``; a
+  data/simulation ratio panel with the band. The ``plot`` binning is drawn; its underflow and
+  overflow (kept apart in the stored arrays) are written on the figure.
+* 2D: the pull map (data − k·sim)/σ over the pair's ``test`` binning (equal-population bins,
+  drawn in bin-index space with the edges as tick labels), a diverging colormap centred at 0.
+* The p-value matrix of all pairs, coloured green / yellow / red by the Holm-adjusted p-value
+  (thresholds :data:`P_GREEN` and :data:`P_RED`), important pairs of an audited network boxed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.style
+import mplhep
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+from mplhep.error_estimation import poisson_interval
+
+#: p-value colour thresholds of the matrix (CMS/KIT convention): green p >= P_GREEN (no
+#: evidence at the usual 5 % test size), yellow P_RED <= p < P_GREEN (worth a look), red
+#: p < P_RED (mismodelled at 1 %). Applied to Holm-adjusted p-values by default, so a red cell
+#: is not one of the failures expected by chance among many tests.
+P_GREEN = 0.05
+P_RED = 0.01
+#: Colours of the matrix classes (red, yellow, green) and of a test that did not run.
+MATRIX_COLOURS = ("#d7301f", "#fdd835", "#2e9e44")
+NOT_RUN_COLOUR = "#d9d9d9"
+#: Default methods of the p-value matrix: the plain 2D chi² (lower triangle: any difference in
+#: the pair histogram) and the dependence test (upper triangle: the correlation alone, after
+#: the marginals are matched); the diagonal holds the feature's smallest 1D p-value.
+MATRIX_METHODS = ("chi2_uw", "dependence")
+#: Smallest half-range of the pull colour scale: pulls within ±3 stay pale (no evidence).
+PULL_MIN_RANGE = 3.0
+#: Half-range of the ratio panel is at least this (±20 %) and at most 1 (0 to 2).
+RATIO_MIN_RANGE, RATIO_MAX_RANGE = 0.2, 1.0
+#: Largest grid (cells per axis) whose cells get their number written in.
+MAX_ANNOTATED = 16
+#: Resolution of the PNG files (the PDF is vector).
+PNG_DPI = 110
+#: Fill colours of the simulation's processes (mplhep's CMS colour cycle, Petroff 10).
+PROCESS_COLOURS = ("#3f90da", "#ffa90e", "#bd1f01", "#94a4a2", "#832db6", "#a96b59",
+                   "#e76300", "#b9ac70", "#717581", "#92dadd")
+
+
+@dataclass(frozen=True)
+class Hist1D:
+    """A 1D histogram of the ``plot`` binning: ``len(edges) + 1`` contents, element 0 the
+    underflow and the last the overflow (docs/schema.md)."""
+
+    edges: np.ndarray
+    sumw: np.ndarray
+    sumw2: np.ndarray
+
+    @property
+    def inner(self) -> slice:
+        return slice(1, len(self.edges))
+
+
+@dataclass(frozen=True)
+class Hist2D:
+    """A pair's ``test`` histogram: contents unrolled row-major, ``(ix, iy)`` at
+    ``ix * (len(edges_y) - 1) + iy``; under/overflow folded into the edge bins."""
+
+    edges_x: np.ndarray
+    edges_y: np.ndarray
+    sim_sumw: np.ndarray
+    sim_sumw2: np.ndarray
+    data: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.edges_x) - 1, len(self.edges_y) - 1
+
+
+def _array(value: Any) -> np.ndarray:
+    return np.asarray(list(value) if value is not None else [], dtype=float)
+
+
+def hist1d_from_row(row: Mapping[str, Any]) -> tuple[Hist1D, np.ndarray]:
+    """The simulation histogram and the data counts of a ``plot`` row of ``histograms``."""
+    edges = _array(row["edges_x"])
+    sim = Hist1D(edges, _array(row["sim_sumw"]), _array(row["sim_sumw2"]))
+    data = _array(row["data_counts"])
+    if len(sim.sumw) != len(edges) + 1 or len(data) != len(edges) + 1:
+        raise ValueError(f"{row.get('feature_x')}: not a plot histogram (expected "
+                         f"{len(edges) + 1} contents with under/overflow, got {len(sim.sumw)})")
+    return sim, data
+
+
+def hist2d_from_row(row: Mapping[str, Any]) -> Hist2D:
+    """A pair's histogram from a ``test`` row of ``histograms``."""
+    hist = Hist2D(_array(row["edges_x"]), _array(row["edges_y"]), _array(row["sim_sumw"]),
+                  _array(row["sim_sumw2"]), _array(row["data_counts"]))
+    nx, ny = hist.shape
+    if not len(hist.sim_sumw) == len(hist.data) == nx * ny:
+        raise ValueError(f"{row.get('feature_x')} × {row.get('feature_y')}: {len(hist.data)} "
+                         f"contents for {nx} × {ny} bins")
+    return hist
+
+
+def normalisation(sim_sumw: np.ndarray, data: np.ndarray) -> float:
+    """k = N_data / Σw_sim over the histogram (NaN when Σw <= 0): the simulation scaled by k
+    has the data's count, as the shape tests assume."""
+    total = float(np.sum(sim_sumw))
+    return float(np.sum(data)) / total if total > 0 else math.nan
+
+
+def pull_values(hist: Hist2D) -> np.ndarray:
+    """Pulls (d − k·s) / sqrt(d + k²·Σw²) per cell, shape ``(nx, ny)``.
+
+    ``k`` is :func:`normalisation` over the pair histogram; the variance is the data's Poisson
+    variance estimated by the observed count plus the scaled simulation's statistical variance
+    (the uncertainty of ``k`` itself is neglected). NaN where that variance is 0 (no data and
+    no simulation in the cell) or ``k`` is undefined.
+    """
+    k = normalisation(hist.sim_sumw, hist.data)
+    var = hist.data + k * k * hist.sim_sumw2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pull = np.where(var > 0, (hist.data - k * hist.sim_sumw) / np.sqrt(var), np.nan)
+    return pull.reshape(hist.shape)
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _style():
+    return matplotlib.style.context(mplhep.style.CMS)
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure on its own Agg canvas (not pyplot's: nothing global to close or switch)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_feature(sim: Hist1D | Mapping[str, Hist1D], data: np.ndarray, feature: str, *,
+                 pvalues: Mapping[str, float] | None = None, category: str | None = None,
+                 normalise: bool = True, title: str | None = None) -> Figure:
+    """Simulation vs data of one feature in the ``plot`` binning, with a ratio panel.
+
+    ``sim`` is the total simulation, or a mapping process -> histogram (drawn stacked, in the
+    given order, the band from their summed Σw²). ``data`` has the same ``len(edges) + 1``
+    elements. ``pvalues`` (method -> Holm-adjusted p-value) go into the legend title.
+    With ``normalise`` the simulation is scaled to the data count (``k`` in the legend).
+    Bins with negative Σw (negative weights) are drawn below zero and have no ratio.
+    """
+    processes = dict(sim) if isinstance(sim, Mapping) else {"Simulation": sim}
+    if not processes:
+        raise ValueError("no simulation histogram")
+    first = next(iter(processes.values()))
+    edges, inner = first.edges, first.inner
+    total_w = np.sum([h.sumw for h in processes.values()], axis=0)
+    total_w2 = np.sum([h.sumw2 for h in processes.values()], axis=0)
+    data = np.asarray(data, dtype=float)
+    k = normalisation(total_w, data) if normalise else 1.0
+    if not np.isfinite(k):
+        k = 1.0
+    sim_w, sim_err = k * total_w[inner], k * np.sqrt(np.clip(total_w2[inner], 0, None))
+    d = data[inner]
+    lo, hi = poisson_interval(d, d)
+    lo, hi = np.nan_to_num(lo, nan=0.0), np.nan_to_num(hi, nan=0.0)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+
+    with _style():
+        fig = _new_figure((9, 8.5))
+        ax, rax = fig.subplots(2, 1, sharex=True,
+                               gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06})
+        baseline = np.zeros_like(sim_w)
+        for n, (name, h) in enumerate(processes.items()):
+            top = baseline + k * h.sumw[inner]
+            ax.stairs(top, edges, baseline=baseline, fill=True, alpha=0.8,
+                      color=PROCESS_COLOURS[n % len(PROCESS_COLOURS)],
+                      label=name + (f" (× {k:.3f})" if normalise and len(processes) == 1
+                                    else ""))
+            baseline = top
+        ax.stairs(sim_w - sim_err, edges, baseline=sim_w + sim_err, fill=True, hatch="////",
+                  facecolor="none", edgecolor="0.3", linewidth=0, label="Sim. stat. unc.")
+        ax.errorbar(centres, d, yerr=(d - lo, hi - d), fmt="o", color="black", markersize=4,
+                    label="Data", gid="data")
+        ymin = min(0.0, float(np.min(sim_w - sim_err, initial=0.0)))
+        ymax = max(float(np.max(hi, initial=0.0)), float(np.max(sim_w + sim_err, initial=0.0)))
+        ax.set_ylim(ymin * 1.1, ymax * 1.35 if ymax > 0 else 1.0)
+        ax.set_ylabel("Events / bin")
+        if ymin < 0:
+            ax.axhline(0, color="0.4", linewidth=0.8)
+        # under/overflow and negative bins: legend lines without a symbol, so nothing overlaps
+        negative = int(np.sum(total_w[inner] < 0))
+        for note in [*_flow_notes(k * total_w, data),
+                     *([f"{negative} bins with Σw < 0"] if negative else [])]:
+            ax.plot([], [], linestyle="none", label=note)
+        handles, labels = ax.get_legend_handles_labels()
+        first = labels.index("Data")  # data first, then the simulation, the band, the notes
+        order = [first] + [i for i in range(len(labels)) if i != first]
+        ax.legend([handles[i] for i in order], [labels[i] for i in order],
+                  title=_pvalue_caption(pvalues), fontsize="x-small", title_fontsize="x-small",
+                  loc="upper right", handlelength=1.2)
+        head = title or (feature + (f"  [{category}]" if category and category != "all"
+                                    else ""))
+        ax.set_title(head, loc="left", fontsize="medium")
+
+        # ratio panel: data / sim and the band sim_err / sim, only where sim > 0
+        ok = sim_w > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(ok, d / sim_w, np.nan)
+            r_lo, r_hi = np.where(ok, lo / sim_w, np.nan), np.where(ok, hi / sim_w, np.nan)
+            band = np.where(ok, sim_err / sim_w, np.nan)
+        rax.stairs(1 + band, edges, baseline=1 - band, fill=True, hatch="////",
+                   facecolor="none", edgecolor="0.3", linewidth=0)
+        rax.axhline(1, color="0.3", linewidth=0.8, linestyle="--")
+        rax.errorbar(centres, ratio, yerr=(ratio - r_lo, r_hi - ratio), fmt="o", color="black",
+                     markersize=4, gid="ratio")
+        dev = np.nanmax(np.abs(ratio[ok & (d > 0)] - 1), initial=0.0)
+        half = float(np.clip(1.3 * dev, RATIO_MIN_RANGE, RATIO_MAX_RANGE))
+        rax.set_ylim(1 - half, 1 + half)
+        rax.set_ylabel("Data / Sim.")
+        rax.set_xlabel(feature)
+        rax.set_xlim(edges[0], edges[-1])
+    return fig
+
+
+def _pvalue_caption(pvalues: Mapping[str, float] | None) -> str | None:
+    if not pvalues:
+        return None
+    parts = [f"{m}: {_fmt_p(p)}" for m, p in pvalues.items()]
+    lines = ["p (Holm)"] + [", ".join(parts[i:i + 2]) for i in range(0, len(parts), 2)]
+    return "\n".join(lines)
+
+
+def _flow_notes(sim: np.ndarray, data: np.ndarray) -> list[str]:
+    return [f"{name}: data {data[i]:.0f}, sim {sim[i]:.1f}"
+            for name, i in (("underflow", 0), ("overflow", -1)) if sim[i] or data[i]]
+
+
+def _neg_log10(p: float) -> float:
+    """-log10 p, 0 for p = 1 (never "-0.0"); p = 0 (a bound at the float limit) as 300."""
+    return abs(-math.log10(max(p, 1e-300)))
+
+
+def _edge_labels(edges: np.ndarray) -> list[str]:
+    return [f"{e:.3g}" for e in edges]
+
+
+def plot_pull_map(hist: Hist2D, feature_x: str, feature_y: str, *,
+                  pvalues: Mapping[str, float] | None = None,
+                  category: str | None = None) -> Figure:
+    """The pull map of a pair: :func:`pull_values` per cell of the ``test`` binning.
+
+    Drawn in bin-index space (the bins are equal-population, so their widths vary by orders
+    of magnitude) with the bin edges as tick labels; ``RdBu_r`` centred at 0, symmetric, at
+    least ±:data:`PULL_MIN_RANGE`. Grey cells have no pull (empty in both samples).
+    """
+    pull = pull_values(hist)
+    nx, ny = hist.shape
+    finite = pull[np.isfinite(pull)]
+    vmax = max(PULL_MIN_RANGE, float(np.max(np.abs(finite), initial=0.0)))
+    with _style():
+        fig = _new_figure((9, 7.5))
+        ax = fig.subplots()
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=NOT_RUN_COLOUR)
+        mesh = ax.pcolormesh(np.arange(nx + 1), np.arange(ny + 1),
+                             np.ma.masked_invalid(pull.T), cmap=cmap,
+                             norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax))
+        mesh.set_gid("pulls")
+        fig.colorbar(mesh, ax=ax, label="(data − k·sim) / σ")
+        if nx <= MAX_ANNOTATED and ny <= MAX_ANNOTATED:
+            for ix in range(nx):
+                for iy in range(ny):
+                    if np.isfinite(pull[ix, iy]):
+                        ax.text(ix + 0.5, iy + 0.5, f"{pull[ix, iy]:.1f}", ha="center",
+                                va="center", fontsize="xx-small",
+                                color="white" if abs(pull[ix, iy]) > 0.6 * vmax else "black")
+        step_x, step_y = max(1, nx // 10), max(1, ny // 10)
+        ax.set_xticks(np.arange(0, nx + 1, step_x),
+                      _edge_labels(hist.edges_x)[::step_x], rotation=45, fontsize="x-small")
+        ax.set_yticks(np.arange(0, ny + 1, step_y),
+                      _edge_labels(hist.edges_y)[::step_y], fontsize="x-small")
+        ax.minorticks_off()
+        ax.tick_params(length=0)
+        ax.set_xlabel(f"{feature_x} (equal-population bins)")
+        ax.set_ylabel(f"{feature_y} (equal-population bins)")
+        cat = f"  [{category}]" if category and category != "all" else ""
+        caption = _pvalue_caption(pvalues)
+        ax.set_title(f"{feature_x} × {feature_y}{cat}" + (
+            "\n" + caption.replace("\n", "; ", 1).replace("\n", ", ") if caption else ""),
+            loc="left", fontsize="small")
+    return fig
+
+
+def pvalue_matrix(tests: Iterable[Mapping[str, Any]], features: Sequence[str], *,
+                  methods: tuple[str, str] = MATRIX_METHODS, diagonal: str | None = None,
+                  category: str = "all", column: str = "p_holm") -> np.ndarray:
+    """The p-values of the matrix, shape ``(n, n)``: ``[i, j]`` with i > j (lower triangle)
+    is ``methods[0]`` for the pair, i < j ``methods[1]``, the diagonal the 1D ``diagonal``
+    test (None: the smallest p-value of the feature's 1D tests); NaN where the test did not
+    run or is not reliable (a low-statistics p-value is no verdict). ``column``: ``p_holm``
+    (default), ``p_bh`` or ``pvalue``."""
+    index = {f: i for i, f in enumerate(features)}
+    out = np.full((len(features), len(features)), np.nan)
+    for t in tests:
+        if t["category"] != category or t.get("kind") == "taylor":  # not a data test
+            continue
+        p = t.get(column)
+        if p is None or not np.isfinite(p) or not bool(t.get("reliable")):
+            continue
+        x, y = t["feature_x"], t.get("feature_y")
+        if x not in index:
+            continue
+        if y is None or (isinstance(y, float) and np.isnan(y)):
+            if diagonal is None or t["method"] == diagonal:
+                out[index[x], index[x]] = np.fmin(out[index[x], index[x]], p)
+            continue
+        if y not in index:
+            continue
+        i, j = sorted((index[x], index[y]))  # i < j
+        if t["method"] == methods[0]:
+            out[j, i] = p
+        elif t["method"] == methods[1]:
+            out[i, j] = p
+    return out
+
+
+def plot_pvalue_matrix(tests: Iterable[Mapping[str, Any]], features: Sequence[str], *,
+                       methods: tuple[str, str] = MATRIX_METHODS,
+                       diagonal: str | None = None, category: str = "all",
+                       column: str = "p_holm",
+                       important: Iterable[tuple[str, str]] = ()) -> Figure:
+    """The CMS/KIT red/yellow/green p-value matrix of all pairs (see :func:`pvalue_matrix`):
+    green p >= :data:`P_GREEN`, yellow :data:`P_RED` <= p < :data:`P_GREEN`, red below; grey
+    not run or not reliable. Cells of ``important`` pairs (from the ``criticality`` table,
+    ``important`` and degree 2) are boxed in black. Numbers written in are -log10(p).
+    """
+    matrix = pvalue_matrix(tests, features, methods=methods, diagonal=diagonal,
+                           category=category, column=column)
+    n = len(features)
+    cmap = ListedColormap(list(MATRIX_COLOURS)).with_extremes(bad=NOT_RUN_COLOUR)
+    norm = BoundaryNorm([0.0, P_RED, P_GREEN, 1.0], cmap.N)
+    size = min(max(6.0, 0.45 * n + 3), 30.0)
+    with _style():
+        fig = _new_figure((size + 1.5, size))
+        ax = fig.subplots()
+        mesh = ax.pcolormesh(np.arange(n + 1), np.arange(n + 1),
+                             np.ma.masked_invalid(np.clip(matrix, 0.0, 1.0)), cmap=cmap,
+                             norm=norm, edgecolors="white", linewidth=0.5)
+        mesh.set_gid("pvalues")
+        if n <= 2 * MAX_ANNOTATED:
+            for i in range(n):
+                for j in range(n):
+                    p = matrix[i, j]
+                    if np.isfinite(p):
+                        ax.text(j + 0.5, i + 0.5, f"{_neg_log10(p):.1f}",
+                                ha="center", va="center", fontsize="xx-small")
+        index = {f: i for i, f in enumerate(features)}
+        boxed = 0
+        for x, y in important:
+            if x in index and y in index:
+                a, b = sorted((index[x], index[y]))
+                for i, j in ((b, a), (a, b)):
+                    ax.add_patch(Rectangle((j, i), 1, 1, fill=False, edgecolor="black",
+                                           linewidth=2.0))
+                boxed += 1
+        ticks = np.arange(n) + 0.5
+        fontsize = "x-small" if n <= 30 else "xx-small"
+        ax.set_xticks(ticks, list(features), rotation=90, fontsize=fontsize)
+        ax.set_yticks(ticks, list(features), fontsize=fontsize)
+        ax.minorticks_off()
+        ax.tick_params(length=0)
+        ax.set_xlim(0, n)
+        ax.set_ylim(n, 0)
+        ax.set_aspect("equal")
+        label = {"p_holm": "Holm", "p_bh": "BH", "pvalue": "raw"}.get(column, column)
+        handles = [Patch(color=MATRIX_COLOURS[2], label=f"p ≥ {P_GREEN:g}"),
+                   Patch(color=MATRIX_COLOURS[1], label=f"{P_RED:g} ≤ p < {P_GREEN:g}"),
+                   Patch(color=MATRIX_COLOURS[0], label=f"p < {P_RED:g}"),
+                   Patch(color=NOT_RUN_COLOUR, label="not run / low stats")]
+        if boxed:
+            handles.append(Patch(facecolor="none", edgecolor="black", linewidth=2,
+                                 label="important pair"))
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  fontsize="x-small", title=f"p ({label})", title_fontsize="x-small")
+        cat = f"  [{category}]" if category != "all" else ""
+        ax.set_title(f"lower: {methods[0]}, upper: {methods[1]}, diagonal: 1D "
+                     f"{diagonal or '(smallest p)'}"
+                     f"{cat}; numbers: -log10 p", loc="left", fontsize="x-small")
+    return fig
+
+
+def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", "pdf"),
+                ) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.pdf`` (PNG at :data:`PNG_DPI`), release its
+    artists and return the paths."""
+    stem = Path(stem)
+    paths = []
+    try:
+        for fmt in formats:
+            path = stem.with_name(f"{stem.name}.{fmt}")  # a name may hold dots
+            fig.savefig(path, dpi=PNG_DPI, bbox_inches="tight")
+            paths.append(path)
+    finally:
+        close_figure(fig)
+    return paths
+
+
+def close_figure(fig: Figure) -> None:
+    """Release a figure's artists (and close it in pyplot, should it be registered there)."""
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close(fig)
+    fig.clear()
