@@ -14,13 +14,21 @@ planted mismodellings (see ``sample_data/README.md``):
 Everything else goes through identical code paths with independent random streams, so it is well
 modelled. The output is deterministic: the same arguments give bit-identical files.
 
+The sample network (``classifier.pt``, TorchScript, and ``classifier.onnx``) is a small
+three-class classifier (``drell_yan``, ``ttbar``, ``other``) trained on the simulation by
+:func:`make_model`, deterministically in a few seconds on one CPU thread: a network to audit with
+``validator run --model``.
+
 Usage::
 
     python sample_data/generate.py [--out sample_data] [--seed N] [--n-sim N] [--n-data N] [--null]
+                                   [--no-model | --model-only]
 """
 
 import argparse
+import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +46,21 @@ __all__ = [
     "ISO_RHO_DATA",
     "ISO_RHO_SIM",
     "MET_SCALE",
+    "MODEL_CLASSES",
+    "MODEL_FILES",
+    "MODEL_INPUTS",
+    "MODEL_SEED",
     "PROCESSES",
     "RUNS",
     "Process",
     "copula_spearman",
+    "make_model",
     "make_samples",
+    "model_labels",
+    "model_metadata",
+    "model_training_weights",
     "process_weights",
+    "write_model",
     "write_samples",
 ]
 
@@ -714,6 +731,193 @@ def write_samples(sim: pl.DataFrame, data: pl.DataFrame, out: Path) -> tuple[Pat
     return paths[0], paths[1]
 
 
+# ---------------------------------------------------------------------------------------------
+# The sample network: a three-class classifier trained on the simulation.
+# ---------------------------------------------------------------------------------------------
+
+#: Inputs of the sample network, in its input order. ``met`` carries the planted 1D
+#: mismodelling and discriminates ttbar (neutrinos) from Drell-Yan; ``lep1_iso`` and
+#: ``lep2_iso`` carry the planted correlation mismodelling and discriminate nothing.
+MODEL_INPUTS: tuple[str, ...] = (
+    "lep1_pt",
+    "lep2_pt",
+    "m_ll",
+    "pt_ll",
+    "delta_r_ll",
+    "lep1_iso",
+    "lep2_iso",
+    "jet1_pt",
+    "jet2_pt",
+    "m_jj",
+    "ht",
+    "n_jets",
+    "n_btag",
+    "met",
+)
+#: Output nodes of the sample network (``output_drell_yan``, ... in validator) and the
+#: processes each one stands for.
+MODEL_CLASSES: dict[str, tuple[str, ...]] = {
+    "drell_yan": ("drell_yan",),
+    "ttbar": ("ttbar",),
+    "other": ("single_top", "diboson"),
+}
+#: File names of the exported network (TorchScript, ONNX).
+MODEL_FILES: tuple[str, str] = ("classifier.pt", "classifier.onnx")
+#: Seed of the initial weights and of the minibatch order.
+MODEL_SEED = 20_181_023
+MODEL_HIDDEN = 32  # two hidden layers of this width, tanh
+MODEL_EPOCHS = 8
+MODEL_BATCH = 1024
+#: Adam learning rate per epoch (a step decay for a stable final epoch).
+MODEL_LR: tuple[float, ...] = (3e-3, 3e-3, 3e-3, 3e-3, 3e-3, 1e-3, 1e-3, 3e-4)
+_METADATA_KEY = "validator.json"  # validator.model.METADATA_KEY
+_ONNX_OPSET = 17
+
+
+def model_metadata() -> dict[str, object]:
+    """The ``validator.json`` document stored in both model files."""
+    return {"inputs": list(MODEL_INPUTS), "outputs": list(MODEL_CLASSES), "kind": "multiclass"}
+
+
+def model_labels(sim: pl.DataFrame) -> np.ndarray:
+    """The class index (position in :data:`MODEL_CLASSES`) of every simulated event."""
+    index = {p: k for k, procs in enumerate(MODEL_CLASSES.values()) for p in procs}
+    return sim["process"].replace_strict(index, return_dtype=pl.Int64).to_numpy()
+
+
+def model_training_weights(sim: pl.DataFrame) -> np.ndarray:
+    """Training weight of every simulated event: ``|weight|``, rescaled per class so that the
+    three classes weigh the same, normalised to a mean of one.
+
+    The sign of an NLO-style negative weight is independent of the kinematics, so ``|weight|``
+    has the same distribution in expectation and keeps the loss positive; within ``other`` it
+    weighs diboson against single top by their expected yields.
+    """
+    labels = model_labels(sim)
+    absw = np.abs(sim["weight"].to_numpy())
+    per_class = np.bincount(labels, weights=absw, minlength=len(MODEL_CLASSES))
+    w = absw * (absw.sum() / (len(MODEL_CLASSES) * per_class))[labels]
+    return w / w.mean()
+
+
+def _classifier(mean: np.ndarray, std: np.ndarray, hidden: int):
+    """The network: standardisation (buffers) -> tanh -> tanh -> softmax over the classes."""
+    import torch
+
+    class Standardize(torch.nn.Module):
+        """``(x - mean) / std`` per input, the simulation's mean and standard deviation."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64))
+            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float64))
+
+        def forward(self, x):
+            return (x - self.mean) / self.std
+
+    class Classifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.standardize = Standardize()
+            self.body = torch.nn.Sequential(
+                torch.nn.Linear(len(mean), hidden),
+                torch.nn.Tanh(),
+                torch.nn.Linear(hidden, hidden),
+                torch.nn.Tanh(),
+                torch.nn.Linear(hidden, len(MODEL_CLASSES)),
+            )
+
+        def logits(self, x):
+            return self.body(self.standardize(x))
+
+        def forward(self, x):
+            return torch.softmax(self.logits(x), dim=1)
+
+    return Classifier().double()
+
+
+def make_model(sim: pl.DataFrame, seed: int = MODEL_SEED, epochs: int = MODEL_EPOCHS):
+    """Train the sample network on the simulation ``sim`` (a frame from :func:`make_samples`
+    or ``sim.parquet``); returns a float32 ``torch.nn.Module`` in eval mode.
+
+    Deterministic: the initial weights and the minibatch order come from ``seed``, training
+    runs on one thread in float64 (so rounding differences between CPUs stay far below the
+    float32 precision of the exported network), minibatches of :data:`MODEL_BATCH` events,
+    Adam with the learning rates :data:`MODEL_LR`, a cross-entropy weighted by
+    :func:`model_training_weights`. The standardisation (the simulation's unweighted mean and
+    standard deviation per input) is part of the module, as buffers.
+    """
+    import torch
+
+    x = sim.select(MODEL_INPUTS).to_numpy().astype(np.float64)
+    labels = model_labels(sim)
+    weights = model_training_weights(sim)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        net = _classifier(mean, std, MODEL_HIDDEN)
+        xt = torch.from_numpy(x)
+        yt = torch.tensor(labels)
+        wt = torch.from_numpy(weights)
+        order = torch.Generator().manual_seed(seed)
+        opt = torch.optim.Adam(net.parameters(), lr=MODEL_LR[0])
+        for epoch in range(epochs):
+            for group in opt.param_groups:
+                group["lr"] = MODEL_LR[min(epoch, len(MODEL_LR) - 1)]
+            perm = torch.randperm(len(xt), generator=order)
+            for start in range(0, len(xt), MODEL_BATCH):
+                idx = perm[start : start + MODEL_BATCH]
+                ce = torch.nn.functional.cross_entropy(
+                    net.logits(xt[idx]), yt[idx], reduction="none"
+                )
+                loss = (ce * wt[idx]).sum() / wt[idx].sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    net = net.float().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def write_model(net, out: Path) -> tuple[Path, Path]:
+    """Write ``net`` as ``classifier.pt`` (TorchScript) and ``classifier.onnx`` into ``out``,
+    each with the :func:`model_metadata` document (``validator.json``: TorchScript extra file,
+    ONNX ``metadata_props``). The batch axis is dynamic."""
+    import onnx
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    pt_path, onnx_path = out / MODEL_FILES[0], out / MODEL_FILES[1]
+    meta = json.dumps(model_metadata())
+    example = torch.zeros((2, len(MODEL_INPUTS)), dtype=torch.float32)
+    with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript and the exporter
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(net, (example,), check_trace=False)
+        torch.jit.save(traced, str(pt_path), _extra_files={_METADATA_KEY: meta})
+        # The TorchScript-based exporter (dynamo=False) works offline without onnxscript.
+        torch.onnx.export(
+            net,
+            (example,),
+            str(onnx_path),
+            dynamo=False,
+            input_names=["inputs"],
+            output_names=["probabilities"],
+            dynamic_axes={"inputs": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=_ONNX_OPSET,
+        )
+    proto = onnx.load(str(onnx_path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = _METADATA_KEY, meta
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(onnx_path))
+    return pt_path, onnx_path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -726,15 +930,42 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="draw data from the simulation model (no planted effects)",
     )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--no-model",
+        action="store_true",
+        help="write only the samples, not the sample network",
+    )
+    which.add_argument(
+        "--model-only",
+        action="store_true",
+        help="write only the sample network (trained on the generated simulation)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     sim, data = make_samples(args.n_sim, args.n_data, args.seed, planted=not args.null)
-    sim_path, data_path = write_samples(sim, data, args.out)
-    elapsed = time.perf_counter() - start
-    for path, frame in ((sim_path, sim), (data_path, data)):
-        print(f"{path}: {frame.height} events, {path.stat().st_size / 1e6:.2f} MB")
-    print(f"sum of simulation weights {sim['weight'].sum():.1f}, data events {data.height}")
-    print(f"generated in {elapsed:.1f} s")
+    if not args.model_only:
+        sim_path, data_path = write_samples(sim, data, args.out)
+        elapsed = time.perf_counter() - start
+        for path, frame in ((sim_path, sim), (data_path, data)):
+            print(f"{path}: {frame.height} events, {path.stat().st_size / 1e6:.2f} MB")
+        print(f"sum of simulation weights {sim['weight'].sum():.1f}, data events {data.height}")
+        print(f"generated in {elapsed:.1f} s")
+    if args.no_model:
+        return 0
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        if args.model_only:
+            raise
+        print("torch is not installed: the sample network is not written")
+        return 0
+    start = time.perf_counter()
+    net = make_model(sim)
+    trained = time.perf_counter() - start
+    paths = write_model(net, args.out)
+    print(f"{', '.join(f'{p}: {p.stat().st_size / 1e3:.0f} kB' for p in paths)}")
+    print(f"sample network trained in {trained:.1f} s")
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import polars as pl
@@ -11,6 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
+SAMPLE_DIR = REPO / "sample_data"
+
+
+def load_sample_generator() -> ModuleType:
+    """``sample_data/generate.py`` as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("generate", SAMPLE_DIR / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_frames(n_sim: int = 20_000, n_data: int = 10_000, seed: int = 7, shift: float = 0.0,

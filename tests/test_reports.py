@@ -9,7 +9,6 @@ The figures' contents are checked against the stored histograms recomputed here.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_sample_generator
 from matplotlib.collections import QuadMesh
 from matplotlib.patches import Rectangle, StepPatch
 from PIL import Image
@@ -39,17 +39,13 @@ FEATURES = ["met", "lep1_iso", "lep2_iso", "m_ll", "n_btag"]
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 
 
-def _generate():
-    spec = importlib.util.spec_from_file_location("generate", REPO / "sample_data" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("inputs")
-    sim, data = _generate().make_samples(n_sim=40_000, n_data=20_000, seed=11, planted=True)
+    sim, data = load_sample_generator().make_samples(n_sim=40_000, n_data=20_000, seed=11,
+                                                     planted=True)
     sim.write_parquet(folder / "sim.parquet")
     data.write_parquet(folder / "data.parquet")
     return folder / "sim.parquet", folder / "data.parquet"

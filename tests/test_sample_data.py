@@ -4,13 +4,12 @@ The planted effects are checked with references independent of validator: scipy'
 ``ks_2samp`` and ``spearmanr``, weighted means, and a textbook chi² for weighted histograms.
 """
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import load_sample_generator
 from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,15 +24,9 @@ TINY = {"n_sim": 3_000, "n_data": 1_500, "seed": 5}
 RESAMPLE = 3_000
 
 
-def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate", SAMPLE_DIR / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-gen = _load_generator()
+gen = load_sample_generator()
 
 
 @pytest.fixture(scope="module")

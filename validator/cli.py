@@ -12,6 +12,11 @@ import shlex
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from validator.gate import Verdict
+    from validator.rules import RulesFile
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 #: Most equal-population bins per feature: beyond it the bins hold too few events for the
@@ -131,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--db-wait", type=float, default=DEFAULT_DB_WAIT_S, metavar="SECONDS",
                      help="how long a finished run waits for a busy database before it is "
                           "written to a side file (default: %(default)s)")
+    run.add_argument("--rules", metavar="YAML",
+                     help="judge the stored run with this rules file (checked before any event "
+                          "is read); exit 1 when a rule fails")
+    run.add_argument("--junit", metavar="XML", help="write the rules' verdict as JUnit XML "
+                                                    "(needs --rules)")
+    run.add_argument("--report", metavar="FILE.md",
+                     help="write the Markdown report (verdict, failing rules, worst problems) "
+                          "once the run is stored and judged")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     runs = sub.add_parser("runs", help="list the runs stored in a database")
@@ -145,6 +158,35 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="add a run written to a side file (database was busy)")
     merge.add_argument("side_files", nargs="+", metavar="SIDE_FILE")
     merge.add_argument("--db", default="validation.duckdb", metavar="PATH")
+
+    report = sub.add_parser("report", help="write report.md, report.html and figures of a "
+                                           "stored run",
+                            description="Write the Markdown report, one self-contained HTML "
+                                        "file and the PNG/PDF figures of a stored run, from "
+                                        "the database alone.")
+    report.add_argument("--db", default="validation.duckdb", metavar="PATH")
+    report.add_argument("--run", default="latest", metavar="ID",
+                        help="run id (or a unique prefix), or 'latest' (default)")
+    report.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for report.md, report.html and figures/")
+    report.add_argument("--top", type=_positive_int, default=10, metavar="N",
+                        help="problems listed and figures drawn per kind (default: 10)")
+
+    gate = sub.add_parser("gate", help="judge a stored run with a rules file (the CI gate)",
+                          description="Judge a stored run against a rules file; the verdict is "
+                                      "added to the gate_results table. Nothing is recomputed.",
+                          epilog="exit codes: 0 every rule passes, 1 a rule fails, 2 unusable "
+                                 "rules, database or run, 3 internal error",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    gate.add_argument("--db", default="validation.duckdb", metavar="PATH",
+                      help="DuckDB file holding the run (default: %(default)s)")
+    gate.add_argument("--run", default="latest", metavar="ID",
+                      help="run id (or a unique prefix), or 'latest' (default)")
+    gate.add_argument("--rules", required=True, metavar="YAML",
+                      help="rules file, e.g. rules/default.yaml")
+    gate.add_argument("--junit", metavar="XML", help="also write the verdict as JUnit XML")
+
+    sub.add_parser("rules-schema", help="print the JSON schema of rules files")
     return parser
 
 
@@ -173,6 +215,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise _usage("--features names no column")
     if args.db_wait < 0:
         raise _usage("--db-wait must be >= 0")
+    rules = _gate_rules(args)  # a bad rules file is exit 2 before any event is read
+    _check_report_path(args.report)
     model_params = {}
     for text in args.model_param:
         name, sep, values = text.partition("=")
@@ -217,6 +261,105 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"validator: warning: {config.db} stayed busy; the run is in {outcome.side_file}: "
               f"add it with 'validator merge --db {config.db} {outcome.side_file}'",
               file=sys.stderr)
+    status = _gate_after_run(rules, outcome, args.junit) if rules is not None else EXIT_OK
+    _write_reports(args, outcome, rules)  # after the gate: the report shows its verdict
+    return status
+
+
+def _check_report_path(path: str | None) -> None:
+    """Refuse, before any event is read, a --report path that cannot be written."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise _usage(f"--report {path}: is a folder; give a file name (e.g. report.md)")
+    if not Path(path).resolve().parent.is_dir():
+        raise _usage(f"--report {path}: the folder {Path(path).parent} does not exist")
+
+
+def _write_reports(args: argparse.Namespace, outcome: Any, rules: Any = None) -> None:
+    """Write ``run --report FILE.md`` from the stored run (database or side file), with the
+    verdict the gate stored; a --no-db run is reported from memory (and judged again there,
+    the verdict being stored nowhere)."""
+    if not getattr(args, "report", None):
+        return
+    from validator.reports import load_report_tables, write_markdown
+
+    where = outcome.db or outcome.side_file
+    if where:
+        tables = load_report_tables(where, outcome.run_id, histograms=False)
+    else:
+        import pandas as pd
+
+        from validator.report import outcome_tables
+
+        tables = outcome_tables(outcome)
+        if rules is not None:
+            from validator.gate import judge, stamp, verdict_rows
+            from validator.gate import outcome_tables as gate_tables
+
+            tables["gate_results"] = pd.DataFrame(
+                verdict_rows(stamp(judge(gate_tables(outcome), rules))))
+    print(f"report written to {write_markdown(args.report, tables)}")
+
+
+def _gate_rules(args: argparse.Namespace) -> RulesFile | None:
+    """The run's rules (validated) and a writable --junit path, or None without --rules."""
+    from validator.junit import check_output_path
+    from validator.rules import load_rules
+
+    if args.junit and not args.rules:
+        raise _usage("--junit needs --rules (the JUnit file holds the rules' verdict)")
+    if not args.rules:
+        return None
+    rules = load_rules(args.rules)
+    if args.junit:
+        check_output_path(args.junit)
+    return rules
+
+
+def _print_verdict(verdict: Verdict, junit: str | None) -> int:
+    from validator.gate import verdict_lines
+    from validator.junit import write_junit
+
+    for line in verdict_lines(verdict):
+        print(line)
+    if junit:
+        print(f"JUnit written to {write_junit(verdict, junit)}")
+    return EXIT_OK if verdict.passed else EXIT_FAIL
+
+
+def _gate_after_run(rules: RulesFile, outcome: Any, junit: str | None) -> int:
+    """Judge a run just finished: stored (in the database or its side file) or in memory."""
+    from validator.gate import judge, judge_stored, outcome_tables, stamp
+
+    where = outcome.db or outcome.side_file
+    if where:
+        verdict = judge_stored(where, outcome.run_id, rules)
+    else:  # --no-db: judged, not stored
+        verdict = stamp(judge(outcome_tables(outcome), rules))
+    return _print_verdict(verdict, junit)
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from validator.gate import judge_stored
+    from validator.junit import check_output_path
+    from validator.rules import load_rules
+
+    rules = load_rules(args.rules)
+    if args.junit:
+        check_output_path(args.junit)
+    verdict = judge_stored(args.db, args.run, rules)
+    status = _print_verdict(verdict, args.junit)
+    print(f"verdict {verdict.verdict_id} added to {args.db} (table gate_results)")
+    return status
+
+
+def _cmd_rules_schema() -> int:
+    from validator.rules import schema_text
+
+    sys.stdout.write(schema_text())
     return EXIT_OK
 
 
@@ -272,6 +415,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from validator.reports import write_report
+
+    files = write_report(args.db, args.run, args.out, top=args.top)
+    print(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figure files in "
+          f"{files.markdown.parent / 'figures'}")
+    return EXIT_OK
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from validator.store import merge_side_file
 
@@ -297,7 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     commands = {"run": lambda: _cmd_run(args, argv), "runs": lambda: _cmd_runs(args),
-                "show": lambda: _cmd_show(args), "merge": lambda: _cmd_merge(args)}
+                "show": lambda: _cmd_show(args), "merge": lambda: _cmd_merge(args),
+                "gate": lambda: _cmd_gate(args), "rules-schema": _cmd_rules_schema,
+                "report": lambda: _cmd_report(args)}
     try:
         return commands[args.command]()
     except (InputError, _UsageError) as exc:

@@ -185,10 +185,23 @@ def _render_audit(console: Console, run: Any, critical: pd.DataFrame, found: Any
     if corr:
         console.print("importance rankings, simulation vs data (Spearman): " + ", ".join(corr))
     if found.taylor:
+        listed = [_pair(x, y) + (f" [{node}]" if multi_node else "")
+                  for (node, x, y) in found.taylor]
         console.print("[bold red]the network responds differently in data[/bold red] (Taylor "
-                      "coefficients, Holm < alpha): " + "; ".join(
-                          _pair(x, y) + (f" [{node}]" if multi_node else "")
-                          for (node, x, y) in found.taylor))
+                      f"coefficients, Holm < alpha): {_some(listed)}")
+    if found.outputs:
+        outputs = [f"{_pair(x, y)} ({', '.join(m)})" for (_, x, y), m in found.outputs.items()]
+        console.print("[bold red]network outputs mismodelled[/bold red] (alone or with an "
+                      f"input; they follow from the inputs'): {_some(outputs)}")
+
+
+#: Items listed in one line of the terminal summary before "and N more".
+MAX_LISTED = 12
+
+
+def _some(items: list[str]) -> str:
+    more = len(items) - MAX_LISTED
+    return "; ".join(items[:MAX_LISTED]) + (f"; and {more} more" if more > 0 else "")
 
 
 def outcome_tables(outcome: Any) -> dict[str, pd.DataFrame]:

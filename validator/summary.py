@@ -100,6 +100,9 @@ class Findings:
     ``taylor``: (node, x, y or None) -> methods, for the network's Taylor coefficients whose
     data and simulation means differ (``kind='taylor'``): the network responds to x (and y)
     differently in data.
+    ``outputs``: (category, x, y or None) -> methods, for tests of a network output
+    (``kind='output'``), alone or beside an input: an output is a function of every input, so
+    its failures (and its pairs') follow from the inputs' and are listed apart.
     """
 
     features: dict[tuple[str, str], list[str]]
@@ -107,6 +110,7 @@ class Findings:
     pairs_from_marginals: dict[tuple[str, str, str], list[str]]
     pairs_other: dict[tuple[str, str, str], list[str]]
     taylor: dict[tuple[str, str, str | None], list[str]] = field(default_factory=dict)
+    outputs: dict[tuple[str, str, str | None], list[str]] = field(default_factory=dict)
 
 
 def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Findings:
@@ -118,6 +122,7 @@ def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Finding
     feats: dict[tuple[str, str], list[str]] = {}
     pairs: dict[tuple[str, str, str], list[str]] = {}
     taylor: dict[tuple[str, str, str | None], list[str]] = {}
+    outputs: dict[tuple[str, str, str | None], list[str]] = {}
     for t in tests:
         p = t["p_holm"]
         if not (t["reliable"] and p is not None and np.isfinite(p) and p < alpha):
@@ -127,6 +132,8 @@ def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Finding
             y = None
         if t.get("kind") == "taylor":
             taylor.setdefault((t.get("node") or "", t["feature_x"], y), []).append(t["method"])
+        elif t.get("kind") == "output":
+            outputs.setdefault((t["category"], t["feature_x"], y), []).append(t["method"])
         elif y is None:
             feats.setdefault((t["category"], t["feature_x"]), []).append(t["method"])
         else:
@@ -142,4 +149,4 @@ def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Finding
             from_marg[key] = methods
         else:
             other[key] = methods
-    return Findings(feats, corr, from_marg, other, taylor)
+    return Findings(feats, corr, from_marg, other, taylor, outputs)

@@ -1,0 +1,92 @@
+"""Time of the systematic saturated test (issue 16) with toy p-values on a run-sized set.
+
+The set mimics the sample data's tests: 20 features in 1D (10-30 bins) and their 190 pairs
+in 2D (about 25 cells after merging), 2 processes, 3 shape systematics (two weight
+variations per process, one one-sided variation of the total), one normalisation
+uncertainty, BB-lite MC statistics, 300 toys per test. Half of the histograms have data
+drawn from the model with the nuisances pulled from their constraints (null), half with a
+mismodelling the systematics do not cover. Run once with fixed toys, once adaptive as a run
+would ask (thresholds alpha = 0.05 and Holm's first alpha/m, up to 20,000 toys).
+
+Run with ``python benchmarks/bench_systematics.py [--tests N] [--toys N]``. Prints the wall
+time, time per test and fits per second. Figures, not pass/fail: machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from validator.stats.systematics import build_model, expected_counts, saturated_syst
+
+#: Test size of a run, and the number of planned tests (for Holm's first threshold).
+ALPHA = 0.05
+#: Cap of adaptive toys per test (validator.compare.CompareOptions.max_toys).
+MAX_TOYS = 20_000
+
+
+def _histogram(rng: np.random.Generator, n_bins: int, mismodelled: bool) -> dict:
+    """One test's inputs: two processes, three shape systematics, one normalisation."""
+    x = np.linspace(-1.0, 1.0, n_bins)
+    sig = rng.uniform(200.0, 2000.0) * np.exp(-rng.uniform(0.5, 3.0) * x**2)
+    bkg = rng.uniform(200.0, 2000.0) * np.exp(-rng.uniform(0.2, 1.5) * (x + 1.0))
+    weight = rng.uniform(0.5, 4.0)  # simulated events of this weight; data 1 per event
+    w = np.stack([sig, bkg]) * weight
+    s2 = w * weight
+    slope = rng.uniform(0.03, 0.12)
+    variations = {
+        "jes": (np.stack([w[0] * (1 + slope * x), w[1]]), np.stack([w[0] * (1 - slope * x),
+                                                                     w[1]])),
+        "pileup": (np.stack([w[0], w[1] * (1 + 0.05 * x**2)]),
+                   np.stack([w[0], w[1] * (1 - 0.04 * x**2)])),
+        "model": (w.sum(axis=0) * (1 + 0.03 * np.sin(3 * x)), None),
+    }
+    norms = {"bkg": 0.1}
+    model = build_model(w, s2, variations, norms, process_names=["sig", "bkg"])
+    theta = rng.standard_normal(model.n_constrained)
+    gamma = np.clip(1.0 + model.sigma_rel * rng.standard_normal(model.n_bins), 0.0, None)
+    nu = gamma * expected_counts(model, np.concatenate([[np.log(1 / weight)], theta])[None])[0]
+    if mismodelled:
+        nu = nu * (1.0 + 0.08 * x**3)
+    return {"sim_sumw": w, "sim_sumw2": s2, "data": rng.poisson(nu).astype(float),
+            "variations": variations, "norm_uncertainties": norms,
+            "process_names": ["sig", "bkg"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--toys", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    n_1d = args.features
+    n_2d = n_1d * (n_1d - 1) // 2
+    bins = [int(b) for b in rng.integers(10, 31, n_1d)] + [25] * n_2d
+    cases = [_histogram(rng, b, mismodelled=(k % 2 == 1)) for k, b in enumerate(bins)]
+    n_tests = len(cases)
+    print(f"{n_tests} tests ({n_1d} 1D with 10-30 bins, {n_2d} 2D with 25 bins), "
+          f"2 processes, 3 shape + 1 normalisation systematics, BB-lite, {args.toys} toys")
+    thresholds = (ALPHA, ALPHA / n_tests)
+    for label, kwargs in (("fixed toys", {}),
+                          ("adaptive", {"max_toys": MAX_TOYS, "thresholds": thresholds})):
+        t0 = time.perf_counter()
+        total_toys = 0
+        failed = 0
+        small = 0
+        for k, case in enumerate(cases):
+            res = saturated_syst(**case, n_toys=args.toys,
+                                 rng=np.random.default_rng([args.seed, k]), **kwargs)
+            total_toys += res.n_toys or 0
+            failed += int(res.details.get("n_toys_failed", 0))
+            small += int(res.pvalue < ALPHA)
+        wall = time.perf_counter() - t0
+        print(f"{label:>10}: {wall:7.2f} s wall, {1e3 * wall / n_tests:6.1f} ms per test, "
+              f"{total_toys} toy fits ({total_toys / wall:,.0f} per s), {failed} failed fits, "
+              f"{small}/{n_tests} tests with p < {ALPHA}")
+
+
+if __name__ == "__main__":
+    main()
