@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", metavar="FILE.md",
                      help="write the Markdown report (verdict, failing rules, worst problems) "
                           "once the run is stored and judged")
+    run.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                     help="a label stored with the run, e.g. era=2018B (repeatable): the "
+                          "dashboard's history groups runs by tag")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     runs = sub.add_parser("runs", help="list the runs stored in a database")
@@ -236,7 +239,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         model=args.model, model_scaler=args.model_scaler, model_kind=args.model_kind,
         model_inputs=[c.strip() for c in args.model_inputs.split(",") if c.strip()]
         if args.model_inputs else None, model_params=model_params or None,
-        db_wait_s=args.db_wait,
+        db_wait_s=args.db_wait, tags=_tags(args.tag),
         plan=PlanConfig(n_bins=args.bins, max_pairs=args.max_pairs),
         compare=CompareOptions(dependence_toys=args.toys),
         command="validator " + " ".join(shlex.quote(a) for a in argv),
@@ -361,6 +364,20 @@ def _cmd_rules_schema() -> int:
 
     sys.stdout.write(schema_text())
     return EXIT_OK
+
+
+def _tags(items: Sequence[str]) -> dict[str, str]:
+    """``--tag KEY=VALUE`` options as a dict (a key given twice is a usage error)."""
+    tags: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise _usage(f"--tag: '{item}' is not KEY=VALUE")
+        if key in tags:
+            raise _usage(f"--tag: '{key}' is given twice")
+        tags[key] = value
+    return tags
 
 
 def _short_paths(paths) -> str:

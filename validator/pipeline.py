@@ -94,6 +94,7 @@ class RunConfig:
     shap_events: int = SHAP_EVENTS
     second_order_events: int = SECOND_ORDER_EVENTS
     db_wait_s: float = DEFAULT_DB_WAIT_S
+    tags: dict[str, str] = field(default_factory=dict)
     command: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

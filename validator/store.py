@@ -51,7 +51,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("n_global_tests", "INTEGER"), ("n_global_failed", "INTEGER"),
         ("n_global_replicas", "INTEGER"), ("taylor_rank_corr_first", "DOUBLE"),
         ("taylor_rank_corr_second", "DOUBLE"), ("shap_rank_corr", "DOUBLE"),
-        ("gate_rules_sha256", "VARCHAR"),
+        ("gate_rules_sha256", "VARCHAR"), ("tags", "VARCHAR[]"),
     ],
     "features": [
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature", "VARCHAR"),
@@ -520,6 +520,7 @@ def run_rows(outcome: RunOutcome, with_histograms: bool = True,
         "notes": outcome.notes, "seed": config.seed, "n_not_run": s.n_not_run,
         "config_json": json.dumps(config.to_dict(), default=_json_default),
         "versions_json": json.dumps(outcome.versions),
+        "tags": [f"{k}={v}" for k, v in sorted(config.tags.items())],
     }]
     models = []
     if outcome.model is not None:
