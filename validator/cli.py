@@ -114,6 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model-param", action="append", default=[], metavar="NAME=V1,V2",
                      help="a parametric network's parameter and the values to audit it at "
                           "(repeatable)")
+    run.add_argument("--syst", action="append", default=[], metavar="NAME=UP[:DOWN]",
+                     help="a weight systematic: columns of the simulation with the varied event "
+                          "weight, e.g. pileup=weight_pu_up:weight_pu_down (one-sided: "
+                          "mirrored); repeatable")
+    run.add_argument("--syst-file", action="append", default=[], metavar="NAME=UP[:DOWN]",
+                     help="a shape systematic: alternative simulation files (comma-separated "
+                          "per side), e.g. jes=sim_jes_up.parquet:sim_jes_down.parquet; "
+                          "repeatable")
+    run.add_argument("--norm-unc", action="append", default=[], metavar="[PROCESS=]REL",
+                     help="log-normal normalisation uncertainty: 0.05 for every process, or "
+                          "drell_yan=0.05,ttbar=0.06 (needs --process-column)")
+    run.add_argument("--process-column", metavar="COL",
+                     help="the simulation's process column: per-process histograms (stacked "
+                          "in plots) and per-process normalisation uncertainties")
+    run.add_argument("--syst-toys", type=_positive_int, default=300,
+                     help="toys of the saturated_syst p-values (default: 300)")
     run.add_argument("--blind", metavar="EXPR",
                      help="SQL condition of the blinded region: its events are removed from "
                           "data and simulation before anything is computed")
@@ -208,6 +224,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from validator.pipeline import RunConfig, run_validation
     from validator.plan import PlanConfig
     from validator.report import render
+    from validator.systematics import Systematics
 
     if not 0 < args.alpha < 1:
         raise _usage("--alpha must be between 0 and 1")
@@ -240,8 +257,11 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         model_inputs=[c.strip() for c in args.model_inputs.split(",") if c.strip()]
         if args.model_inputs else None, model_params=model_params or None,
         db_wait_s=args.db_wait, tags=_tags(args.tag),
+        systematics=Systematics.parse(args.syst, args.syst_file, args.norm_unc,
+                                      args.process_column)
+        if args.syst or args.syst_file or args.norm_unc or args.process_column else None,
         plan=PlanConfig(n_bins=args.bins, max_pairs=args.max_pairs),
-        compare=CompareOptions(dependence_toys=args.toys),
+        compare=CompareOptions(dependence_toys=args.toys, syst_toys=args.syst_toys),
         command="validator " + " ".join(shlex.quote(a) for a in argv),
     )
     console = _console()

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,12 +37,18 @@ from validator.stats import (
     wasserstein_hist,
 )
 
+if TYPE_CHECKING:
+    from validator.systematics import VariationRows
+
 #: Tests of each feature (kind ``1d``), each pair's histogram (``2d``) and correlation (``corr``).
 METHODS_1D = ("chi2_uw", "saturated", "ks", "ad")
 METHODS_2D = ("chi2_uw", "saturated", "dependence")
 METHODS_CORR = ("corr_spearman", "corr_pearson")
 #: The 1D test of the fraction of NaN/inf/sentinel values, planned for a feature that has any.
 INVALID_FRACTION = "invalid_fraction"
+#: The saturated test with the systematics as nuisance parameters (planned with systematics,
+#: beside ``saturated``: a reviewer sees what the systematics absorb).
+SATURATED_SYST = "saturated_syst"
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,40 @@ class CompareOptions:
     small_sample_toys: int = 500
     edf_toys: int = 500
     max_toys: int = 20_000
+    syst_toys: int = 300
+
+
+@dataclass(frozen=True)
+class SystInputs:
+    """What the systematic tests need beside the nominal accumulators.
+
+    ``rows``: the simulation accumulators' weight rows (weight variations, processes);
+    ``shapes``: shape systematic -> (up, down or None) accumulators per category, filled in
+    the same layout from the alternative simulation files; ``norms``: process -> relative
+    log-normal uncertainty.
+    """
+
+    rows: VariationRows
+    shapes: dict[str, tuple[dict[str, Accumulator], dict[str, Accumulator] | None]] = \
+        field(default_factory=dict)
+    norms: dict[str, float] = field(default_factory=dict)
+
+    def templates(self, category: str, sim: Hist, view: Callable[[Accumulator], Hist]
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Each systematic's (up, down or None) Σw per bin of ``sim``'s binning (flat)."""
+        out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        for v in self.rows.weights:
+            up = self.rows.index(f"{v.name}_up")
+            down = self.rows.index(f"{v.name}_down")
+            out[v.name] = (sim.sumw[up].ravel(),
+                           sim.sumw[down].ravel() if down is not None else None)
+        zeros = np.zeros(sim.values.size)
+        for name, (ups, downs) in self.shapes.items():
+            up = view(ups[category]).values.ravel() if category in ups else zeros
+            down = None if downs is None else (
+                view(downs[category]).values.ravel() if category in downs else zeros)
+            out[name] = (up, down)
+        return out
 
 
 @dataclass(frozen=True)
@@ -109,20 +150,9 @@ def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
     Σw³), refined until the decisions at ``thresholds`` are settled.
     """
     d, s, s2 = data.values.ravel(), sim.values.ravel(), sim.variances.ravel()
-    total_data, total_sim = d.sum(), s.sum()
-    reason = None
-    if total_data <= 0:
-        reason = "no data event with valid values"
-    elif total_sim <= 0:
-        reason = f"the simulation's sum of weights here is {total_sim:.4g} (not > 0)"
-    else:
-        expected = np.clip(s, 0.0, None) * (total_data / total_sim)
-        groups = merge_sparse_bins(expected, options.min_expected, sim_sumw=s, sim_sumw2=s2)
-        if groups.max() < 1:
-            reason = (f"fewer than {2 * options.min_expected:g} expected events or too few "
-                      "simulated entries: one bin left after merging sparse bins")
-    if reason:
-        return {"chi2_uw": reason, "saturated": reason}
+    groups = _merge_groups(d, s, s2, options)
+    if isinstance(groups, str):
+        return {"chi2_uw": groups, "saturated": groups}
     count = sim.count.ravel() if sim.count is not None else None
     sumw3 = sim.sumw3.ravel() if sim.sumw3 is not None else None
     d, s, s2 = (merge_histogram(a, groups) for a in (d, s, s2))
@@ -136,6 +166,84 @@ def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
                           max_toys=options.max_toys, thresholds=thresholds, **shape)
         results[name] = result
     return results
+
+
+def shape_changes(layout: Layout, sims: dict[str, Accumulator], syst: SystInputs
+                  ) -> list[dict[str, object]]:
+    """How much each systematic changes each feature's *shape* (the tests compare shapes):
+    max over the test bins of |(t_i/Σt) / (n_i/Σn) − 1| for the up and down templates t
+    against the nominal n (bins with n_i > 0), per category. Beside a network output's change,
+    the largest input's says whether the network amplifies a systematic."""
+    rows: list[dict[str, object]] = []
+    for category, sim in sims.items():
+        for k, f in enumerate(layout.plan.features):
+            hist = sim.hist_1d(layout, k)
+            nominal = hist.values
+            ok = nominal > 0
+            if not ok.any() or nominal.sum() <= 0:
+                continue
+            ref = nominal[ok] / nominal.sum()
+            for name, (up, down) in syst.templates(category, hist,
+                                                   lambda a, k=k: a.hist_1d(layout, k)).items():
+                change = {}
+                for side, t in (("up", up), ("down", down)):
+                    if t is None or t.sum() <= 0:
+                        change[side] = None
+                        continue
+                    change[side] = float(np.max(np.abs(t[ok] / t.sum() / ref - 1.0)))
+                rows.append({"category": category, "systematic": name, "feature": f.name,
+                             "shape_change_up": change["up"],
+                             "shape_change_down": change["down"]})
+    return rows
+
+
+def _merge_groups(d: np.ndarray, s: np.ndarray, s2: np.ndarray, options: CompareOptions
+                  ) -> np.ndarray | str:
+    """The merged bins of a histogram (enough expected data and simulated entries per
+    group), or why no test can run on it."""
+    total_data, total_sim = d.sum(), s.sum()
+    if total_data <= 0:
+        return "no data event with valid values"
+    if total_sim <= 0:
+        return f"the simulation's sum of weights here is {total_sim:.4g} (not > 0)"
+    expected = np.clip(s, 0.0, None) * (total_data / total_sim)
+    groups = merge_sparse_bins(expected, options.min_expected, sim_sumw=s, sim_sumw2=s2)
+    if groups.max() < 1:
+        return (f"fewer than {2 * options.min_expected:g} expected events or too few "
+                "simulated entries: one bin left after merging sparse bins")
+    return groups
+
+
+def syst_test(data: Hist, sim: Hist, syst: SystInputs, category: str,
+              view: Callable[[Accumulator], Hist], options: CompareOptions,
+              rng: np.random.Generator, thresholds: tuple[float, ...]) -> Outcome:
+    """``saturated_syst`` on one histogram: the bins merged as for ``saturated``, each
+    systematic's templates and each process merged alike
+    (:func:`validator.stats.systematics.saturated_syst`)."""
+    from validator.stats.systematics import saturated_syst
+
+    d, s, s2 = data.values.ravel(), sim.values.ravel(), sim.variances.ravel()
+    groups = _merge_groups(d, s, s2, options)
+    if isinstance(groups, str):
+        return groups
+
+    def merged(a: np.ndarray) -> np.ndarray:
+        return merge_histogram(a, groups)
+
+    variations = {name: (merged(up), None if down is None else merged(down))
+                  for name, (up, down) in syst.templates(category, sim, view).items()}
+    sumw, sumw2, names = merged(s), merged(s2), None
+    if syst.norms:
+        rows = [syst.rows.index(f"process:{p}") for p in syst.rows.processes]
+        sumw = np.stack([merged(sim.sumw[r].ravel()) for r in rows])
+        sumw2 = np.stack([merged(sim.sumw2[r].ravel()) for r in rows])
+        names = list(syst.rows.processes)
+    try:
+        return saturated_syst(sumw, sumw2, merged(d), variations, syst.norms or None,
+                              process_names=names, n_toys=options.syst_toys, rng=rng,
+                              max_toys=options.max_toys, thresholds=thresholds)
+    except ValueError as exc:
+        return f"the systematic fit cannot run: {exc}"
 
 
 def _edf_tests(layout: Layout, k: int, sim: Accumulator, data: Accumulator,
@@ -241,22 +349,24 @@ def _pair_tests(layout: Layout, p: int, sim: Accumulator, data: Accumulator,
     return results
 
 
-def planned_methods(layout: Layout, with_invalid: np.ndarray,
+def planned_methods(layout: Layout, with_invalid: np.ndarray, with_syst: bool = False,
                     ) -> list[tuple[str, str, str, str | None]]:
     """Every test the plan asks for in one category: (kind, method, feature_x, feature_y).
 
     ``with_invalid[k]`` says whether feature ``k`` has NaN/inf/sentinel values in either
-    sample (then its invalid-fraction test is planned too).
+    sample (then its invalid-fraction test is planned too); ``with_syst``: the run has
+    systematics (``saturated_syst`` for every feature and pair).
     """
     plan = layout.plan
+    extra = (SATURATED_SYST,) if with_syst else ()
     tests: list[tuple[str, str, str, str | None]] = []
     for k, f in enumerate(plan.features):
-        tests.extend(("1d", m, f.name, None) for m in METHODS_1D)
+        tests.extend(("1d", m, f.name, None) for m in (*METHODS_1D, *extra))
         if with_invalid[k]:
             tests.append(("1d", INVALID_FRACTION, f.name, None))
     for i, j in plan.pairs:
         x, y = plan.features[i].name, plan.features[j].name
-        tests.extend(("2d", m, x, y) for m in METHODS_2D)
+        tests.extend(("2d", m, x, y) for m in (*METHODS_2D, *extra))
         tests.extend(("corr", m, x, y) for m in METHODS_CORR)
     return tests
 
@@ -281,7 +391,7 @@ def untested_categories(sims: dict[str, Accumulator], datas: dict[str, Accumulat
 
 def _category_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
                        options: CompareOptions, seed: int, with_invalid: np.ndarray,
-                       thresholds: tuple[float, ...],
+                       thresholds: tuple[float, ...], syst: SystInputs | None = None,
                        ) -> Iterator[tuple[str, str, str | None, dict[str, Outcome]]]:
     """(kind, feature_x, feature_y, method -> outcome) per feature and pair of a category."""
     plan = layout.plan
@@ -295,6 +405,10 @@ def _category_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, cate
         if with_invalid[k]:
             outcomes[INVALID_FRACTION] = invalid_fraction(layout, k, sim, data, options,
                                                           rng(INVALID_FRACTION), thresholds)
+        if syst is not None:
+            outcomes[SATURATED_SYST] = syst_test(
+                hd, hs, syst, category, lambda a, k=k: a.hist_1d(layout, k), options,
+                rng(SATURATED_SYST), thresholds)
         yield "1d", f.name, None, outcomes
     for p, (i, j) in enumerate(plan.pairs):
         x, y = plan.features[i].name, plan.features[j].name
@@ -302,13 +416,18 @@ def _category_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, cate
         def rng2(method: str, x: str = x, y: str = y) -> np.random.Generator:
             return test_rng(seed, category, method, x, y)
 
-        yield "2d", x, y, _pair_tests(layout, p, sim, data, options, rng2, thresholds)
+        outcomes = _pair_tests(layout, p, sim, data, options, rng2, thresholds)
+        if syst is not None:
+            outcomes[SATURATED_SYST] = syst_test(
+                data.hist_2d(layout, p), sim.hist_2d(layout, p), syst, category,
+                lambda a, p=p: a.hist_2d(layout, p), options, rng2(SATURATED_SYST), thresholds)
+        yield "2d", x, y, outcomes
 
 
 def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
               options: CompareOptions, seed: int,
               progress: Callable[[str, int, int], None] | None = None,
-              alpha: float = 0.05) -> list[TestRecord]:
+              alpha: float = 0.05, syst: SystInputs | None = None) -> list[TestRecord]:
     """Every planned test of every category, in the order of :func:`planned_methods`.
 
     A category present in one sample only (or with Σw ≤ 0) gets every planned test with the
@@ -319,7 +438,7 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     with_invalid = np.zeros(layout.n_features, dtype=bool)
     for acc in (*sims.values(), *datas.values()):
         with_invalid |= (acc.n_nonfinite + acc.n_sentinel) > 0
-    planned = planned_methods(layout, with_invalid)
+    planned = planned_methods(layout, with_invalid, syst is not None)
     skip = untested_categories(sims, datas)
     thresholds = (alpha, alpha / max(len(planned) * len(categories), 1))
     groups_per_category = layout.n_features + len(layout.plan.pairs)
@@ -334,7 +453,7 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
         outcomes: dict[tuple[str, str, str | None], Outcome] = {}
         for _kind, x, y, group in _category_outcomes(layout, sims[category], datas[category],
                                                     category, options, seed, with_invalid,
-                                                    thresholds):
+                                                    thresholds, syst):
             outcomes.update({(m, x, y): o for m, o in group.items()})
             done += 1
             if progress:

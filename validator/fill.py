@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from validator.hist import Hist
 from validator.plan import SENTINEL_VALUES, Plan
 from validator.sources import ENTRY, FILE
 from validator.transform import INCLUSIVE, Reader, categories_of, weights_of
+
+if TYPE_CHECKING:
+    from validator.systematics import VariationRows
 
 #: Entries (events x pairs) indexed at once when filling the pair histograms.
 PAIR_BLOCK_ENTRIES = 8_000_000
@@ -421,13 +425,15 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
 def fill_sample(reader: Reader, layout: Layout, category: str | None = None,
                 progress: Callable[[str, int, int], None] | None = None, seed: int = 0,
                 observe: Callable[[dict[str, np.ndarray], np.ndarray], None] | None = None,
+                variations: VariationRows | None = None,
                 ) -> dict[str, Accumulator]:
     """Second pass: one accumulator per category (and the inclusive one, their sum).
 
     Events are assigned to random groups by a hash of (``seed``, file, row): the same events
     fall in the same groups however the input is chunked or partitioned. ``observe(chunk,
     weights)``, when given, sees every chunk with its nominal weights in the same pass (the
-    network audit accumulates its sums there: no second read of the data).
+    network audit accumulates its sums there: no second read of the data). ``variations``:
+    the weight rows of a simulation with systematics (:mod:`validator.systematics`).
     """
     names = layout.plan.feature_names
     per_category: dict[str, Accumulator] = {}
@@ -438,6 +444,8 @@ def fill_sample(reader: Reader, layout: Layout, category: str | None = None,
         w = weights_of(chunk, reader.sample)
         if observe is not None:
             observe(chunk, w[0])
+        if variations is not None and len(variations.labels) > 1:
+            w = variations.weight_rows(chunk, w[0], reader.sample)
         groups = event_groups(chunk[ENTRY], chunk[FILE], seed)
         cats = categories_of(chunk, category)
         parts = {INCLUSIVE: slice(None)} if cats is None else {

@@ -30,7 +30,14 @@ from validator.audit import (
     audit_results,
     criticality_rows,
 )
-from validator.compare import CompareOptions, TestRecord, run_tests, untested_categories
+from validator.compare import (
+    CompareOptions,
+    SystInputs,
+    TestRecord,
+    run_tests,
+    shape_changes,
+    untested_categories,
+)
 from validator.errors import InputError
 from validator.fill import Accumulator, Layout, fill_sample
 from validator.globaltest import GlobalResult, global_test
@@ -44,6 +51,7 @@ from validator.plan import (
 )
 from validator.sources import DEFAULT_CHUNK_ROWS, Sample, Selection, open_sample
 from validator.summary import Findings, RunSummary, adjust_pvalues, findings, summarise
+from validator.systematics import ProcessCollector, Systematics, VariationRows
 from validator.transform import INCLUSIVE, Reader, TransformChain, parse_definitions
 
 #: The seed of a run unless one is given, for the CLI and the API alike.
@@ -91,6 +99,7 @@ class RunConfig:
     model_scaler: str | None = None
     model_kind: str | None = None
     model_params: dict[str, list[float]] | None = None
+    systematics: Systematics | None = None
     shap_events: int = SHAP_EVENTS
     second_order_events: int = SECOND_ORDER_EVENTS
     db_wait_s: float = DEFAULT_DB_WAIT_S
@@ -104,6 +113,9 @@ class RunConfig:
         raw["db"] = str(self.db) if self.db else None
         for key in ("features", "exclude", "defines", "model_inputs"):
             raw[key] = list(raw[key]) if raw[key] is not None else None
+        syst = self.systematics
+        raw["systematics"] = syst.to_dict() if syst is not None and not syst.empty else None
+        raw["process_column"] = syst.process_column if syst is not None else None
         return raw
 
 
@@ -145,6 +157,8 @@ class RunOutcome:
     model: dict[str, Any] | None = None  # the audited network (AuditedModel.describe())
     audit: AuditResult | None = None  # its importances, Taylor tests, rank correlations
     criticality: list[dict[str, Any]] = field(default_factory=list)
+    syst: SystInputs | None = None  # the systematics' rows and shape-variation accumulators
+    syst_effects: list[dict[str, Any]] = field(default_factory=list)
     db: Path | None = None  # where the run was stored
     side_file: Path | None = None  # where it went when the database stayed busy
 
@@ -205,6 +219,34 @@ def _identical_note(sims: dict[str, Accumulator], datas: dict[str, Accumulator])
     return None
 
 
+def _systematic_inputs(config: RunConfig, syst: Systematics, rows: VariationRows,
+                       layout: Layout, columns: list[str],
+                       chain: Callable[[str | None, str], TransformChain],
+                       progress: Progress | None) -> SystInputs:
+    """The shape variations' accumulators (their files read through the simulation's chain
+    and filled in the nominal binning) and the processes' normalisation uncertainties."""
+    shapes = {}
+    for v in syst.shapes:
+        sides = []
+        for side, paths in (("up", v.up), ("down", v.down)):
+            if paths is None:
+                sides.append(None)
+                continue
+            sample = open_sample(f"syst-file {v.name} {side}", paths, config.weight)
+            missing = [c for c in columns if c not in sample.columns]
+            if missing:
+                raise InputError(f"{sample.sources[0].label}: --syst-file {v.name}: no column "
+                                 f"'{missing[0]}' (a shape variation needs the simulation's "
+                                 "columns)")
+            keys = event_key_columns(sample)
+            reader = Reader(sample, list(dict.fromkeys(columns + keys)), config.chunk_rows,
+                            chain(config.sim_selection, "--sim-selection"))
+            sides.append(fill_sample(reader, layout, config.category, progress, config.seed))
+        shapes[v.name] = (sides[0], sides[1])
+    norms = syst.process_norms(rows.processes) if syst.process_column else {}
+    return SystInputs(rows, shapes, norms)
+
+
 def _test_dicts(records: Sequence[TestRecord], p_holm: np.ndarray) -> list[dict[str, Any]]:
     """The fields of the tests that criticality reads, before the rows are stored."""
     return [{"test_id": t, "category": r.category, "kind": r.kind, "method": r.method,
@@ -229,6 +271,11 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     _check_distinct_inputs(sim, data, config)
     definitions = parse_definitions(config.defines)
     model = _load_model(config, sim, data)
+    syst = config.systematics
+    if syst is not None and syst.empty and not syst.process_column:
+        syst = None
+    if syst is not None:
+        syst.check_columns(sim)
     points = model.grid() if model else ()
     derived = (*definitions, *points)
     blind = Selection.parse(config.blind, "--blind") if config.blind else None
@@ -247,11 +294,15 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     columns = choice.candidates + ([config.category] if config.category else []) \
         + (list(model.inputs) if model else [])
     sim_keys, data_keys = event_key_columns(sim), event_key_columns(data)
-    sim_reader = Reader(sim, list(dict.fromkeys(columns + sim_keys)), config.chunk_rows,
+    sim_columns = columns + (syst.columns() if syst is not None else [])
+    sim_reader = Reader(sim, list(dict.fromkeys(sim_columns + sim_keys)), config.chunk_rows,
                         chain(config.sim_selection, "--sim-selection"))
     data_reader = Reader(data, list(dict.fromkeys(columns + data_keys)), config.chunk_rows,
                          chain(config.data_selection, "--data-selection"))
-    sim_scan = scan_sample(sim_reader, choice.candidates, config.seed, sim_keys, progress)
+    processes = ProcessCollector(syst.process_column) \
+        if syst is not None and syst.process_column else None
+    sim_scan = scan_sample(sim_reader, choice.candidates, config.seed, sim_keys, progress,
+                           observe=processes.add if processes else None)
     data_scan = scan_sample(data_reader, choice.candidates, config.seed + 1, data_keys, progress)
     if not sim_scan.sumw > 0:
         raise InputError(f"{sim.sources[0].label}: the simulation's sum of weights is "
@@ -265,12 +316,18 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     audits = [ModelAudit(points, scan.n_events, config.seed + k, config.second_order_events,
                          config.shap_events) if model else None
               for k, scan in enumerate((sim_scan, data_scan))]
+    rows = VariationRows.make(syst, processes.processes() if processes else ())
     sim_acc = fill_sample(sim_reader, layout, config.category, progress, config.seed,
-                          observe=audits[0].add if model else None)
+                          observe=audits[0].add if model else None, variations=rows)
     data_acc = fill_sample(data_reader, layout, config.category, progress, config.seed + 1,
                            observe=audits[1].add if model else None)
+    syst_inputs = _systematic_inputs(config, syst, rows, layout, columns, chain, progress) \
+        if syst is not None else None
+    tested_syst = syst_inputs if syst_inputs is not None and (
+        syst_inputs.rows.weights or syst_inputs.shapes or syst_inputs.norms) else None
     records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress,
-                        config.alpha)
+                        config.alpha, syst=tested_syst)
+    effects = shape_changes(layout, sim_acc, tested_syst) if tested_syst is not None else []
     audit = None
     if model is not None:  # a test that involves a network output is an output test
         outputs = {n for m in points for n in m.names}
@@ -295,6 +352,10 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         if audit is not None else []
     finished = datetime.now(timezone.utc).replace(tzinfo=None)
     run_notes = [*plan.notes, *untested_categories(sim_acc, data_acc).values()]
+    if syst is not None and syst.norm_default and not syst.process_column:
+        run_notes.append(f"--norm-unc {syst.norm_default:g} without --process-column changes "
+                         "no shape (the tests fit the normalisation freely): give it per "
+                         "process")
     identical = _identical_note(sim_acc, data_acc)
     if identical:
         run_notes.append(identical)
@@ -308,7 +369,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         sim_paths=[s.label for s in sim.sources], data_paths=[s.label for s in data.sources],
         versions=package_versions(), notes=run_notes, global_result=global_result,
         model=model.describe() if model is not None else None, audit=audit,
-        criticality=criticality,
+        criticality=criticality, syst=syst_inputs, syst_effects=effects,
     )
     if config.db:
         store.save_run(outcome, config.db, wait_s=config.db_wait_s)

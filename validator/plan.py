@@ -605,9 +605,11 @@ class SampleScan:
 
 
 def scan_sample(reader: Reader, columns: list[str], seed: int, key_cols: list[str],
-                progress: Callable[[str, int, int], None] | None = None) -> SampleScan:
+                progress: Callable[[str, int, int], None] | None = None,
+                observe: Callable[[dict[str, np.ndarray]], None] | None = None) -> SampleScan:
     """First pass: column profiles (for the plan), Σw, the event count, and a note if rows
-    share an event. Reservoir keys come from each event's (file, row)."""
+    share an event. Reservoir keys come from each event's (file, row). ``observe(chunk)``
+    sees every chunk (e.g. to collect the values of a process column)."""
     sample = reader.sample
     capacity = reservoir_capacity(len(columns))
     profiles = {c: ColumnProfile(capacity=capacity) for c in columns}
@@ -616,6 +618,8 @@ def scan_sample(reader: Reader, columns: list[str], seed: int, key_cols: list[st
     event_keys: list[np.ndarray] = []
     for chunk in reader:
         n = len(chunk[ENTRY])
+        if observe is not None:
+            observe(chunk)
         sumw += float(weights_of(chunk, sample).sum())
         keys = uniform_keys(chunk[ENTRY], chunk[FILE], seed)
         for c in columns:

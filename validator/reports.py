@@ -418,10 +418,21 @@ def iter_figures(tables: Mapping[str, pd.DataFrame], top: int = DEFAULT_TOP,
     run = _rows(tables["runs"])[0]
     tests = _rows(tables["tests"])
     found = problems(tables["tests"], float(run["alpha"]))
-    hists = {(h["category"], h["feature_x"], h.get("feature_y")): h
-             for h in _rows(tables.get("histograms"))}
+    hists: dict[tuple, Mapping[str, Any]] = {}
+    processes: dict[tuple, dict[str, Any]] = {}
+    for h in _rows(tables.get("histograms")):
+        key = (h["category"], h["feature_x"], h.get("feature_y"))
+        variation = h.get("variation")
+        if _missing(variation):
+            hists[key] = h
+        elif str(variation).startswith("process:"):  # stacked by process (--process-column)
+            edges = figures._array(h["edges_x"])
+            processes.setdefault(key, {})[str(variation)[len("process:"):]] = figures.Hist1D(
+                edges, figures._array(h["sim_sumw"]), figures._array(h["sim_sumw2"]))
     for p in _worst(found, False, top, set(hists)):
         sim, data = figures.hist1d_from_row(hists[p.key])
+        if p.key in processes:
+            sim = processes[p.key]
         pv = _pvalues_of(tests, *p.key)
         fig = figures.plot_feature(sim, data, p.feature_x, pvalues=pv, category=p.category)
         yield ReportFigure(

@@ -74,7 +74,12 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature_x", "VARCHAR"),
         ("feature_y", "VARCHAR"), ("edges_x", "DOUBLE[]"), ("edges_y", "DOUBLE[]"),
         ("sim_sumw", "DOUBLE[]"), ("sim_sumw2", "DOUBLE[]"), ("data_counts", "DOUBLE[]"),
-        ("binning", "VARCHAR"),
+        ("binning", "VARCHAR"), ("variation", "VARCHAR"),
+    ],
+    "syst_effects": [
+        ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("systematic", "VARCHAR"),
+        ("feature", "VARCHAR"), ("is_output", "BOOLEAN"), ("shape_change_up", "DOUBLE"),
+        ("shape_change_down", "DOUBLE"),
     ],
     "skipped_columns": [
         ("run_id", "VARCHAR"), ("column_name", "VARCHAR"), ("reason", "VARCHAR"),
@@ -114,7 +119,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
 }
 #: Tables holding one run's rows (``schema_info`` describes the file).
 RUN_TABLES = ("runs", "features", "tests", "histograms", "skipped_columns", "models",
-              "importances", "criticality", "gate_results")
+              "importances", "criticality", "gate_results", "syst_effects")
 
 _ARROW_TYPES = {
     "VARCHAR": pa.string(), "TIMESTAMP": pa.timestamp("us"), "BIGINT": pa.int64(),
@@ -569,15 +574,49 @@ def run_rows(outcome: RunOutcome, with_histograms: bool = True,
                 histograms.append(_hist_row(run_id, cat, binning, f.name, None,
                                             getattr(sim, view)(layout, k),
                                             getattr(data, view)(layout, k)))
+            if with_histograms and outcome.syst is not None:
+                histograms.extend(_variation_rows(outcome, run_id, cat, k))
         for p, (i, j) in enumerate(plan.pairs if with_histograms else ()):
             histograms.append(_hist_row(run_id, cat, "test", plan.features[i].name,
                                         plan.features[j].name, sim.hist_2d(layout, p),
                                         data.hist_2d(layout, p)))
     skipped = [{"run_id": run_id, "column_name": c, "reason": why}
                for c, why in plan.skipped.items()]
+    outputs = set(outcome.model["outputs"]) if outcome.model is not None else set()
+    effects = [{**r, "run_id": run_id, "is_output": r["feature"] in outputs,
+                "shape_change_up": _finite(r["shape_change_up"]),
+                "shape_change_down": _finite(r["shape_change_down"])}
+               for r in outcome.syst_effects]
     return {"runs": runs, "features": features, "tests": test_rows(outcome),
             "histograms": histograms, "skipped_columns": skipped, "models": models,
-            "importances": importances, "criticality": criticality}
+            "importances": importances, "criticality": criticality,
+            "syst_effects": effects}
+
+
+def _variation_rows(outcome: RunOutcome, run_id: str, category: str, k: int
+                    ) -> list[dict[str, Any]]:
+    """Plotting histograms of feature ``k`` under each weight row beyond the nominal
+    (systematic variations, processes) and each shape variation's files (``variation``
+    names it; ``data_counts`` NULL)."""
+    layout, syst = outcome.layout, outcome.syst
+    name = layout.plan.features[k].name
+    rows = []
+    hist = outcome.sim[category].hist_plot(layout, k)
+    for r, label in enumerate(syst.rows.labels[1:], 1):
+        rows.append({"run_id": run_id, "category": category, "binning": "plot",
+                     "feature_x": name, "feature_y": None, "variation": label,
+                     "edges_x": hist.edges[0].tolist(), "sim_sumw": hist.sumw[r].tolist(),
+                     "sim_sumw2": hist.sumw2[r].tolist()})
+    for syst_name, sides in syst.shapes.items():
+        for side, accs in zip(("up", "down"), sides, strict=True):
+            if accs is None or category not in accs:
+                continue
+            h = accs[category].hist_plot(layout, k)
+            rows.append({"run_id": run_id, "category": category, "binning": "plot",
+                         "feature_x": name, "feature_y": None,
+                         "variation": f"{syst_name}_{side}", "edges_x": h.edges[0].tolist(),
+                         "sim_sumw": h.values.tolist(), "sim_sumw2": h.variances.tolist()})
+    return rows
 
 
 def test_rows(outcome: RunOutcome) -> list[dict[str, Any]]:

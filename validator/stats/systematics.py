@@ -57,6 +57,7 @@ batch of independent fits (the toys of one test are fitted together: :func:`fit_
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -112,6 +113,13 @@ EIG_FLOOR_REL = 1e-8
 #: there the prediction is held at this small positive value (the fit never sits there when
 #: the bin has data: the Poisson term diverges).
 B_FLOOR_REL = 1e-9
+#: Offset (in units of the constraint) of the single-nuisance starts of a multistart fit: past
+#: the +-1 joins of the interpolation, where a second well of code4p's polynomial lies.
+MULTISTART_OFFSET = 1.5
+#: Most nuisances for which a multistart also tries every corner of the +-1 cube (2^n starts).
+MAX_CORNER_DIM = 4
+#: Minima whose q differ by more than this are distinct (the fit tolerance is ~1e-8).
+MULTIMODAL_TOL = 1e-6
 #: Toys fitted at once: bounds memory (the Hessian terms are O(batch x params^2 x bins)).
 TOY_CHUNK = 4096
 #: Expected data count below which the chi² asymptotics (only reported in details) fail.
@@ -656,7 +664,7 @@ class BatchFit:
     ``x`` ``(F, D)`` the parameters ``(ln mu, theta..., eta...)``, ``nu`` and ``gamma``
     ``(F, n_bins)`` the fitted expectation and MC-stat factors, ``hess`` ``(F, D, D)`` the
     Hessian of ``q`` at the minimum (covariance ``2 hess^-1``) when asked, ``converged``
-    ``(F,)``.
+    ``(F,)``, ``multimodal`` ``(F,)``: several minima found (``multistart`` only).
     """
 
     q: np.ndarray
@@ -665,6 +673,7 @@ class BatchFit:
     gamma: np.ndarray
     converged: np.ndarray
     hess: np.ndarray | None = None
+    multimodal: np.ndarray | None = None
 
 
 def fit_batch(
@@ -675,12 +684,21 @@ def fit_batch(
     aux: ArrayLike | None = None,
     start: ArrayLike | None = None,
     hessian: bool = False,
+    multistart: bool = False,
 ) -> BatchFit:
     r"""Fit the model to a batch of data histograms, each an independent problem.
 
     Damped Newton on :math:`x = (\ln\mu, \theta, \eta)` with the :math:`\gamma_i` profiled
     analytically (:func:`_profile_gamma`); see the module docstring. Only fits not yet
     converged are evaluated at each iteration.
+
+    The profiled likelihood need not be convex: code4p's polynomial makes a template whose up
+    and down variations lie on the same side of the nominal a double well, and several such
+    templates can give separate minima. With ``multistart`` each fit is also started from
+    every nuisance at its centre :math:`\pm` :data:`MULTISTART_OFFSET` in turn and, for 2 to
+    :data:`MAX_CORNER_DIM` nuisances, from every corner of the :math:`\pm1` cube, and the
+    lowest converged minimum is kept (``multimodal`` flags fits whose starts found minima
+    differing by more than :data:`MULTIMODAL_TOL`).
 
     Parameters
     ----------
@@ -694,6 +712,8 @@ def fit_batch(
         ``(F, D)`` starting point (default: :math:`\mu = N/\sum w`, nuisances at ``centre``).
     hessian:
         Also return the Hessian of ``q`` at the minimum.
+    multistart:
+        Start each fit from several points (above).
     """
     n = np.atleast_2d(np.asarray(counts, dtype=float))
     n_fit, n_bins = n.shape
@@ -709,7 +729,50 @@ def fit_batch(
         x = np.concatenate([np.log(tot / model.total.sum())[:, None], c0], axis=1)
     else:
         x = np.array(np.broadcast_to(np.asarray(start, dtype=float), (n_fit, 1 + n_c)))
-    q = np.full(n_fit, np.nan)
+    multimodal = np.zeros(n_fit, dtype=bool)
+    if multistart and n_c:
+        offsets = _start_offsets(n_c)  # (S, n_c), row 0 = the given start
+        n_s = offsets.shape[0]
+        xs = np.repeat(x[:, None, :], n_s, axis=1)
+        xs[:, 1:, 1:] = c0[:, None, :] + offsets[None, 1:]
+        rep = (n_fit * n_s, -1)
+        x_all, dec_all = _newton(model, np.repeat(n, n_s, 0), np.repeat(a, n_s, 0),
+                                 np.repeat(c0, n_s, 0), xs.reshape(rep))
+        q_all = _evaluate(model, x_all, np.repeat(n, n_s, 0), np.repeat(a, n_s, 0),
+                          np.repeat(c0, n_s, 0), False).q.reshape(n_fit, n_s)
+        ok = np.isfinite(q_all) & (dec_all.reshape(n_fit, n_s) < DECREMENT_ACCEPT)
+        q_ok = np.where(ok, q_all, np.inf)
+        best = np.where(ok.any(axis=1), np.argmin(q_ok, axis=1), 0)
+        spread = np.max(np.where(ok, q_all, -np.inf), axis=1) - np.min(q_ok, axis=1)
+        multimodal = ok.any(axis=1) & (spread > MULTIMODAL_TOL)
+        pick = np.arange(n_fit) * n_s + best
+        x, decrement = x_all[pick], dec_all[pick]
+    else:
+        x, decrement = _newton(model, n, a, c0, x)
+    final = _evaluate(model, x, n, a, c0, hessian)
+    converged = np.isfinite(final.q) & (decrement < DECREMENT_ACCEPT)
+    return BatchFit(final.q, x, final.nu, final.gamma, converged, final.hess, multimodal)
+
+
+def _start_offsets(n_c: int) -> np.ndarray:
+    """Nuisance starting offsets of :func:`fit_batch`'s multistart, row 0 all zero."""
+    rows = [np.zeros(n_c)]
+    for k in range(n_c):
+        for sign in (-1.0, 1.0):
+            r = np.zeros(n_c)
+            r[k] = sign * MULTISTART_OFFSET
+            rows.append(r)
+    if 2 <= n_c <= MAX_CORNER_DIM:
+        rows.extend(np.array(c) for c in itertools.product((-1.0, 1.0), repeat=n_c))
+    return np.array(rows)
+
+
+def _newton(
+    model: SystModel, n: np.ndarray, a: np.ndarray, c0: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The batched damped Newton iterations of :func:`fit_batch`: ``(x, decrement)``."""
+    x = x.copy()
+    n_fit = x.shape[0]
     done = np.zeros(n_fit, dtype=bool)
     decrement = np.full(n_fit, np.inf)
     for _ in range(MAX_ITER):
@@ -723,7 +786,6 @@ def fit_batch(
         step = step * np.minimum(1.0, MAX_STEP / np.maximum(longest, 1e-300))
         dec = -np.sum(ev.grad * step, axis=1)  # type: ignore[operator]
         decrement[act] = dec
-        q[act] = ev.q
         small = dec < DECREMENT_TOL
         # Converged: take the last (tiny) Newton step and stop.
         x[act[small]] = xa[small] + step[small]
@@ -750,9 +812,7 @@ def fit_batch(
         stalled = pending
         x[idx[~stalled]] = xm[~stalled] + alpha[~stalled, None] * sm[~stalled]
         done[idx[stalled]] = True  # no descent possible: stop, judged by its decrement
-    final = _evaluate(model, x, n, a, c0, hessian)
-    converged = np.isfinite(final.q) & (decrement < DECREMENT_ACCEPT)
-    return BatchFit(final.q, x, final.nu, final.gamma, converged, final.hess)
+    return x, decrement
 
 
 def expected_counts(model: SystModel, params: ArrayLike, gamma: ArrayLike | None = None
@@ -832,7 +892,9 @@ def saturated_syst(
     (the post-fit expectation) and the global observables from their constraints around the
     post-fit values, :math:`\theta_{0k}^*, \eta_{0j}^* \sim \mathrm{N}(\hat\theta_k, 1)`,
     :math:`a_i^* \sim \mathrm{N}(\hat\gamma_i, \sigma_i^2)`, and is refitted with those global
-    observables (all toys of the test in one vectorised batch, :func:`fit_batch`).
+    observables (all toys of the test in one vectorised batch, :func:`fit_batch`). The fit
+    to the data is started from several points (``multistart`` of :func:`fit_batch`); when it
+    finds separate minima (``details["multimodal"]``) every toy is fitted that way too.
     :math:`p = (1 + \#\{q^* \ge q\}) / (1 + n_\mathrm{toys})`, a bound when no toy reaches
     :math:`q` (``pvalue_is_bound``); toys whose fit fails count as reaching it. With
     ``max_toys`` and ``thresholds`` more toys are added while a decision at a threshold is
@@ -883,7 +945,7 @@ def saturated_syst(
         Hessian uncertainty and pull :math:`(\hat\theta - 0)/1`), ``gamma_max_pull``
         (:math:`\max_i|\hat\gamma_i - 1|/\sigma_i`), ``constraint_total``,
         ``max_abs_ratio_dev_postfit``, ``pvalue_asymptotic``, ``fit_converged`` and the toy
-        details of :func:`~validator.stats.binned.run_toys`.
+        details of :func:`~validator.stats.binned.run_toys`, ``multimodal``.
 
     Raises
     ------
@@ -937,7 +999,8 @@ def saturated_syst(
     n_bins = model.n_bins
     ndf = n_bins - 1
 
-    fit = fit_batch(model, n[None], hessian=True)
+    fit = fit_batch(model, n[None], hessian=True, multistart=True)
+    multimodal = bool(fit.multimodal[0])  # type: ignore[index]
     q = float(fit.q[0])
     x_hat = fit.x[0]
     nu_hat, gamma_hat = fit.nu[0], fit.gamma[0]
@@ -980,6 +1043,7 @@ def saturated_syst(
         "max_abs_ratio_dev_postfit": float(np.max(np.abs(n / nu_hat - 1.0))),
         "min_expected": float(nu_hat.min()),
         "fit_converged": converged,
+        "multimodal": multimodal,
         "pvalue_asymptotic": float(stats.chi2.sf(q, ndf)) if ndf >= 1 else float("nan"),
         "interpolation": "histosys code4p, normsys code4 (pyhf); staterror Gaussian",
     }
@@ -1002,7 +1066,8 @@ def saturated_syst(
                 aux = gamma_hat + sigma * gen.standard_normal((m, n_bins))
                 ok = n_toy.sum(axis=1) > 0
                 tf = fit_batch(model, n_toy[ok], centre=centre[ok], aux=aux[ok],
-                               start=np.broadcast_to(start, (int(ok.sum()), start.size)))
+                               start=np.broadcast_to(start, (int(ok.sum()), start.size)),
+                               multistart=multimodal)
                 good = tf.converged
                 q_ok.append(tf.q[good])
                 n_failed += int(np.sum(~ok)) + int(np.sum(~good))
