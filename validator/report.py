@@ -152,8 +152,56 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
         console.print(f"{len(found.pairs_from_marginals)} pairs fail in 2D through a feature "
                       f"already flagged in 1D (their correlation tests pass; {n_dep} with a "
                       "dependence residual of the 1D mismodelling within bins)")
+    _render_systematics(console, rows, tables.get("syst_effects"), float(run["alpha"]))
     if not (found.features or found.correlations or found.pairs_other):
         console.print("[bold green]no significant mismodelling[/bold green] after Holm correction")
+
+
+def _render_systematics(console: Console, tests: list[dict[str, Any]],
+                        effects: pd.DataFrame | None, alpha: float) -> None:
+    """What the systematics absorb (``saturated`` fails, ``saturated_syst`` passes), what
+    fails beyond them, and per systematic the network output's shape change beside the
+    largest input's."""
+    by_key: dict[tuple, dict[str, Any]] = {}
+    for t in tests:
+        if t["method"] in ("saturated", "saturated_syst") and t.get("p_holm") is not None:
+            by_key.setdefault((t["category"], t["feature_x"], t["feature_y"]), {})[
+                t["method"]] = t
+    if not any("saturated_syst" in v for v in by_key.values()):
+        return
+
+    def bad(t: dict[str, Any] | None) -> bool:
+        return t is not None and bool(t["reliable"]) and t["p_holm"] < alpha
+
+    covered = [k for k, v in by_key.items() if bad(v.get("saturated"))
+               and v.get("saturated_syst") is not None and not bad(v["saturated_syst"])]
+    beyond = [k for k, v in by_key.items() if bad(v.get("saturated_syst"))]
+
+    def name(key: tuple) -> str:
+        cat, x, y = key
+        return _pair(x, y) + (f" [{cat}]" if cat != INCLUSIVE else "")
+
+    if covered:
+        console.print("[bold green]covered by the systematics[/bold green] (saturated fails, "
+                      f"saturated_syst passes): {_some([name(k) for k in covered])}")
+    if beyond:
+        console.print("[bold red]mismodelled beyond the systematics[/bold red] "
+                      f"(saturated_syst, Holm < alpha): {_some([name(k) for k in beyond])}")
+    if effects is not None and len(effects) and effects["is_output"].astype(bool).any():
+        inclusive = effects[effects["category"] == INCLUSIVE]
+        parts = []
+        for systematic, group in inclusive.groupby("systematic", sort=True):
+            change = group[["shape_change_up", "shape_change_down"]].max(axis=1)
+            outputs, inputs = change[group["is_output"].astype(bool)], \
+                change[~group["is_output"].astype(bool)]
+            if not len(outputs) or not len(inputs):
+                continue
+            o, i = outputs.idxmax(), inputs.idxmax()
+            parts.append(f"{systematic}: {group.loc[o, 'feature']} {change[o]:.1%} vs "
+                         f"{group.loc[i, 'feature']} {change[i]:.1%}")
+        if parts:
+            console.print("shape change per systematic, network output vs largest input: "
+                          + "; ".join(parts))
 
 
 def _render_audit(console: Console, run: Any, critical: pd.DataFrame, found: Any) -> None:
@@ -210,7 +258,8 @@ def outcome_tables(outcome: Any) -> dict[str, pd.DataFrame]:
 
     rows = run_rows(outcome, with_histograms=False)
     return {t: pd.DataFrame(rows[t], columns=[c for c, _ in SCHEMA[t]])
-            for t in ("runs", "features", "tests", "skipped_columns", "criticality")}
+            for t in ("runs", "features", "tests", "skipped_columns", "criticality",
+                      "syst_effects")}
 
 
 def render(outcome: Any, console: Console | None = None, n_worst: int = 15) -> None:
