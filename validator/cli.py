@@ -82,9 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Compare weighted simulation with data in every feature "
                                      "and pair; store the run in DuckDB.",
                          epilog=RUN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--sim", nargs="+", required=True, metavar="PATH",
-                     help="simulation files: .parquet, .csv or .root[:TREE]")
-    run.add_argument("--data", nargs="+", required=True, metavar="PATH", help="data files")
+    run.add_argument("--config", metavar="YAML",
+                     help="a run configuration file holding any of these options (the "
+                          "command line overrides it); see validator config-schema")
+    run.add_argument("--sim", nargs="+", metavar="PATH",
+                     help="simulation files: .parquet, .csv or .root[:TREE] (required, here "
+                          "or in --config)")
+    run.add_argument("--data", nargs="+", metavar="PATH", help="data files (required)")
     run.add_argument("--weight", metavar="COL", help="event-weight column of the simulation")
     run.add_argument("--unweighted", action="store_true",
                      help="compare the simulation unweighted although it has a weight column")
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--junit", metavar="XML", help="also write the verdict as JUnit XML")
 
     sub.add_parser("rules-schema", help="print the JSON schema of rules files")
+    sub.add_parser("config-schema", help="print the JSON schema of run configuration files")
     return parser
 
 
@@ -226,6 +231,11 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from validator.report import render
     from validator.systematics import Systematics
 
+    if args.config:
+        _apply_config(args, argv)
+    for option in ("sim", "data"):
+        if not getattr(args, option):
+            raise _usage(f"--{option} is required (on the command line or in --config)")
     if not 0 < args.alpha < 1:
         raise _usage("--alpha must be between 0 and 1")
     features = None
@@ -386,6 +396,36 @@ def _cmd_rules_schema() -> int:
     return EXIT_OK
 
 
+def _apply_config(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Fill the options not given on the command line from ``--config``."""
+    from validator.runfile import load_run_file
+
+    options, _ = load_run_file(args.config)
+    given = _explicit_options(argv)
+    for dest, value in options.items():
+        if dest not in given:
+            setattr(args, dest, value)
+
+
+def _explicit_options(argv: Sequence[str]) -> set[str]:
+    """The ``run`` options present on the command line (argparse destinations)."""
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_action in action.choices["run"]._actions:
+                sub_action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(list(argv))))
+
+
+def _cmd_config_schema() -> int:
+    import json
+
+    from validator.runfile import config_json_schema
+
+    print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
 def _tags(items: Sequence[str]) -> dict[str, str]:
     """``--tag KEY=VALUE`` options as a dict (a key given twice is a usage error)."""
     tags: dict[str, str] = {}
@@ -488,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": lambda: _cmd_run(args, argv), "runs": lambda: _cmd_runs(args),
                 "show": lambda: _cmd_show(args), "merge": lambda: _cmd_merge(args),
                 "gate": lambda: _cmd_gate(args), "rules-schema": _cmd_rules_schema,
+                "config-schema": _cmd_config_schema,
                 "report": lambda: _cmd_report(args)}
     try:
         return commands[args.command]()
