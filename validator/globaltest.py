@@ -33,18 +33,34 @@ normalisation projected out and :math:`V = \\hat e + (N/W)^2 \\sum w^2` (its p-v
 :math:`\\chi^2_{M-1}`), and for each feature a Kolmogorov-Smirnov-type maximum of the
 standardised cumulative residual over the fine bins (its p-value from Kolmogorov's law). The
 correlation tests and ``dependence`` are not in the family.
+
+**Systematics.** With systematic uncertainties, data that follow the simulation at some true
+value of the nuisances θ are the null, so the replicas vary the nuisances within their
+constraints: each replica draws θ_k ~ N(0, 1) (one value per systematic for the whole run, so
+its correlation across every histogram is kept) and adds the residual shift it causes,
+(N/W)·[s(θ) − s], to the sign-flipped residual, with the vertical
+interpolation of the templates (up for θ > 0, down for θ < 0; linear, HistFactory's
+``code0``), a process's log-normal normalisation alike (its values at ±1 are
+s_p(κ − 1) and s_p(1/κ − 1)).
+The observed statistics stay those of the nominal simulation; the replicas answer "how many
+failures would the nominal comparison show, if the data followed the simulation anywhere
+within its uncertainties?".
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
 from validator.fill import N_GROUPS, Accumulator, Layout
 from validator.stats import merge_sparse_bins
+
+if TYPE_CHECKING:
+    from validator.compare import SystInputs
 
 #: Sign-flip replicas: p-values resolve down to 1/(1 + N_REPLICAS), below 1e-3.
 N_REPLICAS = 1999
@@ -60,6 +76,7 @@ class GlobalResult:
     n_failed: int  # family tests with linearised p < alpha
     min_pvalue: float  # smallest linearised p-value observed
     n_replicas: int
+    n_nuisances: int = 0  # nuisance parameters varied in the replicas
 
 
 @dataclass
@@ -70,11 +87,15 @@ class _Block:
     residuals: np.ndarray  # (N_GROUPS, M)
     variance: np.ndarray  # (M,)
     share: np.ndarray  # (M,) expected fraction of the total per bin, for the normalisation
+    shift_up: np.ndarray | None = None  # (K, M) residual shift per unit θ_k > 0
+    shift_down: np.ndarray | None = None  # (K, M) per unit θ_k < 0 (log-normal: κ^θ − 1)
 
 
 def _block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
            data_groups: np.ndarray, sim_groups: np.ndarray, min_expected: float,
-           ) -> _Block | None:
+           deltas: tuple[np.ndarray, np.ndarray] | None = None) -> _Block | None:
+    """One histogram's block; ``deltas``: (up − nominal, nominal − down) of each nuisance,
+    ``(K, bins)`` each, in simulated Σw."""
     total_d, total_s = data.sum(), sim.sum()
     if total_d <= 0 or total_s <= 0:
         return None
@@ -89,6 +110,8 @@ def _block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
         merging[np.arange(len(labels)), labels] = 1.0  # bins x groups of bins
         expected, sim_w2 = expected @ merging, sim_w2 @ merging
         data_groups, sim_groups = data_groups @ merging, sim_groups @ merging
+        if deltas is not None:
+            deltas = (deltas[0] @ merging, deltas[1] @ merging)
     variance = np.clip(expected, 0.0, None) + ratio * ratio * sim_w2
     keep = variance > 0
     if keep.sum() < 2:
@@ -96,7 +119,10 @@ def _block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
     residuals = (data_groups - ratio * sim_groups)[:, keep]
     share = np.clip(expected[keep], 0.0, None)
     share = share / share.sum() if share.sum() > 0 else np.full(keep.sum(), 1 / keep.sum())
-    return _Block(kind, residuals, variance[keep], share)
+    if deltas is None:
+        return _Block(kind, residuals, variance[keep], share)
+    return _Block(kind, residuals, variance[keep], share, ratio * deltas[0][:, keep],
+                  ratio * deltas[1][:, keep])
 
 
 def _pvalues(block: _Block, r: np.ndarray) -> np.ndarray:
@@ -110,47 +136,91 @@ def _pvalues(block: _Block, r: np.ndarray) -> np.ndarray:
     return stats.kstwobign.sf(d)
 
 
+def _deltas(field: str, lo: int, hi: int, category: str, sim: Accumulator,
+            syst: SystInputs | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(up − nominal, nominal − down) of every nuisance over bins ``lo:hi`` of a histogram
+    field (``h1_sumw``, ``fine_sumw``, ``h2_sumw``); a one-sided variation is mirrored; a
+    process normalisation's are s_p(κ − 1) and s_p(1 − 1/κ)."""
+    if syst is None:
+        return None
+    nominal = getattr(sim, field)[0, lo:hi]
+    ups, downs = [], []
+    for v in syst.rows.weights:
+        up = getattr(sim, field)[syst.rows.index(f"{v.name}_up"), lo:hi]
+        d = syst.rows.index(f"{v.name}_down")
+        ups.append(up - nominal)
+        downs.append(nominal - getattr(sim, field)[d, lo:hi] if d is not None else up - nominal)
+    for ups_acc, downs_acc in syst.shapes.values():
+        up = getattr(ups_acc[category], field)[0, lo:hi] if category in ups_acc else nominal
+        ups.append(up - nominal)
+        if downs_acc is None:
+            downs.append(up - nominal)
+        else:
+            down = getattr(downs_acc[category], field)[0, lo:hi] if category in downs_acc \
+                else nominal
+            downs.append(nominal - down)
+    for process, delta in syst.norms.items():
+        s_p = getattr(sim, field)[syst.rows.index(f"process:{process}"), lo:hi]
+        ups.append(s_p * delta)  # κ = 1 + δ: s_p (κ − 1)
+        downs.append(s_p * (1.0 - 1.0 / (1.0 + delta)))
+    if not ups:
+        return None
+    return np.stack(ups), np.stack(downs)
+
+
 def _blocks(layout: Layout, sim: Accumulator, data: Accumulator, min_expected: float,
-            ) -> list[_Block]:
+            category: str = "", syst: SystInputs | None = None) -> list[_Block]:
     blocks = []
     for k in range(layout.n_features):
         lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
         blocks.append(_block("binned", data.h1_sumw[0, lo:hi], sim.h1_sumw[0, lo:hi],
                              sim.h1_sumw2[0, lo:hi], data.group_h1[:, lo:hi],
-                             sim.group_h1[:, lo:hi], min_expected))
+                             sim.group_h1[:, lo:hi], min_expected,
+                             _deltas("h1_sumw", lo, hi, category, sim, syst)))
         lo, hi = layout.offsets_fine[k], layout.offsets_fine[k + 1]
         blocks.append(_block("ks", data.fine_sumw[0, lo:hi], sim.fine_sumw[0, lo:hi],
                              sim.fine_sumw2[0, lo:hi], data.group_fine[:, lo:hi],
-                             sim.group_fine[:, lo:hi], min_expected))
+                             sim.group_fine[:, lo:hi], min_expected,
+                             _deltas("fine_sumw", lo, hi, category, sim, syst)))
     for p in range(len(layout.plan.pairs)):
         lo, hi = layout.offsets_2d[p], layout.offsets_2d[p + 1]
         blocks.append(_block("binned", data.h2_sumw[0, lo:hi], sim.h2_sumw[0, lo:hi],
                              sim.h2_sumw2[0, lo:hi], data.group_h2[:, lo:hi],
-                             sim.group_h2[:, lo:hi], min_expected))
+                             sim.group_h2[:, lo:hi], min_expected,
+                             _deltas("h2_sumw", lo, hi, category, sim, syst)))
     return [b for b in blocks if b is not None]
 
 
 def global_test(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
                 alpha: float, seed: int, min_expected: float = 5.0,
-                n_replicas: int = N_REPLICAS) -> GlobalResult | None:
+                n_replicas: int = N_REPLICAS, syst: SystInputs | None = None,
+                ) -> GlobalResult | None:
     """The run-level p-values of the smallest p-value and of the number of failures.
 
     Every category both samples populate contributes its histograms; the signs of a replica
     are shared by all of them (an event's group is the same in every category it is in).
-    Returns None when no histogram can be tested.
+    With ``syst`` the replicas also vary the nuisances (module docstring). Returns None when
+    no histogram can be tested.
     """
     blocks = [b for cat in sims if cat in datas and sims[cat].sumw[0] > 0
-              for b in _blocks(layout, sims[cat], datas[cat], min_expected)]
+              for b in _blocks(layout, sims[cat], datas[cat], min_expected, cat, syst)]
     if not blocks:
         return None
     entropy = np.frombuffer(hashlib.sha256(b"global_test").digest()[:8], dtype=np.uint32)
     rng = np.random.default_rng(np.random.SeedSequence([seed % (1 << 63), *entropy.tolist()]))
     signs = rng.choice(np.array([-1.0, 1.0]), size=(n_replicas, N_GROUPS))
+    n_nuisances = max((len(b.shift_up) for b in blocks if b.shift_up is not None), default=0)
+    # drawn after the signs: without systematics the replicas are exactly those of before
+    theta = rng.standard_normal((n_replicas, n_nuisances))
+    up, down = np.clip(theta, 0.0, None), np.clip(theta, None, 0.0)
     observed = np.empty(len(blocks))
     replicas = np.empty((n_replicas, len(blocks)))
     for t, block in enumerate(blocks):
         observed[t] = _pvalues(block, block.residuals.sum(axis=0)[None, :])[0]
-        replicas[:, t] = _pvalues(block, signs @ block.residuals)
+        r = signs @ block.residuals
+        if block.shift_up is not None:
+            r = r + up @ block.shift_up + down @ block.shift_down
+        replicas[:, t] = _pvalues(block, r)
     n_failed = int(np.sum(observed < alpha))
     min_p = float(observed.min())
     more_extreme_min = int(np.sum(replicas.min(axis=1) <= min_p))
@@ -158,4 +228,5 @@ def global_test(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, A
     return GlobalResult(
         p_min=(1 + more_extreme_min) / (1 + n_replicas),
         p_nfail=(1 + more_failures) / (1 + n_replicas),
-        n_tests=len(blocks), n_failed=n_failed, min_pvalue=min_p, n_replicas=n_replicas)
+        n_tests=len(blocks), n_failed=n_failed, min_pvalue=min_p, n_replicas=n_replicas,
+        n_nuisances=n_nuisances)

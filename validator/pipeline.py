@@ -339,7 +339,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                               config.shap_events)
         records.extend(audit.records)
     global_result = global_test(layout, sim_acc, data_acc, config.alpha, config.seed,
-                                config.compare.min_expected)
+                                config.compare.min_expected, syst=tested_syst)
     pvalues = np.array([r.pvalue for r in records], dtype=float)
     reliable = np.array([r.reliable for r in records], dtype=bool)
     ran = np.array([r.result is not None for r in records], dtype=bool)

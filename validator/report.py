@@ -32,6 +32,11 @@ def _fmt_bound(p: float, run: Any) -> str:
     return f"< {floor * 1.0001:.1e}" if p <= floor * 1.0001 else _fmt_p(p)
 
 
+def _nuisances(run: Any) -> str:
+    n = run.get("n_global_nuisances")
+    return "" if n is None or pd.isna(n) or not n else f", {int(n)} nuisances varied"
+
+
 def _pair(x: str, y: Any) -> str:
     return x if y is None or (isinstance(y, float) and np.isnan(y)) else f"{x} × {y}"
 
@@ -120,7 +125,8 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
         console.print(
             f"[bold]run-level test[/bold] (keeps the correlations between tests; "
             f"{int(run['n_global_tests'])} histogram tests, {int(run['n_global_replicas'])} "
-            f"sign-flip replicas): P(smallest p) = {_fmt_bound(run['p_global_min'], run)}, "
+            f"sign-flip replicas{_nuisances(run)}): "
+            f"P(smallest p) = {_fmt_bound(run['p_global_min'], run)}, "
             f"P(>= {int(run['n_global_failed'])} failures) = "
             f"{_fmt_bound(run['p_global_nfail'], run)}")
     console.print(

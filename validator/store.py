@@ -52,6 +52,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("n_global_replicas", "INTEGER"), ("taylor_rank_corr_first", "DOUBLE"),
         ("taylor_rank_corr_second", "DOUBLE"), ("shap_rank_corr", "DOUBLE"),
         ("gate_rules_sha256", "VARCHAR"), ("tags", "VARCHAR[]"),
+        ("n_global_nuisances", "INTEGER"),
     ],
     "features": [
         ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature", "VARCHAR"),
@@ -540,7 +541,8 @@ def run_rows(outcome: RunOutcome, with_histograms: bool = True,
     if g is not None:
         runs[0].update({"p_global_min": g.p_min, "p_global_nfail": g.p_nfail,
                         "n_global_tests": g.n_tests, "n_global_failed": g.n_failed,
-                        "n_global_replicas": g.n_replicas})
+                        "n_global_replicas": g.n_replicas,
+                        "n_global_nuisances": g.n_nuisances})
     importances, criticality = [], []
     if outcome.audit is not None:
         a = outcome.audit
