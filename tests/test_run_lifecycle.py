@@ -133,7 +133,7 @@ def test_cli_and_api_share_the_seed_and_the_run_stores_its_configuration(capsys,
     # `validator show` re-displays the stored run
     assert main(["show", "--db", str(db), cli_id[:17]]) == 0
     shown = capsys.readouterr().out
-    assert cli_id in shown and "worst 15 tests" in shown and "--seed 7" in shown
+    assert cli_id in shown and "worst 15 of" in shown and "--seed 7" in shown
 
 
 def test_chunk_size_changes_no_stored_number(tmp_path):

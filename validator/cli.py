@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                      help="a label stored with the run, e.g. era=2018B (repeatable): the "
                           "dashboard's history groups runs by tag")
+    run.add_argument("--top", type=_positive_int, default=15, metavar="N",
+                     help="features and pairs listed in the summary (default: 15)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     runs = sub.add_parser("runs", help="list the runs stored in a database")
@@ -177,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run id (or a unique prefix), or 'latest' (default)")
     show.add_argument("--db", default="validation.duckdb", metavar="PATH")
     show.add_argument("--run", dest="run_option", metavar="ID", help="same as the positional RUN")
+    show.add_argument("--top", type=_positive_int, default=15, metavar="N",
+                      help="features and pairs listed (default: 15)")
 
     merge = sub.add_parser("merge", help="add a run written to a side file (database was busy)")
     merge.add_argument("side_files", nargs="+", metavar="SIDE_FILE")
@@ -210,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--junit", metavar="XML", help="also write the verdict as JUnit XML")
 
     sub.add_parser("rules-schema", help="print the JSON schema of rules files")
+
+    dash = sub.add_parser("dashboard", help="serve the Streamlit dashboard of a database",
+                          description="Serve the Streamlit dashboard of a validator database "
+                                      "(read-only: a validator run may write meanwhile).")
+    dash.add_argument("--db", default="validation.duckdb", metavar="PATH",
+                      help="DuckDB file to show (default: %(default)s)")
+    dash.add_argument("--port", type=_int_between(1, 65535), default=8501,
+                      help="port (default: %(default)s)")
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="address to bind (default: %(default)s, this machine only)")
     sub.add_parser("config-schema", help="print the JSON schema of run configuration files")
     return parser
 
@@ -289,7 +303,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 bar.update(tasks[stage], completed=done)
 
             outcome = run_validation(config, progress)
-    render(outcome, console)
+    render(outcome, console, args.top)
     if outcome.side_file:
         print(f"validator: warning: {config.db} stayed busy; the run is in {outcome.side_file}: "
               f"add it with 'validator merge --db {config.db} {outcome.side_file}'",
@@ -485,7 +499,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     tables = load_run(args.db, args.run_option or args.run)
     console = _console()
-    render_run(tables, console)
+    render_run(tables, console, args.top)
     run = tables["runs"].iloc[0]
     if run.get("command"):
         console.print(f"command: {run['command']}")
@@ -499,6 +513,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figure files in "
           f"{files.markdown.parent / 'figures'}")
     return EXIT_OK
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """Run ``streamlit run`` on the dashboard app (read-only on ``--db``) until interrupted."""
+    import importlib.util
+    import os
+    import subprocess
+    from pathlib import Path
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise _usage("the dashboard needs streamlit: pip install 'validator[dashboard]'")
+    from validator.dashboard import APP, check_database
+
+    db = Path(args.db).resolve()
+    check_database(db)
+    command = [sys.executable, "-m", "streamlit", "run", str(APP),
+               "--server.address", args.host, "--server.port", str(args.port),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none", "--", "--db", str(db)]
+    print(f"validator dashboard: {db} on http://{args.host}:{args.port} (Ctrl-C stops it)",
+          flush=True)
+    return subprocess.call(command, env={**os.environ, "VALIDATOR_DB": str(db)})
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -529,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "show": lambda: _cmd_show(args), "merge": lambda: _cmd_merge(args),
                 "gate": lambda: _cmd_gate(args), "rules-schema": _cmd_rules_schema,
                 "config-schema": _cmd_config_schema,
-                "report": lambda: _cmd_report(args)}
+                "report": lambda: _cmd_report(args),
+                "dashboard": lambda: _cmd_dashboard(args)}
     try:
         return commands[args.command]()
     except (InputError, _UsageError) as exc:

@@ -20,16 +20,10 @@ from validator.summary import findings
 from validator.transform import INCLUSIVE
 
 
-def _fmt_p(p: Any) -> str:
-    if p is None or not np.isfinite(p):
-        return "-"
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
 def _fmt_bound(p: float, run: Any) -> str:
     """A randomization p-value; at its floor 1/(1 + replicas) it is a bound."""
     floor = 1.0 / (1.0 + float(run["n_global_replicas"]))
-    return f"< {floor * 1.0001:.1e}" if p <= floor * 1.0001 else _fmt_p(p)
+    return f"< {floor * 1.0001:.1e}" if p <= floor * 1.0001 else fmt_p(p)
 
 
 def _nuisances(run: Any) -> str:
@@ -81,34 +75,12 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
             console.print("default values such as -999 (tested: invalid_fraction): "
                           + _listing(sentinels))
 
-    ran = tests[tests["pvalue"].notna()]
-    # reliable tests first, then by p-value: a low-statistics p-value is no confident failure
-    order = ran.assign(_unrel=~ran["reliable"].astype(bool)).sort_values(
-        ["_unrel", "pvalue"], kind="stable")
-    multi = tests["category"].nunique() > 1
-    table = Table(title=f"worst {min(n_worst, len(order))} tests", title_justify="left")
-    columns = (["category"] if multi else []) + [
-        "test", "feature(s)", "stat/ndf", "p", "p Holm", "effect", "effect size"]
-    for col in columns:
-        table.add_column(col, justify="right" if col in ("p", "p Holm", "stat/ndf",
-                                                          "effect") else "left")
-    for _, t in order.head(n_worst).iterrows():
-        ndf = t["ndf"]
-        stat = f"{t['statistic']:.1f}/{ndf:g}" if ndf is not None and np.isfinite(ndf) and ndf \
-            else f"{t['statistic']:.3g}"
-        effect = f"{t['effect_size']:.3g}" if t["effect_size"] is not None and \
-            np.isfinite(t["effect_size"]) else ""
-        method = t["method"] + ("" if t["reliable"] else " (low stats)")
-        if t["pvalue_method"] == "toys":
-            method += f" ({int(t['n_toys'])} toys)"
-        # a toy p-value no toy reached is an upper bound; so is its Holm adjustment
-        flag = t.get("pvalue_is_bound")
-        bound = flag is not None and not pd.isna(flag) and bool(flag)
-        row = [method, _pair(t["feature_x"], t["feature_y"]), stat,
-               ("< " if bound else "") + _fmt_p(t["pvalue"]),
-               ("≤ " if bound else "") + _fmt_p(t["p_holm"]), effect, t["effect_name"] or ""]
-        table.add_row(*([t["category"]] if multi else []), *row)
-    console.print(table)
+    rows = tests.replace({np.nan: None}).to_dict("records")
+    found = findings(rows, float(run["alpha"]))
+    critical = tables.get("criticality")
+    if critical is not None and len(critical):  # named first: what matters to the network
+        _render_audit(console, run, critical, found)
+    _render_problems(console, tables, n_worst)
     if n_not_run:
         not_run = tests[tests["pvalue"].isna() & tests["not_run_reason"].notna()]
         why = Counter(not_run["not_run_reason"]).most_common(3)
@@ -131,17 +103,12 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
             f"{_fmt_bound(run['p_global_nfail'], run)}")
     console.print(
         f"[dim]indicators assuming independent tests (they are not): binomial P(>= "
-        f"{int(run['n_failed'])} failures) = {_fmt_p(run['p_binomial'])}, p-value uniformity "
-        f"KS p = {_fmt_p(run['p_uniformity'])}[/dim]")
-    rows = tests.replace({np.nan: None}).to_dict("records")
-    found = findings(rows, float(run["alpha"]))
+        f"{int(run['n_failed'])} failures) = {fmt_p(run['p_binomial'])}, p-value uniformity "
+        f"KS p = {fmt_p(run['p_uniformity'])}[/dim]")
 
     def where(c: str) -> str:
         return f" [{c}]" if c != INCLUSIVE else ""
 
-    critical = tables.get("criticality")
-    if critical is not None and len(critical):
-        _render_audit(console, run, critical, found)
 
     if found.features:
         console.print("[bold red]mismodelled features[/bold red] (1D, Holm < alpha): " + "; ".join(
@@ -161,6 +128,49 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
     _render_systematics(console, rows, tables.get("syst_effects"), float(run["alpha"]))
     if not (found.features or found.correlations or found.pairs_other):
         console.print("[bold green]no significant mismodelling[/bold green] after Holm correction")
+
+
+def fmt_p(p: Any, bound: bool = False) -> str:
+    """A p-value as the summary prints it: 3 decimals, scientific below 10⁻³; a p-value that
+    underflowed to 0 as ``< 1e-300``; ``<`` for a toy p-value no toy reached (a bound)."""
+    if p is None or not np.isfinite(p):
+        return "-"
+    if p == 0:
+        return f"< {UNDERFLOW:.0e}"
+    return ("< " if bound else "") + (f"{p:.2e}" if p < 1e-3 else f"{p:.3f}")
+
+
+#: Below this a double-precision p-value underflows to 0 (scipy's survival functions return
+#: 0 past ~1e-308): such a p-value is shown as a bound.
+UNDERFLOW = 1e-300
+
+
+def _render_problems(console: Console, tables: Mapping[str, pd.DataFrame], top: int) -> None:
+    """One line per problem (a feature or a pair, with the methods that flag it), worst
+    first: 1D mismodellings, correlations, pairs, pairs explained by a 1D failure, the
+    network's response, then the rest; at most ``top``; and the data/simulation
+    normalisation."""
+    from validator.reports import WHAT, normalisation, problems
+
+    run = tables["runs"].iloc[0]
+    found = problems(tables["tests"], float(run["alpha"]))
+    shown = found[:top]
+    significant = sum(1 for p in found if p.what)
+    table = Table(title=f"worst {len(shown)} of {len(found)} features and pairs "
+                        f"({significant} significant after Holm)", title_justify="left")
+    for col in ("feature(s)", "what", "flagged by (Holm < alpha)", "p", "p Holm", "effect"):
+        table.add_column(col, justify="right" if col in ("p", "p Holm") else "left")
+    for p in shown:
+        effect = "" if p.effect_size is None or not np.isfinite(p.effect_size) else \
+            f"{p.effect_name} {p.effect_size:.3g}"
+        table.add_row(p.name, WHAT[p.what] if p.what else "-", ", ".join(p.methods) or "-",
+                      fmt_p(p.pvalue, p.bound), ("≤ " if p.bound else "") + fmt_p(p.p_holm),
+                      effect)
+    console.print(table)
+    norm = normalisation(run)
+    if np.isfinite(norm.ratio):
+        console.print(f"data / simulation normalisation: {norm.n_data:,} / {norm.sumw:,.1f} = "
+                      f"{norm.ratio:.4f} ± {norm.error:.4f} (the tests compare shapes)")
 
 
 def _render_systematics(console: Console, tests: list[dict[str, Any]],
@@ -223,7 +233,7 @@ def _render_audit(console: Console, run: Any, critical: pd.DataFrame, found: Any
         rank = (f"importance rank {int(r['importance_rank'])} of "
                 f"{int((critical['degree'] == r['degree']).sum() / critical['node'].nunique())}")
         return (f"{what}{node} ({rank}; {r['worst_method']} Holm p "
-                f"{_fmt_p(r['worst_p_holm'])}, {r['worst_effect_name']} "
+                f"{fmt_p(r['worst_p_holm'])}, {r['worst_effect_name']} "
                 f"{r['worst_effect_size']:.3g})")
 
     if len(bad):

@@ -43,8 +43,8 @@ REPORT_TABLES = ("runs", "features", "tests", "skipped_columns", "gate_results",
 #: How each class of problem is named, in the order a reviewer reads them (as the terminal
 #: summary: 1D mismodellings, then correlations, then pairs, then pairs explained by 1D).
 WHAT = {"feature": "1D", "correlation": "correlation", "pair": "2D",
-        "from_marginals": "2D (from a 1D failure)", "taylor": "network response",
-        "": "not significant"}
+        "from_marginals": "2D (from a 1D failure)", "output": "network output",
+        "taylor": "network response", "": "not significant"}
 
 
 # ------------------------------------------------------------------ loading
@@ -105,7 +105,8 @@ class Problem:
     """One feature or pair of one category, with its tests summarised.
 
     ``what``: ``feature`` (1D mismodelling), ``correlation``, ``pair`` (plain 2D),
-    ``from_marginals`` (a pair failing through a feature already failing in 1D), ``taylor``
+    ``from_marginals`` (a pair failing through a feature already failing in 1D), ``output``
+    (a test of a network output, alone or with an input), ``taylor``
     (a Taylor coefficient of the audited network's ``node`` differs between data and
     simulation), or ``""`` (not significant after Holm). ``methods``: those significant after
     Holm (reliable tests only). ``p_holm``/``pvalue``/effect: of the test with the smallest
@@ -161,6 +162,8 @@ def problems(tests: pd.DataFrame, alpha: float) -> list[Problem]:
                         ("from_marginals", found.pairs_from_marginals)):
         for key, methods in group.items():
             label[key] = (kind, methods)
+    for key, methods in getattr(found, "outputs", {}).items():
+        label[key] = ("output", methods)
     for (node, x, y), methods in getattr(found, "taylor", {}).items():
         label[(f"taylor:{node}", x, y)] = ("taylor", methods)
     best: dict[tuple[str, str, str | None], dict[str, Any]] = {}
