@@ -25,6 +25,8 @@ from validator.stats.systematics import (
 )
 
 pyhf = pytest.importorskip("pyhf")
+# pyhf 0.7.6 validates its spec with jsonschema's deprecated RefResolver: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:jsonschema.RefResolver:DeprecationWarning")
 
 ALPHAS = np.array([-2.7, -1.3, -1.0, -0.999, -0.6, -0.2, 0.0, 0.1, 0.5, 0.999, 1.0, 1.4, 3.0])
 
@@ -106,7 +108,7 @@ def _pyhf_fit(model: pyhf.Model) -> np.ndarray:
     init = np.asarray(model.config.suggested_init(), dtype=float)
     res = optimize.minimize(lambda p: _pyhf_twice_nll(model, p), init, method="BFGS",
                             options={"gtol": 1e-9, "maxiter": 10_000})
-    # polish with Nelder-Mead-free Newton-ish restart: a second BFGS from the optimum
+    # a second BFGS from the first optimum (fresh Hessian estimate) polishes the last digits
     res = optimize.minimize(lambda p: _pyhf_twice_nll(model, p), res.x, method="BFGS",
                             options={"gtol": 1e-10, "maxiter": 10_000})
     return res.x
@@ -315,18 +317,52 @@ def test_process_normalisation_changes_the_shape() -> None:
     assert with_norm.details["nuisances"]["bkg"]["value"] > 0.3
 
 
+def test_double_well_is_found_and_flagged() -> None:
+    """A template with up and down on the same side of the nominal makes two minima.
+
+    The bin-0 effect of code4p is then even in theta (a double well at theta = +-1), bin 2
+    picks a side. Started at the other well, Newton stays there; the multistart of the test
+    finds the lower one, checked against a dense grid of the written-out q (no MC stat, so no
+    gamma to profile) polished by Nelder-Mead.
+    """
+    w = np.full(4, 1000.0)
+    up, down = np.array([1300.0, 1000, 800, 1000]), np.array([1300.0, 1000, 1200, 1000])
+    n = np.array([625.0, 500, 460, 500])
+    model = build_model(w, np.zeros(4), {"s": (up, down)})
+    local = fit_batch(model, n[None], start=[[np.log(0.5), -1.0]])
+    res = saturated_syst(w, np.zeros(4), n, {"s": (up, down)}, n_toys=0)
+    assert res.details["multimodal"] is True
+    assert res.statistic < local.q[0] - 1.0
+
+    def q(p: np.ndarray) -> float:
+        return float(q_unprofiled(model, n[None], p[None], np.ones((1, 4)))[0])
+
+    uu, tt = np.meshgrid(np.linspace(np.log(0.3), np.log(0.8), 101), np.linspace(-3, 3, 241))
+    grid = np.array([q(np.array([u, t])) for u, t in zip(uu.ravel(), tt.ravel(), strict=True)])
+    k = int(np.argmin(grid))
+    ref = optimize.minimize(q, [uu.ravel()[k], tt.ravel()[k]], method="Nelder-Mead",
+                            options={"xatol": 1e-10, "fatol": 1e-12})
+    assert res.statistic == pytest.approx(ref.fun, abs=1e-7)
+    assert res.details["nuisances"]["s"]["value"] == pytest.approx(ref.x[1], abs=1e-4)
+
+
 def test_bad_inputs_are_refused() -> None:
     w = np.array([10.0, 20.0, 30.0])
     with pytest.raises(ValueError, match="shape"):
-        saturated_syst(w, w, [1, 2])
+        saturated_syst(w, w, [1, 2], n_toys=0)
     with pytest.raises(ValueError, match="unknown process"):
-        saturated_syst(w, w, [1, 2, 3], norm_uncertainties={"ttbar": 0.1})
+        saturated_syst(w, w, [1, 2, 3], norm_uncertainties={"ttbar": 0.1}, n_toys=0)
     with pytest.raises(ValueError, match="merge sparse bins"):
-        saturated_syst([10.0, -1.0, 30.0], w, [1, 2, 3])
+        saturated_syst([10.0, -1.0, 30.0], w, [1, 2, 3], n_toys=0)
     with pytest.raises(ValueError, match="variation"):
-        saturated_syst(w, w, [1, 2, 3], {"s": ([1.0, 2.0], None)})
+        saturated_syst(w, w, [1, 2, 3], {"s": ([1.0, 2.0], None)}, n_toys=0)
     with pytest.raises(ValueError, match="empty"):
-        saturated_syst(w, w, [0, 0, 0])
+        saturated_syst(w, w, [0, 0, 0], n_toys=0)
+    with pytest.raises(ValueError, match="variation"):  # 3 process rows for 2 processes
+        saturated_syst(np.stack([w, w]), np.stack([w, w]), [1, 2, 3],
+                       {"s": (np.stack([w, w, w]), None)}, n_toys=0)
+    with pytest.raises(ValueError, match="rng"):
+        saturated_syst(w, w, [1, 2, 3], n_toys=10)
 
 
 # ---------------------------------------------------------------------------------------

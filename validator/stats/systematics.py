@@ -113,16 +113,18 @@ EIG_FLOOR_REL = 1e-8
 #: there the prediction is held at this small positive value (the fit never sits there when
 #: the bin has data: the Poisson term diverges).
 B_FLOOR_REL = 1e-9
-#: Offset (in units of the constraint) of the single-nuisance starts of a multistart fit: past
-#: the +-1 joins of the interpolation, where a second well of code4p's polynomial lies.
-MULTISTART_OFFSET = 1.5
+#: Offsets (in units of the constraint) of the single-nuisance starts of a multistart fit, on
+#: both sides: at and past the +-1 joins of the interpolation, where the wells of code4p's
+#: polynomial lie.
+MULTISTART_OFFSETS = (1.0, 1.5)
 #: Most nuisances for which a multistart also tries every corner of the +-1 cube (2^n starts).
 MAX_CORNER_DIM = 4
 #: Minima whose q differ by more than this are distinct (the fit tolerance is ~1e-8).
 MULTIMODAL_TOL = 1e-6
 #: Toys fitted at once: bounds memory (the Hessian terms are O(batch x params^2 x bins)).
 TOY_CHUNK = 4096
-#: Expected data count below which the chi² asymptotics (only reported in details) fail.
+#: Expected data count below which the chi² asymptotics (``pvalue_asymptotic`` in details)
+#: are not trusted (Cochran 1954, as the other binned tests); counted in details.
 MIN_EXPECTED = 5.0
 
 # pyhf's code4 coefficients for alpha0 = 1 (pyhf/interpolators/code4.py, ``A_inverse``): the
@@ -412,7 +414,7 @@ def build_model(
             row = slice(0, n_proc)
             nom = w
             up2, down2 = up, down
-        expect = (up2.shape[0], n_all)
+        expect = (1 if up.ndim == 1 else n_proc, n_all)
         if up2.shape != expect or (down2 is not None and down2.shape != expect):
             raise ValueError(f"variation {name!r}: shape differs from the nominal "
                              f"({n_all} bins, or {n_proc} x {n_all})")
@@ -695,7 +697,8 @@ def fit_batch(
     The profiled likelihood need not be convex: code4p's polynomial makes a template whose up
     and down variations lie on the same side of the nominal a double well, and several such
     templates can give separate minima. With ``multistart`` each fit is also started from
-    every nuisance at its centre :math:`\pm` :data:`MULTISTART_OFFSET` in turn and, for 2 to
+    each nuisance in turn at its centre :math:`\pm1` and :math:`\pm1.5`
+    (:data:`MULTISTART_OFFSETS`) and, for 2 to
     :data:`MAX_CORNER_DIM` nuisances, from every corner of the :math:`\pm1` cube, and the
     lowest converged minimum is kept (``multimodal`` flags fits whose starts found minima
     differing by more than :data:`MULTIMODAL_TOL`).
@@ -758,9 +761,9 @@ def _start_offsets(n_c: int) -> np.ndarray:
     """Nuisance starting offsets of :func:`fit_batch`'s multistart, row 0 all zero."""
     rows = [np.zeros(n_c)]
     for k in range(n_c):
-        for sign in (-1.0, 1.0):
+        for offset in (*(-o for o in MULTISTART_OFFSETS), *MULTISTART_OFFSETS):
             r = np.zeros(n_c)
-            r[k] = sign * MULTISTART_OFFSET
+            r[k] = offset
             rows.append(r)
     if 2 <= n_c <= MAX_CORNER_DIM:
         rows.extend(np.array(c) for c in itertools.product((-1.0, 1.0), repeat=n_c))
@@ -931,7 +934,8 @@ def saturated_syst(
         ``pvalue_method='asymptotic'``; not calibrated for this test's use and reported
         ``reliable = False``).
     rng:
-        The test's random generator (e.g. :func:`validator.compare.test_rng`).
+        The test's random generator (e.g. :func:`validator.compare.test_rng`); required when
+        ``n_toys > 0``.
     max_toys, thresholds:
         Adaptive toys (see above).
 
@@ -974,6 +978,8 @@ def saturated_syst(
     if n_all.sum() <= 0:
         raise ValueError("the data histogram is empty")
     check_toy_options(n_toys, max_toys, thresholds)
+    if n_toys > 0 and not isinstance(rng, np.random.Generator):
+        raise ValueError("toys need rng, a numpy.random.Generator (e.g. compare.test_rng)")
 
     def flat(v: ArrayLike | None) -> np.ndarray | None:
         if v is None:
@@ -1042,6 +1048,7 @@ def saturated_syst(
         "constraint_total": float(con.sum() + np.sum(x_hat[1:] ** 2)),
         "max_abs_ratio_dev_postfit": float(np.max(np.abs(n / nu_hat - 1.0))),
         "min_expected": float(nu_hat.min()),
+        "n_bins_expected_lt5": int(np.sum(nu_hat < MIN_EXPECTED)),
         "fit_converged": converged,
         "multimodal": multimodal,
         "pvalue_asymptotic": float(stats.chi2.sf(q, ndf)) if ndf >= 1 else float("nan"),
@@ -1052,7 +1059,7 @@ def saturated_syst(
     n_toys_total: int | None = None
     reliable = converged
     if n_toys > 0:
-        gen = rng if rng is not None else np.random.default_rng()
+        gen = rng
         theta_hat = x_hat[1:]
         start = x_hat
 
