@@ -172,3 +172,18 @@ def test_global_test_varies_the_nuisances(files):
                                                                            "process")))
     assert again.global_result.n_nuisances == 0
     assert again.global_result.p_min == g0.p_min  # process rows alone vary nothing
+
+
+def test_report_band_is_the_quadrature_sum_of_shape_shifts():
+    from validator.reports import syst_band
+
+    nominal = np.array([10.0, 20.0, 30.0, 40.0])
+    up = np.array([12.0, 20.0, 30.0, 38.0])  # same total: a shape change
+    down = np.array([9.0, 21.0, 30.0, 40.0]) * 2.0  # twice the total: scaled back first
+    one_sided = nominal * np.array([1.0, 1.0, 1.1, 1.0])
+    band = syst_band(nominal, {"a_up": up, "a_down": down, "b_up": one_sided})
+    scaled_down = down * nominal.sum() / down.sum()
+    a = np.maximum(np.abs(up - nominal), np.abs(scaled_down - nominal))
+    b = np.abs(one_sided * nominal.sum() / one_sided.sum() - nominal)
+    np.testing.assert_allclose(band, np.hypot(a, b))
+    assert syst_band(nominal, {}) is None

@@ -163,7 +163,8 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 def plot_feature(sim: Hist1D | Mapping[str, Hist1D], data: np.ndarray, feature: str, *,
                  pvalues: Mapping[str, float] | None = None, category: str | None = None,
-                 normalise: bool = True, title: str | None = None) -> Figure:
+                 normalise: bool = True, title: str | None = None,
+                 syst: np.ndarray | None = None) -> Figure:
     """Simulation vs data of one feature in the ``plot`` binning, with a ratio panel.
 
     ``sim`` is the total simulation, or a mapping process -> histogram (drawn stacked, in the
@@ -171,6 +172,8 @@ def plot_feature(sim: Hist1D | Mapping[str, Hist1D], data: np.ndarray, feature: 
     elements. ``pvalues`` (method -> Holm-adjusted p-value) go into the legend title.
     With ``normalise`` the simulation is scaled to the data count (``k`` in the legend).
     Bins with negative Σw (negative weights) are drawn below zero and have no ratio.
+    ``syst``: the simulation's systematic uncertainty per bin (Σw units, the same
+    ``len(edges) + 1`` elements): the band is then statistical ⊕ systematic, labelled so.
     """
     processes = dict(sim) if isinstance(sim, Mapping) else {"Simulation": sim}
     if not processes:
@@ -183,7 +186,10 @@ def plot_feature(sim: Hist1D | Mapping[str, Hist1D], data: np.ndarray, feature: 
     k = normalisation(total_w, data) if normalise else 1.0
     if not np.isfinite(k):
         k = 1.0
-    sim_w, sim_err = k * total_w[inner], k * np.sqrt(np.clip(total_w2[inner], 0, None))
+    variance = np.clip(total_w2[inner], 0, None)
+    if syst is not None:
+        variance = variance + np.asarray(syst, dtype=float)[inner] ** 2
+    sim_w, sim_err = k * total_w[inner], k * np.sqrt(variance)
     d = data[inner]
     lo, hi = poisson_interval(d, d)
     lo, hi = np.nan_to_num(lo, nan=0.0), np.nan_to_num(hi, nan=0.0)
@@ -202,7 +208,8 @@ def plot_feature(sim: Hist1D | Mapping[str, Hist1D], data: np.ndarray, feature: 
                                     else ""))
             baseline = top
         ax.stairs(sim_w - sim_err, edges, baseline=sim_w + sim_err, fill=True, hatch="////",
-                  facecolor="none", edgecolor="0.3", linewidth=0, label="Sim. stat. unc.")
+                  facecolor="none", edgecolor="0.3", linewidth=0,
+                  label="Sim. stat. ⊕ syst. unc." if syst is not None else "Sim. stat. unc.")
         ax.errorbar(centres, d, yerr=(d - lo, hi - d), fmt="o", color="black", markersize=4,
                     label="Data", gid="data")
         ymin = min(0.0, float(np.min(sim_w - sim_err, initial=0.0)))

@@ -189,6 +189,26 @@ def problems(tests: pd.DataFrame, alpha: float) -> list[Problem]:
     return out
 
 
+def syst_band(nominal: np.ndarray, variations: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The simulation's systematic uncertainty per bin: the quadrature sum over systematics
+    of the larger of |up − nominal| and |down − nominal| (a one-sided one: |up − nominal|),
+    each variation first scaled to the nominal's total (the tests compare shapes)."""
+    names = {v.rsplit("_", 1)[0] for v in variations if v.endswith(("_up", "_down"))}
+    if not names:
+        return None
+    total = float(np.sum(nominal))
+    squares = np.zeros_like(nominal, dtype=float)
+    for name in names:
+        shifts = []
+        for side in ("up", "down"):
+            t = variations.get(f"{name}_{side}")
+            if t is not None and np.sum(t) > 0:
+                shifts.append(np.abs(t * (total / np.sum(t)) - nominal))
+        if shifts:
+            squares += np.max(shifts, axis=0) ** 2
+    return np.sqrt(squares)
+
+
 def _reliable_key(row: Mapping[str, Any]) -> bool:
     return not row["_rank"][0]
 
@@ -423,6 +443,7 @@ def iter_figures(tables: Mapping[str, pd.DataFrame], top: int = DEFAULT_TOP,
     found = problems(tables["tests"], float(run["alpha"]))
     hists: dict[tuple, Mapping[str, Any]] = {}
     processes: dict[tuple, dict[str, Any]] = {}
+    variations: dict[tuple, dict[str, np.ndarray]] = {}
     for h in _rows(tables.get("histograms")):
         key = (h["category"], h["feature_x"], h.get("feature_y"))
         variation = h.get("variation")
@@ -432,12 +453,16 @@ def iter_figures(tables: Mapping[str, pd.DataFrame], top: int = DEFAULT_TOP,
             edges = figures._array(h["edges_x"])
             processes.setdefault(key, {})[str(variation)[len("process:"):]] = figures.Hist1D(
                 edges, figures._array(h["sim_sumw"]), figures._array(h["sim_sumw2"]))
+        else:  # a systematic's NAME_up / NAME_down
+            variations.setdefault(key, {})[str(variation)] = figures._array(h["sim_sumw"])
     for p in _worst(found, False, top, set(hists)):
         sim, data = figures.hist1d_from_row(hists[p.key])
+        band = syst_band(sim.sumw, variations.get(p.key, {}))
         if p.key in processes:
             sim = processes[p.key]
         pv = _pvalues_of(tests, *p.key)
-        fig = figures.plot_feature(sim, data, p.feature_x, pvalues=pv, category=p.category)
+        fig = figures.plot_feature(sim, data, p.feature_x, pvalues=pv, category=p.category,
+                                   syst=band)
         yield ReportFigure(
             _stem("feature", p.feature_x, p.category if p.category != INCLUSIVE else ""),
             p.name, "simulation (normalised to data) vs data; p (Holm): "
