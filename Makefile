@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The HTML report's test renders it in headless Chromium (Debian's `chromium`). Installed here
-# when missing, as root, with apt-get; never fails the build (without it that test is skipped).
+# The HTML report's and the dashboard's tests render them in headless Chromium (Debian's
+# `chromium`). Installed here when missing, as root, with apt-get; never fails the build
+# (without it those tests are skipped).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get \
 		>/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
@@ -29,9 +30,15 @@ test: install browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
-demo: install
-	$(VENV)/bin/validator run --sim sample_data/sim.parquet --data sample_data/data.parquet \
-		--weight weight --model sample_data/classifier.onnx --db demo.duckdb
+# The MET-scale systematic's files (the simulation with met scaled by ±5%), made on demand.
+MET_VARIATIONS := sample_data/sim_met_up.parquet sample_data/sim_met_down.parquet
+$(MET_VARIATIONS) &: sample_data/sim.parquet sample_data/generate.py
+	$(PY) sample_data/generate.py --met-variations
+
+# The sample analysis (sample_data/analysis.yaml): the network audited, the signal region
+# blinded, the MET-scale and per-process normalisation systematics.
+demo: install $(MET_VARIATIONS)
+	$(VENV)/bin/validator run --config sample_data/analysis.yaml --db demo.duckdb
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -19,25 +19,13 @@ faster on one thread). Each measurement follows a warm-up call on 1 000 events.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import polars as pl
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO / "sample_data"
-
-
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate", SAMPLE_DIR / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+from sample import SAMPLE_DIR, sample_generator
 
 
 def main() -> None:
@@ -53,7 +41,7 @@ def main() -> None:
 
     from validator.model import load_model, taylor_sums
 
-    inputs = _generator().MODEL_INPUTS
+    inputs = sample_generator().MODEL_INPUTS
     sim = pl.read_parquet(SAMPLE_DIR / "sim.parquet")
     data = pl.read_parquet(SAMPLE_DIR / "data.parquet")
     xs = sim.select(inputs).to_numpy().astype(np.float64)

@@ -11,6 +11,12 @@ planted mismodellings (see ``sample_data/README.md``):
    :data:`ISO_RHO_SIM` in simulation and :data:`ISO_RHO_DATA` in data. Both marginals are
    identical in simulation and data; only the joint distribution differs.
 
+:func:`make_multivariate_case` (``--with-tracks``) adds a third, multivariate mismodelling in
+three extra columns: in a fraction :data:`TRK_PARITY_FRACTION` of the data events the sign of
+``trk3_d0sig`` is the sign of ``trk1_d0sig * trk2_d0sig`` (:func:`_tracks`). Every 1D and 2D
+distribution is exact; only the three together differ, which a multivariate test (``c2st``,
+``nplm``) finds. It is not in the shipped files, whose planted effects stay two.
+
 Everything else goes through identical code paths with independent random streams, so it is well
 modelled. The output is deterministic: the same arguments give bit-identical files.
 
@@ -52,9 +58,13 @@ __all__ = [
     "MODEL_SEED",
     "PROCESSES",
     "RUNS",
+    "TRACK_FEATURES",
+    "TRK_D0SIG_DOF",
+    "TRK_PARITY_FRACTION",
     "Process",
     "copula_spearman",
     "make_model",
+    "make_multivariate_case",
     "make_samples",
     "model_labels",
     "model_metadata",
@@ -70,10 +80,25 @@ DEFAULT_N_DATA = 75_000
 
 #: Planted 1D mismodelling: data ``met`` = simulated-model ``met`` times this factor.
 MET_SCALE = 1.05
+#: The MET-scale systematic (unclustered energy and jet energy scale): the simulation's ``met``
+#: varied by ± this fraction (:func:`met_scale_variations`, alternative simulation files for
+#: ``--syst-file``). It covers the planted scale: the ``met`` tests fail without it
+#: (``saturated``) and pass with it (``saturated_syst``).
+MET_SCALE_UNCERTAINTY = 0.05
+#: File names of the MET-scale variations (written by ``--met-variations``; not shipped).
+MET_VARIATION_FILES = ("sim_met_up.parquet", "sim_met_down.parquet")
 #: Gaussian-copula correlation of (``lep1_iso``, ``lep2_iso``) in the simulation.
 ISO_RHO_SIM = 0.2
 #: Gaussian-copula correlation of (``lep1_iso``, ``lep2_iso``) in the planted data.
 ISO_RHO_DATA = 0.5
+#: Planted three-input mismodelling: in this fraction of the data events the sign of
+#: ``trk3_d0sig`` is the sign of ``trk1_d0sig * trk2_d0sig`` (in the simulation, and in the
+#: other data events, the three signs are independent). Every 1D and 2D distribution stays
+#: exact; only the joint distribution of the three moves (see :func:`_tracks`).
+TRK_PARITY_FRACTION = 0.25
+#: Student-t degrees of freedom of the impact-parameter significances (resolution core with
+#: the tails of mismeasured tracks).
+TRK_D0SIG_DOF = 5
 
 #: Input features of the toy network, in column order.
 FEATURES: tuple[str, ...] = (
@@ -98,6 +123,9 @@ FEATURES: tuple[str, ...] = (
     "n_btag",
     "met",
 )
+#: The three columns of the multivariate case (:func:`make_multivariate_case`), not in the
+#: shipped files.
+TRACK_FEATURES: tuple[str, ...] = ("trk1_d0sig", "trk2_d0sig", "trk3_d0sig")
 #: Features stored as integers (everything else is float32).
 INTEGER_FEATURES: tuple[str, ...] = ("n_jets", "n_btag")
 
@@ -634,6 +662,24 @@ def _generate(
     return {k: v[perm] for k, v in cols.items()}, index[perm]
 
 
+def _tracks(n: int, parity: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Signed transverse impact-parameter significances d0/σ(d0) of three tracks.
+
+    Each is Student-t (:data:`TRK_D0SIG_DOF`), symmetric about zero, independent of each
+    other and of every other feature (prompt tracks: the sign is resolution noise). With
+    ``parity`` > 0, in that fraction of the events (chosen at random) the sign of the third
+    is set to the sign of the product of the first two: a three-track correlation (a
+    three-prong decay whose vertex the simulation misses). Given any *one* of the three, the
+    other's sign is still a fair coin and its |value| unchanged, so every pair, and every
+    single variable, has exactly the simulated distribution; only E[sign(d1 d2 d3)] =
+    ``parity`` differs from 0. A 1D or 2D test cannot see it; a multivariate one can.
+    """
+    d = rng.standard_t(TRK_D0SIG_DOF, size=(3, n))
+    planted = rng.random(n) < parity
+    d[2] = np.where(planted, np.abs(d[2]) * np.sign(d[0] * d[1]), d[2])
+    return {"trk1_d0sig": d[0], "trk2_d0sig": d[1], "trk3_d0sig": d[2]}
+
+
 def make_samples(
     n_sim: int = DEFAULT_N_SIM,
     n_data: int = DEFAULT_N_DATA,
@@ -704,6 +750,30 @@ def make_samples(
     return sim, data
 
 
+def make_multivariate_case(
+    n_sim: int = DEFAULT_N_SIM,
+    n_data: int = DEFAULT_N_DATA,
+    seed: int = DEFAULT_SEED,
+    planted: bool = True,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The samples of :func:`make_samples` plus the three :data:`TRACK_FEATURES` columns.
+
+    With ``planted``, the data carry :func:`make_samples`'s two planted effects and the
+    three-track sign correlation (:func:`_tracks`, :data:`TRK_PARITY_FRACTION`); without,
+    none. The other columns are exactly :func:`make_samples`'s (the tracks come from their
+    own random streams), appended as ``Float32`` with 10 mantissa bits.
+    """
+    sim, data = make_samples(n_sim, n_data, seed, planted)
+    frames = []
+    for sample, frame, parity in (("sim", sim, 0.0),
+                                  ("data", data, TRK_PARITY_FRACTION if planted else 0.0)):
+        tracks = _tracks(frame.height, parity, _rng(seed, sample, 0, 3))
+        frames.append(frame.with_columns(
+            pl.Series(name, _round_mantissa(values), dtype=pl.Float32)
+            for name, values in tracks.items()))
+    return frames[0], frames[1]
+
+
 def write_samples(sim: pl.DataFrame, data: pl.DataFrame, out: Path) -> tuple[Path, Path]:
     """Write ``sim.parquet`` and ``data.parquet`` into ``out``.
 
@@ -715,7 +785,8 @@ def write_samples(sim: pl.DataFrame, data: pl.DataFrame, out: Path) -> tuple[Pat
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, frame in (("sim", sim), ("data", data)):
-        encoding = {c: "BYTE_STREAM_SPLIT" for c in FEATURES if c not in INTEGER_FEATURES}
+        encoding = {c: "BYTE_STREAM_SPLIT" for c in (*FEATURES, *TRACK_FEATURES)
+                    if c not in INTEGER_FEATURES and c in frame.columns}
         encoding["event"] = "DELTA_BINARY_PACKED"
         path = out / f"{name}.parquet"
         pq.write_table(
@@ -727,6 +798,30 @@ def write_samples(sim: pl.DataFrame, data: pl.DataFrame, out: Path) -> tuple[Pat
             column_encoding=encoding,
             row_group_size=50_000,
         )
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def met_scale_variations(sim: pl.DataFrame, uncertainty: float = MET_SCALE_UNCERTAINTY,
+                         ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The simulation with ``met`` scaled by 1 ± ``uncertainty`` (kept at the features'
+    precision): the up and down files of a shape systematic. Nothing else changes, so the
+    varied samples have the same events and weights."""
+    met = sim["met"].to_numpy().astype(np.float64)
+    return tuple(sim.with_columns(pl.Series("met", _round_mantissa(met * factor),
+                                            dtype=pl.Float32))
+                 for factor in (1.0 + uncertainty, 1.0 - uncertainty))
+
+
+def write_met_variations(out: Path) -> tuple[Path, Path]:
+    """Write the MET-scale variations of ``out/sim.parquet`` beside it (fast zstd level: they
+    are made on demand, e.g. by ``make demo``, and not shipped)."""
+    sim = pl.read_parquet(out / "sim.parquet")
+    paths = []
+    for frame, name in zip(met_scale_variations(sim), MET_VARIATION_FILES, strict=True):
+        path = out / name
+        pq.write_table(frame.to_arrow(), path, compression="zstd", compression_level=3,
+                       row_group_size=50_000)
         paths.append(path)
     return paths[0], paths[1]
 
@@ -930,6 +1025,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="draw data from the simulation model (no planted effects)",
     )
+    parser.add_argument(
+        "--with-tracks",
+        action="store_true",
+        help="add the three-track columns and their multivariate planted effect "
+        "(make_multivariate_case; not the shipped files: pass --out)",
+    )
+    parser.add_argument(
+        "--met-variations",
+        action="store_true",
+        help="only write the MET-scale systematic's files (sim_met_up/down.parquet) from "
+        "OUT/sim.parquet, for --syst-file met_scale=...",
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--no-model",
@@ -942,8 +1049,13 @@ def main(argv: list[str] | None = None) -> int:
         help="write only the sample network (trained on the generated simulation)",
     )
     args = parser.parse_args(argv)
+    if args.met_variations:
+        for path in write_met_variations(args.out):
+            print(f"{path}: {path.stat().st_size / 1e6:.2f} MB")
+        return 0
     start = time.perf_counter()
-    sim, data = make_samples(args.n_sim, args.n_data, args.seed, planted=not args.null)
+    make = make_multivariate_case if args.with_tracks else make_samples
+    sim, data = make(args.n_sim, args.n_data, args.seed, planted=not args.null)
     if not args.model_only:
         sim_path, data_path = write_samples(sim, data, args.out)
         elapsed = time.perf_counter() - start

@@ -118,13 +118,32 @@ def test_weighted_mean_and_std_match_numpy(setup):
     assert acc.mean_std(layout, 1) == pytest.approx((mean, std), rel=1e-9)
 
 
-def test_pair_blocks_do_not_change_the_result(setup, monkeypatch):
+def test_moment_blocks_do_not_change_the_result(setup, monkeypatch):
     import validator.fill as fill
 
     x, w, layout = setup
     whole = accumulate(x, w[None, :], layout)
-    monkeypatch.setattr(fill, "PAIR_BLOCK_ENTRIES", 1)  # one pair at a time
+    monkeypatch.setattr(fill, "MOMENT_BLOCK_VALUES", 7)  # a few events per block
     _assert_equal(whole, accumulate(x, w[None, :], layout))
+
+
+def test_unit_weights_fill_like_any_weights(setup):
+    """Data (unit weights) take a shortcut: every sum is the count; it must equal the general
+    path, which a second weight row forces."""
+    x, _, layout = setup
+    ones = np.ones(len(x))
+    groups = np.arange(len(x)) % 32
+    unit = accumulate(x, ones[None, :], layout, groups)
+    general = accumulate(x, np.stack([ones, ones]), layout, groups)
+    for f in fields(unit):
+        a, b = getattr(unit, f.name), getattr(general, f.name)
+        if f.name == "layout_key":
+            continue
+        if np.ndim(b) == 2 and f.name not in ("group_h1", "group_fine", "group_h2"):
+            b = b[:1]
+        if np.ndim(b) == 1 and f.name in ("sumw", "sumw2"):
+            b = b[:1]
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9, err_msg=f.name)
 
 
 def test_std_keeps_its_precision_far_from_zero():

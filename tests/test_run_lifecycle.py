@@ -75,12 +75,12 @@ def test_a_category_missing_from_data_gets_every_test_with_the_reason(tmp_path):
 
 
 def test_an_internal_error_exits_3_with_one_line_and_the_traceback(capsys, samples, monkeypatch):
-    import validator.pipeline as pipeline
+    import validator.engine as engine
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("planted bug")
 
-    monkeypatch.setattr(pipeline, "fill_sample", broken)
+    monkeypatch.setattr(engine, "fill_sample", broken)
     sim, data = samples
     code, _, err = _run(capsys, "--sim", str(sim), "--data", str(data), "--weight", "weight",
                         "--no-db")
@@ -133,7 +133,7 @@ def test_cli_and_api_share_the_seed_and_the_run_stores_its_configuration(capsys,
     # `validator show` re-displays the stored run
     assert main(["show", "--db", str(db), cli_id[:17]]) == 0
     shown = capsys.readouterr().out
-    assert cli_id in shown and "worst 15 of" in shown and "--seed 7" in shown
+    assert cli_id in shown and "worst 6 of 6 features and pairs" in shown and "--seed 7" in shown
 
 
 def test_chunk_size_changes_no_stored_number(tmp_path):

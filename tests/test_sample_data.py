@@ -328,6 +328,41 @@ def test_shipped_iso_correlation_is_mismodelled(
     assert rs_data - rs_sim > 0.2
 
 
+def _sign_product(frame: pl.DataFrame, *cols: str) -> np.ndarray:
+    return np.prod([np.sign(frame[c].to_numpy()) for c in cols], axis=0)
+
+
+TRACKS = ("trk1_d0sig", "trk2_d0sig", "trk3_d0sig")
+
+
+def test_multivariate_case_planted_in_three_only(
+    planted: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    """make_multivariate_case: the samples of make_samples plus three track columns where
+    sign(d1 d2 d3) has mean TRK_PARITY_FRACTION in data, 0 in simulation; every pair of signs
+    is uncorrelated in both; each d0sig follows the same law."""
+    sim, data = gen.make_multivariate_case(**SMALL)
+    assert gen.TRACK_FEATURES == TRACKS
+    assert sim.drop(TRACKS).equals(planted[0]) and data.drop(TRACKS).equals(planted[1])
+    null_sim, null_data = gen.make_multivariate_case(**SMALL, planted=False)
+    assert null_sim.equals(sim)
+    assert abs(_sign_product(null_data, *TRACKS).mean()) < 5 / np.sqrt(null_data.height)
+    n = data.height
+    assert abs(_sign_product(data, *TRACKS).mean() - gen.TRK_PARITY_FRACTION) < 5 / np.sqrt(n)
+    assert abs(_sign_product(sim, *TRACKS).mean()) < 5 / np.sqrt(sim.height)
+    resampled = _resample(sim, RESAMPLE)
+    for i, a in enumerate(TRACKS):
+        for b in TRACKS[i + 1:]:
+            for frame in (sim, data):
+                assert abs(_sign_product(frame, a, b).mean()) < 5 / np.sqrt(frame.height)
+        assert stats.ks_2samp(data[a], resampled[a]).pvalue > 0.01, a
+    # the pairs' joint laws: the 2x2 sign tables agree between data and the simulation
+    for i, a in enumerate(TRACKS):
+        for b in TRACKS[i + 1:]:
+            table = np.histogram2d(np.sign(data[a]), np.sign(data[b]), bins=2)[0]
+            assert stats.chi2_contingency(table).pvalue > 0.001, (a, b)
+
+
 def test_shipped_iso_marginals_agree(shipped: tuple[pl.DataFrame, pl.DataFrame]) -> None:
     sim, data = shipped
     resampled = _resample(sim, 20_000)

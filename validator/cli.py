@@ -71,6 +71,7 @@ def _int_between(minimum: int, maximum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     from validator import __version__
+    from validator.multivariate import MULTIVARIATE_EVENTS
     from validator.pipeline import DEFAULT_DB_WAIT_S, DEFAULT_SEED
 
     parser = _Parser(prog="validator", description=DESCRIPTION,
@@ -150,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="toys for the dependence test's p-value (default: 300)")
     run.add_argument("--chunk-rows", type=_positive_int, default=250_000,
                      help="rows read at a time (bounds the memory)")
+    run.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                     help="processes filling the histograms and running the tests (default: "
+                          "every core); the results do not depend on it")
+    run.add_argument("--engine", choices=("local", "dask"), default="local",
+                     help="fill on this machine (local) or on a Dask cluster (dask): each file "
+                          "or row group on a worker; the results are the same")
+    run.add_argument("--scheduler", metavar="ADDR",
+                     help="with --engine dask: the Dask scheduler's address (tcp://host:8786, "
+                          "tls://...; 'current' for a notebook's client); default: a local "
+                          "cluster of 2 processes")
     run.add_argument("--seed", type=int, default=DEFAULT_SEED,
                      help="seed of the reservoirs and of every test's toys (default: "
                           "%(default)s)")
@@ -164,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", metavar="FILE.md",
                      help="write the Markdown report (verdict, failing rules, worst problems) "
                           "once the run is stored and judged")
+    run.add_argument("--multivariate", metavar="c2st,nplm",
+                     help="learned tests over all inputs at once: the classifier two-sample "
+                          "test (c2st) and the New Physics Learning Machine (nplm; with --syst "
+                          "weight variations, the nuisances are profiled)")
+    run.add_argument("--multivariate-events", type=_positive_int, default=MULTIVARIATE_EVENTS,
+                     metavar="N", help="data events in the multivariate subsample, the "
+                                       "simulation's 5x as many (default: %(default)s)")
+    run.add_argument("--multivariate-toys", type=_positive_int, default=None, metavar="N",
+                     help="permutations (c2st) and toys (nplm) per test (default: 49 each, "
+                          "p-values resolved to 1/50)")
+    run.add_argument("--multivariate-time", type=float, default=None, metavar="SECONDS",
+                     help="time budget of each multivariate test: no permutation or toy starts "
+                          "after it (default: 180)")
+    run.add_argument("--evidently-report", metavar="FILE.html",
+                     help="write evidently's data-drift report (DataDriftPreset) on the "
+                          "multivariate subsample; its per-column results are stored as tests "
+                          "kind 'evidently', outside the multiple-testing family")
     run.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                      help="a label stored with the run, e.g. era=2018B (repeatable): the "
                           "dashboard's history groups runs by tag")
@@ -237,9 +265,12 @@ def _console():
 
 
 def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from pathlib import Path
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from validator.compare import CompareOptions
+    from validator.multivariate import check_methods
     from validator.pipeline import RunConfig, run_validation
     from validator.plan import PlanConfig
     from validator.report import render
@@ -261,6 +292,13 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise _usage("--db-wait must be >= 0")
     rules = _gate_rules(args)  # a bad rules file is exit 2 before any event is read
     _check_report_path(args.report)
+    try:
+        multivariate = check_methods((args.multivariate or "").split(","))
+    except ValueError as exc:
+        raise _usage(f"--multivariate: {exc}") from None
+    if args.evidently_report and Path(args.evidently_report).is_dir():
+        raise _usage(f"--evidently-report {args.evidently_report}: is a folder; give a file "
+                     "name (e.g. drift.html)")
     model_params = {}
     for text in args.model_param:
         name, sep, values = text.partition("=")
@@ -270,17 +308,23 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             sep = ""
         if not sep or not name.strip() or not model_params.get(name.strip()):
             raise _usage(f"--model-param: '{text}' is not NAME=V1,V2,...")
+    if args.scheduler and args.engine != "dask":
+        raise _usage("--scheduler: needs --engine dask")
     config = RunConfig(
         sim=args.sim, data=args.data, weight=args.weight, features=features,
         category=args.category, db=None if args.no_db else args.db, alpha=args.alpha,
-        chunk_rows=args.chunk_rows, seed=args.seed,
+        chunk_rows=args.chunk_rows, seed=args.seed, jobs=args.jobs, engine=args.engine,
+        scheduler=args.scheduler,
         sim_selection=args.sim_selection, data_selection=args.data_selection,
         exclude=[c.strip() for c in (args.exclude or "").split(",") if c.strip()],
         defines=args.define, blind=args.blind, unweighted=args.unweighted,
         model=args.model, model_scaler=args.model_scaler, model_kind=args.model_kind,
         model_inputs=[c.strip() for c in args.model_inputs.split(",") if c.strip()]
         if args.model_inputs else None, model_params=model_params or None,
-        db_wait_s=args.db_wait, tags=_tags(args.tag),
+        db_wait_s=args.db_wait, tags=_tags(args.tag), multivariate=multivariate,
+        multivariate_events=args.multivariate_events,
+        multivariate_time_s=args.multivariate_time, evidently_report=args.evidently_report,
+        multivariate_toys=args.multivariate_toys,
         systematics=Systematics.parse(args.syst, args.syst_file, args.norm_unc,
                                       args.process_column)
         if args.syst or args.syst_file or args.norm_unc or args.process_column else None,
@@ -519,6 +563,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Run ``streamlit run`` on the dashboard app (read-only on ``--db``) until interrupted."""
     import importlib.util
     import os
+    import signal
     import subprocess
     from pathlib import Path
 
@@ -534,7 +579,17 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
                "--server.fileWatcherType", "none", "--", "--db", str(db)]
     print(f"validator dashboard: {db} on http://{args.host}:{args.port} (Ctrl-C stops it)",
           flush=True)
-    return subprocess.call(command, env={**os.environ, "VALIDATOR_DB": str(db)})
+    server = subprocess.Popen(command, env={**os.environ, "VALIDATOR_DB": str(db)})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        return server.wait()
+    finally:  # stopped (Ctrl-C, SIGTERM): the server goes with it
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:

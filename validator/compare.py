@@ -16,7 +16,8 @@ This stage slices histograms out of the accumulators and calls the pure function
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -44,8 +45,18 @@ if TYPE_CHECKING:
 METHODS_1D = ("chi2_uw", "saturated", "ks", "ad")
 METHODS_2D = ("chi2_uw", "saturated", "dependence")
 METHODS_CORR = ("corr_spearman", "corr_pearson")
+#: Fewest test groups (features and pairs, all categories) worth a pool of processes: below
+#: it, forking costs more than the tests.
+MIN_PARALLEL_GROUPS = 32
+#: Batches of test groups per process: enough for the processes to finish together though a
+#: pair with toys costs a hundred times a feature with asymptotic p-values.
+TEST_BATCHES_PER_JOB = 16
 #: The 1D test of the fraction of NaN/inf/sentinel values, planned for a feature that has any.
 INVALID_FRACTION = "invalid_fraction"
+#: A toy p-value's floor 1/(1 + n) must be this many times below Holm's first threshold
+#: alpha/m: otherwise a statistic beyond every toy (a large mismodelling) could never be
+#: significant after Holm in a run with many tests, however large it is.
+TOY_RESOLUTION = 2.0
 #: The saturated test with the systematics as nuisance parameters (planned with systematics,
 #: beside ``saturated``: a reviewer sees what the systematics absorb).
 SATURATED_SYST = "saturated_syst"
@@ -56,7 +67,8 @@ class CompareOptions:
     """Options of the test stage.
 
     Toy p-values start with the given number of toys and add more, up to ``max_toys``, while
-    the decision at alpha or at Holm's first threshold alpha/m is not settled by them.
+    the decision at alpha or at Holm's first threshold alpha/m is not settled by them. A run
+    raises ``max_toys`` until its toys can resolve alpha/m at all (:data:`TOY_RESOLUTION`).
     """
 
     min_expected: float = 5.0
@@ -389,13 +401,17 @@ def untested_categories(sims: dict[str, Accumulator], datas: dict[str, Accumulat
     return reasons
 
 
-def _category_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
-                       options: CompareOptions, seed: int, with_invalid: np.ndarray,
-                       thresholds: tuple[float, ...], syst: SystInputs | None = None,
-                       ) -> Iterator[tuple[str, str, str | None, dict[str, Outcome]]]:
-    """(kind, feature_x, feature_y, method -> outcome) per feature and pair of a category."""
+def _group_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
+                    options: CompareOptions, seed: int, with_invalid: np.ndarray,
+                    thresholds: tuple[float, ...], syst: SystInputs | None, g: int,
+                    ) -> tuple[str, str, str | None, dict[str, Outcome]]:
+    """(kind, feature_x, feature_y, method -> outcome) of test group ``g`` of a category:
+    feature ``g``, or pair ``g - n_features``. Groups are independent (each test has its own
+    random stream), so they may run in any order or process."""
     plan = layout.plan
-    for k, f in enumerate(plan.features):
+    if g < layout.n_features:
+        k, f = g, plan.features[g]
+
         def rng(method: str, name: str = f.name) -> np.random.Generator:
             return test_rng(seed, category, method, name)
 
@@ -409,31 +425,37 @@ def _category_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, cate
             outcomes[SATURATED_SYST] = syst_test(
                 hd, hs, syst, category, lambda a, k=k: a.hist_1d(layout, k), options,
                 rng(SATURATED_SYST), thresholds)
-        yield "1d", f.name, None, outcomes
-    for p, (i, j) in enumerate(plan.pairs):
-        x, y = plan.features[i].name, plan.features[j].name
+        return "1d", f.name, None, outcomes
+    p = g - layout.n_features
+    i, j = plan.pairs[p]
+    x, y = plan.features[i].name, plan.features[j].name
 
-        def rng2(method: str, x: str = x, y: str = y) -> np.random.Generator:
-            return test_rng(seed, category, method, x, y)
+    def rng2(method: str, x: str = x, y: str = y) -> np.random.Generator:
+        return test_rng(seed, category, method, x, y)
 
-        outcomes = _pair_tests(layout, p, sim, data, options, rng2, thresholds)
-        if syst is not None:
-            outcomes[SATURATED_SYST] = syst_test(
-                data.hist_2d(layout, p), sim.hist_2d(layout, p), syst, category,
-                lambda a, p=p: a.hist_2d(layout, p), options, rng2(SATURATED_SYST), thresholds)
-        yield "2d", x, y, outcomes
+    outcomes = _pair_tests(layout, p, sim, data, options, rng2, thresholds)
+    if syst is not None:
+        outcomes[SATURATED_SYST] = syst_test(
+            data.hist_2d(layout, p), sim.hist_2d(layout, p), syst, category,
+            lambda a, p=p: a.hist_2d(layout, p), options, rng2(SATURATED_SYST), thresholds)
+    return "2d", x, y, outcomes
 
 
 def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
               options: CompareOptions, seed: int,
               progress: Callable[[str, int, int], None] | None = None,
-              alpha: float = 0.05, syst: SystInputs | None = None) -> list[TestRecord]:
+              alpha: float = 0.05, syst: SystInputs | None = None, jobs: int = 1,
+              ) -> list[TestRecord]:
     """Every planned test of every category, in the order of :func:`planned_methods`.
 
     A category present in one sample only (or with Σw ≤ 0) gets every planned test with the
     reason it could not run. Toy p-values are refined until they settle the decisions at
-    ``alpha`` and at Holm's first threshold ``alpha / m`` (m planned tests).
+    ``alpha`` and at Holm's first threshold ``alpha / m`` (m planned tests). With ``jobs > 1``
+    the features and pairs are tested in that many forked processes
+    (:func:`validator.engine.fork_map`); the results are the same.
     """
+    from validator.engine import fork_map
+
     categories = list(dict.fromkeys([*sims, *datas]))
     with_invalid = np.zeros(layout.n_features, dtype=bool)
     for acc in (*sims.values(), *datas.values()):
@@ -441,25 +463,36 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     planned = planned_methods(layout, with_invalid, syst is not None)
     skip = untested_categories(sims, datas)
     thresholds = (alpha, alpha / max(len(planned) * len(categories), 1))
+    options = replace(options, max_toys=max(options.max_toys,
+                                            math.ceil(TOY_RESOLUTION / thresholds[-1])))
     groups_per_category = layout.n_features + len(layout.plan.pairs)
-    total, done = groups_per_category * len(categories), 0
+    done = 0
+    items = [(c, g) for c in categories if c not in skip for g in range(groups_per_category)]
+
+    def test_group(i: int) -> tuple[str, str, str | None, dict[str, Outcome]]:
+        category, g = items[i]
+        return _group_outcomes(layout, sims[category], datas[category], category, options,
+                               seed, with_invalid, thresholds, syst, g)
+
+    jobs = jobs if len(items) >= MIN_PARALLEL_GROUPS else 1
+    # small batches: a pair with toys costs a hundred times a feature's asymptotic tests
+    batch = max(1, len(items) // (jobs * TEST_BATCHES_PER_JOB))
+    outcomes: dict[str, dict[tuple[str, str, str | None], Outcome]] = {}
+    total = len(items)
+    for (category, _), (_kind, x, y, group) in zip(
+            items, fork_map(test_group, len(items), jobs, batch), strict=True):
+        outcomes.setdefault(category, {}).update({(m, x, y): o for m, o in group.items()})
+        done += 1
+        if progress:
+            progress("tests", done, total)
     records: list[TestRecord] = []
     for category in categories:
         if category in skip:
             records.extend(TestRecord(category, kind, method, x, y, None, skip[category])
                            for kind, method, x, y in planned)
-            done += groups_per_category
             continue
-        outcomes: dict[tuple[str, str, str | None], Outcome] = {}
-        for _kind, x, y, group in _category_outcomes(layout, sims[category], datas[category],
-                                                    category, options, seed, with_invalid,
-                                                    thresholds, syst):
-            outcomes.update({(m, x, y): o for m, o in group.items()})
-            done += 1
-            if progress:
-                progress("tests", done, total)
         for kind, method, x, y in planned:
-            outcome = outcomes[(method, x, y)]
+            outcome = outcomes[category][(method, x, y)]
             if isinstance(outcome, str):
                 records.append(TestRecord(category, kind, method, x, y, None, outcome))
             else:

@@ -28,8 +28,9 @@ from validator.transform import INCLUSIVE, Reader, categories_of, weights_of
 if TYPE_CHECKING:
     from validator.systematics import VariationRows
 
-#: Entries (events x pairs) indexed at once when filling the pair histograms.
-PAIR_BLOCK_ENTRIES = 8_000_000
+#: Values per power (events x paired features) in one block of the moment products: five
+#: powers of 1M float64 values are 40 MB, while the products stay large enough for BLAS.
+MOMENT_BLOCK_VALUES = 1_000_000
 #: Random event groups kept apart in the group-resolved sums behind the run-level global test
 #: (validator.globaltest): its sign-flip replicas combine the groups, so 2**32 replicas are
 #: possible while the sums stay 32 times the histograms.
@@ -104,6 +105,11 @@ class Layout:
     @cached_property
     def moment_index(self) -> dict[int, int]:
         return {int(f): k for k, f in enumerate(self.paired_features)}
+
+    @cached_property
+    def grids(self) -> list[FeatureGrid]:
+        """Each feature's binnings as lookups into one grid (see :class:`FeatureGrid`)."""
+        return _grids(self)
 
 
 @dataclass
@@ -271,52 +277,50 @@ class Accumulator:
         return float(sumw**2 / sumw2) if sumw2 > 0 else 0.0
 
 
-def _bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin of each value, under/overflow folded into the first/last bin."""
-    idx = np.searchsorted(edges, x, side="right") - 1
-    return np.clip(idx, 0, len(edges) - 2)
+@dataclass(frozen=True)
+class FeatureGrid:
+    """Every binning of one feature as lookups into one sorted grid of edges.
 
-
-def _flow_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin of each value counting an underflow bin 0 and an overflow bin ``len(edges)``.
-
-    Bins are ``[e_k, e_k+1)``; the last bin also holds its upper edge, like numpy.histogram.
+    ``edges`` is the union of the test, pair, fine and plotting edges (plus the float just
+    above the last plotting edge). One ``searchsorted`` of a value into it gives ``u``, the
+    number of grid edges <= the value; since each binning's edges are a subset of the grid,
+    the number of *its* edges <= the value is a function of ``u`` alone, so each binning's bin
+    is a table lookup ``lut[u]``: exactly what a ``searchsorted`` into that binning would give,
+    at the cost of one search instead of four. Index ``len(edges) + 1`` is the *trash* entry
+    that invalid values (NaN/inf/sentinel) are sent to: each table maps it to one bin past the
+    binning's last, which the fill drops.
     """
-    idx = np.searchsorted(edges, x, side="right")
-    idx[x == edges[-1]] = len(edges) - 1
-    return idx
+
+    edges: np.ndarray
+    test: np.ndarray  # test bins, under/overflow folded into the edge bins
+    pair: np.ndarray  # pair bins, folded likewise
+    fine: np.ndarray  # fine bins, folded likewise
+    plot: np.ndarray  # plotting bins: 0 underflow, len(plot_edges) overflow
+
+    @property
+    def trash(self) -> int:
+        return len(self.edges) + 1
+
+    @staticmethod
+    def _folded(grid: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        below = np.concatenate([[0], np.searchsorted(edges, grid, side="right")])
+        return np.append(np.clip(below - 1, 0, len(edges) - 2), len(edges) - 1)
+
+    @classmethod
+    def of(cls, edges: np.ndarray, pair: np.ndarray, fine: np.ndarray, plot: np.ndarray,
+           ) -> FeatureGrid:
+        top = np.nextafter(plot[-1], np.inf)  # [last plot edge, top) holds that value only
+        grid = np.unique(np.concatenate([edges, pair, fine, plot, [top]]))
+        below = np.concatenate([[0], np.searchsorted(plot, grid, side="right")])
+        # a value equal to the last plotting edge is in the last bin, like numpy.histogram
+        below[1:][grid == plot[-1]] = len(plot) - 1
+        return cls(edges=grid, test=cls._folded(grid, edges), pair=cls._folded(grid, pair),
+                   fine=cls._folded(grid, fine), plot=np.append(below, len(plot) + 1))
 
 
-def _masked_bincount(index: np.ndarray, mask: np.ndarray, weights: np.ndarray, size: int,
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Σw and Σw² per bin over all entries of ``index`` (any shape ``(..., n_events)``).
-
-    ``mask`` (same shape, 0/1) zeroes the entries to leave out: they add nothing, which is
-    cheaper than gathering the kept ones. One row per weight variation.
-    """
-    flat = index.ravel()
-    sumw, sumw2 = [], []
-    for w in weights:
-        mw = mask * w
-        sumw.append(np.bincount(flat, weights=mw.ravel(), minlength=size))
-        sumw2.append(np.bincount(flat, weights=(mw * w).ravel(), minlength=size))
-    return np.stack(sumw), np.stack(sumw2)
-
-
-def _count_sumw3(index: np.ndarray, mask: np.ndarray, weight: np.ndarray, size: int,
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Events and Σw³ per bin for one weight (see :func:`_masked_bincount`)."""
-    flat = index.ravel()
-    count = np.bincount(flat, weights=mask.ravel(), minlength=size)
-    return count, np.bincount(flat, weights=(mask * weight**3).ravel(), minlength=size)
-
-
-def _group_sums(index: np.ndarray, mask: np.ndarray, weight: np.ndarray, groups: np.ndarray,
-                size: int) -> np.ndarray:
-    """Σw per (event group, bin): shape (N_GROUPS, size)."""
-    flat = (index + groups * size).ravel()
-    sums = np.bincount(flat, weights=(mask * weight).ravel(), minlength=N_GROUPS * size)
-    return sums.reshape(N_GROUPS, size)
+def _grids(layout: Layout) -> list[FeatureGrid]:
+    return [FeatureGrid.of(layout.edges[k], layout.pair_edges[k], layout.fine_edges[k],
+                           layout.plot_edges[k]) for k in range(layout.n_features)]
 
 
 def event_groups(entries: np.ndarray, files: np.ndarray, seed: int) -> np.ndarray:
@@ -327,14 +331,159 @@ def event_groups(entries: np.ndarray, files: np.ndarray, seed: int) -> np.ndarra
     return np.minimum((keys * N_GROUPS).astype(np.int64), N_GROUPS - 1)
 
 
+class _Weights:
+    """The powers of a chunk's weights the fill needs, computed once per chunk.
+
+    With unit weights (data), every weighted sum is the count of events: one unweighted
+    ``bincount`` gives Σ1 = Σw = Σw² = Σw³ exactly, so the other sums are not computed.
+    """
+
+    def __init__(self, weights: np.ndarray):
+        self.all = np.asarray(weights, dtype=np.float64)
+        self.nominal = self.all[0]
+        self.unit = self.all.shape[0] == 1 and bool(np.all(self.nominal == 1.0))
+        self.w2 = self.nominal * self.nominal
+        self.w3 = self.w2 * self.nominal
+
+    def per_bin(self, index: np.ndarray, size: int,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Σw, Σw² (one row per variation), the count and Σw³ (nominal) per bin of ``index``
+        (values ``0 .. size``; ``size`` is the trash bin, dropped)."""
+        count = np.bincount(index, minlength=size + 1)[:size].astype(np.float64)
+        if self.unit:
+            return count[None], count[None], count, count
+        sumw = np.stack([np.bincount(index, w, minlength=size + 1)[:size] for w in self.all])
+        sumw2 = np.stack([np.bincount(index, w * w if v else self.w2, minlength=size + 1)[:size]
+                          for v, w in enumerate(self.all)])
+        sumw3 = np.bincount(index, self.w3, minlength=size + 1)[:size]
+        return sumw, sumw2, count, sumw3
+
+
+def _grouped(index: np.ndarray, groups: np.ndarray, size: int, weights: _Weights,
+             ) -> np.ndarray:
+    """Σw (nominal) per (event group, bin) for bins ``0 .. size`` (the last is the trash):
+    shape (N_GROUPS, size)."""
+    key = groups * (size + 1) + index
+    if weights.unit:
+        sums = np.bincount(key, minlength=N_GROUPS * (size + 1)).astype(np.float64)
+    else:
+        sums = np.bincount(key, weights.nominal, minlength=N_GROUPS * (size + 1))
+    return sums.reshape(N_GROUPS, size + 1)[:, :size]
+
+
+def _fill_pairs(acc: Accumulator, layout: Layout, codes: np.ndarray, groups: np.ndarray,
+                weights: _Weights) -> None:
+    """Every pair's 2D sums, one pair at a time: one key per event, four ``bincount`` s.
+
+    Each feature's pair bin (``codes``, the trash bin ``ny`` for an invalid value) is computed
+    once per chunk. Pair (i, j)'s key is ``((cx * (ny+1)) + cy) * N_GROUPS + group``: a
+    weighted ``bincount`` over it gives Σw per (cell, group) (the group sums, and Σw by
+    summing the groups); Σw², Σw³ and the count use the same key. A cell whose x or y is the
+    trash bin (an event invalid in either feature) is dropped.
+    """
+    n = codes.shape[1]
+    ny_all = np.array([len(e) - 1 for e in layout.pair_edges], dtype=np.int64)
+    # per feature: its pair bin times N_GROUPS plus the event's group (the key's y part)
+    gy = codes * N_GROUPS + groups[None, :]
+    key = np.empty(n, dtype=np.int64)
+    for p, (i, j) in enumerate(layout.plan.pairs):
+        nx, ny = layout.pair_shape[p]
+        stride = (ny + 1) * N_GROUPS
+        assert ny == ny_all[j]
+        np.multiply(codes[i], stride, out=key)
+        np.add(key, gy[j], out=key)
+        size = (nx + 1) * stride
+        lo, hi = layout.offsets_2d[p], layout.offsets_2d[p + 1]
+
+        def cells(sums: np.ndarray, nx: int = nx, ny: int = ny) -> np.ndarray:
+            """(nx+1, ny+1, N_GROUPS) sums without trash cells, as (nx*ny, N_GROUPS)."""
+            return sums.reshape(nx + 1, ny + 1, N_GROUPS)[:nx, :ny].reshape(nx * ny, N_GROUPS)
+
+        if weights.unit:
+            grouped = cells(np.bincount(key, minlength=size).astype(np.float64))
+            total = grouped.sum(axis=1)
+            acc.group_h2[:, lo:hi] = grouped.T
+            acc.h2_sumw[0, lo:hi] = acc.h2_sumw2[0, lo:hi] = total
+            acc.h2_count[lo:hi] = acc.h2_sumw3[lo:hi] = total
+            continue
+        grouped = cells(np.bincount(key, weights.nominal, minlength=size))
+        acc.group_h2[:, lo:hi] = grouped.T
+        acc.h2_sumw[0, lo:hi] = grouped.sum(axis=1)
+        acc.h2_sumw2[0, lo:hi] = cells(np.bincount(key, weights.w2, minlength=size)).sum(1)
+        acc.h2_sumw3[lo:hi] = cells(np.bincount(key, weights.w3, minlength=size)).sum(1)
+        acc.h2_count[lo:hi] = cells(np.bincount(key, minlength=size)).sum(1)
+        for v in range(1, weights.all.shape[0]):
+            w = weights.all[v]
+            acc.h2_sumw[v, lo:hi] = cells(np.bincount(key, w, minlength=size)).sum(1)
+            acc.h2_sumw2[v, lo:hi] = cells(np.bincount(key, w * w, minlength=size)).sum(1)
+
+
+def _fill_moments(acc: Accumulator, layout: Layout, x: np.ndarray, valid: np.ndarray,
+                  weights: _Weights) -> None:
+    """Σ w z_i^a z_j^b and Σ w² z_i^a z_j^b for every pair of paired features and every
+    (a, b) of ``MOMENT_ORDERS`` as matrix products: with P_b the (K, n) matrix of z^b (zero
+    where the feature is invalid) and W_a = w·P_a, block (a, b) is W_a P_bᵀ. Since a <= b and
+    a + b <= 4, three products cover them: W_0 [P_0..P_4]ᵀ, W_1 [P_1..P_3]ᵀ and W_2 P_2ᵀ.
+    Events go in blocks so the powers stay small."""
+    plan = layout.plan
+    used = layout.paired_features
+    n_k, n = len(used), x.shape[1]
+    loc = np.array([plan.features[k].loc for k in used])[:, None]
+    scale = np.array([plan.features[k].scale for k in used])[:, None]
+    # the b-range each a needs, as slices of the stacked powers
+    spans = {a: (min(b for a2, b in MOMENT_ORDERS if a2 == a),
+                 max(b for a2, b in MOMENT_ORDERS if a2 == a)) for a, _ in MOMENT_ORDERS}
+    totals = {a: np.zeros((2, n_k, (hi - lo + 1) * n_k)) for a, (lo, hi) in spans.items()}
+    block = max(1, MOMENT_BLOCK_VALUES // max(n_k, 1))
+    for start in range(0, n, block):
+        sel = slice(start, start + block)
+        mask = valid[used, sel]
+        z = np.where(mask, (x[used, sel] - loc) / scale, 0.0)
+        z2 = z * z
+        powers = np.concatenate([mask.astype(np.float64), z, z2, z2 * z, z2 * z2])
+        w = weights.nominal[sel]
+        w_pair = (w,) if weights.unit else (w, w * w)
+        # a = 0 is Σ w [i valid] z_j^b: for a feature valid on every event of the block, the
+        # same row for every i (one vector product); a full product only for the others
+        partial = np.flatnonzero(~mask.all(axis=1))
+        for row, wr in enumerate(w_pair):
+            zero = np.broadcast_to(powers @ wr, (n_k, 5 * n_k)).copy()
+            if partial.size:
+                zero[partial] = (powers[partial] * wr) @ powers.T
+            totals[0][row] += zero
+        for a, (lo, hi) in spans.items():
+            if a == 0:
+                continue
+            right = powers[lo * n_k:(hi + 1) * n_k].T
+            for row, wr in enumerate(w_pair):
+                totals[a][row] += (powers[a * n_k:(a + 1) * n_k] * wr) @ right
+    for a in totals:
+        if weights.unit:  # w² = w = 1
+            totals[a][1] = totals[a][0]
+
+    def blocks(row: int) -> np.ndarray:
+        return np.stack([totals[a][row][:, (b - spans[a][0]) * n_k:(b - spans[a][0] + 1) * n_k]
+                         for a, b in MOMENT_ORDERS])
+
+    acc.moments = blocks(0)
+    acc.moments_w2 = blocks(1)
+
+
 def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
                groups: np.ndarray | None = None) -> Accumulator:
     """Accumulate one chunk.
 
+    Each feature is binned once (one ``searchsorted`` into its :class:`FeatureGrid`, then a
+    table lookup per binning); 1D sums are ``bincount`` s per feature, 2D sums one key and
+    a few ``bincount`` s per pair (:func:`_fill_pairs`), the moment sums matrix products
+    (:func:`_fill_moments`). Counts are exact; sums agree with a direct computation to
+    rounding, in any chunking.
+
     Parameters
     ----------
     features:
-        (n_events, n_features) float array in the plan's feature order.
+        (n_events, n_features) float array in the plan's feature order (a column-major
+        array, as :func:`fill_sample` builds it, is used without a copy).
     weights:
         (n_var, n_events): the nominal weight first, then any variations.
     groups:
@@ -346,79 +495,49 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
     acc = Accumulator.empty(layout, n_var)
     if n == 0:
         return acc
+    w = _Weights(weights)
     acc.n_events = n
-    acc.sumw = weights.sum(axis=1)
-    acc.sumw2 = (weights * weights).sum(axis=1)
-    # feature-major copies: every per-feature and per-pair operation reads contiguous rows
-    x = np.ascontiguousarray(features.T)
+    acc.sumw = w.all.sum(axis=1)
+    acc.sumw2 = (w.all * w.all).sum(axis=1)
+    # feature-major: every per-feature and per-pair operation reads contiguous rows
+    x = np.ascontiguousarray(features.T, dtype=np.float64)
     finite = np.isfinite(x)
     sentinel = finite & np.isin(x, SENTINEL_VALUES)
     valid = finite & ~sentinel
-    acc.n_nonfinite = (~finite).sum(axis=1).astype(np.int64)
+    acc.n_nonfinite = n - finite.sum(axis=1).astype(np.int64)
     acc.n_sentinel = sentinel.sum(axis=1).astype(np.int64)
-    safe = np.where(valid, x, 0.0)
-    vmask = valid.astype(np.float64)
-
-    idx1 = np.empty((n_f, n), np.int64)
-    idx2 = np.empty((n_f, n), np.int64)
-    idxf = np.empty((n_f, n), np.int64)
-    idxp = np.empty((n_f, n), np.int64)
-    for k in range(n_f):
-        idx1[k] = _bin_index(safe[k], layout.edges[k]) + layout.offsets_1d[k]
-        idx2[k] = _bin_index(safe[k], layout.pair_edges[k])
-        idxf[k] = _bin_index(safe[k], layout.fine_edges[k]) + layout.offsets_fine[k]
-        idxp[k] = _flow_index(safe[k], layout.plot_edges[k]) + layout.offsets_plot[k]
-    acc.h1_sumw, acc.h1_sumw2 = _masked_bincount(idx1, vmask, weights,
-                                                 int(layout.offsets_1d[-1]))
-    acc.h1_count, acc.h1_sumw3 = _count_sumw3(idx1, vmask, weights[0],
-                                              int(layout.offsets_1d[-1]))
-    acc.fine_sumw, acc.fine_sumw2 = _masked_bincount(idxf, vmask, weights,
-                                                     int(layout.offsets_fine[-1]))
-    acc.plot_sumw, acc.plot_sumw2 = _masked_bincount(idxp, vmask, weights,
-                                                     int(layout.offsets_plot[-1]))
     groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
-    acc.group_h1 = _group_sums(idx1, vmask, weights[0], groups, int(layout.offsets_1d[-1]))
-    acc.group_fine = _group_sums(idxf, vmask, weights[0], groups,
-                                 int(layout.offsets_fine[-1]))
-
-    nominal = weights[0]
-    acc.valid_sumw = vmask @ nominal
-    acc.valid_sumw2 = vmask @ (nominal * nominal)
-    acc.invalid_sumw = (1.0 - vmask) @ nominal
-    acc.invalid_sumw2 = (1.0 - vmask) @ (nominal * nominal)
-    loc_all = np.array([f.loc for f in plan.features])[:, None]
-    d = np.where(valid, x - loc_all, 0.0)
-    acc.sum_wd = d @ nominal
-    acc.sum_wd2 = (d * d) @ nominal
-
+    grids = layout.grids
+    pair_codes = np.empty((n_f, n), dtype=np.int64) if plan.pairs else None
+    for k in range(n_f):
+        grid, ok = grids[k], valid[k]
+        u = np.searchsorted(grid.edges, x[k], side="right")
+        u[~ok] = grid.trash
+        lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
+        c = grid.test[u]
+        (acc.h1_sumw[:, lo:hi], acc.h1_sumw2[:, lo:hi], acc.h1_count[lo:hi],
+         acc.h1_sumw3[lo:hi]) = w.per_bin(c, hi - lo)
+        acc.group_h1[:, lo:hi] = _grouped(c, groups, hi - lo, w)
+        lo, hi = layout.offsets_fine[k], layout.offsets_fine[k + 1]
+        c = grid.fine[u]
+        acc.fine_sumw[:, lo:hi], acc.fine_sumw2[:, lo:hi], _, _ = w.per_bin(c, hi - lo)
+        acc.group_fine[:, lo:hi] = _grouped(c, groups, hi - lo, w)
+        lo, hi = layout.offsets_plot[k], layout.offsets_plot[k + 1]
+        acc.plot_sumw[:, lo:hi], acc.plot_sumw2[:, lo:hi], _, _ = w.per_bin(grid.plot[u],
+                                                                             hi - lo)
+        if pair_codes is not None:
+            pair_codes[k] = grid.pair[u]
+        # validity sums and the moments about the plan's location, for precision
+        wv = np.where(ok, w.nominal, 0.0)
+        wi = w.nominal - wv if not ok.all() else np.zeros(n)
+        acc.valid_sumw[k], acc.valid_sumw2[k] = wv.sum(), wv @ w.nominal
+        acc.invalid_sumw[k], acc.invalid_sumw2[k] = wi.sum(), wi @ w.nominal
+        d = np.where(ok, x[k] - plan.features[k].loc, 0.0)
+        acc.sum_wd[k] = d @ w.nominal
+        acc.sum_wd2[k] = (d * d) @ w.nominal
     if plan.pairs:
-        size2 = int(layout.offsets_2d[-1])
-        pairs = np.asarray(plan.pairs, dtype=np.int64)
-        ny = np.array([shape[1] for shape in layout.pair_shape], dtype=np.int64)
-        # pairs in blocks, so the index arrays stay near PAIR_BLOCK_ENTRIES whatever the count
-        block = max(1, PAIR_BLOCK_ENTRIES // n)
-        for start in range(0, len(pairs), block):
-            sel = slice(start, start + block)
-            i, j = pairs[sel, 0], pairs[sel, 1]
-            flat = idx2[i] * ny[sel, None] + idx2[j] + layout.offsets_2d[:-1][sel, None]
-            both = vmask[i] * vmask[j]
-            sumw, sumw2 = _masked_bincount(flat, both, weights, size2)
-            acc.h2_sumw += sumw
-            acc.h2_sumw2 += sumw2
-            count, sumw3 = _count_sumw3(flat, both, weights[0], size2)
-            acc.h2_count += count
-            acc.h2_sumw3 += sumw3
-            acc.group_h2 += _group_sums(flat, both, weights[0], groups, size2)
-
-        used = layout.paired_features
-        scale = np.array([plan.features[k].scale for k in used])[:, None]
-        mask = vmask[used]
-        z = d[used] / scale  # standardised; zero where the feature is not valid
-        powers = [mask, z, z * z, z**3, z**4]
-        weighted = [pw * nominal for pw in powers]
-        acc.moments = np.stack([weighted[a] @ powers[b].T for a, b in MOMENT_ORDERS])
-        weighted = [pw * nominal for pw in weighted]
-        acc.moments_w2 = np.stack([weighted[a] @ powers[b].T for a, b in MOMENT_ORDERS])
+        _fill_pairs(acc, layout, pair_codes, groups, w)
+        _fill_moments(acc, layout, x, valid, w)
     return acc
 
 

@@ -38,9 +38,19 @@ from validator.compare import (
     shape_changes,
     untested_categories,
 )
+from validator.engine import FillTask, default_jobs, fill_samples
 from validator.errors import InputError
 from validator.fill import Accumulator, Layout, fill_sample
 from validator.globaltest import GlobalResult, global_test
+from validator.multivariate import (
+    MULTIVARIATE_EVENTS,
+    SIM_RESERVOIR_FACTOR,
+    EventReservoir,
+    MultivariateResult,
+    multivariate_results,
+    observers,
+    weight_systematics,
+)
 from validator.plan import (
     Plan,
     PlanConfig,
@@ -102,6 +112,14 @@ class RunConfig:
     systematics: Systematics | None = None
     shap_events: int = SHAP_EVENTS
     second_order_events: int = SECOND_ORDER_EVENTS
+    multivariate: Sequence[str] = ()  # c2st, nplm (validator.multivariate)
+    multivariate_events: int = MULTIVARIATE_EVENTS  # data events; the simulation 5x as many
+    multivariate_time_s: float | None = None  # per test; None: the default budget
+    multivariate_toys: int | None = None  # permutations / toys per test; None: the defaults
+    evidently_report: str | None = None  # evidently's drift report (HTML) on the subsample
+    jobs: int | None = None  # processes for the fill and the tests; None: every core
+    engine: str = "local"  # local | dask (validator.engine)
+    scheduler: str | None = None  # the Dask scheduler's address; None: a local cluster
     db_wait_s: float = DEFAULT_DB_WAIT_S
     tags: dict[str, str] = field(default_factory=dict)
     command: str | None = None
@@ -111,7 +129,7 @@ class RunConfig:
         raw = asdict(self)
         raw["sim"], raw["data"] = list(self.sim), list(self.data)
         raw["db"] = str(self.db) if self.db else None
-        for key in ("features", "exclude", "defines", "model_inputs"):
+        for key in ("features", "exclude", "defines", "model_inputs", "multivariate"):
             raw[key] = list(raw[key]) if raw[key] is not None else None
         syst = self.systematics
         raw["systematics"] = syst.to_dict() if syst is not None and not syst.empty else None
@@ -159,6 +177,7 @@ class RunOutcome:
     criticality: list[dict[str, Any]] = field(default_factory=list)
     syst: SystInputs | None = None  # the systematics' rows and shape-variation accumulators
     syst_effects: list[dict[str, Any]] = field(default_factory=list)
+    multivariate: MultivariateResult | None = None  # learned tests, evidently, attributions
     db: Path | None = None  # where the run was stored
     side_file: Path | None = None  # where it went when the database stayed busy
 
@@ -233,7 +252,8 @@ def _systematic_inputs(config: RunConfig, syst: Systematics, rows: VariationRows
                 sides.append(None)
                 continue
             sample = open_sample(f"syst-file {v.name} {side}", paths, config.weight)
-            missing = [c for c in columns if c not in sample.columns]
+            made = set(chain(None, "").derived_names)
+            missing = [c for c in columns if c not in sample.columns and c not in made]
             if missing:
                 raise InputError(f"{sample.sources[0].label}: --syst-file {v.name}: no column "
                                  f"'{missing[0]}' (a shape variation needs the simulation's "
@@ -245,6 +265,23 @@ def _systematic_inputs(config: RunConfig, syst: Systematics, rows: VariationRows
         shapes[v.name] = (sides[0], sides[1])
     norms = syst.process_norms(rows.processes) if syst.process_column else {}
     return SystInputs(rows, shapes, norms)
+
+
+def _multivariate_reservoirs(config: RunConfig, plan: Plan, model: Any, syst: Any
+                             ) -> tuple[EventReservoir, EventReservoir] | None:
+    """The event subsamples of the multivariate tests and of evidently's report (None when
+    neither is asked): the network's inputs, else the tested features but the network
+    outputs; the simulation's reservoir carries the weight variations."""
+    if not (config.multivariate or config.evidently_report):
+        return None
+    outputs = {n for m in model.grid() for n in m.names} if model is not None else set()
+    inputs = tuple(model.inputs) if model is not None else tuple(
+        n for n in plan.feature_names if n not in outputs)
+    extra = tuple(dict.fromkeys(c for v in (syst.weights if syst else ())
+                                for c in (v.up, v.down) if c))
+    n = config.multivariate_events
+    return (EventReservoir(inputs, n * SIM_RESERVOIR_FACTOR, config.seed, extra),
+            EventReservoir(inputs, n, config.seed + 1))
 
 
 def _test_dicts(records: Sequence[TestRecord], p_holm: np.ndarray) -> list[dict[str, Any]]:
@@ -317,16 +354,23 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                          config.shap_events) if model else None
               for k, scan in enumerate((sim_scan, data_scan))]
     rows = VariationRows.make(syst, processes.processes() if processes else ())
-    sim_acc = fill_sample(sim_reader, layout, config.category, progress, config.seed,
-                          observe=audits[0].add if model else None, variations=rows)
-    data_acc = fill_sample(data_reader, layout, config.category, progress, config.seed + 1,
-                           observe=audits[1].add if model else None)
+    reservoirs = _multivariate_reservoirs(config, plan, model, syst)
+    jobs = config.jobs if config.jobs is not None else default_jobs()
+    (sim_acc, data_acc), fill_notes = fill_samples([
+        FillTask(sim_reader, layout, config.category, config.seed,
+                 observe=observers(audits[0].add if model else None,
+                                   reservoirs[0].add if reservoirs else None),
+                 variations=rows),
+        FillTask(data_reader, layout, config.category, config.seed + 1,
+                 observe=observers(audits[1].add if model else None,
+                                   reservoirs[1].add if reservoirs else None)),
+    ], jobs=jobs, engine=config.engine, scheduler=config.scheduler, progress=progress)
     syst_inputs = _systematic_inputs(config, syst, rows, layout, columns, chain, progress) \
         if syst is not None else None
     tested_syst = syst_inputs if syst_inputs is not None and (
         syst_inputs.rows.weights or syst_inputs.shapes or syst_inputs.norms) else None
     records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress,
-                        config.alpha, syst=tested_syst)
+                        config.alpha, syst=tested_syst, jobs=jobs)
     effects = shape_changes(layout, sim_acc, tested_syst) if tested_syst is not None else []
     audit = None
     if model is not None:  # a test that involves a network output is an output test
@@ -338,6 +382,14 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         audit = audit_results(points, audits[0].result(), audits[1].result(), config.seed,
                               config.shap_events)
         records.extend(audit.records)
+    multivariate = None
+    if reservoirs:
+        multivariate = multivariate_results(
+            config.multivariate, *reservoirs, config.seed,
+            systematics=weight_systematics(reservoirs[0], syst.weights) if syst else None,
+            time_budget_s=config.multivariate_time_s, evidently_report=config.evidently_report,
+            n_toys=config.multivariate_toys, progress=progress)
+        records.extend(multivariate.records)
     global_result = global_test(layout, sim_acc, data_acc, config.alpha, config.seed,
                                 config.compare.min_expected, syst=tested_syst)
     pvalues = np.array([r.pvalue for r in records], dtype=float)
@@ -348,10 +400,16 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     # an unreliable test is never reported as a confident failure; one that did not run is
     # neither passed nor failed
     passed = np.where(ran, ~(reliable & (pvalues < config.alpha)), None)
+    if multivariate is not None and multivariate.evidently:  # beside ours, out of the family
+        extra = multivariate.evidently
+        records = [*records, *extra]
+        p_holm, p_bh = (np.concatenate([a, np.full(len(extra), np.nan)]) for a in (p_holm, p_bh))
+        passed = np.concatenate([passed, np.array(
+            [not r.result.details["drift_detected"] for r in extra], dtype=object)])
     criticality = criticality_rows(audit, _test_dicts(records, p_holm), config.alpha) \
         if audit is not None else []
     finished = datetime.now(timezone.utc).replace(tzinfo=None)
-    run_notes = [*plan.notes, *untested_categories(sim_acc, data_acc).values()]
+    run_notes = [*plan.notes, *untested_categories(sim_acc, data_acc).values(), *fill_notes]
     if syst is not None and syst.norm_default and not syst.process_column:
         run_notes.append(f"--norm-unc {syst.norm_default:g} without --process-column changes "
                          "no shape (the tests fit the normalisation freely): give it per "
@@ -370,6 +428,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         versions=package_versions(), notes=run_notes, global_result=global_result,
         model=model.describe() if model is not None else None, audit=audit,
         criticality=criticality, syst=syst_inputs, syst_effects=effects,
+        multivariate=multivariate,
     )
     if config.db:
         store.save_run(outcome, config.db, wait_s=config.db_wait_s)

@@ -79,7 +79,7 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
     found = findings(rows, float(run["alpha"]))
     critical = tables.get("criticality")
     if critical is not None and len(critical):  # named first: what matters to the network
-        _render_audit(console, run, critical, found)
+        _render_audit(console, run, critical, found, tests)
     _render_problems(console, tables, n_worst)
     if n_not_run:
         not_run = tests[tests["pvalue"].isna() & tests["not_run_reason"].notna()]
@@ -220,9 +220,16 @@ def _render_systematics(console: Console, tests: list[dict[str, Any]],
                           + "; ".join(parts))
 
 
-def _render_audit(console: Console, run: Any, critical: pd.DataFrame, found: Any) -> None:
+def _render_audit(console: Console, run: Any, critical: pd.DataFrame, found: Any,
+                  tests: pd.DataFrame | None = None) -> None:
     """The network audit first: inputs and pairs both important to the network and
-    mismodelled, then how its Taylor coefficients compare between data and simulation."""
+    mismodelled (and whether the systematics cover it), then how its Taylor coefficients
+    compare between data and simulation."""
+    syst: dict[tuple, float] = {}
+    if tests is not None and len(tests):
+        rows = tests[(tests["method"] == "saturated_syst") & (tests["category"] == INCLUSIVE)]
+        syst = {(r["feature_x"], None if pd.isna(r["feature_y"]) else r["feature_y"]):
+                r["p_holm"] for _, r in rows.iterrows() if not pd.isna(r["p_holm"])}
     bad = critical[critical["important"].astype(bool) & critical["mismodelled"].astype(bool)]
     n_inputs = int((critical["degree"] == 1).sum())
     multi_node = critical["node"].nunique() > 1
@@ -232,9 +239,15 @@ def _render_audit(console: Console, run: Any, critical: pd.DataFrame, found: Any
         node = f" [{r['node']}]" if multi_node else ""
         rank = (f"importance rank {int(r['importance_rank'])} of "
                 f"{int((critical['degree'] == r['degree']).sum() / critical['node'].nunique())}")
+        key = (r["feature_x"], None if pd.isna(r["feature_y"]) else r["feature_y"])
+        within = ""
+        if key in syst:
+            covered = syst[key] >= float(run["alpha"])
+            within = (f"; {'within' if covered else 'beyond'} the systematics: saturated_syst "
+                      f"Holm p {fmt_p(syst[key])}")
         return (f"{what}{node} ({rank}; {r['worst_method']} Holm p "
                 f"{fmt_p(r['worst_p_holm'])}, {r['worst_effect_name']} "
-                f"{r['worst_effect_size']:.3g})")
+                f"{r['worst_effect_size']:.3g}{within})")
 
     if len(bad):
         console.print("[bold red]critical: important to the network and mismodelled[/bold red]: "

@@ -110,6 +110,53 @@ class Sample:
         return f"; did you mean '{best}'?" if best else ""
 
 
+@dataclass(frozen=True)
+class Partition:
+    """A part of one file of a sample that can be read on its own: a process or a Dask
+    worker fills it into an accumulator (:mod:`validator.engine`).
+
+    ``file`` is the file's index in the sample, ``start`` its first row (events keep their
+    row number in the file, so every hash of (file, row) is what a whole read gives);
+    ``row_groups`` the parquet row groups it spans (None: the whole file, for ROOT and CSV).
+    """
+
+    file: int
+    start: int
+    n_rows: int
+    row_groups: tuple[int, ...] | None = None
+
+
+def sample_partitions(sample: Sample, chunk_rows: int) -> list[Partition]:
+    """The sample's files cut into partitions, in file and row order.
+
+    A parquet file is cut at row-group boundaries into parts of at least ``chunk_rows`` rows
+    (a row group is the unit parquet can read alone); ROOT and CSV files are one partition
+    each. The cut depends on the files and ``chunk_rows`` only, never on how many processes
+    or workers fill them, so the merged result is the same for any of them.
+    """
+    parts: list[Partition] = []
+    for index, source in enumerate(sample.sources):
+        if source.format != "parquet":
+            parts.append(Partition(index, 0, -1))
+            continue
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.ParquetFile(source.path).metadata
+        except Exception as exc:
+            raise InputError(f"{source.label}: read failed ({_short(exc)})") from exc
+        start, groups, rows = 0, [], 0
+        for g in range(meta.num_row_groups):
+            groups.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows >= chunk_rows or g == meta.num_row_groups - 1:
+                parts.append(Partition(index, start, rows, tuple(groups)))
+                start, groups, rows = start + rows, [], 0
+        if meta.num_row_groups == 0:
+            parts.append(Partition(index, 0, 0, ()))
+    return parts
+
+
 def _closest(name: str, candidates: Sequence[str]) -> str | None:
     """The candidate most like ``name`` ignoring case (difflib), or None when none is close."""
     lowered: dict[str, str] = {}
@@ -544,16 +591,18 @@ def _rebatch(batches: Iterator[Any], chunk_rows: int) -> Iterator[Any]:
         yield pa.Table.from_batches(pending)
 
 
-def _iter_arrow(source: Source, columns: Sequence[str], chunk_rows: int) -> Iterator[Any]:
+def _iter_arrow(source: Source, columns: Sequence[str], chunk_rows: int,
+                row_groups: Sequence[int] | None = None) -> Iterator[Any]:
     """Yield pyarrow tables or record batches of exactly ``chunk_rows`` rows (the last one
-    may be shorter)."""
+    may be shorter); of the given parquet ``row_groups`` only, when given."""
     needed, _ = _split_expressions(columns)
     try:
         if source.format == "parquet":
             import pyarrow.parquet as pq
 
             batches = pq.ParquetFile(source.path).iter_batches(
-                batch_size=chunk_rows, columns=needed
+                batch_size=chunk_rows, columns=needed,
+                row_groups=list(row_groups) if row_groups is not None else None,
             )
         else:
             batches, _ = _open_csv(source, needed, chunk_rows)
@@ -659,7 +708,8 @@ def _check_readable(sample: Sample, expr: str) -> None:
 
 
 def iter_chunks(sample: Sample, columns: Sequence[str], chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                selection: Selection | None = None) -> Iterator[dict[str, np.ndarray]]:
+                selection: Selection | None = None, partition: Partition | None = None,
+                ) -> Iterator[dict[str, np.ndarray]]:
     """Yield the requested columns of every file of ``sample`` in chunks of ``chunk_rows`` rows.
 
     Each file gives chunks of exactly ``chunk_rows`` rows, its last chunk possibly shorter
@@ -667,7 +717,8 @@ def iter_chunks(sample: Sample, columns: Sequence[str], chunk_rows: int = DEFAUL
     arrays, string columns as object arrays; ``Name[k]`` gives element ``k`` of a jagged
     column per event (``Name[-1]``: the last one), NaN when the event's list is too short.
     The weight column, if the sample has one, is read too. With a ``selection``, only the
-    selected events are yielded.
+    selected events are yielded. With a ``partition`` (:func:`sample_partitions`), only its
+    rows are read, numbered as in the whole file.
     """
     if chunk_rows < 1:
         raise InputError(f"chunk size must be at least one row (got {chunk_rows})")
@@ -681,12 +732,16 @@ def iter_chunks(sample: Sample, columns: Sequence[str], chunk_rows: int = DEFAUL
             raise InputError(f"{sample.sources[0].label}: column '{expr}' is jagged; "
                              f"name an element such as {expr}[0]")
     for file_index, source in enumerate(sample.sources):
+        if partition is not None and file_index != partition.file:
+            continue
+        row_groups = partition.row_groups if partition is not None else None
         if source.format == "root":
             chunks = _iter_root(source, to_read, chunk_rows)
         else:
             chunks = (_chunk_from_arrow(b, to_read)
-                      for b in _iter_arrow(source, to_read, chunk_rows) if b.num_rows)
-        entry = 0
+                      for b in _iter_arrow(source, to_read, chunk_rows, row_groups)
+                      if b.num_rows)
+        entry = partition.start if partition is not None else 0
         for chunk in chunks:
             n = len(next(iter(chunk.values())))
             chunk[ENTRY] = np.arange(entry, entry + n, dtype=np.float64)

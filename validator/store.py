@@ -556,6 +556,12 @@ def run_rows(outcome: RunOutcome, with_histograms: bool = True,
                        for r in a.importances]
         criticality = [{**r, "run_id": run_id, "importance": _finite(r["importance"])}
                        for r in outcome.criticality]
+    if outcome.multivariate is not None:  # the learned tests' Taylor attributions
+        importances = [*importances, *({**r, "run_id": run_id, "value": _finite(r["value"]),
+                                        "uncertainty": _finite(r["uncertainty"]),
+                                        "scaled_value": _finite(r["scaled_value"]),
+                                        "scaled_uncertainty": _finite(r["scaled_uncertainty"])}
+                                       for r in outcome.multivariate.importances)]
     features, histograms = [], []
     for cat in outcome.sim:
         if cat not in outcome.data:

@@ -103,6 +103,9 @@ class Findings:
     ``outputs``: (category, x, y or None) -> methods, for tests of a network output
     (``kind='output'``), alone or beside an input: an output is a function of every input, so
     its failures (and its pairs') follow from the inputs' and are listed apart.
+    ``multivariate``: category -> methods, for the learned tests over every input at once
+    (``kind='multivariate'``: c2st, nplm). evidently's rows (``kind='evidently'``) are outside
+    the family (no Holm p-value) and never here.
     """
 
     features: dict[tuple[str, str], list[str]]
@@ -111,6 +114,7 @@ class Findings:
     pairs_other: dict[tuple[str, str, str], list[str]]
     taylor: dict[tuple[str, str, str | None], list[str]] = field(default_factory=dict)
     outputs: dict[tuple[str, str, str | None], list[str]] = field(default_factory=dict)
+    multivariate: dict[str, list[str]] = field(default_factory=dict)  # category -> methods
 
 
 def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Findings:
@@ -123,6 +127,7 @@ def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Finding
     pairs: dict[tuple[str, str, str], list[str]] = {}
     taylor: dict[tuple[str, str, str | None], list[str]] = {}
     outputs: dict[tuple[str, str, str | None], list[str]] = {}
+    multivariate: dict[str, list[str]] = {}
     for t in tests:
         p = t["p_holm"]
         if not (t["reliable"] and p is not None and np.isfinite(p) and p < alpha):
@@ -130,6 +135,10 @@ def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Finding
         y = t["feature_y"]
         if isinstance(y, float) and np.isnan(y):
             y = None
+        if t.get("kind") in ("multivariate", "evidently"):  # every input at once / beside
+            if t.get("kind") == "multivariate":
+                multivariate.setdefault(t["category"], []).append(t["method"])
+            continue
         if t.get("kind") == "taylor":
             taylor.setdefault((t.get("node") or "", t["feature_x"], y), []).append(t["method"])
         elif t.get("kind") == "output":
@@ -149,4 +158,4 @@ def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Finding
             from_marg[key] = methods
         else:
             other[key] = methods
-    return Findings(feats, corr, from_marg, other, taylor, outputs)
+    return Findings(feats, corr, from_marg, other, taylor, outputs, multivariate)

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from validator.errors import InputError
-from validator.sources import ENTRY, FILE, Sample, Selection
+from validator.sources import ENTRY, FILE, Partition, Sample, Selection
 
 Chunk = dict[str, np.ndarray]
 
@@ -131,7 +131,8 @@ class TransformChain:
 class Reader:
     """Chunks of one sample through its transform chain, for both passes.
 
-    A sample that fits in one chunk is read (and transformed) only once.
+    A sample that fits in one chunk is read (and transformed) only once. A reader restricted
+    to a ``partition`` (:meth:`part`) reads only that part of one file.
     """
 
     sample: Sample
@@ -139,6 +140,16 @@ class Reader:
     chunk_rows: int
     chain: TransformChain = field(default_factory=TransformChain)
     _cache: list[Chunk] | None = None
+    partition: Partition | None = None
+
+    def part(self, partition: Partition) -> Reader:
+        """The same reader restricted to one partition (see ``sample_partitions``); a sample
+        read whole into the cache (one file, one chunk) is that partition: it is not read
+        again."""
+        return Reader(self.sample, self.columns, self.chunk_rows, self.chain,
+                      self._cache if self.partition is None and self._cache is not None
+                      and self.sample.n_rows <= self.chunk_rows
+                      and len(self.sample.sources) == 1 else None, partition)
 
     def __iter__(self):
         from validator.sources import iter_chunks
@@ -152,13 +163,14 @@ class Reader:
                                    *([self.sample.weight] if self.sample.weight else [])]))
 
         def chunks():
-            for raw in iter_chunks(self.sample, [*to_read, FILE, ENTRY], self.chunk_rows):
+            for raw in iter_chunks(self.sample, [*to_read, FILE, ENTRY], self.chunk_rows,
+                                   partition=self.partition):
                 label = self.sample.sources[int(raw[FILE][0])].label if len(raw[FILE]) \
                     else self.sample.sources[0].label
                 out = self.chain.apply(raw, label)
                 yield {c: out[c] for c in keep}
 
-        if self.sample.n_rows <= self.chunk_rows:
+        if self.partition is None and self.sample.n_rows <= self.chunk_rows:
             self._cache = list(chunks())
             return iter(self._cache)
         return chunks()

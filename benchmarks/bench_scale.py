@@ -1,0 +1,244 @@
+"""Scale: a whole `validator run` (30 features: 30 1D + 435 2D tests) against the floor.
+
+For each N: N weighted simulated (signed weights) + N data events x 30 float32 features in
+several parquet files (made once, cached outside the repository: benchmarks/scale_data.py).
+
+- **run**: `validator run` (through `run_validation`, in a child process, no database, default
+  toys, no model), timed per stage; peak RSS of the largest process and of all of them
+  together, CPU utilisation (user + sys over wall, of the child and its workers).
+- **floor**: in the same script, on the same files: one pyarrow read of every file plus one
+  vectorised pass binning every column (a `searchsorted` into 1000 quantile edges).
+- **evidently**: DataDriftPreset on the same columns (1D only, unweighted), on a subsample,
+  scaled linearly to N.
+- **naive**: scipy `ks_2samp` per feature + `numpy.histogram2d` per pair (both samples), on a
+  subsample, scaled linearly to N.
+- **growth**: the run with 10, 20, 30, 50 features at 1M events.
+
+Run: `python benchmarks/bench_scale.py [--sizes 1M,3M,10M] [--growth] [--results FILE]`.
+Figures, not pass/fail: the machine may be shared (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import scale_data  # noqa: E402
+
+#: Events per sample the comparison tools run on before their times are scaled to N (they
+#: hold every event in memory; evidently's report does not finish on millions in minutes).
+EVIDENTLY_EVENTS = 100_000
+NAIVE_EVENTS = 250_000
+#: Fine bins of the floor's binning pass: the EDF tests' resolution (PlanConfig.n_fine_bins).
+FLOOR_BINS = 1000
+#: How often the memory of the run's processes is sampled.
+RSS_POLL_S = 0.2
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1_000, "M": 1_000_000}.get(text[-1], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def _load() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+# ------------------------------------------------------------------------------- the floor
+
+
+def floor(paths: list[str], columns: list[str]) -> float:
+    """Seconds for one pyarrow read of every file plus one searchsorted pass per column."""
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    edges: dict[str, np.ndarray] = {}
+    for path in paths:
+        table = pq.read_table(path, columns=columns)
+        for c in columns:
+            x = table[c].to_numpy()
+            if c not in edges:  # quantile edges from the first file (the plan's role)
+                edges[c] = np.quantile(x[:100_000], np.linspace(0, 1, FLOOR_BINS + 1))
+            np.searchsorted(edges[c], x)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------- the run
+
+
+def _child(spec: str) -> None:
+    """In the child process: the run itself, stage times printed as JSON on the last line."""
+    from validator.pipeline import RunConfig, run_validation
+
+    args = json.loads(spec)
+    stamps: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter() - t0
+        stamps.setdefault(stage.split()[0], [now, now])[1] = now
+
+    outcome = run_validation(RunConfig(sim=args["sim"], data=args["data"], weight="weight",
+                                       features=args["features"], db=None,
+                                       jobs=args["jobs"], engine=args["engine"]), progress)
+    total = time.perf_counter() - t0
+    print(json.dumps({"total": total, "stages": stamps, "n_tests": outcome.n_tests,
+                      "n_pairs": len(outcome.plan.pairs)}))
+
+
+def run(sim: list[str], data: list[str], features: list[str], jobs: int | None,
+        engine: str = "local") -> dict:
+    """Time the run in a child process; peak memory and CPU of it and its workers."""
+    import psutil
+
+    spec = json.dumps({"sim": sim, "data": data, "features": features, "jobs": jobs,
+                       "engine": engine})
+    t0 = time.perf_counter()
+    child = subprocess.Popen([sys.executable, __file__, "--child", spec],
+                             stdout=subprocess.PIPE, text=True)
+    peak_total = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak_total
+        proc = psutil.Process(child.pid)
+        while not stop.is_set():
+            try:
+                procs = [proc, *proc.children(recursive=True)]
+                # PSS: pages a forked worker shares with its parent are counted once
+                peak_total = max(peak_total, sum(p.memory_full_info().pss for p in procs))
+            except psutil.Error:
+                pass
+            stop.wait(RSS_POLL_S)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - t0
+    stop.set()
+    out = child.stdout.read() if child.stdout else ""
+    if status != 0:
+        raise RuntimeError(f"the run failed (status {status})")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(wall=wall, cpu=(usage.ru_utime + usage.ru_stime) / wall,
+                  peak_rss_mib=usage.ru_maxrss / 1024, peak_total_mib=peak_total / 2**20)
+    return result
+
+
+# ------------------------------------------------------------------------------- the others
+
+
+def _subsample(paths: list[str], columns: list[str], n: int) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    parts, have = [], 0
+    for path in paths:
+        table = pq.read_table(path, columns=columns)
+        parts.append(np.column_stack([table[c].to_numpy() for c in columns])[: n - have])
+        have += len(parts[-1])
+        if have >= n:
+            break
+    return np.concatenate(parts)
+
+
+def evidently_time(sim: list[str], data: list[str], columns: list[str], n: int) -> float:
+    """Seconds of evidently's DataDriftPreset on ``n`` events per sample (unweighted, 1D)."""
+    import pandas as pd
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    ref = pd.DataFrame(_subsample(sim, columns, n), columns=columns)
+    cur = pd.DataFrame(_subsample(data, columns, n), columns=columns)
+    t0 = time.perf_counter()
+    Report([DataDriftPreset()]).run(current_data=cur, reference_data=ref)
+    return time.perf_counter() - t0
+
+
+def naive_time(sim: list[str], data: list[str], columns: list[str], n: int) -> float:
+    """Seconds of scipy ks_2samp per feature + numpy.histogram2d per pair (both samples)."""
+    from scipy.stats import ks_2samp
+
+    xs, xd = _subsample(sim, columns, n), _subsample(data, columns, n)
+    t0 = time.perf_counter()
+    for k in range(len(columns)):
+        ks_2samp(xs[:, k], xd[:, k])
+    for i in range(len(columns)):
+        for j in range(i + 1, len(columns)):
+            for x in (xs, xd):
+                np.histogram2d(x[:, i], x[:, j], bins=10)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default="1M,3M", help="events per sample (default 1M,3M)")
+    parser.add_argument("--features", type=int, default=30)
+    parser.add_argument("--jobs", type=int, default=None, help="default: every core")
+    parser.add_argument("--engine", default="local", choices=("local", "dask"))
+    parser.add_argument("--growth", action="store_true",
+                        help="also 10, 20, 30, 50 features at 1M")
+    parser.add_argument("--no-compare", action="store_true", help="skip evidently and naive")
+    parser.add_argument("--cache", type=Path, default=scale_data.DEFAULT_CACHE)
+    parser.add_argument("--json", type=Path, help="append the rows as JSON lines here")
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child)
+        return
+
+    print(f"{platform.node()} {os.cpu_count()} cores, {platform.processor() or ''} "
+          f"python {platform.python_version()}, {date.today()}, load {_load()}", flush=True)
+    rows = []
+    points = [(_parse_size(s), args.features, args.features) for s in args.sizes.split(",")]
+    if args.growth:
+        points += [(1_000_000, 50, k) for k in (10, 20, 30, 50)]
+    for n, n_files_features, n_features in points:
+        sim, data = scale_data.samples(n, n_files_features, args.cache)
+        columns = scale_data.feature_names(n_features)
+        load_before = _load()
+        fl = floor(sim + data, columns)
+        res = run(sim, data, columns, args.jobs, args.engine)
+        row = {"n": n, "features": n_features, "pairs": res["n_pairs"], "tests": res["n_tests"],
+               "run_s": res["wall"], "floor_s": fl, "ratio": res["wall"] / fl,
+               "stages": res["stages"], "cpu": res["cpu"], "peak_rss_mib": res["peak_rss_mib"],
+               "peak_total_mib": res["peak_total_mib"], "load": f"{load_before} -> {_load()}"}
+        if not args.no_compare and n_features == args.features and n_files_features == \
+                args.features:
+            m = min(n, EVIDENTLY_EVENTS)
+            row["evidently_s"] = evidently_time(sim, data, columns, m) * n / m
+            m = min(n, NAIVE_EVENTS)
+            row["naive_s"] = naive_time(sim, data, columns, m) * n / m
+        rows.append(row)
+        stages = ", ".join(f"{k} {v[1] - v[0]:.1f}" for k, v in res["stages"].items())
+        print(f"N={n:,} F={n_features}: run {res['wall']:.1f} s ({res['n_tests']:,} tests, "
+              f"{1e3 * res['wall'] / res['n_tests']:.1f} ms/test), floor {fl:.1f} s, ratio "
+              f"{row['ratio']:.1f}; stages: {stages}; CPU {res['cpu']:.2f} cores; peak RSS "
+              f"{res['peak_rss_mib']:.0f} MiB (largest process), {res['peak_total_mib']:.0f} MiB "
+              f"(all, PSS); evidently {row.get('evidently_s', float('nan')):.1f} s "
+              f"({1e3 * row.get('evidently_s', float('nan')) / n_features:.0f} ms/test, 1D "
+              f"only), naive {row.get('naive_s', float('nan')):.1f} s; load {row['load']}",
+              flush=True)
+        if args.json:
+            with args.json.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

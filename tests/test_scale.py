@@ -1,0 +1,185 @@
+"""The chunked, multi-job and Dask fills store what one in-memory pass over the events gives.
+
+The samples are split over several parquet files of several row groups each (the partitions a
+job or a Dask worker fills alone), with signed weights, NaN and sentinel values and a category
+column. One job, two jobs and a two-worker Dask cluster add the partitions' accumulators along
+the same tree, so their stored numbers are identical; a single ``accumulate`` over all events
+at once agrees with them to rounding, and so do the tests run on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from validator.compare import CompareOptions, run_tests
+from validator.engine import OrderedTree, merge_categories
+from validator.fill import Accumulator, Layout, accumulate, event_groups
+from validator.pipeline import RunConfig, run_validation
+from validator.sources import open_sample, sample_partitions
+from validator.store import query
+from validator.transform import INCLUSIVE
+
+N_SIM, N_DATA = 18_000, 9_000
+SIM_FILES, DATA_FILES = 3, 2
+ROW_GROUP = 2_000  # rows per parquet row group: several partitions per file
+CHUNK = 2_500  # rows per chunk: chunks straddle row groups
+SEED = 99
+FEATURES = ["a", "b", "c", "d", "e", "nj", "m"]
+
+
+def _frame(rng: np.random.Generator, n: int, weighted: bool) -> pl.DataFrame:
+    a = rng.normal(0.0, 1.0, n)
+    cols = {
+        "a": a,
+        "b": 0.6 * a + rng.normal(0.0, 0.8, n),
+        "c": rng.exponential(2.0, n),
+        "d": rng.gamma(2.0, 1.0, n) - 0.3 * a,
+        "e": rng.uniform(-1.0, 1.0, n),
+        "nj": rng.poisson(2.0, n).astype(np.float64),
+        "m": rng.normal(91.0, 3.0, n),
+    }
+    cols["c"][rng.random(n) < 0.02] = np.nan
+    cols["m"][rng.random(n) < 0.03] = -999.0
+    frame = {**cols, "ch": np.where(rng.random(n) < 0.4, "ee", "mm")}
+    if weighted:
+        w = np.where(rng.random(n) < 0.5, 0.5, 1.5)
+        w[rng.random(n) < 0.05] *= -1.0
+        frame["weight"] = w * N_DATA / w.sum()
+    return pl.DataFrame(frame)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> tuple[list[str], list[str]]:
+    import pyarrow.parquet as pq
+
+    tmp = tmp_path_factory.mktemp("split")
+    rng = np.random.default_rng(SEED)
+    paths: dict[str, list[str]] = {"sim": [], "data": []}
+    for name, n, n_files in (("sim", N_SIM, SIM_FILES), ("data", N_DATA, DATA_FILES)):
+        frame = _frame(rng, n, weighted=name == "sim")
+        for k, part in enumerate(np.array_split(np.arange(n), n_files)):
+            path = tmp / f"{name}_{k}.parquet"
+            pq.write_table(frame[int(part[0]):int(part[-1]) + 1].to_arrow(), path,
+                           row_group_size=ROW_GROUP)
+            paths[name].append(str(path))
+    return paths["sim"], paths["data"]
+
+
+def _config(sim: list[str], data: list[str], db: Path | None, **kwargs) -> RunConfig:
+    return RunConfig(sim=sim, data=data, weight="weight", category="ch", db=db,
+                     features=FEATURES, seed=SEED, compare=CompareOptions(dependence_toys=50),
+                     **kwargs)
+
+
+def _stored(db: Path) -> tuple:
+    tests = query(db, "SELECT category, method, feature_x, feature_y, statistic, pvalue "
+                      "FROM tests ORDER BY test_id")
+    hists = query(db, "SELECT category, binning, feature_x, feature_y, sim_sumw, sim_sumw2, "
+                      "data_counts FROM histograms ORDER BY category, binning, feature_x, "
+                      "feature_y")
+    return tests, hists
+
+
+def _in_memory(paths: list[str], name: str, layout: Layout, seed: int,
+               ) -> dict[str, Accumulator]:
+    """All events of a sample in one array, accumulated in one call per category."""
+    frames = [pl.read_parquet(p).with_columns(pl.lit(float(k)).alias("_file"),
+                                              pl.int_range(pl.len()).cast(pl.Float64)
+                                              .alias("_entry"))
+              for k, p in enumerate(paths)]
+    frame = pl.concat(frames)
+    x = frame.select(layout.plan.feature_names).to_numpy().astype(np.float64)
+    w = frame["weight"].to_numpy()[None] if "weight" in frame.columns else np.ones((1, len(x)))
+    groups = event_groups(frame["_entry"].to_numpy(), frame["_file"].to_numpy(), seed)
+    cats = frame["ch"].to_numpy()
+    out = {c: accumulate(x[cats == c], w[:, cats == c], layout, groups[cats == c])
+           for c in sorted(set(cats))}
+    return {INCLUSIVE: accumulate(x, w, layout, groups), **out}
+
+
+def test_partitions_follow_row_groups(split):
+    sim, _ = split
+    sample = open_sample("sim", sim, "weight")
+    parts = sample_partitions(sample, CHUNK)
+    assert [p.file for p in parts] == sorted(p.file for p in parts)
+    assert sum(p.n_rows for p in parts) == N_SIM
+    # every partition but a file's last holds at least a chunk, cut at row groups
+    assert all(p.n_rows >= CHUNK or p is parts[-1] or parts[parts.index(p) + 1].file != p.file
+               for p in parts)
+    assert all(p.start % ROW_GROUP == 0 for p in parts)
+
+
+def test_ordered_tree_adds_like_a_fixed_tree():
+    for n in range(1, 12):
+        tree: OrderedTree[str] = OrderedTree(lambda a, b: f"({a}+{b})")
+        for i in range(n):
+            tree.push(str(i))
+        shape = tree.result()
+        assert shape is not None and all(str(i) in shape for i in range(n))
+        # the same items in the same order: the same tree
+        again: OrderedTree[str] = OrderedTree(lambda a, b: f"({a}+{b})")
+        for i in range(n):
+            again.push(str(i))
+        assert again.result() == shape
+    assert OrderedTree(merge_categories).result() is None
+
+
+def test_jobs_and_dask_store_what_one_in_memory_pass_gives(split, tmp_path):
+    pytest.importorskip("distributed")
+    sim, data = split
+    runs = {
+        "one job": dict(jobs=1, chunk_rows=CHUNK),
+        "two jobs": dict(jobs=2, chunk_rows=CHUNK),
+        "dask": dict(jobs=2, chunk_rows=CHUNK, engine="dask"),
+        "small chunks": dict(jobs=2, chunk_rows=777),
+    }
+    stored, outcomes = {}, {}
+    for label, options in runs.items():
+        db = tmp_path / f"{label.replace(' ', '_')}.duckdb"
+        outcomes[label] = run_validation(_config(sim, data, db, **options))
+        stored[label] = _stored(db)
+    base_tests, base_hists = stored["one job"]
+    assert len(base_tests) > 100
+    assert len(set(base_tests["category"])) == 3
+    # the same partitions added along the same tree: identical floats, identical p-values
+    for label in ("two jobs", "dask"):
+        tests, hists = stored[label]
+        assert tests.equals(base_tests), label
+        for col in ("sim_sumw", "sim_sumw2", "data_counts"):
+            for a, b in zip(hists[col], base_hists[col], strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{label} {col}")
+    # other chunks: the same numbers to rounding
+    tests, hists = stored["small chunks"]
+    np.testing.assert_allclose(tests["statistic"], base_tests["statistic"], rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose(tests["pvalue"], base_tests["pvalue"], rtol=1e-7, atol=1e-12)
+
+    # one in-memory pass over every event, tested the same way
+    outcome = outcomes["one job"]
+    layout = outcome.layout
+    sims = _in_memory(sim, "sim", layout, SEED)
+    datas = _in_memory(data, "data", layout, SEED + 1)
+    for cat in sims:
+        for field in ("h1_count", "h2_count", "n_nonfinite", "n_sentinel"):
+            np.testing.assert_array_equal(getattr(sims[cat], field),
+                                          getattr(outcome.sim[cat], field), err_msg=field)
+        np.testing.assert_array_equal(datas[cat].h2_sumw, outcome.data[cat].h2_sumw)
+        for field in ("h1_sumw", "h2_sumw", "h2_sumw2", "fine_sumw", "moments", "group_h2"):
+            np.testing.assert_allclose(getattr(sims[cat], field),
+                                       getattr(outcome.sim[cat], field), rtol=1e-10,
+                                       atol=1e-9, err_msg=field)
+    records = run_tests(layout, sims, datas, outcome.config.compare, SEED,
+                        alpha=outcome.config.alpha)
+    ran = [(r, s) for r, s in zip(records, outcome.records, strict=True)
+           if r.result is not None]
+    assert len(ran) > 100
+    for mine, theirs in ran:
+        assert (mine.category, mine.method, mine.feature_x) == \
+            (theirs.category, theirs.method, theirs.feature_x)
+        assert mine.result.statistic == pytest.approx(theirs.result.statistic, rel=1e-8,
+                                                      abs=1e-12)
+        assert mine.pvalue == pytest.approx(theirs.pvalue, rel=1e-6, abs=1e-12)

@@ -1,0 +1,60 @@
+"""The Streamlit dashboard (``validator dashboard --db FILE``): review a stored run beside the
+network it audits, and monitor runs of one model over data-taking periods.
+
+The dashboard only reads: every query runs on a short-lived read-only DuckDB connection
+(:func:`validator.store.query`), cached per database file state and run
+(:mod:`validator.dashboard.data`), so a ``validator run`` may write to the same file meanwhile.
+
+Layout: ``app.py`` is the Streamlit entry (``st.navigation`` over the page files in
+``views/``); each page's code is an importable module with a ``render()`` function
+(:mod:`~validator.dashboard.overview`, :mod:`~validator.dashboard.inputs`,
+:mod:`~validator.dashboard.pairs`, :mod:`~validator.dashboard.model`,
+:mod:`~validator.dashboard.history`, :mod:`~validator.dashboard.models`); interactive plotly
+figures are in :mod:`~validator.dashboard.plots`, their PNG/PDF versions (matplotlib) in
+:mod:`validator.figures` and :mod:`~validator.dashboard.static`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from validator.errors import InputError
+
+#: The Streamlit script ``validator dashboard`` runs.
+APP = Path(__file__).resolve().with_name("app.py")
+
+_DUCKDB_MAGIC = b"DUCK"
+
+
+def database_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be shown (one line), or None for a validator database.
+
+    Checks, without writing anything: the file exists, is a DuckDB file and has the ``runs``
+    table of a validator database.
+    """
+    path = Path(path)
+    if not path.exists():
+        return f"{path}: database not found"
+    if not path.is_file():
+        return f"{path}: not a database file"
+    with path.open("rb") as fh:
+        header = fh.read(12)
+    if len(header) < 12 or header[8:12] != _DUCKDB_MAGIC:
+        return f"{path}: not a DuckDB database"
+    from validator.store import query
+
+    try:
+        found = query(path, "SELECT count(*) AS n FROM information_schema.tables "
+                            "WHERE table_schema = 'main' AND table_name = 'runs'")
+    except InputError as exc:
+        return str(exc)
+    if not int(found["n"].iloc[0]):
+        return f"{path}: not a validator database (no runs table)"
+    return None
+
+
+def check_database(path: str | Path) -> None:
+    """Raise :class:`InputError` (one line) unless ``path`` is a validator database."""
+    problem = database_problem(path)
+    if problem:
+        raise InputError(problem)

@@ -1,0 +1,151 @@
+"""Overview of a run: the gate verdict and failing rules, tests vs expected failures, the
+p-value distribution against the uniform expectation, and the worst problems (grouped by
+feature and pair as in the terminal summary and the reports), each linking to its detail."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from validator.dashboard import common, data, plots, static
+from validator.reports import WHAT, Problem, counts_lines, normalisation, problems, verdict
+
+#: Worst problems listed with a link by default.
+TOP = 10
+
+
+def _number(value: Any, default: float = 0.0) -> float:
+    return default if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else float(value)
+
+
+def problem_link(p: Problem, run_id: str) -> tuple[str, dict[str, str]]:
+    """The page file and query parameters of a problem's detail."""
+    if p.node is not None:  # a Taylor coefficient of the network
+        return common.PAGE_FILES["model"], {"run": run_id}
+    if p.feature_y is None:
+        return common.PAGE_FILES["inputs"], {"run": run_id, "feature": p.feature_x,
+                                             "category": p.category}
+    return common.PAGE_FILES["pairs"], {"run": run_id, "x": p.feature_x, "y": p.feature_y,
+                                        "category": p.category}
+
+
+def problems_frame(found: list[Problem]) -> pd.DataFrame:
+    """The worst problems as a table."""
+    return pd.DataFrame([{
+        "what": WHAT[p.what], "feature / pair": p.name, "category": p.category,
+        "flagged by (Holm < alpha)": ", ".join(p.methods) or "-", "p (Holm)": p.p_holm,
+        "p": p.pvalue, "p is a bound": p.bound, "effect": p.effect_size,
+        "effect name": p.effect_name} for p in found],
+        columns=["what", "feature / pair", "category", "flagged by (Holm < alpha)",
+                 "p (Holm)", "p", "p is a bound", "effect", "effect name"])
+
+
+def _verdict(db: Any, run_id: str) -> None:
+    v = verdict(data.gate_results(db, run_id))
+    if not v.judged:
+        st.info("not judged: no rules file has judged this run (validator gate --db ... "
+                "--rules rules/default.yaml)")
+        return
+    text = (f"gate **{'PASSED' if v.passed else 'FAILED'}** with rules `{v.rules_name}`: "
+            f"{v.n_rules - len(v.failing)} of {v.n_rules} rules pass (judged "
+            f"{str(v.judged_at)[:16]} UTC)")
+    (st.success if v.passed else st.error)(text)
+    if v.failing:
+        st.markdown("**Failing rules**")
+        st.dataframe(pd.DataFrame([{"rule": r.get("rule"), "kind": r.get("rule_kind"),
+                                    "reason": r.get("reason")} for r in v.failing]),
+                     hide_index=True, width="stretch")
+
+
+def _counts(run: dict[str, Any]) -> None:
+    cols = st.columns(6)
+    n_tests, n_rel = int(_number(run.get("n_tests"))), int(_number(run.get("n_reliable")))
+    cols[0].metric("tests", f"{n_tests:,}", help=f"{n_rel:,} reliable")
+    cols[1].metric("failed at alpha", int(_number(run.get("n_failed"))),
+                   delta=f"{_number(run.get('n_expected_failures')):.1f} expected",
+                   delta_color="off", delta_arrow="off")
+    cols[2].metric("significant (Holm)", int(_number(run.get("n_significant_holm"))))
+    cols[3].metric("significant (BH)", int(_number(run.get("n_significant_bh"))))
+    cols[4].metric("not run", int(_number(run.get("n_not_run"))))
+    norm = normalisation(run)
+    cols[5].metric("data / sim", f"{norm.ratio:.4f}", delta=f"± {norm.error:.4f}",
+                   delta_color="off", delta_arrow="off")
+    lines = counts_lines(run)
+    st.caption(lines[-1] if len(lines) > 2 else lines[0])  # the run-level test, when run
+
+
+def render() -> None:
+    """Draw the Overview page."""
+    db, run_id = common.db(), common.run_id()
+    st.title("Overview")
+    if run_id is None:
+        st.info("this database holds no run yet: validator run --sim ... --data ... --db "
+                f"{db.name}")
+        return
+    run = data.run(db, run_id)
+    tags = data.tags(run.get("tags"))
+    st.markdown(f"Run `{run_id}`" + (" · " + ", ".join(f"`{k}={v}`" for k, v in tags.items())
+                                     if tags else "")
+                + f" · started {str(run.get('started_at'))[:16]} UTC · validator "
+                  f"{run.get('tool_version')}")
+    st.caption(f"simulation: {', '.join(run.get('sim_paths') or [])} · data: "
+               f"{', '.join(run.get('data_paths') or [])}"
+               + (f" · model {run['model_id'][:12]}…" if run.get("model_id") else
+                  " · no model audited (--model)"))
+    _verdict(db, run_id)
+    _counts(run)
+
+    tests = data.tests(db, run_id)
+    alpha = _number(run.get("alpha"), 0.05)
+    found = problems(tests, alpha)
+    reliable = tests[(tests["reliable"] == True) & tests["pvalue"].notna()  # noqa: E712
+                     & (tests["kind"] != "taylor")]
+    left, right = st.columns([3, 2])
+    with right:
+        st.subheader("p-values vs uniform")
+        pv = [float(p) for p in reliable["pvalue"]]
+        p_unif = run.get("p_uniformity")
+        st.caption(f"{len(pv):,} reliable goodness-of-fit tests; under the null they are "
+                   "uniform. KS p-value of uniformity "
+                   f"{common.fmt_p(p_unif)} (an indicator: the tests are correlated)")
+        if pv:
+            common.show_figure(lambda: plots.pvalue_hist_figure(pv),
+                               lambda: static.pvalue_hist(pv, title=f"run {run_id}"),
+                               f"pvalues_{run_id}", "ov-phist")
+    with left:
+        n_sig = sum(1 for p in found if p.what)
+        st.subheader(f"Worst problems ({n_sig} significant after Holm)")
+        top = st.slider("listed", 1, max(1, min(50, len(found))), min(TOP, max(1, len(found))),
+                        key="ov-top") if len(found) > 1 else len(found)
+        for n, p in enumerate(found[:top], 1):
+            page, params = problem_link(p, run_id)
+            flag = f":red[**{WHAT[p.what]}**]" if p.what else ":gray[not significant]"
+            eff = "" if p.effect_size is None or not math.isfinite(p.effect_size) else \
+                f" · {p.effect_name} {p.effect_size:.3g}"
+            by = f" · flagged by {', '.join(p.methods)}" if p.methods else ""
+            link, what = st.columns([2, 3], vertical_alignment="center")
+            link.page_link(page, label=f"{n}. {p.name}", query_params=params,
+                           icon=":material/arrow_forward:")
+            what.markdown(f"{flag} · p (Holm) {common.fmt_p(p.p_holm, p.bound)}{eff}{by}")
+    st.subheader("All features and pairs, worst first")
+    common.table(problems_frame(found), f"problems_{run_id}", "ov-problems",
+                 column_config={"p (Holm)": st.column_config.NumberColumn(format="%.3e"),
+                                "p": st.column_config.NumberColumn(format="%.3e"),
+                                "effect": st.column_config.NumberColumn(format="%.4g")})
+    notes = run.get("notes") or []
+    skipped = data.skipped(db, run_id)
+    if notes or len(skipped):
+        with st.expander(f"notes ({len(notes)}) and columns not tested ({len(skipped)})"):
+            for note in notes:
+                st.markdown(f"- {note}")
+            if len(skipped):
+                st.dataframe(skipped[["column_name", "reason"]], hide_index=True)
+    if run.get("config_json"):
+        with st.expander("the run's effective configuration"):
+            st.json(data.details(run["config_json"]), expanded=False)
+            if run.get("command"):
+                st.code(run["command"], language="bash")

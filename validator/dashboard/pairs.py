@@ -1,0 +1,127 @@
+"""Pairs (2D): the feature × feature matrix of Holm p-values (or raw p-values, or effect
+sizes), red/yellow/green as CMS/KIT show it, the pairs important to the audited network
+boxed; a selected pair's pull map (data − k·sim)/σ and its two correlations in simulation and
+data with their errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from validator import figures as mfig
+from validator.dashboard import common, data, plots
+from validator.dashboard.inputs import _pick
+
+#: What the matrix shows: label -> (tests column, effect scale).
+VALUES = {"p-value (Holm)": ("p_holm", False), "p-value (raw)": ("pvalue", False),
+          "effect size": ("effect_size", True)}
+
+
+def important_pairs(crit: pd.DataFrame) -> list[tuple[str, str]]:
+    """Pairs the audited network relies on (``criticality``: important, degree 2)."""
+    rows = data.records(crit)
+    return sorted({(str(c["feature_x"]), str(c["feature_y"])) for c in rows
+                   if c.get("important") and c.get("degree") == 2 and c.get("feature_y")})
+
+
+def correlations(tests: pd.DataFrame) -> pd.DataFrame:
+    """The pair's correlation tests with both correlations and their errors."""
+    rows = []
+    for t in data.records(tests[tests["method"].isin(["corr_pearson", "corr_spearman"])]):
+        d = data.details(t.get("details"))
+        rows.append({"estimator": d.get("estimator", t["method"]),
+                     "simulation": d.get("r_sim"), "± sim": d.get("se_sim"),
+                     "data": d.get("r_data"), "± data": d.get("se_data"),
+                     "data − sim": t.get("effect_size"), "z": t.get("statistic"),
+                     "p (Holm)": t.get("p_holm"), "reliable": t.get("reliable")})
+    return pd.DataFrame(rows)
+
+
+def render() -> None:
+    """Draw the Pairs (2D) page."""
+    db, run_id = common.db(), common.run_id()
+    st.title("Pairs (2D)")
+    if run_id is None:
+        st.info("this database holds no run yet")
+        return
+    tests = data.tests(db, run_id)
+    pair_tests = tests[tests["feature_y"].notna() & (tests["kind"] != "taylor")]
+    if not len(pair_tests):
+        st.info("no pair was tested in this run (one feature, or --max-pairs 0)")
+        return
+    feats = data.features(db, run_id)
+    qp = st.query_params
+    categories = sorted(set(pair_tests["category"]), key=lambda c: (c != "all", c))
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        category = _pick("category", categories, "pa-category", qp.get("category"))
+    with c2:
+        shown = st.selectbox("matrix shows", list(VALUES), key="pa-values")
+    column, effect = VALUES[shown]
+    with c3:
+        lower = st.selectbox("lower triangle", ["chi2_uw", "saturated"], key="pa-lower")
+    names = list(dict.fromkeys(feats[feats["category"] == category]["feature"]))
+    rows = data.records(tests)
+    crit = data.criticality(db, run_id)
+    important = important_pairs(crit)
+    methods = (lower, "dependence")
+    matrix = mfig.pvalue_matrix(rows, names, methods=methods, category=category, column=column)
+    if effect:
+        for i in range(len(names)):
+            matrix[i, i] = float("nan")  # 1D effect sizes of different names: not comparable
+    title = (f"lower: {methods[0]}, upper: {methods[1]}, diagonal: smallest 1D "
+             f"{'p' if not effect else '(none)'}")
+    st.caption(title + (f"; {len(important)} pairs important to the network boxed"
+                        if important else "; no audited network (or no important pair)")
+               + "; grey: not run or not reliable")
+    common.show_figure(
+        lambda: plots.pvalue_matrix_figure(matrix, names, important=important,
+                                           value_name=column, effect=effect),
+        None if effect else lambda: mfig.plot_pvalue_matrix(
+            rows, names, methods=methods, category=category, column=column,
+            important=important),
+        f"pvalue_matrix_{category}_{run_id}", "pa-matrix")
+
+    st.subheader("One pair")
+    mine = pair_tests[pair_tests["category"] == category]
+    pairs = list(dict.fromkeys(zip(mine.sort_values("pvalue")["feature_x"],
+                                   mine.sort_values("pvalue")["feature_y"], strict=True)))
+    labels = [f"{x} × {y}" for x, y in pairs]
+    wanted = f"{qp.get('x')} × {qp.get('y')}" if qp.get("x") and qp.get("y") else None
+    chosen = _pick("pair (smallest p first)", labels, "pa-pair", wanted)
+    x, y = pairs[labels.index(chosen)]
+    this = mine[(mine["feature_x"] == x) & (mine["feature_y"] == y)]
+    left, right = st.columns([3, 2])
+    with left:
+        row = data.hist_pair(db, run_id, category, x, y)
+        if row is None:
+            st.info("no pair histogram stored for this pair")
+        else:
+            hist = mfig.hist2d_from_row(row)
+            pv = {str(t["method"]): float(t["p_holm"]) for t in data.records(this)
+                  if t.get("p_holm") is not None and t["kind"] != "corr"}
+            common.show_figure(lambda: plots.pull_map_figure(hist, x, y),
+                               lambda: mfig.plot_pull_map(hist, x, y, pvalues=pv,
+                                                          category=category),
+                               f"pull_{x}_vs_{y}_{category}_{run_id}", "pa-pull")
+    with right:
+        corr = correlations(this)
+        if len(corr):
+            st.markdown("**Correlations** (simulation weighted; delta-method errors)")
+            st.dataframe(corr, hide_index=True, column_config={
+                "p (Holm)": st.column_config.NumberColumn(format="%.3e"),
+                **{c: st.column_config.NumberColumn(format="%.4f") for c in
+                   ("simulation", "± sim", "data", "± data", "data − sim")}})
+        else:
+            st.info("no correlation test for this pair")
+        flag: Any = [c for c in data.records(crit) if c.get("degree") == 2 and
+                     {c.get("feature_x"), c.get("feature_y")} == {x, y}]
+        if flag:
+            c = flag[0]
+            st.caption(f"network: importance rank {c.get('importance_rank')} of the pairs"
+                       + (" (important)" if c.get("important") else ""))
+    st.markdown(f"**Tests of {x} × {y}**")
+    common.table(common.test_table(this), f"tests_{x}_{y}_{category}_{run_id}", "pa-tests",
+                 column_config=common.P_FORMAT)

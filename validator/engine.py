@@ -1,0 +1,290 @@
+"""Where the fill and the tests run: in this process, in local processes, or on a Dask cluster.
+
+The fill pass cuts every sample into partitions (:func:`~validator.sources.sample_partitions`:
+parquet row groups, whole ROOT and CSV files), fills each partition into its own
+:class:`~validator.fill.Accumulator` and adds them with ``+``. The partitions and the order
+in which their accumulators are added (a fixed binary tree over the partitions in file order,
+:class:`OrderedTree`) depend on the files and the chunk size only, never on the engine or on
+how many processes fill them: one job, ``--jobs N`` and a Dask cluster give the same floats,
+bit for bit, and so the same p-values (each test draws its toys from its own stream). Event
+groups and reservoir keys are hashes of (file, row), so they do not depend on the cut either.
+
+- ``local``, ``jobs=1``: the partitions one after the other, in this process.
+- ``local``, ``jobs=N``: a pool of ``N`` forked processes (each with one BLAS thread: the
+  processes are the parallelism); the accumulators come back to this process, which merges
+  them in partition order as they arrive (memory: O(log partitions) accumulators).
+- ``dask``: each partition is filled on a worker and the tree is reduced on the workers; only
+  the two merged accumulators come back. Without a scheduler address a
+  ``distributed.LocalCluster`` with ``LOCAL_CLUSTER_WORKERS`` worker processes is started.
+
+A fill with an ``observe`` hook (the network audit, the multivariate subsample) runs in this
+process, one job: the hook's state lives here and a network may not survive a fork. The run
+says so in its notes.
+
+The tests stage (:func:`validator.compare.run_tests`) runs its features and pairs in a pool of
+forked processes with ``jobs > 1`` (:func:`fork_map`), whatever the fill engine.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from validator.fill import Accumulator, Layout, fill_sample
+from validator.sources import Partition, sample_partitions
+from validator.transform import INCLUSIVE, Reader
+
+#: The engines a run can fill on.
+ENGINES = ("local", "dask")
+#: Worker processes of the Dask cluster started when no scheduler is given: the two cores of
+#: a laptop or a CI runner; an analysis facility's cluster is given with --scheduler instead.
+LOCAL_CLUSTER_WORKERS = 2
+#: ``--scheduler`` value that uses the Dask client already made in this Python session (e.g.
+#: ``cluster.get_client()`` of a Dask Gateway cluster in a notebook).
+CURRENT_CLIENT = "current"
+
+T = TypeVar("T")
+Progress = Callable[[str, int, int], None]
+PerCategory = dict[str, Accumulator]
+
+
+def default_jobs() -> int:
+    """Every core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def can_fork() -> bool:
+    """Whether worker processes can be forked (they inherit the run's state, nothing pickled)."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+class OrderedTree(Generic[T]):
+    """Sums items pushed in order along a fixed binary tree, holding O(log n) partial sums.
+
+    The tree is the binary counter's: two partial sums of equal size are added as soon as
+    both exist. Its shape depends only on the number of items, so floating-point sums are
+    reproduced exactly by any engine that pushes the same items in the same order, with ``add``
+    computing ``a + b`` here or building a task that computes it on a Dask worker.
+    """
+
+    def __init__(self, add: Callable[[T, T], T]):
+        self._add = add
+        self._stack: list[tuple[int, T]] = []
+
+    def push(self, item: T) -> None:
+        level = 0
+        while self._stack and self._stack[-1][0] == level:
+            _, left = self._stack.pop()
+            item = self._add(left, item)
+            level += 1
+        self._stack.append((level, item))
+
+    def result(self) -> T | None:
+        """The sum of everything pushed (None if nothing was)."""
+        if not self._stack:
+            return None
+        _, total = self._stack.pop()
+        while self._stack:
+            _, left = self._stack.pop()
+            total = self._add(left, total)
+        return total
+
+
+def merge_categories(a: PerCategory, b: PerCategory) -> PerCategory:
+    """Per-category accumulators of two partitions added (a category in one only is kept)."""
+    out = dict(a)
+    for category, acc in b.items():
+        out[category] = out[category] + acc if category in out else acc
+    return out
+
+
+@dataclass
+class FillTask:
+    """One sample's fill: what :func:`~validator.fill.fill_sample` is given."""
+
+    reader: Reader
+    layout: Layout
+    category: str | None
+    seed: int
+    observe: Callable[[dict[str, Any], Any], None] | None = None
+    variations: Any = None  # validator.systematics.VariationRows
+
+    @property
+    def name(self) -> str:
+        return self.reader.sample.name
+
+    def fill(self, partition: Partition, observe: bool = False) -> PerCategory:
+        """The accumulators of one partition."""
+        return fill_sample(self.reader.part(partition), self.layout, self.category, None,
+                           self.seed, observe=self.observe if observe else None,
+                           variations=self.variations)
+
+    def finish(self, merged: PerCategory | None) -> PerCategory:
+        """The inclusive accumulator first, then the categories sorted, as ``fill_sample``."""
+        if not merged:
+            return {}
+        if self.category is None:
+            return merged
+        return {INCLUSIVE: merged[INCLUSIVE],
+                **dict(sorted((k, v) for k, v in merged.items() if k != INCLUSIVE))}
+
+
+def _rows(partition: Partition, task: FillTask) -> int:
+    return partition.n_rows if partition.n_rows >= 0 else task.reader.sample.n_rows
+
+
+# ------------------------------------------------------------------------ forked processes
+
+_FORKED: tuple[Callable[[int], Any], ...] = ()  # the function a forked pool's workers call
+
+
+def _worker_init() -> None:
+    """One BLAS thread per worker: the processes are the parallelism (threads would fight)."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn and scipy
+        pass
+
+
+def _call_forked(i: int) -> Any:
+    return _FORKED[0](i)
+
+
+def fork_map(fn: Callable[[int], T], n: int, jobs: int, chunksize: int = 1) -> Iterator[T]:
+    """``fn(i)`` for ``i`` in ``range(n)`` in ``jobs`` forked processes, yielded in order.
+
+    The workers inherit ``fn`` and everything it refers to by forking: nothing but ``i`` and
+    the results is pickled. An exception in a worker is raised here.
+    """
+    global _FORKED
+    if jobs <= 1 or n <= 1 or not can_fork():
+        yield from (fn(i) for i in range(n))
+        return
+    previous, _FORKED = _FORKED, (fn,)
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=context,
+                                 initializer=_worker_init) as pool:
+            yield from pool.map(_call_forked, range(n), chunksize=chunksize)
+    finally:
+        _FORKED = previous
+
+
+# ------------------------------------------------------------------------ the fill
+
+
+def _fill_local(tasks: Sequence[FillTask], parts: list[list[Partition]], jobs: int,
+                progress: Progress | None) -> list[PerCategory]:
+    items = [(t, p) for t, task_parts in enumerate(parts) for p in task_parts]
+    trees: list[OrderedTree[PerCategory]] = [OrderedTree(merge_categories) for _ in tasks]
+    done = [0] * len(tasks)
+    sequential = jobs <= 1 or any(task.observe is not None for task in tasks)
+
+    def fill_item(i: int) -> PerCategory:
+        t, partition = items[i]
+        return tasks[t].fill(partition, observe=sequential)
+
+    results = (fill_item(i) for i in range(len(items))) if sequential \
+        else fork_map(fill_item, len(items), jobs)
+    for (t, partition), result in zip(items, results, strict=True):
+        trees[t].push(result)
+        done[t] += _rows(partition, tasks[t])
+        if progress:
+            progress(f"fill {tasks[t].name}", done[t], tasks[t].reader.sample.n_rows)
+    return [task.finish(tree.result()) for task, tree in zip(tasks, trees, strict=True)]
+
+
+def dask_client(scheduler: str | None) -> tuple[Any, Any]:
+    """A ``distributed.Client`` for ``scheduler`` and the cluster started for it (or None).
+
+    ``None``: a ``LocalCluster`` of ``LOCAL_CLUSTER_WORKERS`` processes; ``"current"``: the
+    client already made in this session; anything else: a scheduler address
+    (``tcp://host:8786``, ``tls://...`` with the TLS settings of the Dask configuration).
+    """
+    from validator.errors import InputError
+
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise InputError("--engine dask needs dask and distributed (pip install "
+                         "'validator[dask]')") from exc
+    if scheduler == CURRENT_CLIENT:
+        return Client.current(), None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="30s"), None
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(f"--scheduler {scheduler}: cannot connect ({exc})") from exc
+    cluster = LocalCluster(n_workers=LOCAL_CLUSTER_WORKERS, threads_per_worker=1,
+                           processes=True, dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def _fill_remote(task: FillTask, partition: Partition) -> PerCategory:
+    _worker_init()
+    return task.fill(partition)
+
+
+def _fill_dask(tasks: Sequence[FillTask], parts: list[list[Partition]],
+               scheduler: str | None, progress: Progress | None) -> list[PerCategory]:
+    from distributed import as_completed
+
+    client, cluster = dask_client(scheduler)
+    try:
+        leaves, merged = [], []
+        for task, task_parts in zip(tasks, parts, strict=True):
+            remote = client.scatter(task, broadcast=True)
+            futures = [client.submit(_fill_remote, remote, p, pure=False) for p in task_parts]
+            tree: OrderedTree[Any] = OrderedTree(
+                lambda a, b: client.submit(merge_categories, a, b, pure=False))
+            for future in futures:
+                tree.push(future)
+            leaves.append(futures)
+            merged.append(tree.result())
+        if progress:
+            sizes = {f.key: (t, _rows(p, tasks[t])) for t, (fs, ps)
+                     in enumerate(zip(leaves, parts, strict=True)) for f, p in zip(fs, ps,
+                                                                                  strict=True)}
+            done = [0] * len(tasks)
+            for future in as_completed([f for fs in leaves for f in fs]):
+                t, rows = sizes[future.key]
+                done[t] += rows
+                progress(f"fill {tasks[t].name}", done[t], tasks[t].reader.sample.n_rows)
+        results = [m.result() if m is not None else None for m in merged]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return [task.finish(r) for task, r in zip(tasks, results, strict=True)]
+
+
+def fill_samples(tasks: Sequence[FillTask], *, jobs: int | None = None, engine: str = "local",
+                 scheduler: str | None = None, progress: Progress | None = None,
+                 ) -> tuple[list[PerCategory], list[str]]:
+    """Fill every task's sample; returns the per-category accumulators of each and notes.
+
+    The result does not depend on ``jobs`` nor on ``engine`` (see the module docstring).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}' (one of {', '.join(ENGINES)})")
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    parts = [sample_partitions(t.reader.sample, t.reader.chunk_rows) for t in tasks]
+    notes = []
+    observed = any(t.observe is not None for t in tasks)
+    if observed and (jobs > 1 or engine != "local"):
+        notes.append("the fill ran in one process (an audited network or a multivariate "
+                     "subsample observes every chunk), not on "
+                     + (f"{jobs} jobs" if engine == "local" else "Dask"))
+        engine, jobs = "local", 1
+    if engine == "dask":
+        return _fill_dask(tasks, parts, scheduler, progress), notes
+    return _fill_local(tasks, parts, jobs, progress), notes
