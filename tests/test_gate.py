@@ -437,6 +437,30 @@ def test_data_drawn_from_the_simulation_pass_the_default_rules(capsys, sample_fi
     assert query(db, "SELECT count(DISTINCT verdict_id) AS n FROM gate_results")["n"][0] == 2
 
 
+def test_a_null_run_with_the_network_and_systematics_passes_the_default_rules(
+        capsys, sample_files, tmp_path):
+    """With the sample network audited (outputs, Taylor tests) and the met-scale systematic
+    (saturated_syst), data drawn from the simulation still pass: nothing the audit or the
+    systematics add fails a clean run."""
+    import polars as pl
+
+    sim_path, _ = sample_files["null"]
+    up, down = load_sample_generator().met_scale_variations(pl.read_parquet(sim_path))
+    up.write_parquet(tmp_path / "up.parquet")
+    down.write_parquet(tmp_path / "down.parquet")
+    db = tmp_path / "v.duckdb"
+    code, out, err = _cli(capsys, *_run_args(
+        sample_files["null"], db, "--rules", str(RULES / "default.yaml"), "--model",
+        str(REPO / "sample_data" / "classifier.onnx"), "--syst-file",
+        f"met_scale={tmp_path / 'up.parquet'}:{tmp_path / 'down.parquet'}", "--syst-toys",
+        "100"))
+    assert code == 0, out + err
+    assert "gate PASSED" in out
+    kinds = set(query(db, "SELECT DISTINCT kind FROM tests")["kind"])
+    methods = set(query(db, "SELECT DISTINCT method FROM tests")["method"])
+    assert {"output", "taylor"} <= kinds and "saturated_syst" in methods
+
+
 def test_a_bad_rules_file_is_exit_2_before_any_event_is_read(capsys, tmp_path):
     rules = tmp_path / "r.yaml"
     rules.write_text("rules_version: 1\nrules:\n  - kind: per_test\n    name: a\n"
