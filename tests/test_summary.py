@@ -56,3 +56,21 @@ def test_tests_that_did_not_run_are_counted_apart():
     assert s.n_not_run == 2 and s.n_reliable == 2 and s.n_failed == 1 and s.n_tests == 4
     # a test with no p-value is never significant
     assert findings([{**_rec("ks", "a", None), "p_holm": None}]).features == {}
+
+
+def test_multivariate_tests_are_adjusted_as_their_own_family():
+    from statsmodels.stats.multitest import multipletests
+
+    from validator.pipeline import _adjusted_by_family
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 1, 300)
+    p[[5, 299]] = 0.02, 0.01  # two permutation p-values at their resolution
+    kinds = ["1d"] * 298 + ["multivariate"] * 2
+    kinds[5], kinds[298] = "multivariate", "2d"
+    holm, bh = _adjusted_by_family(p, kinds)
+    mv = np.array([k == "multivariate" for k in kinds])
+    np.testing.assert_allclose(holm[~mv], multipletests(p[~mv], method="holm")[1])
+    np.testing.assert_allclose(bh[~mv], multipletests(p[~mv], method="fdr_bh")[1])
+    np.testing.assert_allclose(holm[mv], multipletests(p[mv], method="holm")[1])
+    assert holm[299] == pytest.approx(0.02)  # Holm over two tests, not over 300
