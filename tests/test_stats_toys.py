@@ -160,10 +160,12 @@ def test_chi2_uw_and_saturated_report_a_bound_and_add_toys() -> None:
     for test in (chi2_uw, saturated):
         fixed = test(5000 * q, 1000 * p, 10 * p, n_toys=200, rng=1)
         assert fixed.pvalue_is_bound and fixed.pvalue == 1 / 201 and fixed.n_toys == 200
+        # an open decision stops at max_toys; a bound above the smallest threshold goes on
+        # (doubling) until it is below it: 200 -> 3200 toys, 1/3201 < 0.05/100
         more = test(5000 * q, 1000 * p, 10 * p, n_toys=200, rng=1, max_toys=3000,
                     thresholds=(0.05, 0.05 / 100))
-        assert more.pvalue_is_bound and more.n_toys == 3000 and more.pvalue == 1 / 3001
-        assert more.details["toys_stop"] == "max_toys"
+        assert more.pvalue_is_bound and more.n_toys == 3200 and more.pvalue == 1 / 3201
+        assert more.details["toys_stop"] == "max_toys"  # the decision at 5e-4 is still open
         assert more.details["n_toys_initial"] == 200
     # dependence too (a planted correlation: data correlated, simulation not)
     edges = np.r_[-9.0, np.linspace(-1.5, 1.5, 6), 9.0]
@@ -173,7 +175,7 @@ def test_chi2_uw_and_saturated_report_a_bound_and_add_toys() -> None:
     p_sim = np.outer(p_data.sum(axis=1), p_data.sum(axis=0))
     res = dependence(5000 * p_data, 20000 * p_sim, 400 * p_sim, n_toys=100, rng=2,
                      max_toys=800, thresholds=(0.05, 0.0005))
-    assert res.pvalue_is_bound and res.n_toys == 800 and res.pvalue == 1 / 801
+    assert res.pvalue_is_bound and res.n_toys == 3200 and res.pvalue == 1 / 3201
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ This stage slices histograms out of the accumulators and calls the pure function
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -53,10 +52,6 @@ MIN_PARALLEL_GROUPS = 32
 TEST_BATCHES_PER_JOB = 16
 #: The 1D test of the fraction of NaN/inf/sentinel values, planned for a feature that has any.
 INVALID_FRACTION = "invalid_fraction"
-#: A toy p-value's floor 1/(1 + n) must be this many times below Holm's first threshold
-#: alpha/m: otherwise a statistic beyond every toy (a large mismodelling) could never be
-#: significant after Holm in a run with many tests, however large it is.
-TOY_RESOLUTION = 2.0
 #: The saturated test with the systematics as nuisance parameters (planned with systematics,
 #: beside ``saturated``: a reviewer sees what the systematics absorb).
 SATURATED_SYST = "saturated_syst"
@@ -67,8 +62,9 @@ class CompareOptions:
     """Options of the test stage.
 
     Toy p-values start with the given number of toys and add more, up to ``max_toys``, while
-    the decision at alpha or at Holm's first threshold alpha/m is not settled by them. A run
-    raises ``max_toys`` until its toys can resolve alpha/m at all (:data:`TOY_RESOLUTION`).
+    the decision at alpha or at Holm's first threshold alpha/m is not settled by them; a
+    statistic beyond every toy gets more, until alpha/m can be resolved
+    (:func:`validator.stats.binned.run_toys`).
     """
 
     min_expected: float = 5.0
@@ -463,8 +459,6 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     planned = planned_methods(layout, with_invalid, syst is not None)
     skip = untested_categories(sims, datas)
     thresholds = (alpha, alpha / max(len(planned) * len(categories), 1))
-    options = replace(options, max_toys=max(options.max_toys,
-                                            math.ceil(TOY_RESOLUTION / thresholds[-1])))
     groups_per_category = layout.n_features + len(layout.plan.pairs)
     done = 0
     items = [(c, g) for c in categories if c not in skip for g in range(groups_per_category)]

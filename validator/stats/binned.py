@@ -5,6 +5,7 @@ All functions are pure (arrays in, arrays or floats out) and vectorised with num
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -644,6 +645,11 @@ class ToyOutcome:
     details: dict
 
 
+#: A toy p-value no toy reached, 1/(1 + n), is refined until it is this many times below the
+#: smallest threshold (see :func:`run_toys`).
+BOUND_RESOLUTION = 2.0
+
+
 def run_toys(
     observed: float,
     draw: Callable[[int], tuple[np.ndarray, int]],
@@ -666,7 +672,11 @@ def run_toys(
       :math:`k = \#\{t^* \ge t\} + n_\mathrm{failed}` of :math:`n` toys, so that the decision
       :math:`p < \alpha` is not settled; or
     - no toy reached the observation (the p-value :math:`1/(1+n)` is a bound) and that bound
-      is above the smallest threshold.
+      is above the smallest threshold: then up to the larger cap
+      :math:`\max(\text{max\_toys}, \lceil R/\alpha_\min\rceil)` (:data:`BOUND_RESOLUTION`
+      R), so that a statistic beyond every toy can settle the strictest decision (Holm's first
+      threshold alpha/m of a run with thousands of tests), however large the run; an open
+      decision near a threshold stops at ``max_toys``.
 
     Such sequential Monte Carlo tests keep their level when the final p-value is
     :math:`(1+k)/(1+n)` (A. C. A. Hope, J. R. Statist. Soc. B 30 (1968) 582; J. Besag and
@@ -703,10 +713,12 @@ def run_toys(
         if not (open_decision or bound_above):
             stop = "settled"
             break
-        if total >= max_toys:  # type: ignore[operator]
+        cap = max(max_toys, math.ceil(BOUND_RESOLUTION / min(thresholds))) if bound_above \
+            else max_toys
+        if total >= cap:  # type: ignore[operator]
             stop = "max_toys"
             break
-        batch = min(total, max_toys - total)  # type: ignore[operator]
+        batch = min(total, cap - total)  # type: ignore[operator]
     toys = np.concatenate(batches) if batches else np.zeros(0)
     pvalue, info = toy_pvalue(observed, toys, n_failed)
     details = {
