@@ -648,6 +648,11 @@ class ToyOutcome:
 #: A toy p-value no toy reached, 1/(1 + n), is refined until it is this many times below the
 #: smallest threshold (see :func:`run_toys`).
 BOUND_RESOLUTION = 2.0
+#: ... but with at most this many times ``max_toys`` toys: each costs as much as any other,
+#: and a run with many large mismodellings would otherwise spend most of its time proving
+#: p-values far below anything the summary needs (100,000 toys by default: Holm's first
+#: threshold of a run of up to 2,500 tests).
+BOUND_MAX_FACTOR = 5
 
 
 def run_toys(
@@ -673,10 +678,10 @@ def run_toys(
       :math:`p < \alpha` is not settled; or
     - no toy reached the observation (the p-value :math:`1/(1+n)` is a bound) and that bound
       is above the smallest threshold: then up to the larger cap
-      :math:`\max(\text{max\_toys}, \lceil R/\alpha_\min\rceil)` (:data:`BOUND_RESOLUTION`
-      R), so that a statistic beyond every toy can settle the strictest decision (Holm's first
-      threshold alpha/m of a run with thousands of tests), however large the run; an open
-      decision near a threshold stops at ``max_toys``.
+      :math:`\min(\lceil R/\alpha_\min\rceil, F\cdot\text{max\_toys})` (R =
+      :data:`BOUND_RESOLUTION`, F = :data:`BOUND_MAX_FACTOR`), so that a statistic beyond
+      every toy can settle the strictest decision (Holm's first threshold alpha/m of a run
+      with a few thousand tests); an open decision near a threshold stops at ``max_toys``.
 
     Such sequential Monte Carlo tests keep their level when the final p-value is
     :math:`(1+k)/(1+n)` (A. C. A. Hope, J. R. Statist. Soc. B 30 (1968) 582; J. Besag and
@@ -713,8 +718,8 @@ def run_toys(
         if not (open_decision or bound_above):
             stop = "settled"
             break
-        cap = max(max_toys, math.ceil(BOUND_RESOLUTION / min(thresholds))) if bound_above \
-            else max_toys
+        cap = max(max_toys, min(math.ceil(BOUND_RESOLUTION / min(thresholds)),
+                                BOUND_MAX_FACTOR * max_toys)) if bound_above else max_toys
         if total >= cap:  # type: ignore[operator]
             stop = "max_toys"
             break
