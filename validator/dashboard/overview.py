@@ -5,6 +5,7 @@ feature and pair as in the terminal summary and the reports), each linking to it
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -78,6 +79,24 @@ def _counts(run: dict[str, Any]) -> None:
     st.caption(lines[-1] if len(lines) > 2 else lines[0])  # the run-level test, when run
 
 
+def _evidently(run: dict) -> None:
+    """A link to (and a download of) evidently's drift report, when the run wrote one
+    (``--evidently-report``): its per-column results are the ``evidently`` rows."""
+    config = data.details(run.get("config_json")) if run.get("config_json") else {}
+    path = config.get("evidently_report") if isinstance(config, dict) else None
+    if not path:
+        return
+    report = Path(path)
+    st.subheader("evidently's drift report")
+    if not report.is_file():
+        st.caption(f"written to {report} by the run, no longer there")
+        return
+    st.caption(f"{report} (evidently's DataDriftPreset on the multivariate subsample, "
+               "unweighted; its per-column results are the tests of kind 'evidently')")
+    st.download_button("evidently report (HTML)", report.read_bytes(), file_name=report.name,
+                       mime="text/html", key="ov-evidently")
+
+
 def render() -> None:
     """Draw the Overview page."""
     db, run_id = common.db(), common.run_id()
@@ -144,6 +163,7 @@ def render() -> None:
                 st.markdown(f"- {note}")
             if len(skipped):
                 st.dataframe(skipped[["column_name", "reason"]], hide_index=True)
+    _evidently(run)
     if run.get("config_json"):
         with st.expander("the run's effective configuration"):
             st.json(data.details(run["config_json"]), expanded=False)
