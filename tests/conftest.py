@@ -68,3 +68,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Restore ``__main__`` after each test: Streamlit's AppTest runs the app as ``__main__``,
+    and worker processes started later by spawn (a Dask LocalCluster) would re-run it."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    state = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+    yield
+    sys.modules["__main__"] = main
+    for key in ("__file__", "__spec__"):
+        if key in state:
+            setattr(main, key, state[key])
+        elif hasattr(main, key) and main is not None:
+            delattr(main, key)
