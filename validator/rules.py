@@ -19,8 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from validator.errors import InputError
-from validator.yamlfile import parse_yaml_model
+from validator.yamlfile import parse_yaml_model, read_text
 
 #: The version of the rules format this release reads (``rules_version`` in the file).
 RULES_VERSION = 1
@@ -244,18 +243,7 @@ def parse_rules(text: str, source: str = "<rules>") -> RulesFile:
 def load_rules(path: str | Path) -> RulesFile:
     """Read and validate a rules file; its ``name`` defaults to the file's stem."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; --rules needs a YAML file")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: rules file not found") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the rules file ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: the rules file is not UTF-8 text") from None
+    raw, text = read_text(path, "--rules", "rules file")
     rules = parse_rules(text, str(path))
     rules._sha256 = hashlib.sha256(raw).hexdigest()
     if rules.name is None:

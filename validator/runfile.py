@@ -18,8 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from validator.errors import InputError
-from validator.yamlfile import parse_yaml_model
+from validator.yamlfile import parse_yaml_model, read_text
 
 #: The version of the configuration format this release reads (``config_version``).
 CONFIG_VERSION = 1
@@ -114,18 +113,7 @@ def load_run_file(path: str | Path) -> tuple[dict[str, Any], str]:
     """The file's settings as ``validator run`` option values (argparse destinations and
     formats), and the sha256 of the file."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; --config needs a YAML file")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: configuration file not found") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the configuration ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: the configuration is not UTF-8 text") from None
+    raw, text = read_text(path, "--config", "configuration file")
     cfg = parse_yaml_model(text, RunFile, str(path), "configuration file",
                            "a configuration file is a mapping of options (sim, data, ...)")
     return to_options(cfg, path.resolve().parent), hashlib.sha256(raw).hexdigest()

@@ -10,6 +10,7 @@ key``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -115,3 +116,20 @@ def parse_yaml_model(text: str, model: type[Model], source: str, what: str,
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
         raise InputError(_message(errors[0], data, lines, source) + more) from None
+
+
+def read_text(path: Path, option: str, what: str) -> tuple[bytes, str]:
+    """The bytes and UTF-8 text of a YAML file named by ``option`` (``--rules``); a folder, a
+    missing or unreadable file, or bytes that are not UTF-8 are one :class:`InputError`."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; {option} needs a YAML file")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    try:
+        return raw, raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: the {what} is not UTF-8 text") from None
