@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,24 +279,34 @@ def _arrow_table(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.table(arrays)
 
 
-def _write_tables(path: Path, tables: Mapping[str, pa.Table], wait_s: float) -> None:
-    """Insert arrow tables in one transaction (schema created or migrated inside it)."""
+def _write_tables(path: Path, tables: Mapping[str, pa.Table], wait_s: float,
+                  what: str = "run",
+                  check: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+                  then: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
+    """Insert arrow tables in one transaction (schema created or migrated inside it).
+
+    ``check(con)`` runs before the inserts (it may refuse, rolling everything back) and
+    ``then(con)`` after them, in the same transaction; ``what`` names the write in errors."""
     con = _connect(path, wait_s=wait_s)
     try:
         con.execute("BEGIN TRANSACTION")
         try:
             ensure_schema(con)  # inside the transaction: a failed run adds no column either
+            if check is not None:
+                check(con)
             for table, arrow in tables.items():
                 if arrow.num_rows == 0:
                     continue
                 con.register("_incoming", arrow)
                 con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
                 con.unregister("_incoming")
+            if then is not None:
+                then(con)
             con.execute("COMMIT")
         except BaseException as exc:
             con.execute("ROLLBACK")
             if isinstance(exc, duckdb.Error):
-                raise InputError(f"{path}: the run could not be written, nothing was "
+                raise InputError(f"{path}: the {what} could not be written, nothing was "
                                  f"({_first_line(exc)})") from exc
             raise
     finally:
@@ -328,31 +338,19 @@ def save_verdict(path: str | Path, run_id: str, rows: Sequence[Mapping[str, Any]
     the latest verdict, ``gate_results`` every one.
     """
     path = Path(path)
-    arrow = _arrow_table("gate_results", rows)
-    con = _connect(path, wait_s=wait_s)
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            ensure_schema(con)
-            # fetchall: a result left unfinished blocks the register() below
-            if not con.execute("SELECT count(*) FROM runs WHERE run_id = ?",
-                               [run_id]).fetchall()[0][0]:
-                raise InputError(f"{path}: no run {run_id} to judge")
-            if arrow.num_rows:
-                con.register("_incoming", arrow)
-                con.execute("INSERT INTO gate_results BY NAME SELECT * FROM _incoming")
-                con.unregister("_incoming")
-            con.execute("UPDATE runs SET gate_passed = ?, rules_name = ?, gate_rules_sha256 = ? "
-                        "WHERE run_id = ?", [bool(passed), rules_name, rules_sha256, run_id])
-            con.execute("COMMIT")
-        except BaseException as exc:
-            con.execute("ROLLBACK")
-            if isinstance(exc, duckdb.Error):
-                raise InputError(f"{path}: the verdict could not be written, nothing was "
-                                 f"({_first_line(exc)})") from exc
-            raise
-    finally:
-        con.close()
+
+    def run_exists(con: duckdb.DuckDBPyConnection) -> None:
+        # fetchall: a result left unfinished blocks the register() that follows
+        if not con.execute("SELECT count(*) FROM runs WHERE run_id = ?",
+                           [run_id]).fetchall()[0][0]:
+            raise InputError(f"{path}: no run {run_id} to judge")
+
+    def mark_run(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("UPDATE runs SET gate_passed = ?, rules_name = ?, gate_rules_sha256 = ? "
+                    "WHERE run_id = ?", [bool(passed), rules_name, rules_sha256, run_id])
+
+    _write_tables(path, {"gate_results": _arrow_table("gate_results", rows)}, wait_s,
+                  what="verdict", check=run_exists, then=mark_run)
 
 
 def side_file_path(path: str | Path, run_id: str) -> Path:
