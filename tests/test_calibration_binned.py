@@ -25,9 +25,10 @@ W_A, W_B, F_NEG, F_A = 0.3, 1.7, 0.05, 0.7
 
 
 def _mixture_sim(
-    p_a: np.ndarray, p_b: np.ndarray, sumw: float, shape: tuple, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted simulation contents (sum w, sum w^2) of replicas of the two-process mixture.
+    p_a: np.ndarray, p_b: np.ndarray, sumw: float, shape: tuple, rng: np.random.Generator,
+    with_w4: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Weighted simulation contents (sum w, sum w^2 [, sum w^4]) of replicas of the mixture.
 
     Process A (fraction F_A of the expected sum of weights) has events of weight +W_A, of
     which a fraction F_NEG come with weight -W_A; process B has events of weight W_B.
@@ -39,6 +40,8 @@ def _mixture_sim(
     k_b = rng.poisson(m_b * p_b, size=shape)
     sim_w = W_A * (k_pos - k_neg) + W_B * k_b
     sim_w2 = W_A**2 * (k_pos + k_neg) + W_B**2 * k_b
+    if with_w4:
+        return sim_w, sim_w2, W_A**4 * (k_pos + k_neg) + W_B**4 * k_b
     return sim_w, sim_w2
 
 
@@ -122,6 +125,39 @@ def test_toy_pvalues_are_uniform_when_simulation_is_smaller_than_data() -> None:
         p_sat.append(saturated(n, w, s2, n_toys=200, rng=i).pvalue)
     _assert_calibrated(np.array(p_chi2), "chi2_uw toys, small simulation")
     _assert_calibrated(np.array(p_sat), "saturated toys, small simulation")
+
+
+def test_asymptotic_pvalues_are_uniform_when_a_small_simulation_knows_its_variances() -> None:
+    # A simulation smaller than the data (Kish 0.3 x data) but with many events in every bin:
+    # each bin's variance estimate rests on >= MIN_VARIANCE_ENTRIES effective entries
+    # (Σw²)²/Σw⁴, so the asymptotic p-values are trusted and must be calibrated
+    # (benchmarks/calibration_asymptotic.py measures the same over a grid).
+    from validator.stats.binned import (
+        MIN_VARIANCE_ENTRIES,
+        effective_entries,
+        variance_entries,
+    )
+
+    rng = np.random.default_rng(404)
+    p_a, p_b = _shapes_1d()
+    n_data, n_rep = 400_000.0, 1000
+    sim_w, sim_w2, sim_w4 = _mixture_sim(p_a, p_b, 0.3 * n_data, (n_rep, p_a.size), rng,
+                                         with_w4=True)
+    data = rng.poisson(n_data * (F_A * p_a + (1 - F_A) * p_b),
+                       size=(n_rep, p_a.size)).astype(float)
+    assert variance_entries(sim_w2, sim_w4).min() >= MIN_VARIANCE_ENTRIES
+    p_chi2, p_sat = [], []
+    for n, w, s2, s4 in zip(data, sim_w, sim_w2, sim_w4, strict=True):
+        assert effective_entries(w, s2) < n.sum()  # a simulation smaller than the data
+        res_chi2, res_sat = chi2_uw(n, w, s2, sim_sumw4=s4), saturated(n, w, s2, sim_sumw4=s4)
+        assert res_chi2.reliable and res_sat.reliable
+        assert res_chi2.pvalue_method == "asymptotic"
+        p_chi2.append(res_chi2.pvalue)
+        p_sat.append(res_sat.pvalue)
+    # without Σw⁴ the same histograms are flagged (the simulation is smaller than the data)
+    assert not chi2_uw(data[0], sim_w[0], sim_w2[0]).reliable
+    _assert_calibrated(np.array(p_chi2), "chi2_uw asymptotic, small simulation, many entries")
+    _assert_calibrated(np.array(p_sat), "saturated asymptotic, small simulation, many entries")
 
 
 # ---------------------------------------------------------------------------------------

@@ -68,10 +68,13 @@ def test_sums_match_numpy(setup):
     np.testing.assert_allclose(acc.h1_sumw[0, lo:hi], expect, rtol=1e-10)
     # every valid event lands in exactly one bin: nothing dropped
     assert acc.h1_sumw[0, lo:hi].sum() == pytest.approx(w[ok].sum())
-    # events and Σw³ per bin, for the toys of heavy-tailed weights
+    # events, Σw³ and Σw⁴ per bin, for the toys of heavy-tailed weights and the precision of
+    # each bin's variance
     h = acc.hist_1d(layout, 1)
     np.testing.assert_array_equal(h.count, np.histogram(clipped, bins=edges)[0])
     np.testing.assert_allclose(h.sumw3, np.histogram(clipped, bins=edges, weights=w[ok]**3)[0],
+                               rtol=1e-10)
+    np.testing.assert_allclose(h.sumw4, np.histogram(clipped, bins=edges, weights=w[ok]**4)[0],
                                rtol=1e-10)
     # pair (a, b): the 2D histogram holds events valid in both
     both = ok & (x[:, 0] != -999)
@@ -87,6 +90,9 @@ def test_sums_match_numpy(setup):
     np.testing.assert_array_equal(h2.count, np.histogram2d(ca, cb, [ea, eb])[0])
     np.testing.assert_allclose(h2.sumw3, np.histogram2d(ca, cb, [ea, eb],
                                                         weights=w[both]**3)[0],
+                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(h2.sumw4, np.histogram2d(ca, cb, [ea, eb],
+                                                        weights=w[both]**4)[0],
                                rtol=1e-9, atol=1e-9)
     # standardised moment sums against a direct computation
     fa, fb = layout.plan.features[0], layout.plan.features[1]

@@ -249,6 +249,36 @@ def test_asymptotic_results_flag_a_simulation_smaller_than_the_data() -> None:
     assert effective_entries([1.0, 2.0], [0.0, 0.0]) == np.inf
 
 
+def test_variance_entries_is_the_kish_size_of_the_squared_weights() -> None:
+    from validator.stats.binned import variance_entries
+
+    # equal weights: the number of events; one weight of 10 among 99 of 1: (199)^2 / 10099
+    assert variance_entries([40 * 6.25], [40 * 6.25**2]) == pytest.approx([40.0])
+    assert variance_entries([99 + 100.0], [99 + 1e4]) == pytest.approx([199.0**2 / 10099])
+    assert variance_entries([0.0], [0.0]) == pytest.approx([0.0])  # no event: nothing known
+
+
+def test_small_simulation_with_well_known_variances_keeps_its_asymptotics() -> None:
+    from validator.stats.binned import MIN_VARIANCE_ENTRIES, small_simulation_reason
+
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.2, 0.1, 0.05])
+    n = np.round(200_000 * p)
+    k = np.round(80_000 * p)  # a simulation of 80,000 events of weight 2.5: 0.4 x the data
+    w, s2, s4 = 2.5 * k, 6.25 * k, 2.5**4 * k
+    assert k.min() >= MIN_VARIANCE_ENTRIES
+    for test in (chi2_uw, saturated):
+        assert not test(n, w, s2).reliable  # without Σw⁴: smaller than the data, flagged
+        assert test(n, w, s2, sim_sumw4=s4).reliable
+    # a few heavy events in one bin: its variance rests on few entries, flagged again
+    s2_heavy, s4_heavy = s2.copy(), s4.copy()
+    s2_heavy[0] += 3 * 400.0**2
+    s4_heavy[0] += 3 * 400.0**4
+    why = small_simulation_reason(n.sum(), w, s2_heavy, s4_heavy, n)
+    assert why is not None and "fewer effective entries" in why
+    assert "a bin's variance rests on 3 effective entries" in why
+    assert not chi2_uw(n, w, s2_heavy, sim_sumw4=s4_heavy).reliable
+
+
 def test_chi2_uw_drops_bins_empty_in_both() -> None:
     n, w, s2 = _root_example(1)
     pad = np.zeros(2)

@@ -154,21 +154,24 @@ def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
 
     Bins are merged until each group has enough expected data *and* enough equivalent
     simulated entries (:func:`~validator.stats.merge_sparse_bins`). Where the asymptotics do
-    not hold, the p-value comes from toys that follow each bin's weight law (events, Σw, Σw²,
-    Σw³), refined until the decisions at ``thresholds`` are settled.
+    not hold (too few expected events, or a simulation smaller than the data whose per-bin
+    variances rest on too few entries: Σw⁴ says how many), the p-value comes from toys that
+    follow each bin's weight law (events, Σw, Σw², Σw³), refined until the decisions at
+    ``thresholds`` are settled.
     """
     d, s, s2 = data.values.ravel(), sim.values.ravel(), sim.variances.ravel()
     groups = _merge_groups(d, s, s2, options)
     if isinstance(groups, str):
         return {"chi2_uw": groups, "saturated": groups}
-    count = sim.count.ravel() if sim.count is not None else None
-    sumw3 = sim.sumw3.ravel() if sim.sumw3 is not None else None
+    def merged(a: np.ndarray | None) -> np.ndarray | None:
+        return merge_histogram(a.ravel(), groups) if a is not None else None
+
     d, s, s2 = (merge_histogram(a, groups) for a in (d, s, s2))
-    shape = {"sim_count": merge_histogram(count, groups) if count is not None else None,
-             "sim_sumw3": merge_histogram(sumw3, groups) if sumw3 is not None else None}
+    shape = {"sim_count": merged(sim.count), "sim_sumw3": merged(sim.sumw3)}
+    sumw4 = merged(sim.sumw4)
     results: dict[str, Outcome] = {}
     for name, test in (("chi2_uw", chi2_uw), ("saturated", saturated)):
-        result = test(d, s, s2)
+        result = test(d, s, s2, sim_sumw4=sumw4)
         if not result.reliable:  # asymptotics do not hold: calibrate with toys instead
             result = test(d, s, s2, n_toys=options.small_sample_toys, rng=rng(name),
                           max_toys=options.max_toys, thresholds=thresholds, **shape)

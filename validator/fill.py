@@ -140,12 +140,15 @@ class Accumulator:
     moments_w2: np.ndarray  # (len(MOMENT_ORDERS), K, K) Σ w² z_i^a z_j^b
     plot_sumw: np.ndarray  # (n_var, Bp) plotting bins with under/overflow
     plot_sumw2: np.ndarray  # (n_var, Bp)
-    # events and Σw³ per bin (nominal weight): the shape of the weight law within a bin, for
-    # toys of heavy-tailed or signed weights (validator.stats.binned.sim_toys)
+    # events, Σw³ and Σw⁴ per bin (nominal weight): the shape of the weight law within a bin,
+    # for toys of heavy-tailed or signed weights (validator.stats.binned.sim_toys), and how
+    # precisely Σw² is known (validator.stats.binned.variance_entries)
     h1_count: np.ndarray  # (B1,)
     h1_sumw3: np.ndarray  # (B1,)
+    h1_sumw4: np.ndarray  # (B1,)
     h2_count: np.ndarray  # (B2,)
     h2_sumw3: np.ndarray  # (B2,)
+    h2_sumw4: np.ndarray  # (B2,)
     # Σw per random event group (nominal): (N_GROUPS, B) for the test, fine and pair bins
     group_h1: np.ndarray
     group_fine: np.ndarray
@@ -161,7 +164,9 @@ class Accumulator:
             plot_sumw=np.zeros((n_var, layout.offsets_plot[-1])),
             plot_sumw2=np.zeros((n_var, layout.offsets_plot[-1])),
             h1_count=np.zeros(layout.offsets_1d[-1]), h1_sumw3=np.zeros(layout.offsets_1d[-1]),
+            h1_sumw4=np.zeros(layout.offsets_1d[-1]),
             h2_count=np.zeros(layout.offsets_2d[-1]), h2_sumw3=np.zeros(layout.offsets_2d[-1]),
+            h2_sumw4=np.zeros(layout.offsets_2d[-1]),
             group_h1=np.zeros((N_GROUPS, layout.offsets_1d[-1])),
             group_fine=np.zeros((N_GROUPS, layout.offsets_fine[-1])),
             group_h2=np.zeros((N_GROUPS, layout.offsets_2d[-1])),
@@ -223,7 +228,8 @@ class Accumulator:
         """Feature ``k`` in the test binning (under/overflow folded into the edge bins)."""
         lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
         return Hist((layout.edges[k],), self.h1_sumw[:, lo:hi], self.h1_sumw2[:, lo:hi],
-                    count=self.h1_count[lo:hi], sumw3=self.h1_sumw3[lo:hi])
+                    count=self.h1_count[lo:hi], sumw3=self.h1_sumw3[lo:hi],
+                    sumw4=self.h1_sumw4[lo:hi])
 
     def hist_fine(self, layout: Layout, k: int) -> Hist:
         """Feature ``k`` in the fine binning behind the EDF tests (KS, AD, Wasserstein)."""
@@ -244,7 +250,8 @@ class Accumulator:
         return Hist((layout.pair_edges[i], layout.pair_edges[j]),
                     self.h2_sumw[:, lo:hi].reshape(shape), self.h2_sumw2[:, lo:hi].reshape(shape),
                     count=self.h2_count[lo:hi].reshape(shape[1:]),
-                    sumw3=self.h2_sumw3[lo:hi].reshape(shape[1:]))
+                    sumw3=self.h2_sumw3[lo:hi].reshape(shape[1:]),
+                    sumw4=self.h2_sumw4[lo:hi].reshape(shape[1:]))
 
     def moment_matrix(self, layout: Layout, i: int, j: int, squared: bool = False,
                       ) -> np.ndarray:
@@ -335,7 +342,7 @@ class _Weights:
     """The powers of a chunk's weights the fill needs, computed once per chunk.
 
     With unit weights (data), every weighted sum is the count of events: one unweighted
-    ``bincount`` gives Σ1 = Σw = Σw² = Σw³ exactly, so the other sums are not computed.
+    ``bincount`` gives Σ1 = Σw = Σw² = Σw³ = Σw⁴ exactly, so the other sums are not computed.
     """
 
     def __init__(self, weights: np.ndarray):
@@ -344,19 +351,26 @@ class _Weights:
         self.unit = self.all.shape[0] == 1 and bool(np.all(self.nominal == 1.0))
         self.w2 = self.nominal * self.nominal
         self.w3 = self.w2 * self.nominal
+        self.w4 = self.w2 * self.w2
 
-    def per_bin(self, index: np.ndarray, size: int,
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Σw, Σw² (one row per variation), the count and Σw³ (nominal) per bin of ``index``
-        (values ``0 .. size``; ``size`` is the trash bin, dropped)."""
-        count = np.bincount(index, minlength=size + 1)[:size].astype(np.float64)
+    def per_bin(self, index: np.ndarray, size: int, shape_sums: bool = True,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None,
+                           np.ndarray | None]:
+        """Σw, Σw² (one row per variation), and with ``shape_sums`` the count, Σw³ and Σw⁴
+        (nominal) per bin of ``index`` (values ``0 .. size``; ``size`` is the trash bin,
+        dropped)."""
+        count = (np.bincount(index, minlength=size + 1)[:size].astype(np.float64)
+                 if shape_sums or self.unit else None)
         if self.unit:
-            return count[None], count[None], count, count
+            return count[None], count[None], count, count, count
         sumw = np.stack([np.bincount(index, w, minlength=size + 1)[:size] for w in self.all])
         sumw2 = np.stack([np.bincount(index, w * w if v else self.w2, minlength=size + 1)[:size]
                           for v, w in enumerate(self.all)])
+        if not shape_sums:
+            return sumw, sumw2, None, None, None
         sumw3 = np.bincount(index, self.w3, minlength=size + 1)[:size]
-        return sumw, sumw2, count, sumw3
+        sumw4 = np.bincount(index, self.w4, minlength=size + 1)[:size]
+        return sumw, sumw2, count, sumw3, sumw4
 
 
 def _grouped(index: np.ndarray, groups: np.ndarray, size: int, weights: _Weights,
@@ -404,13 +418,14 @@ def _fill_pairs(acc: Accumulator, layout: Layout, codes: np.ndarray, groups: np.
             total = grouped.sum(axis=1)
             acc.group_h2[:, lo:hi] = grouped.T
             acc.h2_sumw[0, lo:hi] = acc.h2_sumw2[0, lo:hi] = total
-            acc.h2_count[lo:hi] = acc.h2_sumw3[lo:hi] = total
+            acc.h2_count[lo:hi] = acc.h2_sumw3[lo:hi] = acc.h2_sumw4[lo:hi] = total
             continue
         grouped = cells(np.bincount(key, weights.nominal, minlength=size))
         acc.group_h2[:, lo:hi] = grouped.T
         acc.h2_sumw[0, lo:hi] = grouped.sum(axis=1)
         acc.h2_sumw2[0, lo:hi] = cells(np.bincount(key, weights.w2, minlength=size)).sum(1)
         acc.h2_sumw3[lo:hi] = cells(np.bincount(key, weights.w3, minlength=size)).sum(1)
+        acc.h2_sumw4[lo:hi] = cells(np.bincount(key, weights.w4, minlength=size)).sum(1)
         acc.h2_count[lo:hi] = cells(np.bincount(key, minlength=size)).sum(1)
         for v in range(1, weights.all.shape[0]):
             w = weights.all[v]
@@ -516,15 +531,15 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
         lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
         c = grid.test[u]
         (acc.h1_sumw[:, lo:hi], acc.h1_sumw2[:, lo:hi], acc.h1_count[lo:hi],
-         acc.h1_sumw3[lo:hi]) = w.per_bin(c, hi - lo)
+         acc.h1_sumw3[lo:hi], acc.h1_sumw4[lo:hi]) = w.per_bin(c, hi - lo)
         acc.group_h1[:, lo:hi] = _grouped(c, groups, hi - lo, w)
         lo, hi = layout.offsets_fine[k], layout.offsets_fine[k + 1]
         c = grid.fine[u]
-        acc.fine_sumw[:, lo:hi], acc.fine_sumw2[:, lo:hi], _, _ = w.per_bin(c, hi - lo)
+        acc.fine_sumw[:, lo:hi], acc.fine_sumw2[:, lo:hi], *_ = w.per_bin(c, hi - lo, False)
         acc.group_fine[:, lo:hi] = _grouped(c, groups, hi - lo, w)
         lo, hi = layout.offsets_plot[k], layout.offsets_plot[k + 1]
-        acc.plot_sumw[:, lo:hi], acc.plot_sumw2[:, lo:hi], _, _ = w.per_bin(grid.plot[u],
-                                                                             hi - lo)
+        acc.plot_sumw[:, lo:hi], acc.plot_sumw2[:, lo:hi], *_ = w.per_bin(grid.plot[u],
+                                                                           hi - lo, False)
         if pair_codes is not None:
             pair_codes[k] = grid.pair[u]
         # validity sums and the moments about the plan's location, for precision

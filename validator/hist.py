@@ -31,6 +31,7 @@ class Hist:
     flow: bool = False
     count: np.ndarray | None = None  # events per bin (nominal), where kept
     sumw3: np.ndarray | None = None  # Σw³ per bin (nominal), where kept
+    sumw4: np.ndarray | None = None  # Σw⁴ per bin (nominal), where kept
 
     def __post_init__(self) -> None:
         shape = tuple(len(e) - 1 + (2 if self.flow else 0) for e in self.edges)
@@ -70,7 +71,8 @@ class Hist:
             return a + b if a is not None and b is not None else None
 
         return Hist(self.edges, self.sumw + other.sumw, self.sumw2 + other.sumw2, self.flow,
-                    both(self.count, other.count), both(self.sumw3, other.sumw3))
+                    both(self.count, other.count), both(self.sumw3, other.sumw3),
+                    both(self.sumw4, other.sumw4))
 
     def density(self) -> np.ndarray:
         """Nominal Σw per unit of bin width (1D, in-range bins only), for plotting."""

@@ -113,6 +113,7 @@ def chi2_uw(
     thresholds: Sequence[float] = (),
     sim_count: ArrayLike | None = None,
     sim_sumw3: ArrayLike | None = None,
+    sim_sumw4: ArrayLike | None = None,
 ) -> GofResult:
     r"""Gagunashvili's chi² test of unweighted data against weighted simulation (ROOT "UW").
 
@@ -190,6 +191,10 @@ def chi2_uw(
         Number of simulated events and sum of cubed weights per bin (same shape as
         ``sim_sumw``, both or neither): the toys then draw each bin as a compound Poisson sum
         with the bin's weight moments (:func:`validator.stats.binned.sim_toys`).
+    sim_sumw4:
+        Sum of fourth powers of the weights per bin (same shape): how precisely each bin's
+        variance is known, for the reliability of the asymptotic p-value
+        (:func:`validator.stats.binned.small_simulation_reason`).
 
     Returns
     -------
@@ -275,7 +280,8 @@ def chi2_uw(
         pvalue_method = "asymptotic"
         if n_small:
             reasons.append(f"{n_small} bin(s) with expected data count < {MIN_EXPECTED:g}")
-        small_sim = small_simulation_reason(float(n_all.sum()), w_all, s2_all)
+        s4_all = None if sim_sumw4 is None else np.asarray(sim_sumw4, dtype=float).ravel()
+        small_sim = small_simulation_reason(float(n_all.sum()), w_all, s2_all, s4_all, n_all)
         if small_sim:
             reasons.append(small_sim)
     if ndf < 1:

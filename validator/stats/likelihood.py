@@ -356,6 +356,7 @@ def saturated(
     thresholds: Sequence[float] = (),
     sim_count: ArrayLike | None = None,
     sim_sumw3: ArrayLike | None = None,
+    sim_sumw4: ArrayLike | None = None,
 ) -> GofResult:
     r"""Likelihood-ratio test of the data against the saturated model (Barlow-Beeston lite).
 
@@ -429,6 +430,9 @@ def saturated(
     sim_count, sim_sumw3:
         Number of simulated events and sum of cubed weights per bin (same shape as
         ``sim_sumw``, both or neither), for compound-Poisson toys.
+    sim_sumw4:
+        Sum of fourth powers of the weights per bin: how precisely each bin's variance is
+        known, for the reliability of the asymptotic p-value.
 
     Returns
     -------
@@ -439,7 +443,8 @@ def saturated(
         ``details`` hold the fitted normalisation, the number of bins with negative sum of
         weights and of clipped predictions. In asymptotic mode ``reliable`` is ``False`` when a
         bin's fitted expected count is below 5 or the simulation has fewer effective entries
-        than the data has events (:func:`validator.stats.binned.small_simulation_reason`).
+        than the data has events, unless ``sim_sumw4`` shows every bin's variance known well
+        enough (:func:`validator.stats.binned.small_simulation_reason`).
 
     Raises
     ------
@@ -578,7 +583,8 @@ def saturated(
         reasons = []
         if n_small:
             reasons.append(f"{n_small} bin(s) with expected data count < {MIN_EXPECTED:g}")
-        small_sim = small_simulation_reason(float(n.sum()), w_all[used], s2_all[used])
+        s4 = None if sim_sumw4 is None else np.asarray(sim_sumw4, dtype=float).ravel()[used]
+        small_sim = small_simulation_reason(float(n.sum()), w_all[used], s2_all[used], s4, n)
         if small_sim:
             reasons.append(small_sim)
         if ndf < 1:
