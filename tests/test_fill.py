@@ -200,3 +200,19 @@ def test_plot_histogram_keeps_under_and_overflow(setup):
     # an integer feature's plot bins are centred on its values
     k_edges = layout.plot_edges[2]
     assert np.allclose(k_edges - np.floor(k_edges), 0.5)
+
+
+@pytest.mark.parametrize("weighting", ["signed", "unit", "variations"])
+def test_compiled_pair_kernel_equals_the_numpy_bincounts(setup, weighting, monkeypatch):
+    from validator import kernels
+
+    if not kernels.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    x, w, layout = setup
+    weights = {"signed": w[None], "unit": np.ones((1, w.size)),
+               "variations": np.vstack([w, 1.2 * w, np.abs(w)])}[weighting]
+    groups = np.random.default_rng(5).integers(0, 32, w.size)
+    compiled = accumulate(x, weights, layout, groups)
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
+    reference = accumulate(x, weights, layout, groups)
+    _assert_equal(compiled, reference)

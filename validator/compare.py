@@ -36,6 +36,7 @@ from validator.stats import (
     saturated,
     wasserstein_hist,
 )
+from validator.stats.binned import MIN_VARIANCE_ENTRIES, effective_entries, variance_entries
 
 if TYPE_CHECKING:
     from validator.systematics import VariationRows
@@ -52,6 +53,10 @@ MIN_PARALLEL_GROUPS = 32
 TEST_BATCHES_PER_JOB = 16
 #: The 1D test of the fraction of NaN/inf/sentinel values, planned for a feature that has any.
 INVALID_FRACTION = "invalid_fraction"
+#: The coarser binning on which a small simulation's asymptotic p-value is taken (bins merged
+#: until each variance estimate rests on enough entries) must keep this fraction of the
+#: plan's groups; below it the resolution lost is too much and toys run on the plan's bins.
+VARIANCE_MERGE_MIN_KEPT = 0.75
 #: The saturated test with the systematics as nuisance parameters (planned with systematics,
 #: beside ``saturated``: a reviewer sees what the systematics absorb).
 SATURATED_SYST = "saturated_syst"
@@ -153,30 +158,62 @@ def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
     """``chi2_uw`` and ``saturated`` on a histogram, sparse bins merged first.
 
     Bins are merged until each group has enough expected data *and* enough equivalent
-    simulated entries (:func:`~validator.stats.merge_sparse_bins`). Where the asymptotics do
-    not hold (too few expected events, or a simulation smaller than the data whose per-bin
-    variances rest on too few entries: Σw⁴ says how many), the p-value comes from toys that
-    follow each bin's weight law (events, Σw, Σw², Σw³), refined until the decisions at
-    ``thresholds`` are settled.
+    simulated entries (:func:`~validator.stats.merge_sparse_bins`). The asymptotic p-value is
+    used where it holds. Where it does not only because a simulation smaller than the data
+    has a few bins whose variance rests on too few entries (Σw⁴ says how many; the tails of a
+    large sample), those bins are merged further and the asymptotic p-value taken on that
+    binning, provided it keeps :data:`VARIANCE_MERGE_MIN_KEPT` of the groups. Otherwise the
+    p-value comes from toys that follow each bin's weight law (events, Σw, Σw², Σw³), refined
+    until the decisions at ``thresholds`` are settled.
     """
     d, s, s2 = data.values.ravel(), sim.values.ravel(), sim.variances.ravel()
     groups = _merge_groups(d, s, s2, options)
     if isinstance(groups, str):
         return {"chi2_uw": groups, "saturated": groups}
-    def merged(a: np.ndarray | None) -> np.ndarray | None:
-        return merge_histogram(a.ravel(), groups) if a is not None else None
 
-    d, s, s2 = (merge_histogram(a, groups) for a in (d, s, s2))
-    shape = {"sim_count": merged(sim.count), "sim_sumw3": merged(sim.sumw3)}
-    sumw4 = merged(sim.sumw4)
+    def merged(a: np.ndarray | None, g: np.ndarray) -> np.ndarray | None:
+        return merge_histogram(a.ravel(), g) if a is not None else None
+
+    def histogram(g: np.ndarray) -> dict[str, np.ndarray | None]:
+        return {"data_counts": merged(d, g), "sim_sumw": merged(s, g),
+                "sim_sumw2": merged(s2, g), "sim_sumw4": merged(sim.sumw4, g)}
+
+    plan_bins = histogram(groups)
+    coarse = _variance_groups(d, s, s2, sim.sumw4, groups, options)
+    shape = {"sim_count": merged(sim.count, groups), "sim_sumw3": merged(sim.sumw3, groups)}
     results: dict[str, Outcome] = {}
     for name, test in (("chi2_uw", chi2_uw), ("saturated", saturated)):
-        result = test(d, s, s2, sim_sumw4=sumw4)
+        result = test(**plan_bins)
+        if not result.reliable and coarse is not None:
+            alternative = test(**histogram(coarse))
+            if alternative.reliable:
+                result = replace(alternative, details={
+                    **alternative.details,
+                    "n_groups_before_variance_merge": int(groups.max()) + 1})
         if not result.reliable:  # asymptotics do not hold: calibrate with toys instead
-            result = test(d, s, s2, n_toys=options.small_sample_toys, rng=rng(name),
+            result = test(**plan_bins, n_toys=options.small_sample_toys, rng=rng(name),
                           max_toys=options.max_toys, thresholds=thresholds, **shape)
         results[name] = result
     return results
+
+
+def _variance_groups(d: np.ndarray, s: np.ndarray, s2: np.ndarray, s4: np.ndarray | None,
+                     groups: np.ndarray, options: CompareOptions) -> np.ndarray | None:
+    """Coarser groups on which every bin's variance estimate rests on enough entries, where
+    that is what the asymptotics of a simulation smaller than the data lack and the coarser
+    binning keeps most of the resolution (see :func:`_binned_tests`); else ``None``."""
+    if s4 is None or effective_entries(s, s2) >= d.sum():
+        return None
+    s4 = s4.ravel()
+    if variance_entries(merge_histogram(s2, groups),
+                        merge_histogram(s4, groups)).min() >= MIN_VARIANCE_ENTRIES:
+        return None
+    coarse = merge_sparse_bins(np.clip(s, 0.0, None) * (d.sum() / s.sum()),
+                               options.min_expected, sim_sumw=s, sim_sumw2=s2, sim_sumw4=s4)
+    n_plan, n_coarse = int(groups.max()) + 1, int(coarse.max()) + 1
+    if n_coarse < 2 or n_coarse < VARIANCE_MERGE_MIN_KEPT * n_plan:
+        return None
+    return coarse
 
 
 def shape_changes(layout: Layout, sims: dict[str, Accumulator], syst: SystInputs

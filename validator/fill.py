@@ -387,7 +387,29 @@ def _grouped(index: np.ndarray, groups: np.ndarray, size: int, weights: _Weights
 
 def _fill_pairs(acc: Accumulator, layout: Layout, codes: np.ndarray, groups: np.ndarray,
                 weights: _Weights) -> None:
-    """Every pair's 2D sums, one pair at a time: one key per event, four ``bincount`` s.
+    """Every pair's 2D sums: the compiled kernel (:func:`validator.kernels.fill_pairs`), or
+    :func:`_fill_pairs_numpy` where numba is not available."""
+    from validator import kernels
+
+    if not kernels.HAVE_NUMBA:
+        _fill_pairs_numpy(acc, layout, codes, groups, weights)
+        return
+    sums = kernels.fill_pairs(codes, layout.plan.pairs, layout.pair_shape,
+                              np.asarray(layout.offsets_2d[:-1]), groups, weights.all,
+                              weights.unit, acc.group_h2)
+    acc.h2_count[:] = sums[:, 0]
+    if weights.unit:
+        acc.h2_sumw[0] = acc.h2_sumw2[0] = acc.h2_sumw3[:] = acc.h2_sumw4[:] = sums[:, 0]
+        return
+    acc.h2_sumw[0], acc.h2_sumw2[0] = sums[:, 1], sums[:, 2]
+    acc.h2_sumw3[:], acc.h2_sumw4[:] = sums[:, 3], sums[:, 4]
+    for v in range(1, weights.all.shape[0]):
+        acc.h2_sumw[v], acc.h2_sumw2[v] = sums[:, 3 + 2 * v], sums[:, 4 + 2 * v]
+
+
+def _fill_pairs_numpy(acc: Accumulator, layout: Layout, codes: np.ndarray, groups: np.ndarray,
+                      weights: _Weights) -> None:
+    """Every pair's 2D sums, one pair at a time: one key per event, five ``bincount`` s.
 
     Each feature's pair bin (``codes``, the trash bin ``ny`` for an invalid value) is computed
     once per chunk. Pair (i, j)'s key is ``((cx * (ny+1)) + cy) * N_GROUPS + group``: a
@@ -523,7 +545,9 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
     acc.n_sentinel = sentinel.sum(axis=1).astype(np.int64)
     groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
     grids = layout.grids
-    pair_codes = np.empty((n_f, n), dtype=np.int64) if plan.pairs else None
+    # pair bins are few (a code per feature and event, the trash bin included): int16 keeps a
+    # block of events' codes in cache for the pair kernel
+    pair_codes = np.empty((n_f, n), dtype=np.int16) if plan.pairs else None
     for k in range(n_f):
         grid, ok = grids[k], valid[k]
         u = np.searchsorted(grid.edges, x[k], side="right")

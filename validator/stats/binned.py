@@ -98,6 +98,8 @@ def merge_sparse_bins(
     sim_sumw: ArrayLike | None = None,
     sim_sumw2: ArrayLike | None = None,
     min_sim_entries: float = MIN_SIM_ENTRIES,
+    sim_sumw4: ArrayLike | None = None,
+    min_variance_entries: float = MIN_VARIANCE_ENTRIES,
 ) -> np.ndarray:
     r"""Group neighbouring bins so that every group holds enough information to be tested.
 
@@ -155,6 +157,12 @@ def merge_sparse_bins(
         Minimum equivalent simulated entries :math:`(\sum w)^2/\sum w^2` of a group (only
         used with ``sim_sumw`` and ``sim_sumw2``). A group with :math:`\sum w^2 = 0` and
         :math:`\sum w > 0` (a prediction without uncertainty) has infinitely many.
+    sim_sumw4, min_variance_entries:
+        With ``sim_sumw4`` (:math:`\sum w^4` per bin, needs ``sim_sumw`` and ``sim_sumw2``),
+        a group also needs its variance estimate to rest on at least
+        ``min_variance_entries`` effective entries :math:`(\sum w^2)^2/\sum w^4`
+        (:func:`variance_entries`): the binning on which the asymptotic p-value of a
+        simulation smaller than the data is trusted (:func:`small_simulation_reason`).
 
     Returns
     -------
@@ -175,31 +183,43 @@ def merge_sparse_bins(
                              f"sim_sumw2 {sw2.size}")
     else:
         sw = sw2 = np.zeros(n)
+    with_w4 = sim_sumw4 is not None
+    if with_w4:
+        if not with_sim:
+            raise ValueError("sim_sumw4 needs sim_sumw and sim_sumw2")
+        sw4 = np.asarray(sim_sumw4, dtype=float).ravel()
+        if sw4.size != n:
+            raise ValueError(f"sizes differ: expected {n}, sim_sumw4 {sw4.size}")
+    else:
+        sw4 = np.zeros(n)
     labels = np.zeros(n, dtype=np.int64)
     if n == 0:
         return labels
 
-    def complete(e: float, w: float, w2: float) -> bool:
+    def complete(e: float, w: float, w2: float, w4: float) -> bool:
         if e < min_expected:
             return False
         if not with_sim:
             return True
+        if with_w4 and w2 * w2 < min_variance_entries * w4:
+            return False
         return w > 0 and (w2 <= 0 or w * w >= min_sim_entries * w2)
 
     group = 0
-    acc_e = acc_w = acc_w2 = 0.0
+    acc_e = acc_w = acc_w2 = acc_w4 = 0.0
     # A plain loop: the rule is sequential and the arrays are small (bins, not events).
     for i in range(n):
         labels[i] = group
         acc_e += exp[i]
         acc_w += sw[i]
         acc_w2 += sw2[i]
-        if i < n - 1 and complete(acc_e, acc_w, acc_w2):
+        acc_w4 += sw4[i]
+        if i < n - 1 and complete(acc_e, acc_w, acc_w2, acc_w4):
             group += 1
-            acc_e = acc_w = acc_w2 = 0.0
+            acc_e = acc_w = acc_w2 = acc_w4 = 0.0
     # Trailing group that is not complete: merge into the predecessor (repeatedly, since with
     # signed weights the merged group may still fall short).
-    while group > 0 and not complete(acc_e, acc_w, acc_w2):
+    while group > 0 and not complete(acc_e, acc_w, acc_w2, acc_w4):
         last = labels == group
         group -= 1
         prev = labels == group
@@ -207,6 +227,7 @@ def merge_sparse_bins(
         acc_e += float(exp[prev].sum())
         acc_w += float(sw[prev].sum())
         acc_w2 += float(sw2[prev].sum())
+        acc_w4 += float(sw4[prev].sum())
     return labels
 
 
