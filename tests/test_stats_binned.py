@@ -1004,3 +1004,53 @@ def test_chi2_uw_refuses_a_simulation_with_non_positive_total_weight() -> None:
     # an all-negative simulation once "matched perfectly" (X² = 0, p = 1)
     with pytest.raises(ValueError, match="total weight is -600"):
         chi2_uw([10, 20, 30], [-100.0, -200.0, -300.0], [1.0, 2.0, 3.0])
+
+
+def _small_simulation_with_sparse_tail(tail_events: float) -> tuple:
+    """A 10-bin histogram: simulation 0.4 x the data (weight 2.5) with 1000s of events per bin,
+    but a last bin holding ``tail_events`` events."""
+    from validator.hist import Hist
+
+    k = np.array([8000, 9000, 9500, 9000, 8000, 7000, 6000, 5000, 4000, tail_events])
+    n = np.round(k * 2.5 / 0.4)
+    edges = (np.arange(11.0),)
+    data = Hist(edges, n[None], n[None], count=n, sumw3=n, sumw4=n)
+    sim = Hist(edges, (2.5 * k)[None], (6.25 * k)[None], count=k.astype(float),
+               sumw3=2.5**3 * k, sumw4=2.5**4 * k)
+    return data, sim
+
+
+@pytest.mark.parametrize(("tail_events", "expect"), [(40.0, "merged"), (4000.0, "plain")])
+def test_small_simulation_merges_a_sparse_tail_for_its_asymptotics(tail_events, expect):
+    from validator.compare import CompareOptions, _binned_tests
+
+    data, sim = _small_simulation_with_sparse_tail(tail_events)
+    out = _binned_tests(data, sim, CompareOptions(), lambda name: np.random.default_rng(1),
+                        (0.05, 1e-5))
+    for name in ("chi2_uw", "saturated"):
+        res = out[name]
+        assert res.pvalue_method == "asymptotic" and res.reliable
+        if expect == "merged":  # the 40-event bin joins its neighbour: 9 bins, not 10
+            assert res.details["n_groups_before_variance_merge"] == 10
+            assert res.details["n_bins_used"] == 9
+        else:
+            assert "n_groups_before_variance_merge" not in res.details
+            assert res.details["n_bins_used"] == 10
+
+
+def test_small_simulation_with_too_many_sparse_bins_uses_toys():
+    from validator.compare import CompareOptions, _binned_tests
+    from validator.hist import Hist
+
+    # every bin has ~100 events: merging to 200 variance entries would halve the binning
+    k = np.full(10, 100.0)
+    n = np.round(k * 2.5 / 0.4)
+    edges = (np.arange(11.0),)
+    data = Hist(edges, n[None], n[None], count=n, sumw3=n, sumw4=n)
+    sim = Hist(edges, (2.5 * k)[None], (6.25 * k)[None], count=k, sumw3=2.5**3 * k,
+               sumw4=2.5**4 * k)
+    out = _binned_tests(data, sim, CompareOptions(small_sample_toys=50, max_toys=None),
+                        lambda name: np.random.default_rng(1), ())
+    for name in ("chi2_uw", "saturated"):
+        assert out[name].pvalue_method == "toys"
+        assert out[name].details["n_bins_used"] == 10
