@@ -96,7 +96,14 @@ def _child(spec: str) -> None:
                                        features=args["features"], db=None,
                                        jobs=args["jobs"], engine=args["engine"]), progress)
     total = time.perf_counter() - t0
-    print(json.dumps({"total": total, "stages": stamps, "n_tests": outcome.n_tests,
+    # a stage runs from the previous stage's last progress call to its own last one (the
+    # first includes opening the files; "finish" is the global test, summary and store)
+    stages, previous = {}, 0.0
+    for name, (_, last) in stamps.items():
+        stages[name] = [previous, last]
+        previous = last
+    stages["finish"] = [previous, total]
+    print(json.dumps({"total": total, "stages": stages, "n_tests": outcome.n_tests,
                       "n_pairs": len(outcome.plan.pairs)}))
 
 

@@ -82,8 +82,9 @@ def test_an_internal_error_exits_3_with_one_line_and_the_traceback(capsys, sampl
 
     monkeypatch.setattr(engine, "fill_sample", broken)
     sim, data = samples
+    # one job: the planted bug lives in this process (workers start from a clean one)
     code, _, err = _run(capsys, "--sim", str(sim), "--data", str(data), "--weight", "weight",
-                        "--no-db")
+                        "--no-db", "--jobs", "1")
     assert code == 3
     first = err.splitlines()[0]
     assert first.startswith("validator: internal error: ZeroDivisionError: planted bug")

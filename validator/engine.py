@@ -27,14 +27,17 @@ forked processes with ``jobs > 1`` (:func:`fork_map`), whatever the fill engine.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from validator.fill import Accumulator, Layout, fill_sample
+from validator.plan import SampleScan, ScanPart, finish_scan, scan_part
 from validator.sources import Partition, sample_partitions
 from validator.transform import INCLUSIVE, Reader
 
@@ -136,7 +139,7 @@ class FillTask:
                 **dict(sorted((k, v) for k, v in merged.items() if k != INCLUSIVE))}
 
 
-def _rows(partition: Partition, task: FillTask) -> int:
+def _rows(partition: Partition, task: FillTask | ScanTask) -> int:
     return partition.n_rows if partition.n_rows >= 0 else task.reader.sample.n_rows
 
 
@@ -179,6 +182,56 @@ def fork_map(fn: Callable[[int], T], n: int, jobs: int, chunksize: int = 1) -> I
         _FORKED = previous
 
 
+def _clean_context() -> multiprocessing.context.BaseContext:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # the server imports the fill once; every worker forked from it starts with it imported
+    context.set_forkserver_preload(["validator.engine"])
+    return context
+
+
+def clean_map(fn: Callable[..., T], args: Sequence[tuple[Any, ...]], jobs: int,
+              ) -> Iterator[T]:
+    """``fn(*args[i])`` for every ``i`` in ``jobs`` worker processes, yielded in order.
+
+    For the passes that read files. The workers are forked from a clean server process
+    (``forkserver``), not from this one: the readers (pyarrow, polars for selections and
+    definitions) run thread pools that do not survive a fork, and a forked child that calls
+    polars after its parent did can wait forever on a lock that no thread of the child will
+    ever release. ``fn`` is a module-level function and ``args`` are pickled (as for a Dask
+    worker).
+    """
+    if jobs <= 1 or len(args) <= 1:
+        yield from (fn(*a) for a in args)
+        return
+    with ProcessPoolExecutor(max_workers=min(jobs, len(args)), mp_context=_clean_context(),
+                             initializer=_worker_init) as pool:
+        with _main_module_hidden():  # the workers start here, in map's submissions
+            results = pool.map(fn, *zip(*args, strict=True))
+        yield from results
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """While worker processes start: a worker re-imports the main module by its name or path
+    (multiprocessing's preparation data), which runs a script without an ``if __name__ ==
+    "__main__"`` guard again, or a Streamlit app left as ``__main__``. The workers run
+    functions of this package only, so they are told of no main module."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 # ------------------------------------------------------------------------ the fill
 
 
@@ -189,18 +242,59 @@ def _fill_local(tasks: Sequence[FillTask], parts: list[list[Partition]], jobs: i
     done = [0] * len(tasks)
     sequential = jobs <= 1 or any(task.observe is not None for task in tasks)
 
-    def fill_item(i: int) -> PerCategory:
-        t, partition = items[i]
-        return tasks[t].fill(partition, observe=sequential)
-
-    results = (fill_item(i) for i in range(len(items))) if sequential \
-        else fork_map(fill_item, len(items), jobs)
+    results = (tasks[t].fill(p, observe=True) for t, p in items) if sequential \
+        else clean_map(_fill_remote, [(tasks[t], p) for t, p in items], jobs)
     for (t, partition), result in zip(items, results, strict=True):
         trees[t].push(result)
         done[t] += _rows(partition, tasks[t])
         if progress:
             progress(f"fill {tasks[t].name}", done[t], tasks[t].reader.sample.n_rows)
     return [task.finish(tree.result()) for task, tree in zip(tasks, trees, strict=True)]
+
+
+@dataclass
+class ScanTask:
+    """One sample's planning pass: what :func:`~validator.plan.scan_part` is given."""
+
+    reader: Reader
+    columns: list[str]
+    seed: int
+    key_cols: list[str]
+    observe: Callable[[dict[str, Any]], None] | None = None
+
+
+def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
+                 progress: Progress | None = None) -> list[SampleScan]:
+    """The planning pass of every task's sample, over its partitions in ``jobs`` processes.
+
+    Each partition is scanned on its own and the parts are added in partition order, so the
+    result does not depend on ``jobs`` (with an ``observe`` hook, whose state lives in this
+    process, the partitions are scanned here, one after the other).
+    """
+    jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    parts = [sample_partitions(t.reader.sample, t.reader.chunk_rows) for t in tasks]
+    items = [(t, p) for t, task_parts in enumerate(parts) for p in task_parts]
+    sequential = jobs <= 1 or any(task.observe is not None for task in tasks)
+
+    results = (_scan_remote(tasks[t], p) for t, p in items) if sequential \
+        else clean_map(_scan_remote, [(tasks[t], p) for t, p in items], jobs)
+    totals: list[ScanPart | None] = [None] * len(tasks)
+    done = [0] * len(tasks)
+    for (t, partition), part in zip(items, results, strict=True):
+        totals[t] = part if totals[t] is None else totals[t] + part
+        done[t] += _rows(partition, tasks[t])
+        if progress:
+            progress(f"scan {tasks[t].reader.sample.name}", done[t],
+                     tasks[t].reader.sample.n_rows)
+    # every sample has a file, so a partition: each total is set
+    return [finish_scan(task.reader, total, task.key_cols)  # type: ignore[arg-type]
+            for task, total in zip(tasks, totals, strict=True)]
+
+
+def _scan_remote(task: ScanTask, partition: Partition) -> ScanPart:
+    """One partition's planning pass, in a worker process."""
+    return scan_part(task.reader.part(partition), task.columns, task.seed, task.key_cols,
+                     task.observe)
 
 
 def dask_client(scheduler: str | None) -> tuple[Any, Any]:

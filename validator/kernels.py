@@ -103,3 +103,14 @@ def fill_pairs(codes: np.ndarray, pairs: list[tuple[int, int]], pair_shape: list
                          np.ascontiguousarray(groups, dtype=np.int64),
                          np.ascontiguousarray(weights, dtype=np.float64), unit, sums, group_sumw)
     return sums
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels now: called before worker processes
+    fork, so that each inherits them instead of compiling its own."""
+    if not HAVE_NUMBA:
+        return
+    codes = np.zeros((2, 1), dtype=np.int16)
+    for unit in (False, True):
+        fill_pairs(codes, [(0, 1)], [(1, 1)], np.zeros(1, dtype=np.int64),
+                   np.zeros(1, dtype=np.int64), np.ones((1, 1)), unit, np.zeros((1, 1)))

@@ -38,7 +38,7 @@ from validator.compare import (
     shape_changes,
     untested_categories,
 )
-from validator.engine import FillTask, default_jobs, fill_samples
+from validator.engine import FillTask, ScanTask, default_jobs, fill_samples, scan_samples
 from validator.errors import InputError
 from validator.fill import Accumulator, Layout, fill_sample
 from validator.globaltest import GlobalResult, global_test
@@ -56,7 +56,6 @@ from validator.plan import (
     PlanConfig,
     event_key_columns,
     make_plan,
-    scan_sample,
     select_features,
 )
 from validator.sources import DEFAULT_CHUNK_ROWS, Sample, Selection, open_sample
@@ -357,9 +356,12 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                          chain(config.data_selection, "--data-selection"))
     processes = ProcessCollector(syst.process_column) \
         if syst is not None and syst.process_column else None
-    sim_scan = scan_sample(sim_reader, choice.candidates, config.seed, sim_keys, progress,
-                           observe=processes.add if processes else None)
-    data_scan = scan_sample(data_reader, choice.candidates, config.seed + 1, data_keys, progress)
+    jobs = config.jobs if config.jobs is not None else default_jobs()
+    sim_scan, data_scan = scan_samples([
+        ScanTask(sim_reader, choice.candidates, config.seed, sim_keys,
+                 observe=processes.add if processes else None),
+        ScanTask(data_reader, choice.candidates, config.seed + 1, data_keys),
+    ], jobs=jobs, progress=progress)
     if not sim_scan.sumw > 0:
         raise InputError(f"{sim.sources[0].label}: the simulation's sum of weights is "
                          f"{sim_scan.sumw:g} (must be > 0)")
@@ -374,7 +376,6 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
               for k, scan in enumerate((sim_scan, data_scan))]
     rows = VariationRows.make(syst, processes.processes() if processes else ())
     reservoirs = _multivariate_reservoirs(config, plan, model, syst)
-    jobs = config.jobs if config.jobs is not None else default_jobs()
     (sim_acc, data_acc), fill_notes = fill_samples([
         FillTask(sim_reader, layout, config.category, config.seed,
                  observe=observers(audits[0].add if model else None,

@@ -604,12 +604,32 @@ class SampleScan:
     note: str | None
 
 
-def scan_sample(reader: Reader, columns: list[str], seed: int, key_cols: list[str],
-                progress: Callable[[str, int, int], None] | None = None,
-                observe: Callable[[dict[str, np.ndarray]], None] | None = None) -> SampleScan:
-    """First pass: column profiles (for the plan), Σw, the event count, and a note if rows
-    share an event. Reservoir keys come from each event's (file, row). ``observe(chunk)``
-    sees every chunk (e.g. to collect the values of a process column)."""
+@dataclass(frozen=True)
+class ScanPart:
+    """The planning pass over part of a sample (a partition of its files); parts add up.
+
+    Adding is associative, and every sum but Σw is exact; the engine adds the parts of a
+    sample in partition order, however many processes scanned them, so the result is the same.
+    """
+
+    profiles: dict[str, ColumnProfile]
+    sumw: float
+    n_events: int
+    event_keys: tuple[np.ndarray, ...]  # rows' event keys, while fewer than MAX_KEYS_CHECKED
+
+    def __add__(self, other: ScanPart) -> ScanPart:
+        if set(self.profiles) != set(other.profiles):
+            raise ValueError("cannot add scans of different columns")
+        keys = self.event_keys + (other.event_keys if self.n_events < MAX_KEYS_CHECKED
+                                  else ())
+        return ScanPart({c: p + other.profiles[c] for c, p in self.profiles.items()},
+                        self.sumw + other.sumw, self.n_events + other.n_events, keys)
+
+
+def scan_part(reader: Reader, columns: list[str], seed: int, key_cols: list[str],
+              observe: Callable[[dict[str, np.ndarray]], None] | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> ScanPart:
+    """The planning pass over every chunk of ``reader`` (a whole sample or a partition)."""
     sample = reader.sample
     capacity = reservoir_capacity(len(columns))
     profiles = {c: ColumnProfile(capacity=capacity) for c in columns}
@@ -629,7 +649,13 @@ def scan_sample(reader: Reader, columns: list[str], seed: int, key_cols: list[st
         n_events += n
         if progress:
             progress(f"scan {sample.name}", n_events, sample.n_rows)
-    if n_events == 0:
+    return ScanPart(profiles, sumw, n_events, tuple(event_keys))
+
+
+def finish_scan(reader: Reader, part: ScanPart, key_cols: list[str]) -> SampleScan:
+    """The sample's scan from all its parts added; an input error if no event was read."""
+    sample = reader.sample
+    if part.n_events == 0:
         chain, why = reader.chain, []
         if chain.selection:
             why.append(f"passes the selection '{chain.selection.text}'")
@@ -637,4 +663,16 @@ def scan_sample(reader: Reader, columns: list[str], seed: int, key_cols: list[st
             why.append(f"lies outside the blinded region '{chain.blind.text}'")
         raise InputError(f"{', '.join(s.label for s in sample.sources)}: no {sample.name} event "
                          + (" and ".join(why) or "was read"))
-    return SampleScan(profiles, sumw, n_events, _shared_event_note(sample, event_keys, key_cols))
+    return SampleScan(part.profiles, part.sumw, part.n_events,
+                      _shared_event_note(sample, list(part.event_keys), key_cols))
+
+
+def scan_sample(reader: Reader, columns: list[str], seed: int, key_cols: list[str],
+                progress: Callable[[str, int, int], None] | None = None,
+                observe: Callable[[dict[str, np.ndarray]], None] | None = None) -> SampleScan:
+    """First pass: column profiles (for the plan), Σw, the event count, and a note if rows
+    share an event. Reservoir keys come from each event's (file, row). ``observe(chunk)``
+    sees every chunk (e.g. to collect the values of a process column). In one process, in
+    one piece; :func:`validator.engine.scan_samples` scans partitions in parallel."""
+    return finish_scan(reader, scan_part(reader, columns, seed, key_cols, observe, progress),
+                       key_cols)

@@ -176,6 +176,15 @@ def _snake_order(nx: int, ny: int) -> np.ndarray:
     return idx.ravel()
 
 
+def _merge_rows_together(labels: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`~validator.stats.binned.merge_histogram_rows` of several ``(n_hist, n_bins)``
+    arrays sharing ``labels``, in one ``bincount`` (the toys' hot loop)."""
+    n_hist, n = values[0].shape
+    g = np.broadcast_to(np.asarray(labels, dtype=np.int64), (n_hist, n))
+    merged = merge_histogram_rows(np.concatenate(values), np.concatenate([g] * len(values)))
+    return tuple(merged[k * n_hist:(k + 1) * n_hist] for k in range(len(values)))
+
+
 def _statistic(
     data: np.ndarray,
     adjusted: np.ndarray,
@@ -194,9 +203,8 @@ def _statistic(
     d = data.reshape(flat)[:, order]
     a = adjusted.reshape(flat)[:, order]
     v = (factor2 * s2).reshape(flat)[:, order]
-    n_g = merge_histogram_rows(d, labels)
-    a_g = merge_histogram_rows(a, labels)
-    v_g = a_g + merge_histogram_rows(v, labels)
+    n_g, a_g, v_g = _merge_rows_together(labels, d, a, v)
+    v_g = v_g + a_g
     with np.errstate(divide="ignore", invalid="ignore"):
         contrib = np.where((n_g == a_g), 0.0, (n_g - a_g) ** 2 / np.maximum(v_g, 1e-12))
     return contrib.sum(axis=-1), n_g, a_g
@@ -239,8 +247,7 @@ def _nonnegative_table(w: np.ndarray, order: np.ndarray, labels: np.ndarray) -> 
     flat = w.reshape(-1, shape[-2] * shape[-1])[:, order]
     pos = np.clip(flat, 0.0, None)
     g = np.broadcast_to(np.asarray(labels, dtype=np.int64), flat.shape)
-    w_g = merge_histogram_rows(flat, g)
-    p_g = merge_histogram_rows(pos, g)
+    w_g, p_g = _merge_rows_together(g, flat, pos)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where((w_g > 0) & (p_g > 0), w_g / p_g, 0.0)
     out_ordered = pos * np.take_along_axis(scale, g, axis=1)
