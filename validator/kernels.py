@@ -5,8 +5,9 @@ The pair histograms dominate the fill: every pair needs Σw, Σw², the event co
 numpy that is one ``bincount`` per sum and pair, each reading the whole chunk again
 (:func:`validator.fill._fill_pairs_numpy`). :func:`fill_pairs` does all of them in one pass
 per block of events: a block's bin codes and weights stay in cache while every pair reads
-them, and each pair's cells stay in L1. Measured on 250k events x 30 features (435 pairs, 10x10
-cells), one core: 1.4 s with numpy, see ``benchmarks/bench_scale.py`` for the run.
+them, and each pair's cells stay in L1. Measured on 250k weighted events x 30 features (435
+pairs, 10x10 cells), one core: 1.4 s with the numpy bincounts, 0.5-0.7 s compiled
+(``benchmarks/RESULTS.md``).
 
 ``numba`` is a dependency; where it cannot be imported (a Python it has no wheel for yet) the
 numpy path runs instead (:data:`HAVE_NUMBA`), with the same results to rounding.
@@ -104,13 +105,3 @@ def fill_pairs(codes: np.ndarray, pairs: list[tuple[int, int]], pair_shape: list
                          np.ascontiguousarray(weights, dtype=np.float64), unit, sums, group_sumw)
     return sums
 
-
-def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernels now: called before worker processes
-    fork, so that each inherits them instead of compiling its own."""
-    if not HAVE_NUMBA:
-        return
-    codes = np.zeros((2, 1), dtype=np.int16)
-    for unit in (False, True):
-        fill_pairs(codes, [(0, 1)], [(1, 1)], np.zeros(1, dtype=np.int64),
-                   np.zeros(1, dtype=np.int64), np.ones((1, 1)), unit, np.zeros((1, 1)))
