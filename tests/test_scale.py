@@ -128,8 +128,12 @@ def test_ordered_tree_adds_like_a_fixed_tree():
     assert OrderedTree(merge_categories).result() is None
 
 
-def test_jobs_and_dask_store_what_one_in_memory_pass_gives(split, tmp_path):
+def test_jobs_and_dask_store_what_one_in_memory_pass_gives(split, tmp_path, monkeypatch):
     pytest.importorskip("distributed")
+    import validator.engine
+
+    # these samples are small: make the scan and the fill use worker processes all the same
+    monkeypatch.setattr(validator.engine, "MIN_PARALLEL_ROWS", 0)
     sim, data = split
     runs = {
         "one job": dict(jobs=1, chunk_rows=CHUNK),
@@ -183,3 +187,31 @@ def test_jobs_and_dask_store_what_one_in_memory_pass_gives(split, tmp_path):
         assert mine.result.statistic == pytest.approx(theirs.result.statistic, rel=1e-8,
                                                       abs=1e-12)
         assert mine.pvalue == pytest.approx(theirs.pvalue, rel=1e-6, abs=1e-12)
+
+
+def test_workers_start_clean_and_skip_a_script_without_a_main_guard(tmp_path):
+    # A script with no `if __name__ == "__main__"` guard, that used polars before the run
+    # (whose thread pool does not survive a fork): the workers must neither re-run it nor hang.
+    import subprocess
+    import sys
+
+    script = tmp_path / "plain_script.py"
+    script.write_text(f"""
+import polars as pl, numpy as np
+import validator.engine
+from validator.pipeline import RunConfig, run_validation
+validator.engine.MIN_PARALLEL_ROWS = 0
+rng = np.random.default_rng(1)
+for name in ("sim", "data"):
+    pl.DataFrame({{"a": rng.normal(size=20_000), "b": rng.normal(size=20_000)}}).with_columns(
+        (pl.col("a") * pl.col("b")).alias("c")).write_parquet(r"{tmp_path}/" + name + ".parquet")
+print("script body ran", flush=True)
+out = run_validation(RunConfig(sim=[r"{tmp_path}/sim.parquet"], data=[r"{tmp_path}/data.parquet"],
+                               sim_selection="a > -3", db=None, jobs=2, chunk_rows=5_000))
+print("tests", out.n_tests, flush=True)
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("script body ran") == 1
+    assert "tests " in done.stdout

@@ -182,6 +182,16 @@ def fork_map(fn: Callable[[int], T], n: int, jobs: int, chunksize: int = 1) -> I
         _FORKED = previous
 
 
+#: Fewest rows (all the pass's samples together) worth worker processes for the scan and the
+#: fill: a worker starts in about a second (imports, the compiled kernel), a 250k-row chunk
+#: takes about two; below this the pass runs in this process.
+MIN_PARALLEL_ROWS = 1_000_000
+
+
+def _worth_workers(tasks: Sequence[FillTask | ScanTask]) -> bool:
+    return sum(max(t.reader.sample.n_rows, 0) for t in tasks) >= MIN_PARALLEL_ROWS
+
+
 def _clean_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
@@ -240,7 +250,8 @@ def _fill_local(tasks: Sequence[FillTask], parts: list[list[Partition]], jobs: i
     items = [(t, p) for t, task_parts in enumerate(parts) for p in task_parts]
     trees: list[OrderedTree[PerCategory]] = [OrderedTree(merge_categories) for _ in tasks]
     done = [0] * len(tasks)
-    sequential = jobs <= 1 or any(task.observe is not None for task in tasks)
+    sequential = jobs <= 1 or any(task.observe is not None for task in tasks) \
+        or not _worth_workers(tasks)
 
     results = (tasks[t].fill(p, observe=True) for t, p in items) if sequential \
         else clean_map(_fill_remote, [(tasks[t], p) for t, p in items], jobs)
@@ -274,7 +285,8 @@ def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
     parts = [sample_partitions(t.reader.sample, t.reader.chunk_rows) for t in tasks]
     items = [(t, p) for t, task_parts in enumerate(parts) for p in task_parts]
-    sequential = jobs <= 1 or any(task.observe is not None for task in tasks)
+    sequential = jobs <= 1 or any(task.observe is not None for task in tasks) \
+        or not _worth_workers(tasks)
 
     results = (_scan_remote(tasks[t], p) for t, p in items) if sequential \
         else clean_map(_scan_remote, [(tasks[t], p) for t, p in items], jobs)
