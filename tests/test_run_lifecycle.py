@@ -259,3 +259,20 @@ def test_a_database_from_a_newer_release_is_refused_before_any_work(capsys, samp
     code, _, err = _run(capsys, "--sim", str(sim), "--data", str(data), "--weight", "weight",
                         "--db", str(db))
     assert code == 2 and "newer validator (schema version 99" in err
+
+
+def test_a_sample_of_one_chunk_is_read_once(samples, monkeypatch):
+    # the planning pass keeps a one-chunk sample in memory and the fill reuses it
+    import validator.sources as sources
+
+    calls = []
+    original = sources.iter_chunks
+
+    def counted(sample, *args, **kwargs):
+        calls.append(sample.name)
+        return original(sample, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "iter_chunks", counted)
+    sim, data = samples
+    run_validation(RunConfig(sim=[str(sim)], data=[str(data)], weight="weight", db=None))
+    assert sorted(calls) == ["data", "sim"]

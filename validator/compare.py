@@ -36,7 +36,7 @@ from validator.stats import (
     saturated,
     wasserstein_hist,
 )
-from validator.stats.binned import MIN_VARIANCE_ENTRIES, effective_entries, variance_entries
+from validator.stats.binned import small_simulation_reason
 
 if TYPE_CHECKING:
     from validator.systematics import VariationRows
@@ -179,7 +179,7 @@ def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
                 "sim_sumw2": merged(s2, g), "sim_sumw4": merged(sim.sumw4, g)}
 
     plan_bins = histogram(groups)
-    coarse = _variance_groups(d, s, s2, sim.sumw4, groups, options)
+    coarse = _variance_groups(d, s, s2, sim.sumw4, plan_bins, options)
     shape = {"sim_count": merged(sim.count, groups), "sim_sumw3": merged(sim.sumw3, groups)}
     results: dict[str, Outcome] = {}
     for name, test in (("chi2_uw", chi2_uw), ("saturated", saturated)):
@@ -198,19 +198,21 @@ def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
 
 
 def _variance_groups(d: np.ndarray, s: np.ndarray, s2: np.ndarray, s4: np.ndarray | None,
-                     groups: np.ndarray, options: CompareOptions) -> np.ndarray | None:
+                     plan_bins: dict[str, np.ndarray | None], options: CompareOptions,
+                     ) -> np.ndarray | None:
     """Coarser groups on which every bin's variance estimate rests on enough entries, where
-    that is what the asymptotics of a simulation smaller than the data lack and the coarser
-    binning keeps most of the resolution (see :func:`_binned_tests`); else ``None``."""
-    if s4 is None or effective_entries(s, s2) >= d.sum():
-        return None
-    s4 = s4.ravel()
-    if variance_entries(merge_histogram(s2, groups),
-                        merge_histogram(s4, groups)).min() >= MIN_VARIANCE_ENTRIES:
+    the plan's merged bins (``plan_bins``) fail the small-simulation rule
+    (:func:`~validator.stats.binned.small_simulation_reason`) and the coarser binning keeps
+    most of the resolution (see :func:`_binned_tests`); else ``None``."""
+    if s4 is None or small_simulation_reason(float(d.sum()), plan_bins["sim_sumw"],
+                                             plan_bins["sim_sumw2"], plan_bins["sim_sumw4"],
+                                             plan_bins["data_counts"]) is None:
         return None
     coarse = merge_sparse_bins(np.clip(s, 0.0, None) * (d.sum() / s.sum()),
-                               options.min_expected, sim_sumw=s, sim_sumw2=s2, sim_sumw4=s4)
-    n_plan, n_coarse = int(groups.max()) + 1, int(coarse.max()) + 1
+                               options.min_expected, sim_sumw=s, sim_sumw2=s2,
+                               sim_sumw4=s4.ravel())
+    n_plan = len(plan_bins["sim_sumw"])  # type: ignore[arg-type]
+    n_coarse = int(coarse.max()) + 1
     if n_coarse < 2 or n_coarse < VARIANCE_MERGE_MIN_KEPT * n_plan:
         return None
     return coarse

@@ -288,7 +288,9 @@ def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
     sequential = jobs <= 1 or any(task.observe is not None for task in tasks) \
         or not _worth_workers(tasks)
 
-    results = (_scan_remote(tasks[t], p) for t, p in items) if sequential \
+    # in this process a one-partition sample is scanned through its own reader, which keeps
+    # a sample of one chunk in memory for the fill (read once, not twice)
+    results = (_scan_remote(tasks[t], p, len(parts[t]) == 1) for t, p in items) if sequential \
         else clean_map(_scan_remote, [(tasks[t], p) for t, p in items], jobs)
     totals: list[ScanPart | None] = [None] * len(tasks)
     done = [0] * len(tasks)
@@ -303,10 +305,10 @@ def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
             for task, total in zip(tasks, totals, strict=True)]
 
 
-def _scan_remote(task: ScanTask, partition: Partition) -> ScanPart:
-    """One partition's planning pass, in a worker process."""
-    return scan_part(task.reader.part(partition), task.columns, task.seed, task.key_cols,
-                     task.observe)
+def _scan_remote(task: ScanTask, partition: Partition, whole: bool = False) -> ScanPart:
+    """One partition's planning pass (``whole``: the partition is the whole sample)."""
+    reader = task.reader if whole else task.reader.part(partition)
+    return scan_part(reader, task.columns, task.seed, task.key_cols, task.observe)
 
 
 def dask_client(scheduler: str | None) -> tuple[Any, Any]:
