@@ -216,3 +216,21 @@ def test_compiled_pair_kernel_equals_the_numpy_bincounts(setup, weighting, monke
     monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
     reference = accumulate(x, weights, layout, groups)
     _assert_equal(compiled, reference)
+
+
+def test_compiled_positions_equal_numpy_searchsorted() -> None:
+    from validator import kernels
+
+    rng = np.random.default_rng(11)
+    for x in (rng.standard_normal(20_000), rng.lognormal(0.0, 2.5, 20_000),
+              rng.poisson(2.0, 20_000).astype(float)):
+        edges = np.unique(np.quantile(x, np.linspace(0.0, 1.0, 301)))
+        # every edge, its neighbouring floats, and the values that are not numbers
+        probe = np.concatenate([x, edges, np.nextafter(edges, np.inf),
+                                np.nextafter(edges, -np.inf),
+                                [np.nan, np.inf, -np.inf, -1e300, 1e300, 0.0, -0.0]])
+        np.testing.assert_array_equal(kernels.positions(edges, probe),
+                                      np.searchsorted(edges, probe, side="right"))
+    single = np.array([1.0])
+    np.testing.assert_array_equal(kernels.positions(single, np.array([0.0, 1.0, 2.0])),
+                                  [0, 1, 1])

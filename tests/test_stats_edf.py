@@ -523,3 +523,18 @@ def test_ad_sigma_large_n_branch_is_continuous():
     sigma_limit = _ad_sigma(np.array([400_000.0, 600_003.0]))
     assert sigma_limit == pytest.approx(sigma_exact, rel=1e-5)
     assert sigma_limit == pytest.approx(math.sqrt(2 * (math.pi**2 - 9) / 3), rel=1e-5)
+
+
+def test_large_n_kolmogorov_tail_follows_scipys_finite_n_law() -> None:
+    # Stephens' corrected limit law replaces scipy's slow exact Smirnov sum above n = 1e5:
+    # within 2e-3 (relative) where decisions are taken, 2% in the far tail.
+    from validator.stats.edf import KS_LIMIT_LAW_MIN_N, _kolmogorov_sf
+
+    for n in (KS_LIMIT_LAW_MIN_N + 1, 361_128):
+        for p in (0.3, 0.05, 0.01, 1e-3):
+            d = stats.kstwobign.isf(p) / np.sqrt(n)
+            assert _kolmogorov_sf(d, n) == pytest.approx(stats.kstwo.sf(d, n), rel=2e-3)
+        d = stats.kstwobign.isf(1e-12) / np.sqrt(n)
+        assert _kolmogorov_sf(d, n) == pytest.approx(stats.kstwo.sf(d, n), rel=2e-2)
+    d = 0.01
+    assert _kolmogorov_sf(d, 5_000) == stats.kstwo.sf(d, 5_000)

@@ -510,9 +510,10 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
                groups: np.ndarray | None = None) -> Accumulator:
     """Accumulate one chunk.
 
-    Each feature is binned once (one ``searchsorted`` into its :class:`FeatureGrid`, then a
-    table lookup per binning); 1D sums are ``bincount`` s per feature, 2D sums one key and
-    a few ``bincount`` s per pair (:func:`_fill_pairs`), the moment sums matrix products
+    Each feature is binned once (one search into its :class:`FeatureGrid`,
+    :func:`validator.kernels.positions`, then a table lookup per binning); 1D sums are
+    ``bincount`` s per feature, 2D sums one compiled pass per pair (:func:`_fill_pairs`),
+    the moment sums matrix products
     (:func:`_fill_moments`). Counts are exact; sums agree with a direct computation to
     rounding, in any chunking.
 
@@ -526,6 +527,8 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
     groups:
         (n_events,) each event's random group (:func:`event_groups`); all in group 0 if None.
     """
+    from validator import kernels
+
     plan = layout.plan
     n, n_f = features.shape
     n_var = weights.shape[0]
@@ -550,7 +553,7 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
     pair_codes = np.empty((n_f, n), dtype=np.int16) if plan.pairs else None
     for k in range(n_f):
         grid, ok = grids[k], valid[k]
-        u = np.searchsorted(grid.edges, x[k], side="right")
+        u = kernels.positions(grid.edges, x[k])
         u[~ok] = grid.trash
         lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
         c = grid.test[u]

@@ -38,6 +38,9 @@ LABEL_COLUMNS = frozenset({
     "y_true",
 })
 MAX_DISTINCT = 64  # distinct values tracked per column while profiling
+#: Values of a chunk looked at first for distinct values: a continuous column has more than
+#: MAX_DISTINCT among them, and its chunk is then not sorted.
+DISTINCT_PROBE = 1024
 RESERVOIR_SIZE = 100_000  # data values kept per column for the quantiles
 
 
@@ -65,23 +68,30 @@ class ColumnProfile:
 
     @classmethod
     def of(cls, x: np.ndarray, keys: np.ndarray, capacity: int = RESERVOIR_SIZE,
-           ) -> ColumnProfile:
-        """Profile of one chunk; ``keys`` are the events' reservoir keys (same length as x)."""
+           smallest: np.ndarray | None = None) -> ColumnProfile:
+        """Profile of one chunk; ``keys`` are the events' reservoir keys (same length as x).
+        ``smallest``, if given, is ``np.argpartition(keys, capacity)[:capacity]``, shared by
+        every column of the chunk (used where all of a column's values are valid)."""
         finite = np.isfinite(x)
         sentinel = finite & np.isin(x, SENTINEL_VALUES)
         good_mask = finite & ~sentinel
-        good = x[good_mask]
+        all_good = bool(good_mask.all())
+        good = x if all_good else x[good_mask]
         prof = cls(n=len(x), n_nonfinite=int((~finite).sum()), n_sentinel=int(sentinel.sum()),
                    capacity=capacity)
         if good.size:
             prof.minimum = float(good.min())
             prof.maximum = float(good.max())
             prof.integral = bool(np.all(good == np.round(good)))
-            uniq = np.unique(good)
-            prof.distinct = frozenset(uniq.tolist()) if uniq.size <= MAX_DISTINCT else None
-            kept = keys[good_mask]
+            # a column with many values shows it in its first few: no sort of the whole chunk
+            many = np.unique(good[:DISTINCT_PROBE]).size > MAX_DISTINCT
+            uniq = None if many else np.unique(good)
+            prof.distinct = (frozenset(uniq.tolist())
+                             if uniq is not None and uniq.size <= MAX_DISTINCT else None)
+            kept = keys if all_good else keys[good_mask]
             if good.size > capacity:
-                sel = np.argpartition(kept, capacity)[:capacity]
+                sel = (smallest if all_good and smallest is not None
+                       else np.argpartition(kept, capacity)[:capacity])
                 kept, good = kept[sel], good[sel]
             prof.keys, prof.values = kept, good.copy()
         return prof
@@ -642,8 +652,9 @@ def scan_part(reader: Reader, columns: list[str], seed: int, key_cols: list[str]
             observe(chunk)
         sumw += float(weights_of(chunk, sample).sum())
         keys = uniform_keys(chunk[ENTRY], chunk[FILE], seed)
+        smallest = np.argpartition(keys, capacity)[:capacity] if n > capacity else None
         for c in columns:
-            profiles[c] = profiles[c] + ColumnProfile.of(chunk[c], keys, capacity)
+            profiles[c] = profiles[c] + ColumnProfile.of(chunk[c], keys, capacity, smallest)
         if key_cols and n_events < MAX_KEYS_CHECKED:
             event_keys.append(np.column_stack([chunk[c] for c in key_cols]))
         n_events += n
