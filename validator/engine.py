@@ -196,8 +196,9 @@ def _clean_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    # the server imports the fill once; every worker forked from it starts with it imported
-    context.set_forkserver_preload(["validator.engine"])
+    # the server imports the fill and loads its kernels once; every worker forked from it
+    # starts with them
+    context.set_forkserver_preload(["validator.worker_preload"])
     return context
 
 

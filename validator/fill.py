@@ -308,6 +308,13 @@ class FeatureGrid:
     def trash(self) -> int:
         return len(self.edges) + 1
 
+    @cached_property
+    def lookup(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """The lookup grid of the compiled search into ``edges``, made once per plan."""
+        from validator import kernels
+
+        return kernels.lookup_grid(self.edges)
+
     @staticmethod
     def _folded(grid: np.ndarray, edges: np.ndarray) -> np.ndarray:
         below = np.concatenate([[0], np.searchsorted(edges, grid, side="right")])
@@ -553,7 +560,7 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
     pair_codes = np.empty((n_f, n), dtype=np.int16) if plan.pairs else None
     for k in range(n_f):
         grid, ok = grids[k], valid[k]
-        u = kernels.positions(grid.edges, x[k])
+        u = kernels.positions(grid.edges, x[k], grid.lookup)
         u[~ok] = grid.trash
         lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
         c = grid.test[u]

@@ -177,18 +177,47 @@ _positions_compiled = (numba.njit(cache=True, nogil=True)(_positions_py)
                        if HAVE_NUMBA else None)
 
 
-def positions(edges: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``numpy.searchsorted(edges, x, side="right")`` for sorted ``edges``, compiled with a
-    uniform lookup grid (several times faster for a thousand quantile edges); numpy's own
-    where numba is missing or the edges span nothing."""
+def lookup_grid(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """The uniform lookup grid of :func:`positions` for sorted ``edges`` (grid points, edges
+    at or below each, inverse spacing); None where the edges span nothing."""
     lo, hi = float(edges[0]), float(edges[-1])
-    if not HAVE_NUMBA or not hi > lo or not np.isfinite(hi - lo):
-        return np.searchsorted(edges, x, side="right")
+    if not hi > lo or not np.isfinite(hi - lo):
+        return None
     n_cells = LOOKUP_CELLS_PER_EDGE * len(edges)
     step = (hi - lo) / n_cells
     grid = lo + np.arange(n_cells + 1) * step
     lookup = np.append(np.searchsorted(edges, grid, side="right"), len(edges))
+    return grid, lookup, 1.0 / step
+
+
+def positions(edges: np.ndarray, x: np.ndarray,
+              grid: tuple[np.ndarray, np.ndarray, float] | None = None) -> np.ndarray:
+    """``numpy.searchsorted(edges, x, side="right")`` for sorted ``edges``, compiled with a
+    uniform lookup grid (:func:`lookup_grid`, made here unless given; several times faster
+    for a thousand quantile edges); numpy's own where numba is missing or the edges span
+    nothing."""
+    if grid is None and HAVE_NUMBA:
+        grid = lookup_grid(edges)
+    if not HAVE_NUMBA or grid is None:
+        return np.searchsorted(edges, x, side="right")
+    points, lookup, inv_step = grid
     out = np.empty(x.shape[0], dtype=np.int64)
-    _positions_compiled(np.ascontiguousarray(edges, dtype=np.float64), grid, lookup,
-                        1.0 / step, np.ascontiguousarray(x, dtype=np.float64), out)
+    _positions_compiled(np.ascontiguousarray(edges, dtype=np.float64), points, lookup,
+                        inv_step, np.ascontiguousarray(x, dtype=np.float64), out)
     return out
+
+
+def warm() -> None:
+    """Load (or compile, the first time) every kernel for the argument types the fill uses,
+    so that processes forked after this call start with them ready (see
+    :mod:`validator.worker_preload`)."""
+    if not HAVE_NUMBA:
+        return
+    codes = np.zeros((2, 1), dtype=np.int16)
+    index = np.zeros(1, dtype=np.int64)
+    ones = np.ones(1, dtype=np.int64)
+    for unit, n_var in ((True, 1), (False, 1), (False, 2)):
+        _fill_pairs_compiled(codes, index, ones, ones, ones, index, index, 0,
+                             np.ones((n_var, 1)), unit, np.zeros((1, 3 + 2 * n_var)),
+                             np.zeros((1, 1)))
+    positions(np.array([0.0, 1.0]), np.array([0.5]))
