@@ -125,15 +125,50 @@ def _block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
                   ratio * deltas[1][:, keep])
 
 
-def _pvalues(block: _Block, r: np.ndarray) -> np.ndarray:
-    """Linearised p-value of each row of residual vectors ``r`` (n, M)."""
+def _law(block: _Block) -> tuple[str, int]:
+    """The null law of a block's linearised statistic: (kind, degrees of freedom)."""
+    return (block.kind, len(block.variance) - 1 if block.kind == "binned" else 0)
+
+
+def _statistics(block: _Block, r: np.ndarray) -> np.ndarray:
+    """Linearised statistic of each row of residual vectors ``r`` (n, M): Pearson's X² for a
+    binned block, the standardised maximum cumulative residual for a KS-type one."""
     centred = r - r.sum(axis=1, keepdims=True) * block.share  # the normalisation is free
     if block.kind == "binned":
-        x2 = np.sum(centred**2 / block.variance, axis=1)
-        return stats.chi2.sf(x2, len(block.variance) - 1)
+        return np.sum(centred**2 / block.variance, axis=1)
     # KS-type: the cumulative residual, standardised like a Brownian bridge
-    d = np.max(np.abs(np.cumsum(centred, axis=1)), axis=1) / np.sqrt(block.variance.sum())
-    return stats.kstwobign.sf(d)
+    return np.max(np.abs(np.cumsum(centred, axis=1)), axis=1) / np.sqrt(block.variance.sum())
+
+
+def _replica_statistics(block: _Block, signs: np.ndarray, up: np.ndarray, down: np.ndarray,
+                        ) -> np.ndarray:
+    """:func:`_statistics` of every replica, the residual ``signs @ residuals`` (+ the
+    nuisances' shifts). Both the residual and its centring are linear in the replica's
+    coefficients ``x`` (signs, θ⁺, θ⁻), so with ``C`` the centred per-coefficient residuals,
+    X² is the quadratic form ``x (C V⁻¹ Cᵀ) xᵀ``, a (groups x groups) matrix per histogram
+    instead of a pass over replicas x bins; the KS-type statistic needs the cumulative
+    residual of every replica, ``x @ cumsum(C)``."""
+    coefficients, rows = signs, block.residuals
+    if block.shift_up is not None:
+        coefficients = np.hstack([signs, up, down])
+        rows = np.vstack([block.residuals, block.shift_up, block.shift_down])
+    centred = rows - rows.sum(axis=1, keepdims=True) * block.share
+    if block.kind == "binned":
+        form = (centred / block.variance) @ centred.T
+        return np.einsum("ng,ng->n", coefficients @ form, coefficients)
+    cumulative = coefficients @ np.cumsum(centred, axis=1)
+    return np.max(np.abs(cumulative), axis=1) / np.sqrt(block.variance.sum())
+
+
+def _sf(law: tuple[str, int], statistic: np.ndarray) -> np.ndarray:
+    """p-values of statistics of one law (chi² with its ndf, or Kolmogorov's)."""
+    kind, ndf = law
+    return stats.chi2.sf(statistic, ndf) if kind == "binned" else stats.kstwobign.sf(statistic)
+
+
+def _pvalues(block: _Block, r: np.ndarray) -> np.ndarray:
+    """Linearised p-value of each row of residual vectors ``r`` (n, M)."""
+    return _sf(_law(block), _statistics(block, r))
 
 
 def _deltas(field: str, lo: int, hi: int, category: str, sim: Accumulator,
@@ -214,17 +249,28 @@ def global_test(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, A
     theta = rng.standard_normal((n_replicas, n_nuisances))
     up, down = np.clip(theta, 0.0, None), np.clip(theta, None, 0.0)
     observed = np.empty(len(blocks))
-    replicas = np.empty((n_replicas, len(blocks)))
+    # Per replica, the smallest p-value and the failures need no p-value of every block:
+    # within one null law the p-value falls as the statistic grows, so the largest statistic
+    # of each law gives its smallest p-value, and a failure is a statistic above the law's
+    # critical value.
+    largest: dict[tuple[str, int], np.ndarray] = {}
+    replica_failures = np.zeros(n_replicas, dtype=np.int64)
     for t, block in enumerate(blocks):
+        law = _law(block)
         observed[t] = _pvalues(block, block.residuals.sum(axis=0)[None, :])[0]
-        r = signs @ block.residuals
-        if block.shift_up is not None:
-            r = r + up @ block.shift_up + down @ block.shift_down
-        replicas[:, t] = _pvalues(block, r)
+        statistic = _replica_statistics(block, signs, up, down)
+        if law not in largest:
+            largest[law] = statistic
+        else:
+            np.maximum(largest[law], statistic, out=largest[law])
+        critical = stats.chi2.isf(alpha, law[1]) if law[0] == "binned" \
+            else stats.kstwobign.isf(alpha)
+        replica_failures += statistic > critical
     n_failed = int(np.sum(observed < alpha))
     min_p = float(observed.min())
-    more_extreme_min = int(np.sum(replicas.min(axis=1) <= min_p))
-    more_failures = int(np.sum((replicas < alpha).sum(axis=1) >= n_failed))
+    replica_min = np.min([_sf(law, x) for law, x in largest.items()], axis=0)
+    more_extreme_min = int(np.sum(replica_min <= min_p))
+    more_failures = int(np.sum(replica_failures >= n_failed))
     return GlobalResult(
         p_min=(1 + more_extreme_min) / (1 + n_replicas),
         p_nfail=(1 + more_failures) / (1 + n_replicas),
