@@ -723,6 +723,11 @@ BOUND_RESOLUTION = 2.0
 BOUND_MAX_FACTOR = 5
 
 
+#: Most toys drawn at once: a batch's arrays (toys x bins, a dozen of them for a pair's
+#: ``dependence``) stay within tens of MB however many toys a decision needs.
+TOY_BATCH_MAX = 8192
+
+
 def run_toys(
     observed: float,
     draw: Callable[[int], tuple[np.ndarray, int]],
@@ -737,7 +742,8 @@ def run_toys(
     ``draw(n)`` runs ``n`` more pseudo-experiments (from the caller's generator, so the whole
     sequence is deterministic for a given seed) and returns the statistics of those that could
     be evaluated and the number that could not. First ``n_toys`` are run, and the p-value is
-    :func:`toy_pvalue`. Then, while fewer than ``max_toys`` have been run, more are added in
+    :func:`toy_pvalue` (drawn at most :data:`TOY_BATCH_MAX` at a time, which bounds the
+    memory). Then, while fewer than ``max_toys`` have been run, more are added in
     batches that double the total (the last one capped at ``max_toys``) as long as
 
     - a threshold :math:`\alpha` lies inside the ``confidence`` (99.9%) Clopper-Pearson
@@ -773,9 +779,10 @@ def run_toys(
     stop = "fixed"
     batch = n_toys
     while True:
-        t_ok, failed = draw(batch)
-        batches.append(np.asarray(t_ok, dtype=float))
-        n_failed += int(failed)
+        for start in range(0, batch, TOY_BATCH_MAX):
+            t_ok, failed = draw(min(TOY_BATCH_MAX, batch - start))
+            batches.append(np.asarray(t_ok, dtype=float))
+            n_failed += int(failed)
         total += batch
         k = int(sum(int(np.sum(b >= observed)) for b in batches)) + n_failed
         lo, hi = clopper_pearson(k, total, confidence) if total > 0 else (0.0, 1.0)
