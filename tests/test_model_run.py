@@ -91,3 +91,31 @@ def test_bad_models_exit_2_with_one_line(capsys, inputs, tmp_path):
     code, _, err = _run(capsys, "--sim", s, "--data", d, "--weight", "weight", "--no-db",
                         "--model", model, "--model-inputs", "a,zz")
     assert code == 2 and "needs column 'zz'" in err
+
+
+def test_an_audited_run_fills_on_workers_with_the_results_of_one_job(inputs, tmp_path,
+                                                                      monkeypatch):
+    # The audit's sums and the multivariate subsample travel with each partition's
+    # accumulators along the same tree: two worker processes give exactly one job's results.
+    import validator.engine
+    from validator.pipeline import RunConfig, run_validation
+
+    monkeypatch.setattr(validator.engine, "MIN_PARALLEL_ROWS", 0)
+    sim, data, _, _, model = inputs
+    s, d = str(tmp_path / "s_groups.parquet"), str(tmp_path / "d_groups.parquet")
+    sim.write_parquet(s, row_group_size=2_000)  # several partitions per sample
+    data.write_parquet(d, row_group_size=2_000)
+    outcomes = {}
+    for jobs in (1, 2):
+        outcomes[jobs] = run_validation(RunConfig(
+            sim=[s], data=[d], weight="weight", model=model, db=None, jobs=jobs, chunk_rows=1_500,
+            multivariate=("c2st",), multivariate_toys=20))
+    one, two = outcomes[1], outcomes[2]
+    assert not any("one process" in note for note in two.notes)
+    taylor = [(r.method, r.feature_x, r.feature_y, r.result.statistic, r.result.pvalue)
+              for r in one.records if r.kind == "taylor" and r.result is not None]
+    assert len(taylor) >= 4  # first and second order of both inputs
+    assert taylor == [(r.method, r.feature_x, r.feature_y, r.result.statistic, r.result.pvalue)
+                      for r in two.records if r.kind == "taylor" and r.result is not None]
+    assert [(r.method, r.result.pvalue) for r in one.records if r.kind == "multivariate"] == \
+        [(r.method, r.result.pvalue) for r in two.records if r.kind == "multivariate"]

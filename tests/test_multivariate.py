@@ -12,7 +12,7 @@ import pytest
 from conftest import load_sample_generator, make_frames
 from scipy import stats
 
-from validator.multivariate import EventReservoir, check_methods, observers
+from validator.multivariate import EventReservoir, check_methods
 from validator.pipeline import RunConfig, run_validation
 from validator.sources import ENTRY, FILE
 from validator.stats import multivariate as mv
@@ -52,14 +52,6 @@ def test_reservoir_does_not_depend_on_chunking() -> None:
     assert len(merged.w) == 700
     np.testing.assert_array_equal(merged.x, whole.x)
     np.testing.assert_array_equal(merged.w, whole.w)
-
-
-def test_observers_call_each_hook() -> None:
-    seen: list[int] = []
-    assert observers(None, None) is None
-    hook = observers(lambda c, w: seen.append(1), None, lambda c, w: seen.append(2))
-    hook({}, np.zeros(0))
-    assert seen == [1, 2]
 
 
 def test_check_methods() -> None:

@@ -1,6 +1,6 @@
 """The network audit stage: Taylor coefficients and SHAP, simulation vs data, and criticality.
 
-Accumulated in the fill pass (:func:`validator.fill.fill_sample`'s ``observe`` hook), so the
+Accumulated in the fill pass (a collector of :class:`validator.engine.FillTask`), so the
 data are read once: per sample, one :class:`AuditSums` holding
 
 * the Taylor-coefficient sums (:class:`validator.model.taylor.TaylorSums`) of every audited
@@ -127,9 +127,17 @@ class ModelAudit:
         return self.models[0].inputs
 
     def add(self, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> None:
-        """Accumulate one chunk (the fill pass's ``observe`` hook)."""
-        part = chunk_sums(self, chunk, w)
-        self.sums = part if self.sums is None else self.sums + part
+        """Accumulate one chunk here."""
+        self.absorb(self.collect(chunk, w))
+
+    def collect(self, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> AuditSums:
+        """One chunk's sums (the fill pass's collector, :class:`validator.engine.Collector`:
+        run wherever the chunk is filled)."""
+        return chunk_sums(self, chunk, w)
+
+    def absorb(self, sums: AuditSums) -> None:
+        """Add sums gathered elsewhere (a chunk's, or a whole sample's merged ones)."""
+        self.sums = sums if self.sums is None else self.sums + sums
 
     def empty(self) -> AuditSums:
         from validator.model.taylor import TaylorSums

@@ -516,6 +516,10 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
                                seed, with_invalid, thresholds, syst, g)
 
     jobs = jobs if len(items) >= MIN_PARALLEL_GROUPS else 1
+    if jobs > 1 and layout.plan.pairs:
+        from validator.stats.dependence_kernel import warm
+
+        warm()  # loaded once here, not once per forked process
     # small batches: a pair with toys costs a hundred times a feature's asymptotic tests
     batch = max(1, len(items) // (jobs * TEST_BATCHES_PER_JOB))
     outcomes: dict[str, dict[tuple[str, str, str | None], Outcome]] = {}

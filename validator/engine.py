@@ -17,9 +17,11 @@ groups and reservoir keys are hashes of (file, row), so they do not depend on th
   the two merged accumulators come back. Without a scheduler address a
   ``distributed.LocalCluster`` with ``LOCAL_CLUSTER_WORKERS`` worker processes is started.
 
-A fill with an ``observe`` hook (the network audit, the multivariate subsample) runs in this
-process, one job: the hook's state lives here and a network may not survive a fork. The run
-says so in its notes.
+What else a fill pass gathers (the network audit's sums, the multivariate subsample) comes
+from *collectors* (:class:`Collector`): each partition's chunks give states that add with
+``+``, carried with the partition's accumulators along the same tree, so they too are the
+same for every engine and number of jobs; the merged state is handed to the collector in
+this process at the end (``absorb``).
 
 The tests stage (:func:`validator.compare.run_tests`) runs its features and pairs in a pool of
 forked processes with ``jobs > 1`` (:func:`fork_map`), whatever the fill engine.
@@ -34,7 +36,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from validator.fill import Accumulator, Layout, fill_sample
 from validator.plan import SampleScan, ScanPart, finish_scan, scan_part
@@ -108,35 +110,86 @@ def merge_categories(a: PerCategory, b: PerCategory) -> PerCategory:
     return out
 
 
+class Collector(Protocol):
+    """Something a fill pass gathers besides the histograms, from every chunk it reads.
+
+    ``collect`` must depend on the chunk (and the collector's settings) only: it runs in
+    worker processes, on copies. Its states add with ``+``; ``absorb`` receives the sample's
+    merged state in the run's process.
+    """
+
+    def collect(self, chunk: dict[str, Any], weights: Any) -> Any: ...
+
+    def absorb(self, state: Any) -> None: ...
+
+
+def _add_states(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else a + b
+
+
+@dataclass
+class Filled:
+    """One partition's (or several partitions') fill: the per-category accumulators and the
+    state of each of the task's collectors (None where no chunk was read)."""
+
+    per_category: PerCategory
+    collected: tuple[Any, ...] = ()
+
+    def __add__(self, other: Filled) -> Filled:
+        return Filled(merge_categories(self.per_category, other.per_category),
+                      tuple(_add_states(a, b)
+                            for a, b in zip(self.collected, other.collected, strict=True)))
+
+
+def merge_filled(a: Filled, b: Filled) -> Filled:
+    return a + b
+
+
 @dataclass
 class FillTask:
-    """One sample's fill: what :func:`~validator.fill.fill_sample` is given."""
+    """One sample's fill: what :func:`~validator.fill.fill_sample` is given, and the
+    collectors that see its chunks."""
 
     reader: Reader
     layout: Layout
     category: str | None
     seed: int
-    observe: Callable[[dict[str, Any], Any], None] | None = None
+    collectors: tuple[Collector, ...] = ()
     variations: Any = None  # validator.systematics.VariationRows
 
     @property
     def name(self) -> str:
         return self.reader.sample.name
 
-    def fill(self, partition: Partition, observe: bool = False) -> PerCategory:
-        """The accumulators of one partition."""
-        return fill_sample(self.reader.part(partition), self.layout, self.category, None,
-                           self.seed, observe=self.observe if observe else None,
-                           variations=self.variations)
+    def fill(self, partition: Partition) -> Filled:
+        """The accumulators and the collectors' states of one partition."""
+        states: list[Any] = [None] * len(self.collectors)
 
-    def finish(self, merged: PerCategory | None) -> PerCategory:
-        """The inclusive accumulator first, then the categories sorted, as ``fill_sample``."""
-        if not merged:
+        def observe(chunk: dict[str, Any], weights: Any) -> None:
+            for i, collector in enumerate(self.collectors):
+                states[i] = _add_states(states[i], collector.collect(chunk, weights))
+
+        per_category = fill_sample(self.reader.part(partition), self.layout, self.category,
+                                   None, self.seed,
+                                   observe=observe if self.collectors else None,
+                                   variations=self.variations)
+        return Filled(per_category, tuple(states))
+
+    def finish(self, merged: Filled | None) -> PerCategory:
+        """Hands the collectors their merged states; returns the inclusive accumulator first,
+        then the categories sorted, as ``fill_sample``."""
+        if merged is None:
+            return {}
+        for collector, state in zip(self.collectors, merged.collected, strict=True):
+            if state is not None:
+                collector.absorb(state)
+        if not merged.per_category:
             return {}
         if self.category is None:
-            return merged
-        return {INCLUSIVE: merged[INCLUSIVE],
-                **dict(sorted((k, v) for k, v in merged.items() if k != INCLUSIVE))}
+            return merged.per_category
+        per = merged.per_category
+        return {INCLUSIVE: per[INCLUSIVE],
+                **dict(sorted((k, v) for k, v in per.items() if k != INCLUSIVE))}
 
 
 def _rows(partition: Partition, task: FillTask | ScanTask) -> int:
@@ -249,12 +302,11 @@ def _main_module_hidden() -> Iterator[None]:
 def _fill_local(tasks: Sequence[FillTask], parts: list[list[Partition]], jobs: int,
                 progress: Progress | None) -> list[PerCategory]:
     items = [(t, p) for t, task_parts in enumerate(parts) for p in task_parts]
-    trees: list[OrderedTree[PerCategory]] = [OrderedTree(merge_categories) for _ in tasks]
+    trees: list[OrderedTree[Filled]] = [OrderedTree(merge_filled) for _ in tasks]
     done = [0] * len(tasks)
-    sequential = jobs <= 1 or any(task.observe is not None for task in tasks) \
-        or not _worth_workers(tasks)
+    sequential = jobs <= 1 or not _worth_workers(tasks)
 
-    results = (tasks[t].fill(p, observe=True) for t, p in items) if sequential \
+    results = (tasks[t].fill(p) for t, p in items) if sequential \
         else clean_map(_fill_remote, [(tasks[t], p) for t, p in items], jobs)
     for (t, partition), result in zip(items, results, strict=True):
         trees[t].push(result)
@@ -338,7 +390,7 @@ def dask_client(scheduler: str | None) -> tuple[Any, Any]:
     return Client(cluster), cluster
 
 
-def _fill_remote(task: FillTask, partition: Partition) -> PerCategory:
+def _fill_remote(task: FillTask, partition: Partition) -> Filled:
     _worker_init()
     return task.fill(partition)
 
@@ -354,7 +406,7 @@ def _fill_dask(tasks: Sequence[FillTask], parts: list[list[Partition]],
             remote = client.scatter(task, broadcast=True)
             futures = [client.submit(_fill_remote, remote, p, pure=False) for p in task_parts]
             tree: OrderedTree[Any] = OrderedTree(
-                lambda a, b: client.submit(merge_categories, a, b, pure=False))
+                lambda a, b: client.submit(merge_filled, a, b, pure=False))
             for future in futures:
                 tree.push(future)
             leaves.append(futures)
@@ -387,13 +439,7 @@ def fill_samples(tasks: Sequence[FillTask], *, jobs: int | None = None, engine: 
         raise ValueError(f"unknown engine '{engine}' (one of {', '.join(ENGINES)})")
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
     parts = [sample_partitions(t.reader.sample, t.reader.chunk_rows) for t in tasks]
-    notes = []
-    observed = any(t.observe is not None for t in tasks)
-    if observed and (jobs > 1 or engine != "local"):
-        notes.append("the fill ran in one process (an audited network or a multivariate "
-                     "subsample observes every chunk), not on "
-                     + (f"{jobs} jobs" if engine == "local" else "Dask"))
-        engine, jobs = "local", 1
+    notes: list[str] = []
     if engine == "dask":
         return _fill_dask(tasks, parts, scheduler, progress), notes
     return _fill_local(tasks, parts, jobs, progress), notes

@@ -7,7 +7,7 @@ Physics Learning Machine (:mod:`validator.stats.multivariate`, where the methods
 references and how negative weights enter are described).
 
 Events: a deterministic subsample of each sample, collected in the fill pass through
-:func:`validator.fill.fill_sample`'s ``observe`` hook (the data are read once) by the
+:class:`validator.engine.FillTask`'s collectors (the data are read once) by the
 hash-key reservoir of the network audit: each event gets the uniform key of its position in
 its file (:func:`validator.plan.uniform_keys`) and the ``capacity`` smallest keys are kept,
 so the subsample does not depend on the chunking and reservoirs merge with ``+``. The
@@ -64,24 +64,6 @@ ALL_INPUTS = "*"
 #: Salt of the reservoir's hash keys (independent of the planning's and the audit's).
 _KEY_SALT = 0x3D5A_17C2
 
-Observer = Callable[[Mapping[str, np.ndarray], np.ndarray], None]
-
-
-def observers(*fns: Observer | None) -> Observer | None:
-    """One ``observe`` hook calling every given hook in turn (None when there is none)."""
-    active = [f for f in fns if f is not None]
-    if not active:
-        return None
-    if len(active) == 1:
-        return active[0]
-
-    def both(chunk: Mapping[str, np.ndarray], w: np.ndarray) -> None:
-        for f in active:
-            f(chunk, w)
-
-    return both
-
-
 @dataclass
 class EventReservoir:
     """The events with the ``capacity`` smallest hash keys: ``x`` ``(n, len(columns))``,
@@ -103,7 +85,17 @@ class EventReservoir:
             self.e = np.zeros((0, len(self.extra)))
 
     def add(self, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> None:
-        """Keep a chunk's events whose keys are among the smallest (the ``observe`` hook)."""
+        """Keep a chunk's events whose keys are among the smallest."""
+        self.absorb(self.collect(chunk, w))
+
+    def absorb(self, other: EventReservoir) -> None:
+        """Merge a reservoir gathered elsewhere into this one."""
+        merged = self + other
+        self.keys, self.x, self.w, self.e = merged.keys, merged.x, merged.w, merged.e
+
+    def collect(self, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> EventReservoir:
+        """A chunk's reservoir (the fill pass's collector, :class:`validator.engine.Collector`:
+        run wherever the chunk is filled; reservoirs add with ``+``)."""
         from validator.plan import uniform_keys
 
         keys = uniform_keys(chunk[ENTRY], chunk[FILE], self.seed ^ _KEY_SALT)
@@ -116,11 +108,9 @@ class EventReservoir:
             return np.column_stack([np.asarray(chunk[c], dtype=float)[keep] for c in names]) \
                 if n else np.zeros((0, len(names)))
 
-        part = EventReservoir(self.columns, self.capacity, self.seed, self.extra, keys[keep],
+        return EventReservoir(self.columns, self.capacity, self.seed, self.extra, keys[keep],
                               matrix(self.columns), np.asarray(w, dtype=float)[keep],
                               matrix(self.extra))
-        merged = self + part
-        self.keys, self.x, self.w, self.e = merged.keys, merged.x, merged.w, merged.e
 
     def __add__(self, other: EventReservoir) -> EventReservoir:
         if not isinstance(other, EventReservoir):

@@ -48,7 +48,6 @@ from validator.multivariate import (
     EventReservoir,
     MultivariateResult,
     multivariate_results,
-    observers,
     weight_systematics,
 )
 from validator.plan import (
@@ -283,6 +282,12 @@ def _multivariate_reservoirs(config: RunConfig, plan: Plan, model: Any, syst: An
             EventReservoir(inputs, n, config.seed + 1))
 
 
+def _collectors(*collectors: Any) -> tuple[Any, ...]:
+    """What a sample's fill gathers besides its histograms (the network audit's sums, the
+    multivariate subsample), the absent ones left out."""
+    return tuple(c for c in collectors if c is not None)
+
+
 #: Test kinds adjusted as a family of their own: a multivariate test is itself one omnibus
 #: test of the whole input space (its permutation p-value resolves 1/(1 + n) ≈ 0.02, which
 #: Holm over thousands of binned tests could never let through, however large the effect).
@@ -378,12 +383,10 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     reservoirs = _multivariate_reservoirs(config, plan, model, syst)
     (sim_acc, data_acc), fill_notes = fill_samples([
         FillTask(sim_reader, layout, config.category, config.seed,
-                 observe=observers(audits[0].add if model else None,
-                                   reservoirs[0].add if reservoirs else None),
+                 collectors=_collectors(audits[0], reservoirs[0] if reservoirs else None),
                  variations=rows),
         FillTask(data_reader, layout, config.category, config.seed + 1,
-                 observe=observers(audits[1].add if model else None,
-                                   reservoirs[1].add if reservoirs else None)),
+                 collectors=_collectors(audits[1], reservoirs[1] if reservoirs else None)),
     ], jobs=jobs, engine=config.engine, scheduler=config.scheduler, progress=progress)
     syst_inputs = _systematic_inputs(config, syst, rows, layout, columns, chain, progress) \
         if syst is not None else None

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from validator import kernels
 from validator.stats.binned import (
     check_toy_options,
     merge_histogram_rows,
@@ -26,6 +27,7 @@ from validator.stats.binned import (
     run_toys,
     sim_toys,
 )
+from validator.stats.dependence_kernel import dependence_toys
 from validator.stats.result import GofResult
 
 __all__ = ["DEPENDENCE_MIN_SIM_ENTRIES", "dependence", "ipf"]
@@ -301,6 +303,87 @@ def _null_fit(
     return theta, a[:, None] * b[None, :] * theta
 
 
+def _toy_statistics_numpy(
+    n_toy: np.ndarray,
+    w_toy: np.ndarray,
+    s2_toy: np.ndarray,
+    data_null: np.ndarray,
+    order: np.ndarray,
+    labels: np.ndarray,
+    *,
+    min_expected: float,
+    min_sim_entries: float | None,
+    pseudo: float,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """X² of a batch of toys ``(n_toys, nx, ny)`` and whether each counts (raked, finite).
+
+    The numpy formulation, batched over the toys: the reference for the compiled
+    :func:`validator.stats.dependence_kernel.dependence_toys`, and what runs without numba.
+    Each toy is grouped (by the rule of step 2 on its own simulation unless
+    ``min_sim_entries`` is ``None``, then with the observation's ``labels``), made
+    non-negative, raked (retried with the pseudo-content where it does not converge, unless
+    the observation already needed ``pseudo``) and given its X², as the observation is.
+    """
+    size = n_toy.shape[0]
+    if min_sim_entries is None:
+        labels_toy = labels
+    else:
+        # The grouping depends on the simulation: every toy is grouped by the same rule.
+        labels_toy = merge_sparse_bins_batched(
+            data_null.ravel()[order],
+            w_toy.reshape(size, -1)[:, order],
+            s2_toy.reshape(size, -1)[:, order],
+            min_expected,
+            min_sim_entries,
+        )
+    s2_toy, _ = _fill_empty_cells(w_toy, s2_toy)
+    t_toy = _nonnegative_table(w_toy, order, labels_toy) + pseudo
+    rows_toy, cols_toy = n_toy.sum(axis=2), n_toy.sum(axis=1)
+    a_toy, r_toy, c_toy, conv_toy, _ = _ipf_batched(t_toy, rows_toy, cols_toy, max_iter, tol)
+    retry = ~conv_toy
+    if retry.any() and pseudo == 0.0:
+        # As for the observation: a toy that cannot be raked gets the pseudo-content.
+        t_retry = t_toy[retry]
+        t_retry = t_retry + PSEUDO_CONTENT * t_retry.mean(axis=(1, 2), keepdims=True)
+        a_r, r_r, c_r, conv_r, _ = _ipf_batched(
+            t_retry, rows_toy[retry], cols_toy[retry], max_iter, tol
+        )
+        a_toy[retry], r_toy[retry], c_toy[retry], conv_toy[retry] = (a_r, r_r, c_r, conv_r)
+    with np.errstate(over="ignore", invalid="ignore"):
+        f2_toy = (r_toy[:, :, None] * c_toy[:, None, :]) ** 2
+        x2_toy = _statistic(n_toy, a_toy, f2_toy, s2_toy, order, labels_toy)[0]
+    return x2_toy, conv_toy & np.isfinite(x2_toy)
+
+
+def _toy_statistics(
+    n_toy: np.ndarray,
+    w_toy: np.ndarray,
+    s2_toy: np.ndarray,
+    data_null: np.ndarray,
+    order: np.ndarray,
+    labels: np.ndarray,
+    *,
+    min_expected: float,
+    min_sim_entries: float | None,
+    pseudo: float,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_toy_statistics_numpy`, compiled where numba is available
+    (:func:`validator.stats.dependence_kernel.dependence_toys`: about 4 µs a toy on a
+    10x10 table instead of about 25; the same results up to floating-point summation order)."""
+    if not kernels.HAVE_NUMBA:
+        return _toy_statistics_numpy(
+            n_toy, w_toy, s2_toy, data_null, order, labels, min_expected=min_expected,
+            min_sim_entries=min_sim_entries, pseudo=pseudo, max_iter=max_iter, tol=tol)
+    return dependence_toys(
+        n_toy, w_toy, s2_toy, data_null.ravel()[order], order, labels,
+        min_expected=min_expected, min_sim_entries=min_sim_entries, pseudo=pseudo,
+        pseudo_content=PSEUDO_CONTENT, max_iter=max_iter, tol=tol)
+
+
 def dependence(
     data_counts: ArrayLike,
     sim_sumw: ArrayLike,
@@ -539,40 +622,12 @@ def dependence(
             n_toy = gen.poisson(np.broadcast_to(data_null, (size, nx, ny))).astype(float)
             w_toy, s2_toy = sim_toys(sim_null, w, s2_raw, size, gen, sim_count=cnt,
                                      sim_sumw3=s3)
-            if min_sim_entries is None:
-                labels_toy = labels
-            else:
-                # The grouping depends on the simulation: every toy is grouped by the same rule.
-                labels_toy = merge_sparse_bins_batched(
-                    data_null.ravel()[order],
-                    w_toy.reshape(size, -1)[:, order],
-                    s2_toy.reshape(size, -1)[:, order],
-                    min_expected,
-                    min_sim_entries,
-                )
-            s2_toy, _ = _fill_empty_cells(w_toy, s2_toy)
-            t_toy = _nonnegative_table(w_toy, order, labels_toy) + pseudo
-            rows_toy, cols_toy = n_toy.sum(axis=2), n_toy.sum(axis=1)
-            a_toy, r_toy, c_toy, conv_toy, _ = _ipf_batched(
-                t_toy, rows_toy, cols_toy, max_iter, tol
-            )
-            retry = ~conv_toy
-            if retry.any() and pseudo == 0.0:
-                # As for the observation: a toy that cannot be raked gets the pseudo-content.
-                t_retry = t_toy[retry]
-                t_retry = t_retry + PSEUDO_CONTENT * t_retry.mean(axis=(1, 2), keepdims=True)
-                a_r, r_r, c_r, conv_r, _ = _ipf_batched(
-                    t_retry, rows_toy[retry], cols_toy[retry], max_iter, tol
-                )
-                a_toy[retry], r_toy[retry], c_toy[retry], conv_toy[retry] = (
-                    a_r, r_r, c_r, conv_r)
-            with np.errstate(over="ignore", invalid="ignore"):
-                f2_toy = (r_toy[:, :, None] * c_toy[:, None, :]) ** 2
-                x2_toy = _statistic(n_toy, a_toy, f2_toy, s2_toy, order, labels_toy)[0]
             # A toy whose simulation cannot be raked to its data's marginals (new empty rows
             # or structural zeros in a sparse table) has no statistic: it counts as at least
             # as extreme as the observation, which keeps the p-value conservative.
-            good = conv_toy & np.isfinite(x2_toy)
+            x2_toy, good = _toy_statistics(
+                n_toy, w_toy, s2_toy, data_null, order, labels, min_expected=min_expected,
+                min_sim_entries=min_sim_entries, pseudo=pseudo, max_iter=max_iter, tol=tol)
             return x2_toy[good], int(np.sum(~good))
 
         toys = run_toys(x2, draw, n_toys, max_toys=max_toys, thresholds=thresholds)
