@@ -267,6 +267,10 @@ def _console():
 def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
+    if args.jobs != 1 and args.engine != "dask":
+        from validator.worker_server import start_early
+
+        start_early()  # the workers' server imports beside this process's imports
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from validator.compare import CompareOptions

@@ -246,13 +246,9 @@ def _worth_workers(tasks: Sequence[FillTask | ScanTask]) -> bool:
 
 
 def _clean_context() -> multiprocessing.context.BaseContext:
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    # the server imports the fill and loads its kernels once; every worker forked from it
-    # starts with them
-    context.set_forkserver_preload(["validator.worker_preload"])
-    return context
+    from validator.worker_server import clean_context
+
+    return clean_context()
 
 
 def clean_map(fn: Callable[..., T], args: Sequence[tuple[Any, ...]], jobs: int,
