@@ -91,6 +91,13 @@ def optional_sums(
     return cnt.ravel(), s3.ravel()
 
 
+#: The equivalent-entries rules of :func:`merge_sparse_bins` count a group whose entries
+#: equal the threshold up to rounding as enough. Toys made of events of one weight reach the
+#: threshold exactly ((k x)²/(k x²) = k), and rounding, which differs with the chunking that
+#: summed the weights, would otherwise decide how such a toy is grouped.
+ENTRIES_SLACK = 1.0 - 1e-9
+
+
 def merge_sparse_bins(
     expected: ArrayLike,
     min_expected: float = 5.0,
@@ -201,9 +208,9 @@ def merge_sparse_bins(
             return False
         if not with_sim:
             return True
-        if with_w4 and w2 * w2 < min_variance_entries * w4:
+        if with_w4 and w2 * w2 < min_variance_entries * w4 * ENTRIES_SLACK:
             return False
-        return w > 0 and (w2 <= 0 or w * w >= min_sim_entries * w2)
+        return w > 0 and (w2 <= 0 or w * w >= min_sim_entries * w2 * ENTRIES_SLACK)
 
     group = 0
     acc_e = acc_w = acc_w2 = acc_w4 = 0.0
@@ -255,7 +262,8 @@ def merge_sparse_bins_batched(
         return labels
 
     def complete(e: np.ndarray, w: np.ndarray, w2: np.ndarray) -> np.ndarray:
-        return (e >= min_expected) & (w > 0) & ((w2 <= 0) | (w * w >= min_sim_entries * w2))
+        return (e >= min_expected) & (w > 0) & (
+            (w2 <= 0) | (w * w >= min_sim_entries * w2 * ENTRIES_SLACK))
 
     group = np.zeros(n_hist, dtype=np.int64)
     acc_e, acc_w, acc_w2 = np.zeros(n_hist), np.zeros(n_hist), np.zeros(n_hist)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from validator.kernels import HAVE_NUMBA, numba
+from validator.stats.binned import ENTRIES_SLACK
 
 __all__ = ["dependence_toys"]
 
@@ -101,13 +102,13 @@ def _dependence_toys_py(n_toy: np.ndarray, w_toy: np.ndarray, s2_toy: np.ndarray
                 acc_w += sw[k]
                 acc_w2 += sw2[k]
                 if k < n - 1 and (acc_e >= min_expected and acc_w > 0 and (
-                        acc_w2 <= 0 or acc_w * acc_w >= min_sim_entries * acc_w2)):
+                        acc_w2 <= 0 or acc_w * acc_w >= min_sim_entries * acc_w2 * ENTRIES_SLACK)):
                     group += 1
                     acc_e = 0.0
                     acc_w = 0.0
                     acc_w2 = 0.0
             while group > 0 and not (acc_e >= min_expected and acc_w > 0 and (
-                    acc_w2 <= 0 or acc_w * acc_w >= min_sim_entries * acc_w2)):
+                    acc_w2 <= 0 or acc_w * acc_w >= min_sim_entries * acc_w2 * ENTRIES_SLACK)):
                 prev_e = 0.0
                 prev_w = 0.0
                 prev_w2 = 0.0
