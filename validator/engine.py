@@ -435,6 +435,8 @@ def fill_samples(tasks: Sequence[FillTask], *, jobs: int | None = None, engine: 
         raise ValueError(f"unknown engine '{engine}' (one of {', '.join(ENGINES)})")
     jobs = default_jobs() if jobs is None else max(1, int(jobs))
     parts = [sample_partitions(t.reader.sample, t.reader.chunk_rows) for t in tasks]
+    for task in tasks:
+        task.layout.prepared()
     notes: list[str] = []
     if engine == "dask":
         return _fill_dask(tasks, parts, scheduler, progress), notes

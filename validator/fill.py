@@ -49,6 +49,17 @@ class Layout:
     def n_features(self) -> int:
         return len(self.plan.features)
 
+    def prepared(self) -> Layout:
+        """This layout with every derived table a fill uses computed (the key, the grids and
+        their lookups), so that copies sent to worker processes carry them instead of each
+        task deriving them again (a tenth of a second per task for 30 features)."""
+        for name in ("key", "offsets_1d", "offsets_fine", "offsets_plot", "pair_shape",
+                     "offsets_2d", "paired_features", "moment_index"):
+            getattr(self, name)
+        for grid in self.grids:
+            _ = grid.lookup
+        return self
+
     @cached_property
     def edges(self) -> list[np.ndarray]:
         return [np.asarray(f.edges) for f in self.plan.features]
