@@ -619,7 +619,9 @@ def fill_sample(reader: Reader, layout: Layout, category: str | None = None,
     done = 0
     for chunk in reader:
         n = len(chunk[ENTRY])
-        x = np.column_stack([chunk[c] for c in names]) if n else np.empty((0, len(names)))
+        # feature-major (F, n) and seen as (n, F): accumulate uses it without another copy
+        x = np.stack([np.asarray(chunk[c], dtype=np.float64) for c in names]).T if n \
+            else np.empty((0, len(names)))
         w = weights_of(chunk, reader.sample)
         if observe is not None:
             observe(chunk, w[0])
