@@ -426,8 +426,9 @@ def _fill_dask(tasks: Sequence[FillTask], parts: list[list[Partition]],
 
 def fill_samples(tasks: Sequence[FillTask], *, jobs: int | None = None, engine: str = "local",
                  scheduler: str | None = None, progress: Progress | None = None,
-                 ) -> tuple[list[PerCategory], list[str]]:
-    """Fill every task's sample; returns the per-category accumulators of each and notes.
+                 ) -> list[PerCategory]:
+    """Fill every task's sample (and hand its collectors their states); returns the
+    per-category accumulators of each.
 
     The result does not depend on ``jobs`` nor on ``engine`` (see the module docstring).
     """
@@ -437,7 +438,6 @@ def fill_samples(tasks: Sequence[FillTask], *, jobs: int | None = None, engine: 
     parts = [sample_partitions(t.reader.sample, t.reader.chunk_rows) for t in tasks]
     for task in tasks:
         task.layout.prepared()
-    notes: list[str] = []
     if engine == "dask":
-        return _fill_dask(tasks, parts, scheduler, progress), notes
-    return _fill_local(tasks, parts, jobs, progress), notes
+        return _fill_dask(tasks, parts, scheduler, progress)
+    return _fill_local(tasks, parts, jobs, progress)

@@ -254,6 +254,7 @@ def global_test(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, A
     # of each law gives its smallest p-value, and a failure is a statistic above the law's
     # critical value.
     largest: dict[tuple[str, int], np.ndarray] = {}
+    critical: dict[tuple[str, int], float] = {}
     replica_failures = np.zeros(n_replicas, dtype=np.int64)
     for t, block in enumerate(blocks):
         law = _law(block)
@@ -261,11 +262,11 @@ def global_test(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, A
         statistic = _replica_statistics(block, signs, up, down)
         if law not in largest:
             largest[law] = statistic
+            critical[law] = stats.chi2.isf(alpha, law[1]) if law[0] == "binned" \
+                else stats.kstwobign.isf(alpha)
         else:
             np.maximum(largest[law], statistic, out=largest[law])
-        critical = stats.chi2.isf(alpha, law[1]) if law[0] == "binned" \
-            else stats.kstwobign.isf(alpha)
-        replica_failures += statistic > critical
+        replica_failures += statistic > critical[law]
     n_failed = int(np.sum(observed < alpha))
     min_p = float(observed.min())
     replica_min = np.min([_sf(law, x) for law, x in largest.items()], axis=0)

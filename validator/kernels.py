@@ -213,11 +213,7 @@ def warm() -> None:
     :mod:`validator.worker_preload`)."""
     if not HAVE_NUMBA:
         return
-    codes = np.zeros((2, 1), dtype=np.int16)
-    index = np.zeros(1, dtype=np.int64)
-    ones = np.ones(1, dtype=np.int64)
-    for unit, n_var in ((True, 1), (False, 1), (False, 2)):
-        _fill_pairs_compiled(codes, index, ones, ones, ones, index, index, 0,
-                             np.ones((n_var, 1)), unit, np.zeros((1, 3 + 2 * n_var)),
-                             np.zeros((1, 1)))
+    # one signature covers every call (``unit`` and the number of weight rows are values)
+    fill_pairs(np.zeros((2, 1), dtype=np.int16), [(0, 1)], [(1, 1)], np.zeros(1),
+               np.zeros(1), np.ones((1, 1)), False, np.zeros((1, 1)))
     positions(np.array([0.0, 1.0]), np.array([0.5]))

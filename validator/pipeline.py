@@ -381,7 +381,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
               for k, scan in enumerate((sim_scan, data_scan))]
     rows = VariationRows.make(syst, processes.processes() if processes else ())
     reservoirs = _multivariate_reservoirs(config, plan, model, syst)
-    (sim_acc, data_acc), fill_notes = fill_samples([
+    sim_acc, data_acc = fill_samples([
         FillTask(sim_reader, layout, config.category, config.seed,
                  collectors=_collectors(audits[0], reservoirs[0] if reservoirs else None),
                  variations=rows),
@@ -432,7 +432,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     criticality = criticality_rows(audit, _test_dicts(records, p_holm), config.alpha) \
         if audit is not None else []
     finished = datetime.now(timezone.utc).replace(tzinfo=None)
-    run_notes = [*plan.notes, *untested_categories(sim_acc, data_acc).values(), *fill_notes]
+    run_notes = [*plan.notes, *untested_categories(sim_acc, data_acc).values()]
     if syst is not None and syst.norm_default and not syst.process_column:
         run_notes.append(f"--norm-unc {syst.norm_default:g} without --process-column changes "
                          "no shape (the tests fit the normalisation freely): give it per "
