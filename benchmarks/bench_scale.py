@@ -116,6 +116,9 @@ def _child(spec: str) -> None:
     stages["finish"] = [previous, total]
     print(json.dumps({"total": total, "stages": stages, "n_tests": outcome.n_tests,
                       "n_pairs": len(outcome.plan.pairs)}))
+    from validator.cli import exit_now
+
+    exit_now(0)  # as `validator run` ends
 
 
 def run(sim: list[str], data: list[str], features: list[str], jobs: int | None,

@@ -215,3 +215,60 @@ print("tests", out.n_tests, flush=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("script body ran") == 1
     assert "tests " in done.stdout
+
+
+def test_one_worker_pool_serves_every_pass_in_order_and_raises_a_workers_error():
+    import math
+
+    from validator.engine import WorkerPool, clean_map
+
+    with WorkerPool(2) as pool:
+        pool.start()
+        args = [(k,) for k in range(12)]
+        assert list(pool.map(math.factorial, args)) == [math.factorial(k) for k in range(12)]
+        # a second pass on the same workers
+        assert list(clean_map(math.sqrt, [(4.0,), (9.0,)], 2, pool)) == [2.0, 3.0]
+        with pytest.raises(ValueError):
+            list(pool.map(math.factorial, [(3,), (-1,), (4,)]))
+    pool.close()  # closing twice is harmless
+    # one job: in this process, in order
+    assert list(WorkerPool(1).map(math.factorial, [(5,), (3,)])) == [120, 6]
+
+
+def test_fork_map_runs_meanwhile_once_in_this_process_while_the_workers_run():
+    import os
+
+    from validator.engine import Later, fork_map
+
+    calls: list[int] = []
+    later = Later(lambda: calls.append(os.getpid()) or len(calls))
+    results = list(fork_map(lambda i: (i * i, os.getpid()), 20, 2, 3, meanwhile=later))
+    assert [r for r, _ in results] == [i * i for i in range(20)]
+    assert os.getpid() not in {pid for _, pid in results}  # tested in the workers
+    assert calls == [os.getpid()] and later.result() == 1 and calls == [os.getpid()]
+    # without workers it runs before the items
+    order: list[str] = []
+    list(fork_map(lambda i: order.append("item"), 3, 1, meanwhile=lambda: order.append("m")))
+    assert order == ["m", "item", "item", "item"]
+
+
+def test_exit_now_flushes_runs_the_exit_handlers_and_keeps_the_code(tmp_path):
+    import subprocess
+    import sys
+
+    marker = tmp_path / "handler_ran"
+    code = f"""
+import atexit, sys
+from validator.cli import exit_now
+atexit.register(lambda: open(r"{marker}", "w").write("yes"))
+print("unflushed output", end="")
+sys.stderr.write("and an error line")
+exit_now(3)
+print("never")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 3
+    assert done.stdout == "unflushed output"
+    assert done.stderr == "and an error line"
+    assert marker.read_text() == "yes"

@@ -16,9 +16,10 @@ This stage slices histograms out of the accumulators and calls the pure function
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -479,11 +480,24 @@ def _group_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, categor
     return "2d", x, y, outcomes
 
 
+def warm_in_background(layout: Layout, jobs: int) -> threading.Thread | None:
+    """Load the compiled kernels the tests' forked workers use, in a thread of this process,
+    while it waits for the fill (half a second otherwise spent before the tests start).
+    Join the thread before :func:`run_tests`: a process must not fork while it compiles."""
+    if jobs <= 1 or not layout.plan.pairs:
+        return None
+    from validator.stats.dependence_kernel import warm
+
+    thread = threading.Thread(target=warm, name="validator-warm", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
               options: CompareOptions, seed: int,
               progress: Callable[[str, int, int], None] | None = None,
               alpha: float = 0.05, syst: SystInputs | None = None, jobs: int = 1,
-              ) -> list[TestRecord]:
+              meanwhile: Callable[[], Any] | None = None) -> list[TestRecord]:
     """Every planned test of every category, in the order of :func:`planned_methods`.
 
     A category present in one sample only (or with Σw ≤ 0) gets every planned test with the
@@ -491,7 +505,8 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     Holm's first threshold ``alpha / m`` (m planned tests); the unadjusted decision at
     ``alpha`` rests on the initial toys. With ``jobs > 1``
     the features and pairs are tested in that many forked processes
-    (:func:`validator.engine.fork_map`); the results are the same.
+    (:func:`validator.engine.fork_map`); the results are the same. ``meanwhile()`` runs in
+    this process while the workers test (before them without workers).
     """
     from validator.engine import fork_map
 
@@ -525,7 +540,7 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     outcomes: dict[str, dict[tuple[str, str, str | None], Outcome]] = {}
     total = len(items)
     for (category, _), (_kind, x, y, group) in zip(
-            items, fork_map(test_group, len(items), jobs, batch), strict=True):
+            items, fork_map(test_group, len(items), jobs, batch, meanwhile), strict=True):
         outcomes.setdefault(category, {}).update({(m, x, y): o for m, o in group.items()})
         done += 1
         if progress:

@@ -10,9 +10,10 @@ bit for bit, and so the same p-values (each test draws its toys from its own str
 groups and reservoir keys are hashes of (file, row), so they do not depend on the cut either.
 
 - ``local``, ``jobs=1``: the partitions one after the other, in this process.
-- ``local``, ``jobs=N``: a pool of ``N`` forked processes (each with one BLAS thread: the
-  processes are the parallelism); the accumulators come back to this process, which merges
-  them in partition order as they arrive (memory: O(log partitions) accumulators).
+- ``local``, ``jobs=N``: ``N`` worker processes (:class:`WorkerPool`, one BLAS thread each:
+  the processes are the parallelism), the same for the scan and the fill of a run; the
+  accumulators come back to this process, which merges them in partition order as they
+  arrive (memory: O(log partitions) accumulators).
 - ``dask``: each partition is filled on a worker and the tree is reduced on the workers; only
   the two merged accumulators come back. Without a scheduler address a
   ``distributed.LocalCluster`` with ``LOCAL_CLUSTER_WORKERS`` worker processes is started.
@@ -24,7 +25,8 @@ same for every engine and number of jobs; the merged state is handed to the coll
 this process at the end (``absorb``).
 
 The tests stage (:func:`validator.compare.run_tests`) runs its features and pairs in a pool of
-forked processes with ``jobs > 1`` (:func:`fork_map`), whatever the fill engine.
+forked processes with ``jobs > 1`` (:func:`fork_map`), whatever the fill engine; this process
+meanwhile computes what needs no worker (the run-level test), with one BLAS thread.
 """
 
 from __future__ import annotations
@@ -211,18 +213,36 @@ def _worker_init() -> None:
         pass
 
 
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS limited to one thread in this process (its threads would spin for cores that the
+    workers hold)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn and scipy
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
 def _call_forked(i: int) -> Any:
     return _FORKED[0](i)
 
 
-def fork_map(fn: Callable[[int], T], n: int, jobs: int, chunksize: int = 1) -> Iterator[T]:
+def fork_map(fn: Callable[[int], T], n: int, jobs: int, chunksize: int = 1,
+             meanwhile: Callable[[], Any] | None = None) -> Iterator[T]:
     """``fn(i)`` for ``i`` in ``range(n)`` in ``jobs`` forked processes, yielded in order.
 
     The workers inherit ``fn`` and everything it refers to by forking: nothing but ``i`` and
-    the results is pickled. An exception in a worker is raised here.
+    the results is pickled. An exception in a worker is raised here. ``meanwhile()``, when
+    given, runs in this process once the workers are forked (before the first result is
+    yielded), so that this process does not sit idle; without workers it runs first.
     """
     global _FORKED
     if jobs <= 1 or n <= 1 or not can_fork():
+        if meanwhile is not None:
+            meanwhile()
         yield from (fn(i) for i in range(n))
         return
     previous, _FORKED = _FORKED, (fn,)
@@ -230,9 +250,34 @@ def fork_map(fn: Callable[[int], T], n: int, jobs: int, chunksize: int = 1) -> I
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=context,
                                  initializer=_worker_init) as pool:
-            yield from pool.map(_call_forked, range(n), chunksize=chunksize)
+            # a fork context starts every worker at the first submission: no thread this
+            # process starts afterwards (BLAS's, in meanwhile) is inherited by a worker
+            results = pool.map(_call_forked, range(n), chunksize=chunksize)
+            if meanwhile is not None:
+                with _one_blas_thread():  # the workers hold every core
+                    meanwhile()
+            yield from results
     finally:
         _FORKED = previous
+
+
+class Later(Generic[T]):
+    """A computation done once, when first called or asked for its result: something a
+    stage can do while it waits for its workers (``fork_map(meanwhile=...)``)."""
+
+    def __init__(self, compute: Callable[[], T]):
+        self._compute = compute
+        self._done = False
+        self._value: T | None = None
+
+    def __call__(self) -> None:
+        if not self._done:
+            self._value = self._compute()
+            self._done = True
+
+    def result(self) -> T:
+        self()
+        return self._value  # type: ignore[return-value]
 
 
 #: Fewest rows (all the pass's samples together) worth worker processes for the scan and the
@@ -241,8 +286,13 @@ def fork_map(fn: Callable[[int], T], n: int, jobs: int, chunksize: int = 1) -> I
 MIN_PARALLEL_ROWS = 1_000_000
 
 
+def worth_workers(rows: int) -> bool:
+    """Whether a pass over ``rows`` rows (all its samples together) uses worker processes."""
+    return rows >= MIN_PARALLEL_ROWS
+
+
 def _worth_workers(tasks: Sequence[FillTask | ScanTask]) -> bool:
-    return sum(max(t.reader.sample.n_rows, 0) for t in tasks) >= MIN_PARALLEL_ROWS
+    return worth_workers(sum(max(t.reader.sample.n_rows, 0) for t in tasks))
 
 
 def _clean_context() -> multiprocessing.context.BaseContext:
@@ -251,25 +301,84 @@ def _clean_context() -> multiprocessing.context.BaseContext:
     return clean_context()
 
 
-def clean_map(fn: Callable[..., T], args: Sequence[tuple[Any, ...]], jobs: int,
-              ) -> Iterator[T]:
-    """``fn(*args[i])`` for every ``i`` in ``jobs`` worker processes, yielded in order.
+def _worker_ready() -> None:
+    """A new worker's first task: its settings, and the first call of pyarrow's compute
+    functions (a tenth of a second that would otherwise delay the worker's first read)."""
+    _worker_init()
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    For the passes that read files. The workers are forked from a clean server process
-    (``forkserver``), not from this one: the readers (pyarrow, polars for selections and
-    definitions) run thread pools that do not survive a fork, and a forked child that calls
-    polars after its parent did can wait forever on a lock that no thread of the child will
-    ever release. ``fn`` is a module-level function and ``args`` are pickled (as for a Dask
-    worker).
+    pc.cast(pa.array([0.0], pa.float32()), pa.float64())
+
+
+class WorkerPool:
+    """The worker processes of the passes that read files, kept from the scan to the fill.
+
+    The workers are forked from a clean server process (``forkserver``), not from this one:
+    the readers (pyarrow, polars for selections and definitions) run thread pools that do not
+    survive a fork, and a forked child that calls polars after its parent did can wait
+    forever on a lock that no thread of the child will ever release. Functions are
+    module-level and their arguments pickled (as for a Dask worker).
+
+    One pool serves every pass of a run, so a worker's first-task costs (its first reads,
+    the heap its arrays grow into) are paid once, not once per pass; :meth:`start` forks the
+    workers ahead of the first pass, while this process still opens the inputs. Use it as a
+    context manager (``close`` on exit); a pass given no pool makes its own.
     """
-    if jobs <= 1 or len(args) <= 1:
-        yield from (fn(*a) for a in args)
-        return
-    with ProcessPoolExecutor(max_workers=min(jobs, len(args)), mp_context=_clean_context(),
-                             initializer=_worker_init) as pool:
+
+    def __init__(self, jobs: int):
+        self.jobs = max(1, int(jobs))
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.jobs,
+                                             mp_context=_clean_context(),
+                                             initializer=_worker_init)
+        return self._pool
+
+    def start(self) -> None:
+        """Fork the workers now, without waiting for them."""
+        if self.jobs <= 1:
+            return
+        pool = self._executor()
+        with _main_module_hidden():
+            for _ in range(self.jobs):
+                pool.submit(_worker_ready)
+
+    def map(self, fn: Callable[..., T], args: Sequence[tuple[Any, ...]]) -> Iterator[T]:
+        """``fn(*args[i])`` for every ``i`` in the workers, yielded in order (in this process
+        with one job or one item)."""
+        if self.jobs <= 1 or len(args) <= 1:
+            yield from (fn(*a) for a in args)
+            return
+        pool = self._executor()
         with _main_module_hidden():  # the workers start here, in map's submissions
             results = pool.map(fn, *zip(*args, strict=True))
         yield from results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def clean_map(fn: Callable[..., T], args: Sequence[tuple[Any, ...]], jobs: int,
+              pool: WorkerPool | None = None) -> Iterator[T]:
+    """``fn(*args[i])`` for every ``i`` in the workers of ``pool`` (or of a pool of ``jobs``
+    made for this call), yielded in order. For the passes that read files
+    (:class:`WorkerPool`)."""
+    if pool is not None:
+        yield from pool.map(fn, args)
+        return
+    with WorkerPool(min(jobs, max(len(args), 1))) as own:
+        yield from own.map(fn, args)
 
 
 @contextlib.contextmanager
@@ -296,14 +405,14 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 def _fill_local(tasks: Sequence[FillTask], parts: list[list[Partition]], jobs: int,
-                progress: Progress | None) -> list[PerCategory]:
+                progress: Progress | None, pool: WorkerPool | None) -> list[PerCategory]:
     items = [(t, p) for t, task_parts in enumerate(parts) for p in task_parts]
     trees: list[OrderedTree[Filled]] = [OrderedTree(merge_filled) for _ in tasks]
     done = [0] * len(tasks)
     sequential = jobs <= 1 or not _worth_workers(tasks)
 
     results = (tasks[t].fill(p) for t, p in items) if sequential \
-        else clean_map(_fill_remote, [(tasks[t], p) for t, p in items], jobs)
+        else clean_map(_fill_remote, [(tasks[t], p) for t, p in items], jobs, pool)
     for (t, partition), result in zip(items, results, strict=True):
         trees[t].push(result)
         done[t] += _rows(partition, tasks[t])
@@ -324,8 +433,10 @@ class ScanTask:
 
 
 def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
-                 progress: Progress | None = None) -> list[SampleScan]:
-    """The planning pass of every task's sample, over its partitions in ``jobs`` processes.
+                 progress: Progress | None = None, pool: WorkerPool | None = None,
+                 ) -> list[SampleScan]:
+    """The planning pass of every task's sample, over its partitions in ``jobs`` processes
+    (those of ``pool`` when given).
 
     Each partition is scanned on its own and the parts are added in partition order, so the
     result does not depend on ``jobs`` (with an ``observe`` hook, whose state lives in this
@@ -340,7 +451,7 @@ def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
     # in this process a one-partition sample is scanned through its own reader, which keeps
     # a sample of one chunk in memory for the fill (read once, not twice)
     results = (_scan_remote(tasks[t], p, len(parts[t]) == 1) for t, p in items) if sequential \
-        else clean_map(_scan_remote, [(tasks[t], p) for t, p in items], jobs)
+        else clean_map(_scan_remote, [(tasks[t], p) for t, p in items], jobs, pool)
     totals: list[ScanPart | None] = [None] * len(tasks)
     done = [0] * len(tasks)
     for (t, partition), part in zip(items, results, strict=True):
@@ -426,9 +537,10 @@ def _fill_dask(tasks: Sequence[FillTask], parts: list[list[Partition]],
 
 def fill_samples(tasks: Sequence[FillTask], *, jobs: int | None = None, engine: str = "local",
                  scheduler: str | None = None, progress: Progress | None = None,
-                 ) -> list[PerCategory]:
+                 pool: WorkerPool | None = None) -> list[PerCategory]:
     """Fill every task's sample (and hand its collectors their states); returns the
-    per-category accumulators of each.
+    per-category accumulators of each. ``pool``: the local engine's workers, when the run
+    keeps them from pass to pass.
 
     The result does not depend on ``jobs`` nor on ``engine`` (see the module docstring).
     """
@@ -440,4 +552,4 @@ def fill_samples(tasks: Sequence[FillTask], *, jobs: int | None = None, engine: 
         task.layout.prepared()
     if engine == "dask":
         return _fill_dask(tasks, parts, scheduler, progress)
-    return _fill_local(tasks, parts, jobs, progress)
+    return _fill_local(tasks, parts, jobs, progress, pool)

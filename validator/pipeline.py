@@ -37,8 +37,18 @@ from validator.compare import (
     run_tests,
     shape_changes,
     untested_categories,
+    warm_in_background,
 )
-from validator.engine import FillTask, ScanTask, default_jobs, fill_samples, scan_samples
+from validator.engine import (
+    FillTask,
+    Later,
+    ScanTask,
+    WorkerPool,
+    default_jobs,
+    fill_samples,
+    scan_samples,
+    worth_workers,
+)
 from validator.errors import InputError
 from validator.fill import Accumulator, Layout, fill_sample
 from validator.globaltest import GlobalResult, global_test
@@ -359,41 +369,52 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                         chain(config.sim_selection, "--sim-selection"))
     data_reader = Reader(data, list(dict.fromkeys(columns + data_keys)), config.chunk_rows,
                          chain(config.data_selection, "--data-selection"))
-    processes = ProcessCollector(syst.process_column) \
-        if syst is not None and syst.process_column else None
     jobs = config.jobs if config.jobs is not None else default_jobs()
-    sim_scan, data_scan = scan_samples([
-        ScanTask(sim_reader, choice.candidates, config.seed, sim_keys,
-                 observe=processes.add if processes else None),
-        ScanTask(data_reader, choice.candidates, config.seed + 1, data_keys),
-    ], jobs=jobs, progress=progress)
-    if not sim_scan.sumw > 0:
-        raise InputError(f"{sim.sources[0].label}: the simulation's sum of weights is "
-                         f"{sim_scan.sumw:g} (must be > 0)")
-    notes = [*choice.notes, *(n for n in (sim_scan.note, data_scan.note) if n)]
-    plan = make_plan(sim_scan.profiles, data_scan.profiles, choice.kinds, weight=config.weight,
-                     category=config.category, requested=config.features,
-                     skipped=choice.skipped, config=config.plan, notes=notes)
-    layout = Layout(plan)
+    with WorkerPool(jobs) as pool:
+        if worth_workers(max(sim.n_rows, 0) + max(data.n_rows, 0)):
+            pool.start()  # the workers start while this process reads the files' metadata
+        processes = ProcessCollector(syst.process_column) \
+            if syst is not None and syst.process_column else None
+        sim_scan, data_scan = scan_samples([
+            ScanTask(sim_reader, choice.candidates, config.seed, sim_keys,
+                     observe=processes.add if processes else None),
+            ScanTask(data_reader, choice.candidates, config.seed + 1, data_keys),
+        ], jobs=jobs, progress=progress, pool=pool)
+        if not sim_scan.sumw > 0:
+            raise InputError(f"{sim.sources[0].label}: the simulation's sum of weights is "
+                             f"{sim_scan.sumw:g} (must be > 0)")
+        notes = [*choice.notes, *(n for n in (sim_scan.note, data_scan.note) if n)]
+        plan = make_plan(sim_scan.profiles, data_scan.profiles, choice.kinds, weight=config.weight,
+                         category=config.category, requested=config.features,
+                         skipped=choice.skipped, config=config.plan, notes=notes)
+        layout = Layout(plan)
 
-    audits = [ModelAudit(points, scan.n_events, config.seed + k, config.second_order_events,
-                         config.shap_events) if model else None
-              for k, scan in enumerate((sim_scan, data_scan))]
-    rows = VariationRows.make(syst, processes.processes() if processes else ())
-    reservoirs = _multivariate_reservoirs(config, plan, model, syst)
-    sim_acc, data_acc = fill_samples([
-        FillTask(sim_reader, layout, config.category, config.seed,
-                 collectors=_collectors(audits[0], reservoirs[0] if reservoirs else None),
-                 variations=rows),
-        FillTask(data_reader, layout, config.category, config.seed + 1,
-                 collectors=_collectors(audits[1], reservoirs[1] if reservoirs else None)),
-    ], jobs=jobs, engine=config.engine, scheduler=config.scheduler, progress=progress)
+        audits = [ModelAudit(points, scan.n_events, config.seed + k, config.second_order_events,
+                             config.shap_events) if model else None
+                  for k, scan in enumerate((sim_scan, data_scan))]
+        rows = VariationRows.make(syst, processes.processes() if processes else ())
+        reservoirs = _multivariate_reservoirs(config, plan, model, syst)
+        warming = warm_in_background(layout, jobs)
+        sim_acc, data_acc = fill_samples([
+            FillTask(sim_reader, layout, config.category, config.seed,
+                     collectors=_collectors(audits[0], reservoirs[0] if reservoirs else None),
+                     variations=rows),
+            FillTask(data_reader, layout, config.category, config.seed + 1,
+                     collectors=_collectors(audits[1], reservoirs[1] if reservoirs else None)),
+        ], jobs=jobs, engine=config.engine, scheduler=config.scheduler, progress=progress,
+            pool=pool)
+    if warming is not None:
+        warming.join()
     syst_inputs = _systematic_inputs(config, syst, rows, layout, columns, chain, progress) \
         if syst is not None else None
     tested_syst = syst_inputs if syst_inputs is not None and (
         syst_inputs.rows.weights or syst_inputs.shapes or syst_inputs.norms) else None
+    # the run-level test needs no worker: it runs here while the workers test
+    global_later = Later(lambda: global_test(layout, sim_acc, data_acc, config.alpha,
+                                             config.seed, config.compare.min_expected,
+                                             syst=tested_syst))
     records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress,
-                        config.alpha, syst=tested_syst, jobs=jobs)
+                        config.alpha, syst=tested_syst, jobs=jobs, meanwhile=global_later)
     effects = shape_changes(layout, sim_acc, tested_syst) if tested_syst is not None else []
     audit = None
     if model is not None:  # a test that involves a network output is an output test
@@ -413,8 +434,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
             time_budget_s=config.multivariate_time_s, evidently_report=config.evidently_report,
             n_toys=config.multivariate_toys, progress=progress)
         records.extend(multivariate.records)
-    global_result = global_test(layout, sim_acc, data_acc, config.alpha, config.seed,
-                                config.compare.min_expected, syst=tested_syst)
+    global_result = global_later.result()
     pvalues = np.array([r.pvalue for r in records], dtype=float)
     reliable = np.array([r.reliable for r in records], dtype=bool)
     ran = np.array([r.result is not None for r in records], dtype=bool)
