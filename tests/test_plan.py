@@ -303,3 +303,51 @@ def test_make_plan_with_nothing_left_lists_the_reasons():
               skipped={"Type": "string (usable as --category)"})
     with pytest.raises(InputError, match=re.escape("skipped: c: constant in both samples)")):
         _plan({"c": sim}, {"c": data}, requested=["c"])
+
+
+def test_sorted_quantiles_equal_numpys_quantile_bit_for_bit():
+    from validator.plan import sorted_quantiles
+
+    rng = np.random.default_rng(31)
+    samples = [rng.normal(size=1), rng.normal(size=2), rng.normal(size=1001),
+               rng.integers(0, 4, 500).astype(float),  # ties: spikes in the edges
+               rng.exponential(size=2000) * 1e6, np.round(rng.normal(size=777), 2),
+               np.full(50, 3.5)]
+    for values in samples:
+        for probs in (np.linspace(0.0, 1.0, 1001), np.linspace(0.0, 1.0, 7),
+                      [0.16, 0.5, 0.84], [0.005, 0.995], rng.random(50), [0.0], [1.0]):
+            expected = np.quantile(values, probs)
+            got = sorted_quantiles(np.sort(values), probs)
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_columns_valid_everywhere_share_one_reservoir_selection_with_the_same_result():
+    from validator.plan import ScanPart
+
+    rng = np.random.default_rng(8)
+    capacity = 1_000
+
+    def part(start: int, n: int) -> ScanPart:
+        keys = uniform_keys(np.arange(start, start + n), 0, 3)
+        first = np.argpartition(keys, capacity)[:capacity]
+        smallest = (first, keys[first])
+        c = rng.normal(size=n)
+        c[rng.random(n) < 0.1] = np.nan  # not valid everywhere: a selection of its own
+        columns = {"a": rng.normal(size=n), "b": rng.exponential(size=n), "c": c}
+        shared = {k: ColumnProfile.of(x, keys, capacity, smallest) for k, x in columns.items()}
+        plain = {k: ColumnProfile.of(x, keys, capacity) for k, x in columns.items()}
+        for k in columns:  # the shared selection is the column's own
+            np.testing.assert_array_equal(shared[k].values, plain[k].values)
+        return ScanPart(shared, 0.0, n, ()), plain
+
+    parts = [part(start, 4_000) for start in range(0, 20_000, 4_000)]
+    total = parts[0][0]
+    plain = dict(parts[0][1])
+    for scan, columns in parts[1:]:
+        total = total + scan
+        plain = {k: plain[k] + columns[k] for k in plain}
+    for k in plain:
+        np.testing.assert_array_equal(total.profiles[k].keys, plain[k].keys)
+        np.testing.assert_array_equal(total.profiles[k].values, plain[k].values)
+    assert total.profiles["a"].keys is total.profiles["b"].keys  # selected once for both
+    assert total.profiles["c"].keys is not total.profiles["a"].keys

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from validator.errors import InputError
 from validator.sources import ENTRY, FILE, Sample, common_kind
@@ -68,10 +69,12 @@ class ColumnProfile:
 
     @classmethod
     def of(cls, x: np.ndarray, keys: np.ndarray, capacity: int = RESERVOIR_SIZE,
-           smallest: np.ndarray | None = None) -> ColumnProfile:
+           smallest: tuple[np.ndarray, np.ndarray] | None = None) -> ColumnProfile:
         """Profile of one chunk; ``keys`` are the events' reservoir keys (same length as x).
-        ``smallest``, if given, is ``np.argpartition(keys, capacity)[:capacity]``, shared by
-        every column of the chunk (used where all of a column's values are valid)."""
+        ``smallest``, if given, is ``(np.argpartition(keys, capacity)[:capacity]``, the keys
+        at those indices), computed once for every column of the chunk and used where all of
+        a column's values are valid: those columns' profiles then hold one and the same
+        array of kept keys (see :meth:`merged`)."""
         finite = np.isfinite(x)
         sentinel = finite & np.isin(x, SENTINEL_VALUES)
         good_mask = finite & ~sentinel
@@ -90,19 +93,35 @@ class ColumnProfile:
                              if uniq is not None and uniq.size <= MAX_DISTINCT else None)
             kept = keys if all_good else keys[good_mask]
             if good.size > capacity:
-                sel = (smallest if all_good and smallest is not None
-                       else np.argpartition(kept, capacity)[:capacity])
-                kept, good = kept[sel], good[sel]
+                if all_good and smallest is not None:
+                    kept, good = smallest[1], good[smallest[0]]
+                else:
+                    sel = np.argpartition(kept, capacity)[:capacity]
+                    kept, good = kept[sel], good[sel]
             prof.keys, prof.values = kept, good.copy()
         return prof
 
     def __add__(self, other: ColumnProfile) -> ColumnProfile:
-        keys = np.concatenate([self.keys, other.keys])
-        values = np.concatenate([self.values, other.values])
+        return self.merged(other, {})
+
+    def merged(self, other: ColumnProfile,
+               shared: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None]],
+               ) -> ColumnProfile:
+        """The sum of two profiles. Columns valid on every event keep the same events, so
+        their profiles hold the same arrays of keys: ``shared`` (one dict for all the columns
+        of two scans) keeps the selection made for a pair of key arrays, and the columns that
+        share them share the result, so the reservoir is selected once per scan, not once
+        per column."""
         capacity = min(self.capacity, other.capacity)
-        if keys.size > capacity:
-            sel = np.argpartition(keys, capacity)[:capacity]
-            keys, values = keys[sel], values[sel]
+        pair = (id(self.keys), id(other.keys))
+        if pair not in shared:
+            keys = np.concatenate([self.keys, other.keys])
+            sel = np.argpartition(keys, capacity)[:capacity] if keys.size > capacity else None
+            shared[pair] = (keys if sel is None else keys[sel], sel)
+        keys, sel = shared[pair]
+        values = np.concatenate([self.values, other.values])
+        if sel is not None:
+            values = values[sel]
         distinct = None
         if self.distinct is not None and other.distinct is not None:
             union = self.distinct | other.distinct
@@ -282,14 +301,37 @@ def classify_columns(columns: dict[str, str], exclude: Iterable[str]) -> tuple[l
     return candidates, skipped
 
 
-def _quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-population edges from a sample, duplicate edges merged.
+def sorted_quantiles(ordered: np.ndarray, probs: ArrayLike) -> np.ndarray:
+    """``np.quantile(values, probs)`` (its default "linear" method, Hyndman & Fan's type 7)
+    of values given sorted and free of NaN, equal to it bit for bit.
+
+    numpy selects every requested quantile with a partition of its own; a plan asks for
+    about 1,100 quantiles of each feature's reservoir (its fine binning), so one sort and
+    an interpolation take a fifth of the time. The virtual index ``(n - 1) p`` lies between
+    ``ordered[floor]`` and the next value; the interpolation is numpy's, from the nearer end
+    (``b - (b - a)(1 - t)`` for ``t >= 1/2``), so that both agree to the last bit.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    last = ordered.size - 1
+    virtual = last * p
+    lower = np.floor(virtual)
+    top = virtual >= last
+    lo = np.where(top, last, lower).astype(np.intp)
+    hi = np.where(top, last, lower + 1).astype(np.intp)
+    t = virtual - np.where(top, -1.0, lower)  # numpy's weight: the last value exactly
+    a, b = ordered[lo], ordered[hi]
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1.0 - t), a + diff * t)
+
+
+def _quantile_edges(ordered: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-population edges from a sorted sample, duplicate edges merged.
 
     A value holding at least one bin's worth of events (a spike: zeros, a default, a capped
     maximum) repeats among the quantiles; it gets a bin of its own, ``[v, next float)``, so
     it never shares a bin with the continuum beside it.
     """
-    quantiles = np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1), method="linear")
+    quantiles = sorted_quantiles(ordered, np.linspace(0.0, 1.0, n_bins + 1))
     edges, repeats = np.unique(quantiles, return_counts=True)
     spikes = edges[repeats > 1]
     return np.unique(np.concatenate([edges, np.nextafter(spikes, np.inf)]))
@@ -327,14 +369,14 @@ def plan_feature(name: str, sim: ColumnProfile, data: ColumnProfile, kind_hint: 
         return "no valid value in simulation"
     if sim.minimum == sim.maximum == data.minimum == data.maximum:
         return "constant in both samples"
-    values = data.values
-    pooled = np.concatenate([data.values, sim.values])
+    values = np.sort(data.values)  # every quantile below from one sort (sorted_quantiles)
+    pooled = np.sort(np.concatenate([data.values, sim.values]))
     distinct = None
     if sim.distinct is not None and data.distinct is not None:
         distinct = sorted(sim.distinct | data.distinct)
     is_discrete = kind_hint == "bool" or (
         distinct is not None and len(distinct) <= config.max_discrete_values)
-    q16, q50, q84 = np.quantile(values, [0.16, 0.5, 0.84])
+    q16, q50, q84 = sorted_quantiles(values, [0.16, 0.5, 0.84])
     scale = float(q84 - q16) / 2.0 or float(np.std(pooled)) or 1.0
     common = dict(name=name, loc=float(q50), scale=scale,
                   n_sentinel_sim=sim.n_sentinel, n_sentinel_data=data.n_sentinel)
@@ -386,15 +428,15 @@ PLOT_BINS = 50
 PLOT_RANGE_QUANTILES = (0.005, 0.995)
 
 
-def plot_edges(values: np.ndarray, integral: bool = False) -> np.ndarray:
-    """Equal-width plotting edges over the central 99% of ``values``.
+def plot_edges(ordered: np.ndarray, integral: bool = False) -> np.ndarray:
+    """Equal-width plotting edges over the central 99% of the sorted values ``ordered``.
 
     Integer-valued features get edges at half-integers, each bin a whole number of values
     wide, so no bin holds one more value than its neighbour.
     """
-    lo, hi = np.quantile(values, PLOT_RANGE_QUANTILES)
+    lo, hi = sorted_quantiles(ordered, PLOT_RANGE_QUANTILES)
     if hi <= lo:
-        lo, hi = float(np.min(values)), float(np.max(values))
+        lo, hi = float(ordered[0]), float(ordered[-1])
     if integral:
         lo, hi = math.floor(lo), math.ceil(hi)
         width = max(1, math.ceil((hi - lo + 1) / PLOT_BINS))
@@ -632,7 +674,9 @@ class ScanPart:
             raise ValueError("cannot add scans of different columns")
         keys = self.event_keys + (other.event_keys if self.n_events < MAX_KEYS_CHECKED
                                   else ())
-        return ScanPart({c: p + other.profiles[c] for c, p in self.profiles.items()},
+        shared: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None]] = {}
+        return ScanPart({c: p.merged(other.profiles[c], shared)
+                         for c, p in self.profiles.items()},
                         self.sumw + other.sumw, self.n_events + other.n_events, keys)
 
 
@@ -652,9 +696,14 @@ def scan_part(reader: Reader, columns: list[str], seed: int, key_cols: list[str]
             observe(chunk)
         sumw += float(weights_of(chunk, sample).sum())
         keys = uniform_keys(chunk[ENTRY], chunk[FILE], seed)
-        smallest = np.argpartition(keys, capacity)[:capacity] if n > capacity else None
+        smallest = None
+        if n > capacity:
+            first = np.argpartition(keys, capacity)[:capacity]
+            smallest = (first, keys[first])
+        shared: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None]] = {}
         for c in columns:
-            profiles[c] = profiles[c] + ColumnProfile.of(chunk[c], keys, capacity, smallest)
+            profiles[c] = profiles[c].merged(ColumnProfile.of(chunk[c], keys, capacity,
+                                                              smallest), shared)
         if key_cols and n_events < MAX_KEYS_CHECKED:
             event_keys.append(np.column_stack([chunk[c] for c in key_cols]))
         n_events += n
