@@ -202,22 +202,6 @@ def test_plot_histogram_keeps_under_and_overflow(setup):
     assert np.allclose(k_edges - np.floor(k_edges), 0.5)
 
 
-@pytest.mark.parametrize("weighting", ["signed", "unit", "variations"])
-def test_compiled_pair_kernel_equals_the_numpy_bincounts(setup, weighting, monkeypatch):
-    from validator import kernels
-
-    if not kernels.HAVE_NUMBA:
-        pytest.skip("numba is not installed")
-    x, w, layout = setup
-    weights = {"signed": w[None], "unit": np.ones((1, w.size)),
-               "variations": np.vstack([w, 1.2 * w, np.abs(w)])}[weighting]
-    groups = np.random.default_rng(5).integers(0, 32, w.size)
-    compiled = accumulate(x, weights, layout, groups)
-    monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
-    reference = accumulate(x, weights, layout, groups)
-    _assert_equal(compiled, reference)
-
-
 def test_compiled_positions_equal_numpy_searchsorted() -> None:
     from validator import kernels
 
@@ -234,3 +218,39 @@ def test_compiled_positions_equal_numpy_searchsorted() -> None:
     single = np.array([1.0])
     np.testing.assert_array_equal(kernels.positions(single, np.array([0.0, 1.0, 2.0])),
                                   [0, 1, 1])
+
+
+@pytest.mark.parametrize("weighting", ["signed", "unit", "variations"])
+def test_compiled_kernels_equal_the_numpy_bincounts(setup, weighting, monkeypatch):
+    """Every sum to rounding; the 1D sums add the same floats in the same order as
+    numpy.bincount: equal bit for bit, with or without each feature's lookup grid."""
+    from validator import kernels
+
+    if not kernels.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    x, w, layout = setup
+    weights = {"signed": w[None], "unit": np.ones((1, w.size)),
+               "variations": np.vstack([w, 1.2 * w, np.abs(w)])}[weighting]
+    groups = np.random.default_rng(6).integers(0, 32, w.size)
+    compiled = accumulate(x, weights, layout, groups)
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
+    reference = accumulate(x, weights, layout, groups)
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", True)
+    _assert_equal(compiled, reference)
+    for name in ("h1_count", "h1_sumw", "h1_sumw2", "h1_sumw3", "h1_sumw4", "group_h1",
+                 "fine_sumw", "fine_sumw2", "group_fine", "plot_sumw", "plot_sumw2"):
+        np.testing.assert_array_equal(getattr(compiled, name), getattr(reference, name),
+                                      err_msg=name)
+    # without lookup grids (a feature whose edges span nothing): a plain binary search
+    tables = layout.feature_tables
+    bare = kernels.FeatureTables.of(layout.grids, tuple(tables.bin_start), tables.loc,
+                                    with_lookup=False)
+    from validator.plan import SENTINEL_VALUES
+
+    valid = np.isfinite(x.T) & ~np.isin(x.T, SENTINEL_VALUES)
+    with_grid = kernels.fill_features(x.T, valid, tables, groups, 32, weights,
+                                      weighting == "unit")
+    without = kernels.fill_features(x.T, valid, bare, groups, 32, weights,
+                                    weighting == "unit")
+    for a, b in zip(with_grid, without, strict=True):
+        np.testing.assert_array_equal(a, b)

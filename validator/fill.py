@@ -26,6 +26,7 @@ from validator.sources import ENTRY, FILE
 from validator.transform import INCLUSIVE, Reader, categories_of, weights_of
 
 if TYPE_CHECKING:
+    from validator.kernels import FeatureTables, LookupGrid
     from validator.systematics import VariationRows
 
 #: Values per power (events x paired features) in one block of the moment products: five
@@ -51,13 +52,11 @@ class Layout:
 
     def prepared(self) -> Layout:
         """This layout with every derived table a fill uses computed (the key, the grids and
-        their lookups), so that copies sent to worker processes carry them instead of each
-        task deriving them again (a tenth of a second per task for 30 features)."""
+        their lookup tables), so that copies sent to worker processes carry them instead of
+        each task deriving them again (a tenth of a second per task for 30 features)."""
         for name in ("key", "offsets_1d", "offsets_fine", "offsets_plot", "pair_shape",
-                     "offsets_2d", "paired_features", "moment_index"):
+                     "offsets_2d", "paired_features", "moment_index", "feature_tables"):
             getattr(self, name)
-        for grid in self.grids:
-            _ = grid.lookup
         return self
 
     @cached_property
@@ -121,6 +120,16 @@ class Layout:
     def grids(self) -> list[FeatureGrid]:
         """Each feature's binnings as lookups into one grid (see :class:`FeatureGrid`)."""
         return _grids(self)
+
+    @cached_property
+    def feature_tables(self) -> FeatureTables:
+        """The grids and bin tables of every feature concatenated, for the compiled 1D fill
+        (:class:`validator.kernels.FeatureTables`)."""
+        from validator import kernels
+
+        return kernels.FeatureTables.of(
+            self.grids, (self.offsets_1d, self.offsets_fine, self.offsets_plot),
+            np.array([f.loc for f in self.plan.features], dtype=np.float64))
 
 
 @dataclass
@@ -320,7 +329,7 @@ class FeatureGrid:
         return len(self.edges) + 1
 
     @cached_property
-    def lookup(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+    def lookup(self) -> LookupGrid | None:
         """The lookup grid of the compiled search into ``edges``, made once per plan."""
         from validator import kernels
 
@@ -524,47 +533,16 @@ def _fill_moments(acc: Accumulator, layout: Layout, x: np.ndarray, valid: np.nda
     acc.moments_w2 = blocks(1)
 
 
-def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
-               groups: np.ndarray | None = None) -> Accumulator:
-    """Accumulate one chunk.
-
-    Each feature is binned once (one search into its :class:`FeatureGrid`,
-    :func:`validator.kernels.positions`, then a table lookup per binning); 1D sums are
-    ``bincount`` s per feature, 2D sums one compiled pass per pair (:func:`_fill_pairs`),
-    the moment sums matrix products
-    (:func:`_fill_moments`). Counts are exact; sums agree with a direct computation to
-    rounding, in any chunking.
-
-    Parameters
-    ----------
-    features:
-        (n_events, n_features) float array in the plan's feature order (a column-major
-        array, as :func:`fill_sample` builds it, is used without a copy).
-    weights:
-        (n_var, n_events): the nominal weight first, then any variations.
-    groups:
-        (n_events,) each event's random group (:func:`event_groups`); all in group 0 if None.
-    """
+def _fill_features_numpy(acc: Accumulator, layout: Layout, x: np.ndarray, valid: np.ndarray,
+                         groups: np.ndarray, w: _Weights) -> np.ndarray | None:
+    """Every feature's 1D sums with numpy (where numba is missing; the reference of
+    :func:`validator.kernels.fill_features`): one search per value into the feature's grid,
+    a table lookup per binning, ``bincount`` s per sum. Returns the pair bins of every
+    feature (None without pairs)."""
     from validator import kernels
 
     plan = layout.plan
-    n, n_f = features.shape
-    n_var = weights.shape[0]
-    acc = Accumulator.empty(layout, n_var)
-    if n == 0:
-        return acc
-    w = _Weights(weights)
-    acc.n_events = n
-    acc.sumw = w.all.sum(axis=1)
-    acc.sumw2 = (w.all * w.all).sum(axis=1)
-    # feature-major: every per-feature and per-pair operation reads contiguous rows
-    x = np.ascontiguousarray(features.T, dtype=np.float64)
-    finite = np.isfinite(x)
-    sentinel = finite & np.isin(x, SENTINEL_VALUES)
-    valid = finite & ~sentinel
-    acc.n_nonfinite = n - finite.sum(axis=1).astype(np.int64)
-    acc.n_sentinel = sentinel.sum(axis=1).astype(np.int64)
-    groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
+    n_f, n = x.shape
     grids = layout.grids
     # pair bins are few (a code per feature and event, the trash bin included): int16 keeps a
     # block of events' codes in cache for the pair kernel
@@ -595,6 +573,80 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
         d = np.where(ok, x[k] - plan.features[k].loc, 0.0)
         acc.sum_wd[k] = d @ w.nominal
         acc.sum_wd2[k] = (d * d) @ w.nominal
+    return pair_codes
+
+
+def _fill_features(acc: Accumulator, layout: Layout, x: np.ndarray, valid: np.ndarray,
+                   groups: np.ndarray, w: _Weights) -> np.ndarray | None:
+    """Every feature's 1D sums, compiled (:func:`validator.kernels.fill_features`); returns
+    the pair bins of every feature (None without pairs)."""
+    from validator import kernels
+
+    test, fine, plot, test_groups, fine_groups, codes, per_feature = kernels.fill_features(
+        x, valid, layout.feature_tables, groups, N_GROUPS, w.all, w.unit)
+    acc.h1_count[:] = test[:, 0]
+    acc.group_h1[:] = test_groups
+    acc.group_fine[:] = fine_groups
+    if w.unit:
+        acc.h1_sumw[0] = acc.h1_sumw2[0] = acc.h1_sumw3[:] = acc.h1_sumw4[:] = test[:, 0]
+        acc.fine_sumw[0] = acc.fine_sumw2[0] = fine[:, 0]
+        acc.plot_sumw[0] = acc.plot_sumw2[0] = plot[:, 0]
+    else:
+        acc.h1_sumw[0], acc.h1_sumw2[0] = test[:, 1], test[:, 2]
+        acc.h1_sumw3[:], acc.h1_sumw4[:] = test[:, 3], test[:, 4]
+        for v in range(1, w.all.shape[0]):
+            acc.h1_sumw[v], acc.h1_sumw2[v] = test[:, 3 + 2 * v], test[:, 4 + 2 * v]
+        acc.fine_sumw[:], acc.fine_sumw2[:] = fine[:, 0::2].T, fine[:, 1::2].T
+        acc.plot_sumw[:], acc.plot_sumw2[:] = plot[:, 0::2].T, plot[:, 1::2].T
+    (acc.valid_sumw[:], acc.valid_sumw2[:], acc.invalid_sumw[:], acc.invalid_sumw2[:],
+     acc.sum_wd[:], acc.sum_wd2[:]) = per_feature.T
+    return codes if layout.plan.pairs else None
+
+
+def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
+               groups: np.ndarray | None = None) -> Accumulator:
+    """Accumulate one chunk.
+
+    Each feature is binned once (one search into its :class:`FeatureGrid`, then a table
+    lookup per binning) and its 1D sums added in the same compiled pass
+    (:func:`validator.kernels.fill_features`); 2D sums one compiled pass per pair
+    (:func:`_fill_pairs`), the moment sums matrix products (:func:`_fill_moments`). Counts
+    are exact; sums agree with a direct computation to rounding, in any chunking.
+
+    Parameters
+    ----------
+    features:
+        (n_events, n_features) float array in the plan's feature order (a column-major
+        array, as :func:`fill_sample` builds it, is used without a copy).
+    weights:
+        (n_var, n_events): the nominal weight first, then any variations.
+    groups:
+        (n_events,) each event's random group (:func:`event_groups`); all in group 0 if None.
+    """
+    from validator import kernels
+
+    plan = layout.plan
+    n = features.shape[0]
+    n_var = weights.shape[0]
+    acc = Accumulator.empty(layout, n_var)
+    if n == 0:
+        return acc
+    w = _Weights(weights)
+    acc.n_events = n
+    acc.sumw = w.all.sum(axis=1)
+    acc.sumw2 = (w.all * w.all).sum(axis=1)
+    # feature-major: every per-feature and per-pair operation reads contiguous rows
+    x = np.ascontiguousarray(features.T, dtype=np.float64)
+    finite = np.isfinite(x)
+    sentinel = finite & np.isin(x, SENTINEL_VALUES)
+    valid = finite & ~sentinel
+    acc.n_nonfinite = n - finite.sum(axis=1).astype(np.int64)
+    acc.n_sentinel = sentinel.sum(axis=1).astype(np.int64)
+    groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups, np.int64)
+    if kernels.HAVE_NUMBA:
+        pair_codes = _fill_features(acc, layout, x, valid, groups, w)
+    else:
+        pair_codes = _fill_features_numpy(acc, layout, x, valid, groups, w)
     if plan.pairs:
         _fill_pairs(acc, layout, pair_codes, groups, w)
         _fill_moments(acc, layout, x, valid, w)
