@@ -351,3 +351,14 @@ def test_columns_valid_everywhere_share_one_reservoir_selection_with_the_same_re
         np.testing.assert_array_equal(total.profiles[k].values, plain[k].values)
     assert total.profiles["a"].keys is total.profiles["b"].keys  # selected once for both
     assert total.profiles["c"].keys is not total.profiles["a"].keys
+
+
+def test_sentinels_are_what_numpys_isin_finds():
+    from validator.plan import SENTINEL_VALUES, is_sentinel
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(0.0, 300.0, (4, 5_000))
+    x.flat[rng.integers(0, x.size, 400)] = rng.choice([*SENTINEL_VALUES, np.nan, np.inf,
+                                                       -np.inf, -99.5, -1000.0], 400)
+    np.testing.assert_array_equal(is_sentinel(x), np.isin(x, SENTINEL_VALUES))
+    assert not is_sentinel(np.abs(x[0])).any()

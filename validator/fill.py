@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from validator.hist import Hist
-from validator.plan import SENTINEL_VALUES, Plan
+from validator.plan import Plan, is_sentinel
 from validator.sources import ENTRY, FILE
 from validator.transform import INCLUSIVE, Reader, categories_of, weights_of
 
@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     from validator.kernels import FeatureTables, LookupGrid
     from validator.systematics import VariationRows
 
-#: Values per power (events x paired features) in one block of the moment products: five
-#: powers of 1M float64 values are 40 MB, while the products stay large enough for BLAS.
-MOMENT_BLOCK_VALUES = 1_000_000
+#: Values per power (events x paired features) in one block of the moment products: the
+#: five powers of a block (5 MB) stay in cache between their computation and the products,
+#: which are still long enough for BLAS (4,000 events for 30 features). Measured per 250k
+#: weighted events x 30 features: 0.34 s with blocks of 1M values, 0.25 s with 120k.
+MOMENT_BLOCK_VALUES = 120_000
 #: Random event groups kept apart in the group-resolved sums behind the run-level global test
 #: (validator.globaltest): its sign-flip replicas combine the groups, so 2**32 replicas are
 #: possible while the sums stay 32 times the histograms.
@@ -498,13 +500,22 @@ def _fill_moments(acc: Accumulator, layout: Layout, x: np.ndarray, valid: np.nda
     spans = {a: (min(b for a2, b in MOMENT_ORDERS if a2 == a),
                  max(b for a2, b in MOMENT_ORDERS if a2 == a)) for a, _ in MOMENT_ORDERS}
     totals = {a: np.zeros((2, n_k, (hi - lo + 1) * n_k)) for a, (lo, hi) in spans.items()}
-    block = max(1, MOMENT_BLOCK_VALUES // max(n_k, 1))
+    block = max(1, min(n, MOMENT_BLOCK_VALUES // max(n_k, 1)))
+    buffer = np.empty((5 * n_k, block))  # the powers of a block, rows z^0 .. z^4 of each
+    scaled = np.empty((n_k, block))
     for start in range(0, n, block):
         sel = slice(start, start + block)
+        size = min(block, n - start)
+        powers = buffer[:, :size]
         mask = valid[used, sel]
-        z = np.where(mask, (x[used, sel] - loc) / scale, 0.0)
-        z2 = z * z
-        powers = np.concatenate([mask.astype(np.float64), z, z2, z2 * z, z2 * z2])
+        p0, p1, p2, p3, p4 = (powers[b * n_k:(b + 1) * n_k] for b in range(5))
+        p0[:] = mask
+        np.subtract(x[used, sel], loc, out=p1)
+        np.divide(p1, scale, out=p1)
+        np.copyto(p1, 0.0, where=~mask)
+        np.multiply(p1, p1, out=p2)
+        np.multiply(p2, p1, out=p3)
+        np.multiply(p2, p2, out=p4)
         w = weights.nominal[sel]
         w_pair = (w,) if weights.unit else (w, w * w)
         # a = 0 is Σ w [i valid] z_j^b: for a feature valid on every event of the block, the
@@ -520,7 +531,11 @@ def _fill_moments(acc: Accumulator, layout: Layout, x: np.ndarray, valid: np.nda
                 continue
             right = powers[lo * n_k:(hi + 1) * n_k].T
             for row, wr in enumerate(w_pair):
-                totals[a][row] += (powers[a * n_k:(a + 1) * n_k] * wr) @ right
+                # unit weights (data): the powers themselves, no product with ones
+                left = powers[a * n_k:(a + 1) * n_k]
+                if not weights.unit:
+                    left = np.multiply(left, wr, out=scaled[:, :size])
+                totals[a][row] += left @ right
     for a in totals:
         if weights.unit:  # w² = w = 1
             totals[a][1] = totals[a][0]
@@ -638,7 +653,7 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
     # feature-major: every per-feature and per-pair operation reads contiguous rows
     x = np.ascontiguousarray(features.T, dtype=np.float64)
     finite = np.isfinite(x)
-    sentinel = finite & np.isin(x, SENTINEL_VALUES)
+    sentinel = is_sentinel(x)
     valid = finite & ~sentinel
     acc.n_nonfinite = n - finite.sum(axis=1).astype(np.int64)
     acc.n_sentinel = sentinel.sum(axis=1).astype(np.int64)

@@ -28,6 +28,19 @@ from validator.transform import Reader, weights_of
 
 #: Values physicists use as "not set"; counted and excluded from the binned tests.
 SENTINEL_VALUES = (-99.0, -999.0, -9999.0, -99999.0, -999999.0)
+
+
+def is_sentinel(x: np.ndarray) -> np.ndarray:
+    """Where ``x`` holds one of the ``SENTINEL_VALUES`` (``np.isin``, with one comparison
+    over the whole array and the membership test only where a value is that low)."""
+    low = x <= max(SENTINEL_VALUES)
+    if not low.any():
+        return low
+    found = np.zeros(x.shape, dtype=bool)
+    found[low] = np.isin(x[low], SENTINEL_VALUES)
+    return found
+
+
 #: Column names that identify events rather than describe them (compared case-insensitively).
 ID_COLUMNS = frozenset({
     "run", "event", "luminosityblock", "lumi", "lumiblock", "lumisection", "ls", "evt",
@@ -76,7 +89,7 @@ class ColumnProfile:
         a column's values are valid: those columns' profiles then hold one and the same
         array of kept keys (see :meth:`merged`)."""
         finite = np.isfinite(x)
-        sentinel = finite & np.isin(x, SENTINEL_VALUES)
+        sentinel = is_sentinel(x)
         good_mask = finite & ~sentinel
         all_good = bool(good_mask.all())
         good = x if all_good else x[good_mask]
