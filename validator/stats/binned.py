@@ -563,20 +563,34 @@ def sim_toys(
                 lam = np.where(no_law[..., None], rate[..., None] * gmass, lam)
                 compound = compound | no_law
     u = np.where(positive, s2 / np.where(positive, w, 1.0), np.where(empty, mean_u, 1.0))
-    lam_sp = np.where(scaled & ~compound, np.clip(beta, 0.0, None) / u, 0.0)
-    k = rng.poisson(np.broadcast_to(lam_sp, shape)).astype(float)
-    gauss = beta + np.sqrt(s2) * rng.standard_normal(shape)
-    w_toy = np.where(scaled, u * k, gauss)
-    s2_toy = np.where(scaled, u * u * k, np.broadcast_to(s2, shape))
-    if compound.any():
-        x = np.nan_to_num(np.where(compound[..., None], x, 0.0))
-        lam = np.where(compound[..., None], lam, 0.0)
-        k1 = rng.poisson(np.broadcast_to(lam[..., 0], shape)).astype(float)
-        k2 = rng.poisson(np.broadcast_to(lam[..., 1], shape)).astype(float)
-        x1, x2 = x[..., 0], x[..., 1]
-        w_toy = np.where(compound, x1 * k1 + x2 * k2, w_toy)
-        s2_toy = np.where(compound, x1 * x1 * k1 + x2 * x2 * k2, s2_toy)
-    return w_toy, s2_toy
+    # each bin draws what its scheme uses, and nothing for the others' (random numbers are
+    # most of a toy's cost): compound bins two Poisson numbers, scaled-Poisson bins one,
+    # the rest a normal one
+    beta_b = np.broadcast_to(beta, w.shape)
+    w_toy = np.empty((n_toys, w.size))
+    s2_toy = np.empty((n_toys, w.size))
+    cells = compound.ravel()
+    if cells.any():
+        x1, x2 = (np.nan_to_num(x[..., i]).ravel()[cells] for i in range(2))
+        lam1, lam2 = (lam[..., i].ravel()[cells] for i in range(2))
+        k1 = rng.poisson(lam1, size=(n_toys, lam1.size)).astype(float)
+        k2 = rng.poisson(lam2, size=(n_toys, lam2.size)).astype(float)
+        w_toy[:, cells] = x1 * k1 + x2 * k2
+        s2_toy[:, cells] = x1 * x1 * k1 + x2 * x2 * k2
+    cells = (scaled & ~compound).ravel()
+    if cells.any():
+        u_c = u.ravel()[cells]
+        k = rng.poisson(np.clip(beta_b.ravel()[cells], 0.0, None) / u_c,
+                        size=(n_toys, u_c.size)).astype(float)
+        w_toy[:, cells] = u_c * k
+        s2_toy[:, cells] = u_c * u_c * k
+    cells = (~scaled & ~compound).ravel()
+    if cells.any():
+        s2_c = s2.ravel()[cells]
+        w_toy[:, cells] = beta_b.ravel()[cells] + np.sqrt(s2_c) * rng.standard_normal(
+            (n_toys, s2_c.size))
+        s2_toy[:, cells] = s2_c
+    return w_toy.reshape(shape), s2_toy.reshape(shape)
 
 
 def effective_entries(sim_sumw: ArrayLike, sim_sumw2: ArrayLike) -> float:
