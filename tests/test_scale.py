@@ -246,6 +246,14 @@ def test_fork_map_runs_meanwhile_once_in_this_process_while_the_workers_run():
     assert [r for r, _ in results] == [i * i for i in range(20)]
     assert os.getpid() not in {pid for _, pid in results}  # tested in the workers
     assert calls == [os.getpid()] and later.result() == 1 and calls == [os.getpid()]
+    # an error in a worker is raised here
+    def fails_at_five(i: int) -> int:
+        if i == 5:
+            raise ArithmeticError("item five")
+        return i
+
+    with pytest.raises(ArithmeticError, match="item five"):
+        list(fork_map(fails_at_five, 40, 2, 4))
     # without workers it runs before the items
     order: list[str] = []
     list(fork_map(lambda i: order.append("item"), 3, 1, meanwhile=lambda: order.append("m")))
@@ -272,3 +280,16 @@ print("never")
     assert done.stdout == "unflushed output"
     assert done.stderr == "and an error line"
     assert marker.read_text() == "yes"
+
+
+def test_guided_batches_cover_every_item_once_and_shrink_to_one():
+    from validator.engine import guided_batches
+
+    for n, jobs, largest in ((465, 2, 14), (7, 2, 3), (1, 4, 10), (1000, 8, 50), (0, 2, 5)):
+        batches = guided_batches(n, jobs, largest)
+        assert [i for b in batches for i in b] == list(range(n))
+        sizes = [len(b) for b in batches]
+        assert all(1 <= s <= largest for s in sizes)
+        assert sizes == sorted(sizes, reverse=True)
+        if n >= 4 * jobs:
+            assert sizes[-1] == 1
