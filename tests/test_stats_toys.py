@@ -503,3 +503,22 @@ def test_dependence_toy_pvalues_are_calibrated_with_heavy_weights(kind: str) -> 
         pvalues.append(dependence(data, s1, s2, n_toys=100, rng=i, sim_count=cnt,
                                   sim_sumw3=s3).pvalue)
     _assert_in_band(np.array(pvalues), f"dependence {kind}", two_sided=kind == "nlo")
+
+
+def test_a_node_that_cancels_to_rounding_is_zero_whatever_the_rounding():
+    """A bin of zero and positive weights: its lower node is 0 however its sums were added
+    (in another order the node came out as -3e-15, a negative weight, which changed the
+    rate of its events and so every random number after it)."""
+    from validator.stats.binned import weight_quadrature
+
+    weights = np.array([0.0] * 17 + [0.7308795] * 46)
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        w = rng.permutation(weights)
+        sums = [float(np.sum(w**k)) for k in (1, 2, 3)]
+        x, mass, ok = weight_quadrature(len(w), *sums)
+        assert ok and x[0] == 0.0
+        assert mass[0] == pytest.approx(17.0) and x[1] == pytest.approx(0.7308795)
+    # tiny weights keep their single node
+    x, _, _ = weight_quadrature(3, 3e-20, 3e-40, 3e-60)
+    assert x[0] == x[1] == pytest.approx(1e-20)

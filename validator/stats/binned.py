@@ -360,6 +360,11 @@ def max_abs_ratio_deviation(data_counts: ArrayLike, sim_sumw: ArrayLike) -> floa
     return float(np.max(np.abs(n[mask] / scaled - 1.0)))
 
 
+#: Relative size below which a quadrature node is zero: a few hundred units of rounding of
+#: the mean and spread it is computed from.
+NODE_ZERO_RTOL = 1e-13
+
+
 def weight_quadrature(
     sim_count: ArrayLike, sim_sumw: ArrayLike, sim_sumw2: ArrayLike, sim_sumw3: ArrayLike
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -405,6 +410,12 @@ def weight_quadrature(
         p1 = z2 / (z2 - z1)
     x1 = np.where(spread, m1 + sigma * z1, m1)
     x2 = np.where(spread, m1 + sigma * z2, m1)
+    # a node that cancels to within the rounding of its own terms is zero (a law of zero and
+    # positive weights): its sign would otherwise follow the rounding of the sums, and with
+    # it the rate of its events (_sign_scaled_rates) and every random number after them
+    scale = NODE_ZERO_RTOL * (np.abs(m1) + np.where(spread, sigma, 0.0))
+    x1 = np.where(np.abs(x1) <= scale, 0.0, x1)
+    x2 = np.where(np.abs(x2) <= scale, 0.0, x2)
     mass1 = np.where(spread, cnt * p1, 0.5 * cnt)
     mass2 = cnt - mass1
     x = np.stack([x1, x2], axis=-1)
@@ -563,34 +574,29 @@ def sim_toys(
                 lam = np.where(no_law[..., None], rate[..., None] * gmass, lam)
                 compound = compound | no_law
     u = np.where(positive, s2 / np.where(positive, w, 1.0), np.where(empty, mean_u, 1.0))
-    # each bin draws what its scheme uses, and nothing for the others' (random numbers are
-    # most of a toy's cost): compound bins two Poisson numbers, scaled-Poisson bins one,
-    # the rest a normal one
-    beta_b = np.broadcast_to(beta, w.shape)
-    w_toy = np.empty((n_toys, w.size))
-    s2_toy = np.empty((n_toys, w.size))
-    cells = compound.ravel()
-    if cells.any():
-        x1, x2 = (np.nan_to_num(x[..., i]).ravel()[cells] for i in range(2))
-        lam1, lam2 = (lam[..., i].ravel()[cells] for i in range(2))
-        k1 = rng.poisson(lam1, size=(n_toys, lam1.size)).astype(float)
-        k2 = rng.poisson(lam2, size=(n_toys, lam2.size)).astype(float)
-        w_toy[:, cells] = x1 * k1 + x2 * k2
-        s2_toy[:, cells] = x1 * x1 * k1 + x2 * x2 * k2
-    cells = (scaled & ~compound).ravel()
-    if cells.any():
-        u_c = u.ravel()[cells]
-        k = rng.poisson(np.clip(beta_b.ravel()[cells], 0.0, None) / u_c,
-                        size=(n_toys, u_c.size)).astype(float)
-        w_toy[:, cells] = u_c * k
-        s2_toy[:, cells] = u_c * u_c * k
-    cells = (~scaled & ~compound).ravel()
-    if cells.any():
-        s2_c = s2.ravel()[cells]
-        w_toy[:, cells] = beta_b.ravel()[cells] + np.sqrt(s2_c) * rng.standard_normal(
-            (n_toys, s2_c.size))
-        s2_toy[:, cells] = s2_c
-    return w_toy.reshape(shape), s2_toy.reshape(shape)
+    # Every bin draws two Poisson numbers whatever its scheme (rate 0 where unused: almost
+    # free), so that a bin whose scheme flips with the rounding of its sums (another
+    # chunking) changes its own toys only, not the random numbers of the bins after it. The
+    # rare bins of the normal scheme draw from a stream of their own, seeded from this one
+    # by one fixed draw. Node values: x1, x2 in compound bins, (u, 0) in scaled-Poisson ones.
+    node1 = np.where(compound, np.nan_to_num(x[..., 0]) if compound.any() else 0.0,
+                     np.where(scaled, u, 0.0))
+    node2 = np.where(compound, np.nan_to_num(x[..., 1]) if compound.any() else 0.0, 0.0)
+    lam1 = np.where(compound, np.nan_to_num(lam[..., 0]) if compound.any() else 0.0,
+                    np.where(scaled, np.clip(beta, 0.0, None) / u, 0.0))
+    lam2 = np.where(compound, np.nan_to_num(lam[..., 1]) if compound.any() else 0.0, 0.0)
+    k1 = rng.poisson(np.broadcast_to(lam1, shape))
+    k2 = rng.poisson(np.broadcast_to(lam2, shape))
+    normal_seed = int(rng.integers(2**63))
+    w_toy = node1 * k1 + node2 * k2
+    s2_toy = (node1 * node1) * k1 + (node2 * node2) * k2
+    gauss = ~scaled & ~compound
+    if gauss.any():
+        s2_g = s2[gauss]
+        z = np.random.default_rng(normal_seed).standard_normal((n_toys, s2_g.size))
+        w_toy[:, gauss] = np.broadcast_to(beta, w.shape)[gauss] + np.sqrt(s2_g) * z
+        s2_toy[:, gauss] = s2_g
+    return w_toy, s2_toy
 
 
 def effective_entries(sim_sumw: ArrayLike, sim_sumw2: ArrayLike) -> float:
