@@ -74,3 +74,18 @@ def test_multivariate_tests_are_adjusted_as_their_own_family():
     np.testing.assert_allclose(bh[~mv], multipletests(p[~mv], method="fdr_bh")[1])
     np.testing.assert_allclose(holm[mv], multipletests(p[mv], method="holm")[1])
     assert holm[299] == pytest.approx(0.02)  # Holm over two tests, not over 300
+
+
+def test_holm_and_bh_equal_statsmodels_multipletests():
+    from statsmodels.stats.multitest import multipletests
+
+    from validator.summary import benjamini_hochberg, holm
+
+    rng = np.random.default_rng(12)
+    samples = [rng.uniform(0, 1, 500), rng.uniform(0, 1e-3, 40), np.array([0.3]),
+               np.round(rng.uniform(0, 0.2, 200), 3),  # many ties
+               np.concatenate([rng.beta(0.2, 5, 100), [0.0, 1.0, 1.0]])]
+    for p in samples:
+        np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=1e-15)
+        np.testing.assert_allclose(benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1],
+                                   rtol=1e-15)

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
 
 @dataclass(frozen=True)
@@ -40,20 +39,48 @@ class RunSummary:
     n_not_run: int = 0
 
 
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values: the i-th smallest of m is ``max over j <= i of
+    (m - j + 1) p_(j)``, at most 1 (S. Holm, Scand. J. Statist. 6 (1979) 65; as statsmodels'
+    ``multipletests(method="holm")``, the reference in the tests)."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    adjusted = np.minimum(np.maximum.accumulate(p[order] * np.arange(m, 0, -1)), 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values: the i-th smallest of m is ``min over j >= i of
+    m p_(j) / j``, at most 1 (Y. Benjamini and Y. Hochberg, JRSS B 57 (1995) 289; as
+    statsmodels' ``multipletests(method="fdr_bh")``, the reference in the tests)."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    raw = p[order] / (np.arange(1, m + 1) / m)
+    adjusted = np.minimum(np.minimum.accumulate(raw[::-1])[::-1], 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
 def adjust_pvalues(pvalues: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Holm and Benjamini-Hochberg adjusted p-values (statsmodels ``multipletests``).
+    """Holm and Benjamini-Hochberg adjusted p-values (:func:`holm`,
+    :func:`benjamini_hochberg`).
 
     NaN p-values stay NaN and do not count towards the number of tests.
     """
     p = np.asarray(pvalues, dtype=float)
-    holm = np.full_like(p, np.nan)
-    bh = np.full_like(p, np.nan)
+    holm_p = np.full_like(p, np.nan)
+    bh_p = np.full_like(p, np.nan)
     ok = np.isfinite(p)
     if ok.any():
         clipped = np.clip(p[ok], 0.0, 1.0)
-        holm[ok] = multipletests(clipped, method="holm")[1]
-        bh[ok] = multipletests(clipped, method="fdr_bh")[1]
-    return holm, bh
+        holm_p[ok] = holm(clipped)
+        bh_p[ok] = benjamini_hochberg(clipped)
+    return holm_p, bh_p
 
 
 def summarise(pvalues: np.ndarray, reliable: np.ndarray, alpha: float = 0.05,
