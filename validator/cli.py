@@ -649,15 +649,23 @@ def exit_now(code: int) -> NoReturn:
     That teardown (numba's compiled code and LLVM, scipy, pyarrow, duckdb) takes about a second
     after a run (measured after a 1M-event run), which a CI gate would wait for every time;
     every file a command writes is closed before it returns."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_handlers is None:  # pragma: no cover - not CPython
         sys.exit(code)
     run_exit_handlers()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
     os._exit(code)
+
+
+def _flush() -> None:
+    """Flush stdout and stderr; a reader that went away (``validator runs | head``) is not an
+    error of the command."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def console() -> NoReturn:
