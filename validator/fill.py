@@ -26,7 +26,7 @@ from validator.sources import ENTRY, FILE
 from validator.transform import INCLUSIVE, Reader, categories_of, weights_of
 
 if TYPE_CHECKING:
-    from validator.kernels import FeatureTables, LookupGrid
+    from validator.kernels import FeatureTables
     from validator.systematics import VariationRows
 
 #: Values per power (events x paired features) in one block of the moment products: the
@@ -331,13 +331,6 @@ class FeatureGrid:
     def trash(self) -> int:
         return len(self.edges) + 1
 
-    @cached_property
-    def lookup(self) -> LookupGrid | None:
-        """The lookup grid of the compiled search into ``edges``, made once per plan."""
-        from validator import kernels
-
-        return kernels.lookup_grid(self.edges)
-
     @staticmethod
     def _folded(grid: np.ndarray, edges: np.ndarray) -> np.ndarray:
         below = np.concatenate([[0], np.searchsorted(edges, grid, side="right")])
@@ -555,7 +548,6 @@ def _fill_features_numpy(acc: Accumulator, layout: Layout, x: np.ndarray, valid:
     :func:`validator.kernels.fill_features`): one search per value into the feature's grid,
     a table lookup per binning, ``bincount`` s per sum. Returns the pair bins of every
     feature (None without pairs)."""
-    from validator import kernels
 
     plan = layout.plan
     n_f, n = x.shape
@@ -565,7 +557,7 @@ def _fill_features_numpy(acc: Accumulator, layout: Layout, x: np.ndarray, valid:
     pair_codes = np.empty((n_f, n), dtype=np.int16) if plan.pairs else None
     for k in range(n_f):
         grid, ok = grids[k], valid[k]
-        u = kernels.positions(grid.edges, x[k], grid.lookup)
+        u = np.searchsorted(grid.edges, x[k], side="right")
         u[~ok] = grid.trash
         lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
         c = grid.test[u]

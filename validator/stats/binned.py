@@ -555,6 +555,7 @@ def sim_toys(
     empty = (w == 0) & (s2 == 0) & (mean_u > 0)
     scaled = positive | empty
     compound = np.zeros(w.shape, dtype=bool)
+    x = lam = np.zeros((*w.shape, 2))  # the compound bins' nodes and rates (none without counts)
     if sim_count is not None:
         cnt = np.broadcast_to(np.asarray(sim_count, dtype=float), w.shape)
         s3 = np.broadcast_to(np.asarray(sim_sumw3, dtype=float), w.shape)
@@ -579,12 +580,11 @@ def sim_toys(
     # chunking) changes its own toys only, not the random numbers of the bins after it. The
     # rare bins of the normal scheme draw from a stream of their own, seeded from this one
     # by one fixed draw. Node values: x1, x2 in compound bins, (u, 0) in scaled-Poisson ones.
-    node1 = np.where(compound, np.nan_to_num(x[..., 0]) if compound.any() else 0.0,
-                     np.where(scaled, u, 0.0))
-    node2 = np.where(compound, np.nan_to_num(x[..., 1]) if compound.any() else 0.0, 0.0)
-    lam1 = np.where(compound, np.nan_to_num(lam[..., 0]) if compound.any() else 0.0,
-                    np.where(scaled, np.clip(beta, 0.0, None) / u, 0.0))
-    lam2 = np.where(compound, np.nan_to_num(lam[..., 1]) if compound.any() else 0.0, 0.0)
+    x, lam = np.nan_to_num(x), np.nan_to_num(lam)
+    node1 = np.where(compound, x[..., 0], np.where(scaled, u, 0.0))
+    node2 = np.where(compound, x[..., 1], 0.0)
+    lam1 = np.where(compound, lam[..., 0], np.where(scaled, np.clip(beta, 0.0, None) / u, 0.0))
+    lam2 = np.where(compound, lam[..., 1], 0.0)
     k1 = rng.poisson(np.broadcast_to(lam1, shape))
     k2 = rng.poisson(np.broadcast_to(lam2, shape))
     normal_seed = int(rng.integers(2**63))
