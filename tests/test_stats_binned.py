@@ -1022,11 +1022,11 @@ def _small_simulation_with_sparse_tail(tail_events: float) -> tuple:
 
 @pytest.mark.parametrize(("tail_events", "expect"), [(40.0, "merged"), (4000.0, "plain")])
 def test_small_simulation_merges_a_sparse_tail_for_its_asymptotics(tail_events, expect):
-    from validator.compare import CompareOptions, _binned_tests
+    from validator.compare import CompareOptions, ToyTargets, _binned_tests
 
     data, sim = _small_simulation_with_sparse_tail(tail_events)
     out = _binned_tests(data, sim, CompareOptions(), lambda name: np.random.default_rng(1),
-                        (0.05, 1e-5))
+                        ToyTargets((0.05, 1e-5)))
     for name in ("chi2_uw", "saturated"):
         res = out[name]
         assert res.pvalue_method == "asymptotic" and res.reliable
@@ -1039,7 +1039,7 @@ def test_small_simulation_merges_a_sparse_tail_for_its_asymptotics(tail_events, 
 
 
 def test_small_simulation_with_too_many_sparse_bins_uses_toys():
-    from validator.compare import CompareOptions, _binned_tests
+    from validator.compare import CompareOptions, ToyTargets, _binned_tests
     from validator.hist import Hist
 
     # every bin has ~100 events: merging to 200 variance entries would halve the binning
@@ -1050,7 +1050,7 @@ def test_small_simulation_with_too_many_sparse_bins_uses_toys():
     sim = Hist(edges, (2.5 * k)[None], (6.25 * k)[None], count=k, sumw3=2.5**3 * k,
                sumw4=2.5**4 * k)
     out = _binned_tests(data, sim, CompareOptions(small_sample_toys=50, max_toys=None),
-                        lambda name: np.random.default_rng(1), ())
+                        lambda name: np.random.default_rng(1), ToyTargets())
     for name in ("chi2_uw", "saturated"):
         assert out[name].pvalue_method == "toys"
         assert out[name].details["n_bins_used"] == 10

@@ -121,6 +121,27 @@ def test_adaptive_toys_same_as_numpy(monkeypatch) -> None:
 
 
 @needs_numba
+def test_sequential_toys_same_as_numpy_and_stop_above_alpha(monkeypatch) -> None:
+    """With ``coarse_above`` (as a run calls it): a table in agreement stops at its 15th toy
+    reaching the observation (p = 15/L, L < 300), in both evaluations alike; a planted
+    difference keeps every toy."""
+    data, w, w2, cnt, w3 = _tables(4, 20_000, 5000, 10, 0.08)
+    options = {"n_toys": 300, "rng": 5, "max_toys": 4000, "thresholds": (1e-4,),
+               "coarse_above": 0.05, "sim_count": cnt, "sim_sumw3": w3}
+    compiled, reference = _both_paths(monkeypatch, data, w, w2, **options)
+    _assert_same_result(compiled, reference)
+    full = dependence(data, w, w2, **{**options, "coarse_above": None})
+    assert full.pvalue > 0.1  # data and simulation share the correlation
+    assert compiled.details["toys_stop"] == "sequential"
+    assert compiled.n_toys < 300 and compiled.pvalue == 15 / compiled.n_toys
+    # the simulation without the correlation: the data's dependence is a mismodelling
+    flat = np.outer(w.sum(axis=1), w.sum(axis=0)) / w.sum()
+    planted = dependence(data, flat, w2, **{**options, "sim_count": None, "sim_sumw3": None})
+    assert planted.details["toys_stop"] != "sequential" and planted.n_toys >= 300
+    assert planted.pvalue < 1e-3
+
+
+@needs_numba
 @pytest.mark.parametrize("min_sim_entries", [10.0, None])
 @pytest.mark.parametrize("pseudo", [0.0, 0.3])
 @pytest.mark.parametrize("max_iter", [1000, 20])

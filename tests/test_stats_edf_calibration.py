@@ -328,6 +328,29 @@ def test_adaptive_toys_stop_where_the_decision_is_clear():
     assert near.pvalue == pytest.approx(base.pvalue, abs=0.1)
 
 
+def test_sequential_toys_stop_each_statistic_at_its_own_hth_toy():
+    d, s, s2 = _fixed_histograms()
+    fixed = edf_hist_tests(d, s, sim_sumw2_bins=s2, n_toys=500, rng=4)
+    seq = edf_hist_tests(d, s, sim_sumw2_bins=s2, n_toys=500, rng=4, max_toys=8000,
+                         thresholds=(1e-5,), coarse_above=0.05)
+    for name in ("ks", "ad"):
+        assert fixed[name].pvalue > 0.1  # a histogram in agreement
+        r = seq[name]
+        # h = 25 (0.05 x 500) toys reached the observation, after L < 500 toys: p = h/L
+        assert r.details["toys_stop"] == "sequential" and r.details["n_toys_ge"] == 25
+        assert r.n_toys < 500 and r.pvalue == 25 / r.n_toys
+        assert r.details["pvalue_ci"][0] < fixed[name].pvalue < r.details["pvalue_ci"][1]
+    # a planted shift keeps every toy, as without the early stop
+    rng = np.random.default_rng(6)
+    xd, xs, ws, _ = capped(rng)
+    d2, s2b, v2 = histograms(xd + 0.3, xs, ws, False)
+    shifted = edf_hist_tests(d2, s2b, sim_sumw2_bins=v2, n_toys=500, rng=4,
+                             coarse_above=0.05)
+    for name in ("ks", "ad"):
+        assert shifted[name].details["toys_stop"] == "fixed"
+        assert shifted[name].n_toys == 500 and shifted[name].pvalue < 0.05
+
+
 def test_no_toy_reaching_the_observation_gives_a_marked_bound():
     rng = np.random.default_rng(6)
     xd, xs, ws, _ = capped(rng)
@@ -451,14 +474,17 @@ def _band(level: float, n: int = N_REPLICAS) -> tuple[float, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("coarse_above", [None, 0.05])
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_toy_pvalues_are_calibrated(name):
+def test_toy_pvalues_are_calibrated(name, coarse_above):
+    # coarse_above=0.05: as a run computes them, the toys of a p-value above 0.05 stopping at
+    # the 10th toy reaching the observation (Besag & Clifford's sequential p-value)
     rng = np.random.default_rng(2024)
     p = {"ks": [], "ad": [], "ks_asym": [], "ad_asym": []}
     for i in range(N_REPLICAS):
         d, s, s2 = replica(name, rng)
         both = edf_hist_tests(d, s, sim_sumw2_bins=s2, n_toys=100, max_toys=1600,
-                              thresholds=LEVELS, rng=i)
+                              thresholds=LEVELS, rng=i, coarse_above=coarse_above)
         for test in ("ks", "ad"):
             p[test].append(both[test].pvalue)
             p[f"{test}_asym"].append(both[test].details["pvalue_asymptotic"])

@@ -14,12 +14,15 @@ import pytest
 from scipy import stats
 
 from validator.stats.binned import (
+    SimToyLaw,
     clopper_pearson,
     merge_histogram,
     merge_histogram_rows,
     merge_sparse_bins,
     merge_sparse_bins_batched,
     run_toys,
+    sequential_batches,
+    sequential_stop,
     sim_toys,
     toy_pvalue,
     weight_quadrature,
@@ -91,8 +94,8 @@ def test_clopper_pearson_matches_scipy(k: int, n: int) -> None:
 def _chi2_draw(df: int, seed: int):
     gen = np.random.default_rng(seed)
 
-    def draw(n: int) -> tuple[np.ndarray, int]:
-        return gen.chisquare(df, n), 0
+    def draw(n: int) -> np.ndarray:
+        return gen.chisquare(df, n)
 
     return draw
 
@@ -154,6 +157,72 @@ def test_adaptive_toy_pvalue_keeps_its_level() -> None:
     assert np.mean(np.array(spent) > 99) < 0.2
 
 
+def test_sequential_stop_and_its_batches() -> None:
+    # h = ceil(level * n), at least 10, the level the larger of coarse_above and thresholds
+    assert sequential_stop(300, 0.05) == 15
+    assert sequential_stop(500, 0.05, (1e-5,)) == 25
+    assert sequential_stop(300, 0.01) == 10
+    assert sequential_stop(300, 0.05, (0.1,)) == 30
+    assert sequential_stop(300, None) is None and sequential_stop(15, 0.99) is None
+    assert sequential_batches(300, 15) == [30, 30, 60, 120, 60]
+    assert sequential_batches(500, 25) == [50, 50, 100, 200, 100]
+    assert sequential_batches(300, None) == [300]
+
+
+def test_sequential_pvalue_is_exact_and_keeps_the_decisions_at_alpha() -> None:
+    # Besag & Clifford (1991): under the null (the observation one more draw of a continuous
+    # statistic) the sequential p-value is uniform on its support, P(p <= h/L) = h/L; and it
+    # decides at alpha and below as the same toys without the early stop do.
+    rng = np.random.default_rng(21)
+    n_rep, n_toys, alpha = 4000, 300, 0.05
+    pvals, fixed, spent = [], [], []
+    for i in range(n_rep):
+        t = rng.chisquare(4)
+        out = run_toys(t, _chi2_draw(4, 5000 + i), n_toys, max_toys=1600,
+                       thresholds=(alpha / 100,), coarse_above=alpha)
+        # the same toys without the early stop
+        same = run_toys(t, _chi2_draw(4, 5000 + i), n_toys, max_toys=1600,
+                        thresholds=(alpha / 100,))
+        pvals.append(out.pvalue)
+        fixed.append(same.pvalue)
+        spent.append(out.n_toys)
+        if out.details["toys_stop"] == "sequential":
+            assert out.pvalue == 15 / out.n_toys and out.n_toys <= n_toys
+            assert out.details["n_toys_reaching"] == 15 and out.toys.size == out.n_toys
+            assert np.sum(out.toys >= t) == 15 and out.toys[-1] >= t  # stopped at the 15th
+        else:  # below alpha nothing changes
+            assert (out.pvalue, out.n_toys) == (same.pvalue, same.n_toys)
+    pvals, fixed, spent = np.array(pvals), np.array(fixed), np.array(spent)
+    for level in (alpha, 0.01, alpha / 100):
+        assert np.array_equal(pvals <= level, fixed <= level)
+    for u in (15 / 300, 15 / 150, 15 / 60, 0.5, 15 / 20):
+        lo, hi = (stats.binom.ppf(q, n_rep, u) / n_rep for q in (0.0005, 0.9995))
+        assert lo <= np.mean(pvals <= u + 1e-12) <= hi, u
+    # under the null h (1 + ln(n/h)) = 60 toys on average were needed; the batches draw a
+    # few more (30, 30, 60, 120, 60), never the 300 of every fixed p-value
+    assert 50 < spent.mean() < 90
+
+
+def test_sequential_toys_of_the_tests_stop_only_above_alpha() -> None:
+    # a histogram in agreement: few toys, p = h/L; a planted difference: the full toys
+    p = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
+    q = np.array([0.15, 0.2, 0.3, 0.2, 0.15])
+    rng = np.random.default_rng(8)
+    data_null = rng.poisson(5000 * p).astype(float)
+    for test in (chi2_uw, saturated):
+        agree = test(data_null, 1000 * p, 10 * p, n_toys=300, rng=1, max_toys=3000,
+                     thresholds=(1e-4,), coarse_above=0.05)
+        if agree.details["toys_stop"] == "sequential":
+            assert agree.n_toys < 300 and agree.pvalue == 15 / agree.n_toys
+        else:
+            assert agree.pvalue < 16 / 301  # only a p-value near or below alpha goes on
+        full = test(data_null, 1000 * p, 10 * p, n_toys=300, rng=1)
+        assert (agree.pvalue <= 0.05) == (full.pvalue <= 0.05)
+        shifted = test(5000 * q, 1000 * p, 10 * p, n_toys=300, rng=1, max_toys=3000,
+                       thresholds=(1e-4,), coarse_above=0.05)
+        assert shifted.details["toys_stop"] != "sequential" and shifted.n_toys >= 300
+
+
 def test_chi2_uw_and_saturated_report_a_bound_and_add_toys() -> None:
     p = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
     q = np.array([0.15, 0.2, 0.3, 0.2, 0.15])
@@ -206,6 +275,22 @@ def test_weight_quadrature_matches_moments_0_to_3() -> None:
     x, mass, ok = weight_quadrature([5, 0], [2.5, 0.0], [1.25, 0.0], [0.625, 0.0])
     np.testing.assert_allclose(x[0], [0.5, 0.5])
     assert ok.tolist() == [True, False]
+
+
+def test_a_prepared_toy_law_draws_what_sim_toys_draws() -> None:
+    # batches of a test's toys come from one prepared law: the same numbers as sim_toys
+    cnt = np.array([20.0, 10.0, 15.0, 0.0, 3.0])
+    s1 = np.array([30.0, 4.0, -2.0, 0.0, -1.0])  # the last bin: normal scheme (w < 0)
+    s2 = np.array([200.0, 10.0, 30.0, 0.0, 1.0])
+    s3 = np.array([2000.0, 20.0, -10.0, 0.0, -1.0])
+    beta = np.array([30.0, 4.0, -2.0, 5.0, 1.0])
+    for extra in ({"sim_count": cnt, "sim_sumw3": s3}, {}):
+        law = SimToyLaw(beta, s1, s2, **extra)
+        a, b = np.random.default_rng(3), np.random.default_rng(3)
+        for n in (7, 50):
+            for x, y in zip(law.draw(n, a), sim_toys(beta, s1, s2, n, b, **extra),
+                            strict=True):
+                np.testing.assert_array_equal(x, y)
 
 
 def test_compound_toys_have_the_cumulants_of_the_observed_sums() -> None:

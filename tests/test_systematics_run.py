@@ -68,7 +68,10 @@ def test_a_difference_covered_by_a_systematic_passes_with_it_only(files, tmp_pat
     c = tests[tests["feature_y"].isna()]
     assert c.loc[("saturated", "c"), "p_holm"] < 1e-4  # fails without the systematic
     assert c.loc[("saturated_syst", "c"), "pvalue"] > 0.05  # covered with it
-    assert c.loc[("saturated_syst", "c"), "n_toys"] >= 300
+    # above alpha the toys stop at the 15th reaching the statistic (sequential p = 15/L)
+    syst_c = c.loc[("saturated_syst", "c")]
+    assert json.loads(syst_c["details"])["toys_stop"] == "sequential"
+    assert syst_c["n_toys"] < 300 and syst_c["pvalue"] == pytest.approx(15 / syst_c["n_toys"])
     assert c.loc[("saturated_syst", "c"), "pvalue_method"] == "toys"
     nuisance = json.loads(c.loc[("saturated_syst", "c"), "details"])["nuisances"]["tilt"]
     # the data's tilt is 3/4 of the systematic's: pulled up, well inside its constraint

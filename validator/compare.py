@@ -82,6 +82,26 @@ class CompareOptions:
 
 
 @dataclass(frozen=True)
+class ToyTargets:
+    """Where a run's toy p-values must be precise.
+
+    ``thresholds``: the decisions toys are added for until settled (Holm's first threshold
+    alpha/m). ``coarse_above``: the run's alpha; a p-value above it only has to be known to be
+    above it, so its toys stop at the h-th toy reaching the observation (Besag & Clifford's
+    sequential p-value, :func:`validator.stats.binned.sequential_stop`): a few dozen toys for
+    most tests of a run that agrees, and the same decisions at alpha as the full number.
+    """
+
+    thresholds: tuple[float, ...] = ()
+    coarse_above: float | None = None
+
+    def toy_options(self, max_toys: int | None) -> dict[str, Any]:
+        """The keyword arguments of a test with adaptive toys."""
+        return {"max_toys": max_toys, "thresholds": self.thresholds,
+                "coarse_above": self.coarse_above}
+
+
+@dataclass(frozen=True)
 class SystInputs:
     """What the systematic tests need beside the nominal accumulators.
 
@@ -155,7 +175,7 @@ Outcome = GofResult | str  # a result, or the reason the test could not run
 
 def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
                   rng: Callable[[str], np.random.Generator],
-                  thresholds: tuple[float, ...]) -> dict[str, Outcome]:
+                  targets: ToyTargets) -> dict[str, Outcome]:
     """``chi2_uw`` and ``saturated`` on a histogram, sparse bins merged first.
 
     Bins are merged until each group has enough expected data *and* enough equivalent
@@ -193,7 +213,7 @@ def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
                     "n_groups_before_variance_merge": int(groups.max()) + 1})
         if not result.reliable:  # asymptotics do not hold: calibrate with toys instead
             result = test(**plan_bins, n_toys=options.small_sample_toys, rng=rng(name),
-                          max_toys=options.max_toys, thresholds=thresholds, **shape)
+                          **targets.toy_options(options.max_toys), **shape)
         results[name] = result
     return results
 
@@ -267,7 +287,7 @@ def _merge_groups(d: np.ndarray, s: np.ndarray, s2: np.ndarray, options: Compare
 
 def syst_test(data: Hist, sim: Hist, syst: SystInputs, category: str,
               view: Callable[[Accumulator], Hist], options: CompareOptions,
-              rng: np.random.Generator, thresholds: tuple[float, ...]) -> Outcome:
+              rng: np.random.Generator, targets: ToyTargets) -> Outcome:
     """``saturated_syst`` on one histogram: the bins merged as for ``saturated``, each
     systematic's templates and each process merged alike
     (:func:`validator.stats.systematics.saturated_syst`)."""
@@ -292,14 +312,14 @@ def syst_test(data: Hist, sim: Hist, syst: SystInputs, category: str,
     try:
         return saturated_syst(sumw, sumw2, merged(d), variations, syst.norms or None,
                               process_names=names, n_toys=options.syst_toys, rng=rng,
-                              max_toys=options.max_toys, thresholds=thresholds)
+                              **targets.toy_options(options.max_toys))
     except ValueError as exc:
         return f"the systematic fit cannot run: {exc}"
 
 
 def _edf_tests(layout: Layout, k: int, sim: Accumulator, data: Accumulator,
                options: CompareOptions, rng: np.random.Generator,
-               thresholds: tuple[float, ...]) -> dict[str, Outcome]:
+               targets: ToyTargets) -> dict[str, Outcome]:
     """``ks`` and ``ad`` on the fine histograms, with the normalised Wasserstein distance.
 
     The p-values come from toys of the fine histograms that carry each bin's Σw²
@@ -321,14 +341,14 @@ def _edf_tests(layout: Layout, k: int, sim: Accumulator, data: Accumulator,
     w1 = wasserstein_hist(fd, fs, centres)
     w1_norm = float(w1 / sim_std) if sim_std > 0 else float("nan")
     both = edf_hist_tests(fd, fs, sim_sumw2_bins=fine.variances, n_toys=options.edf_toys,
-                          rng=rng, max_toys=options.max_toys, thresholds=thresholds)
+                          rng=rng, **targets.toy_options(options.max_toys))
     return {name: replace(result, details={**result.details, "wasserstein_norm": w1_norm})
             for name, result in both.items()}
 
 
 def invalid_fraction(layout: Layout, k: int, sim: Accumulator, data: Accumulator,
                      options: CompareOptions, rng: np.random.Generator,
-                     thresholds: tuple[float, ...] = ()) -> Outcome:
+                     targets: ToyTargets = ToyTargets()) -> Outcome:
     """Is the fraction of NaN/inf/sentinel values (-999, ...) the same in simulation and data?
 
     Gagunashvili's chi² (:func:`~validator.stats.chi2_uw`) on the two-bin histogram (valid,
@@ -349,7 +369,7 @@ def invalid_fraction(layout: Layout, k: int, sim: Accumulator, data: Accumulator
     result = chi2_uw(d, s, s2)
     if not result.reliable:
         result = chi2_uw(d, s, s2, n_toys=options.small_sample_toys, rng=rng,
-                         max_toys=options.max_toys, thresholds=thresholds)
+                         **targets.toy_options(options.max_toys))
     frac_data, frac_sim = d[1] / d.sum(), s[1] / s.sum()
     return replace(result, method=INVALID_FRACTION, effect_size=float(frac_data - frac_sim),
                    effect_name="delta_invalid_fraction",
@@ -359,11 +379,11 @@ def invalid_fraction(layout: Layout, k: int, sim: Accumulator, data: Accumulator
 
 def _pair_tests(layout: Layout, p: int, sim: Accumulator, data: Accumulator,
                 options: CompareOptions, rng: Callable[[str], np.random.Generator],
-                thresholds: tuple[float, ...]) -> dict[str, Outcome]:
+                targets: ToyTargets) -> dict[str, Outcome]:
     """2D histogram, dependence and correlation tests of pair ``p``."""
     i, j = layout.plan.pairs[p]
     hd, hs = data.hist_2d(layout, p), sim.hist_2d(layout, p)
-    results = _binned_tests(hd, hs, options, rng, thresholds)
+    results = _binned_tests(hd, hs, options, rng, targets)
     table, sim_table, sim_table_w2 = hd.values, hs.values, hs.variances
     rows_used = int((table.sum(axis=1) > 0).sum())
     cols_used = int((table.sum(axis=0) > 0).sum())
@@ -382,7 +402,7 @@ def _pair_tests(layout: Layout, p: int, sim: Accumulator, data: Accumulator,
             results["dependence"] = dependence(
                 table, sim_table, sim_table_w2, n_toys=options.dependence_toys,
                 min_expected=options.min_expected, rng=rng("dependence"),
-                max_toys=options.max_toys, thresholds=thresholds, sim_count=hs.count,
+                **targets.toy_options(options.max_toys), sim_count=hs.count,
                 sim_sumw3=hs.sumw3)
         except ValueError as exc:  # fewer than two populated rows/columns once sparse cells go
             results["dependence"] = str(exc)
@@ -442,7 +462,7 @@ def untested_categories(sims: dict[str, Accumulator], datas: dict[str, Accumulat
 
 def _group_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, category: str,
                     options: CompareOptions, seed: int, with_invalid: np.ndarray,
-                    thresholds: tuple[float, ...], syst: SystInputs | None, g: int,
+                    targets: ToyTargets, syst: SystInputs | None, g: int,
                     ) -> tuple[str, str, str | None, dict[str, Outcome]]:
     """(kind, feature_x, feature_y, method -> outcome) of test group ``g`` of a category:
     feature ``g``, or pair ``g - n_features``. Groups are independent (each test has its own
@@ -455,15 +475,15 @@ def _group_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, categor
             return test_rng(seed, category, method, name)
 
         hd, hs = data.hist_1d(layout, k), sim.hist_1d(layout, k)
-        outcomes = {**_binned_tests(hd, hs, options, rng, thresholds),
-                    **_edf_tests(layout, k, sim, data, options, rng("ks+ad"), thresholds)}
+        outcomes = {**_binned_tests(hd, hs, options, rng, targets),
+                    **_edf_tests(layout, k, sim, data, options, rng("ks+ad"), targets)}
         if with_invalid[k]:
             outcomes[INVALID_FRACTION] = invalid_fraction(layout, k, sim, data, options,
-                                                          rng(INVALID_FRACTION), thresholds)
+                                                          rng(INVALID_FRACTION), targets)
         if syst is not None:
             outcomes[SATURATED_SYST] = syst_test(
                 hd, hs, syst, category, lambda a, k=k: a.hist_1d(layout, k), options,
-                rng(SATURATED_SYST), thresholds)
+                rng(SATURATED_SYST), targets)
         return "1d", f.name, None, outcomes
     p = g - layout.n_features
     i, j = plan.pairs[p]
@@ -472,11 +492,11 @@ def _group_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, categor
     def rng2(method: str, x: str = x, y: str = y) -> np.random.Generator:
         return test_rng(seed, category, method, x, y)
 
-    outcomes = _pair_tests(layout, p, sim, data, options, rng2, thresholds)
+    outcomes = _pair_tests(layout, p, sim, data, options, rng2, targets)
     if syst is not None:
         outcomes[SATURATED_SYST] = syst_test(
             data.hist_2d(layout, p), sim.hist_2d(layout, p), syst, category,
-            lambda a, p=p: a.hist_2d(layout, p), options, rng2(SATURATED_SYST), thresholds)
+            lambda a, p=p: a.hist_2d(layout, p), options, rng2(SATURATED_SYST), targets)
     return "2d", x, y, outcomes
 
 
@@ -503,7 +523,8 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     A category present in one sample only (or with Σw ≤ 0) gets every planned test with the
     reason it could not run. Toy p-values are refined until they settle the decision at
     Holm's first threshold ``alpha / m`` (m planned tests); the unadjusted decision at
-    ``alpha`` rests on the initial toys. With ``jobs > 1``
+    ``alpha`` rests on the initial toys, which stop early for a p-value above ``alpha``
+    (:class:`ToyTargets`). With ``jobs > 1``
     the features and pairs are tested in that many forked processes
     (:func:`validator.engine.fork_map`); the results are the same. ``meanwhile()`` runs in
     this process while the workers test (before them without workers).
@@ -520,7 +541,10 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     # unadjusted decision at alpha rests on the initial toys (Monte Carlo error about 0.013
     # at p = 0.05 with 300): settling it to 99.9% for a p-value near 0.05 costs up to
     # max_toys, most of a large run's time, for a flag that no multiple-testing decision uses.
-    thresholds = (alpha / max(len(planned) * len(categories), 1),)
+    # Above alpha a p-value stops at its h-th toy reaching the observation (ToyTargets): the
+    # decisions at alpha and below are those of the initial toys, at a fraction of their cost.
+    targets = ToyTargets(thresholds=(alpha / max(len(planned) * len(categories), 1),),
+                         coarse_above=alpha)
     groups_per_category = layout.n_features + len(layout.plan.pairs)
     done = 0
     items = [(c, g) for c in categories if c not in skip for g in range(groups_per_category)]
@@ -528,7 +552,7 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     def test_group(i: int) -> tuple[str, str, str | None, dict[str, Outcome]]:
         category, g = items[i]
         return _group_outcomes(layout, sims[category], datas[category], category, options,
-                               seed, with_invalid, thresholds, syst, g)
+                               seed, with_invalid, targets, syst, g)
 
     jobs = jobs if len(items) >= MIN_PARALLEL_GROUPS else 1
     if jobs > 1 and layout.plan.pairs:

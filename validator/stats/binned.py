@@ -16,6 +16,7 @@ from scipy import stats
 __all__ = [
     "MIN_SIM_ENTRIES",
     "MIN_VARIANCE_ENTRIES",
+    "SimToyLaw",
     "ToyOutcome",
     "as_histograms",
     "check_toy_options",
@@ -27,7 +28,10 @@ __all__ = [
     "merge_sparse_bins",
     "merge_sparse_bins_batched",
     "optional_sums",
+    "reaching",
     "run_toys",
+    "sequential_batches",
+    "sequential_stop",
     "sim_toys",
     "small_simulation_reason",
     "toy_pvalue",
@@ -543,60 +547,86 @@ def sim_toys(
     tuple of numpy.ndarray
         Toy ``sumw`` and ``sumw2``, each of shape ``(n_toys, *shape)``.
     """
-    beta = np.asarray(expected_sumw, dtype=float)
-    w = np.asarray(sim_sumw, dtype=float)
-    s2 = np.asarray(sim_sumw2, dtype=float)
-    if (sim_count is None) != (sim_sumw3 is None):
-        raise ValueError("give both sim_count and sim_sumw3, or neither")
-    shape = (n_toys, *w.shape)
-    tot_w, tot_s2 = float(w.sum()), float(s2.sum())
-    mean_u = tot_s2 / tot_w if tot_w > 0 and tot_s2 > 0 else 0.0
-    positive = (w > 0) & (s2 > 0)
-    empty = (w == 0) & (s2 == 0) & (mean_u > 0)
-    scaled = positive | empty
-    compound = np.zeros(w.shape, dtype=bool)
-    x = lam = np.zeros((*w.shape, 2))  # the compound bins' nodes and rates (none without counts)
-    if sim_count is not None:
-        cnt = np.broadcast_to(np.asarray(sim_count, dtype=float), w.shape)
-        s3 = np.broadcast_to(np.asarray(sim_sumw3, dtype=float), w.shape)
-        if np.any(cnt < 0) or not np.all(np.isfinite(cnt)) or not np.all(np.isfinite(s3)):
-            raise ValueError("sim_count must be finite and non-negative, sim_sumw3 finite")
-        x, mass, has_law = weight_quadrature(cnt, w, s2, s3)
-        lam, reach = _sign_scaled_rates(np.broadcast_to(beta, w.shape), np.nan_to_num(x),
-                                        np.nan_to_num(mass))
-        compound = has_law & reach
-        # Bins without weight information: the histogram's own weight law, rate-scaled.
-        no_law = ~has_law & (w == 0) & (s2 == 0)
-        if no_law.any() and tot_w > 0:
-            gx, gmass, g_ok = weight_quadrature(cnt.sum(), tot_w, tot_s2, s3.sum())
-            if g_ok:
-                rate = np.clip(beta, 0.0, None) / tot_w
-                x = np.where(no_law[..., None], gx, x)
-                lam = np.where(no_law[..., None], rate[..., None] * gmass, lam)
-                compound = compound | no_law
-    u = np.where(positive, s2 / np.where(positive, w, 1.0), np.where(empty, mean_u, 1.0))
-    # Every bin draws two Poisson numbers whatever its scheme (rate 0 where unused: almost
-    # free), so that a bin whose scheme flips with the rounding of its sums (another
-    # chunking) changes its own toys only, not the random numbers of the bins after it. The
-    # rare bins of the normal scheme draw from a stream of their own, seeded from this one
-    # by one fixed draw. Node values: x1, x2 in compound bins, (u, 0) in scaled-Poisson ones.
-    x, lam = np.nan_to_num(x), np.nan_to_num(lam)
-    node1 = np.where(compound, x[..., 0], np.where(scaled, u, 0.0))
-    node2 = np.where(compound, x[..., 1], 0.0)
-    lam1 = np.where(compound, lam[..., 0], np.where(scaled, np.clip(beta, 0.0, None) / u, 0.0))
-    lam2 = np.where(compound, lam[..., 1], 0.0)
-    k1 = rng.poisson(np.broadcast_to(lam1, shape))
-    k2 = rng.poisson(np.broadcast_to(lam2, shape))
-    normal_seed = int(rng.integers(2**63))
-    w_toy = node1 * k1 + node2 * k2
-    s2_toy = (node1 * node1) * k1 + (node2 * node2) * k2
-    gauss = ~scaled & ~compound
-    if gauss.any():
-        s2_g = s2[gauss]
-        z = np.random.default_rng(normal_seed).standard_normal((n_toys, s2_g.size))
-        w_toy[:, gauss] = np.broadcast_to(beta, w.shape)[gauss] + np.sqrt(s2_g) * z
-        s2_toy[:, gauss] = s2_g
-    return w_toy, s2_toy
+    return SimToyLaw(expected_sumw, sim_sumw, sim_sumw2, sim_count=sim_count,
+                     sim_sumw3=sim_sumw3).draw(n_toys, rng)
+
+
+class SimToyLaw:
+    """The toy law of :func:`sim_toys` for one histogram, prepared once and drawn from as
+    often as needed (a test's toys come in several batches): ``SimToyLaw(...).draw(n, rng)``
+    is ``sim_toys(..., n, rng)``, the same random numbers included."""
+
+    def __init__(
+        self,
+        expected_sumw: ArrayLike,
+        sim_sumw: ArrayLike,
+        sim_sumw2: ArrayLike,
+        *,
+        sim_count: ArrayLike | None = None,
+        sim_sumw3: ArrayLike | None = None,
+    ) -> None:
+        beta = np.asarray(expected_sumw, dtype=float)
+        w = np.asarray(sim_sumw, dtype=float)
+        s2 = np.asarray(sim_sumw2, dtype=float)
+        if (sim_count is None) != (sim_sumw3 is None):
+            raise ValueError("give both sim_count and sim_sumw3, or neither")
+        tot_w, tot_s2 = float(w.sum()), float(s2.sum())
+        mean_u = tot_s2 / tot_w if tot_w > 0 and tot_s2 > 0 else 0.0
+        positive = (w > 0) & (s2 > 0)
+        empty = (w == 0) & (s2 == 0) & (mean_u > 0)
+        scaled = positive | empty
+        compound = np.zeros(w.shape, dtype=bool)
+        # the compound bins' nodes and rates (none without counts)
+        x = lam = np.zeros((*w.shape, 2))
+        if sim_count is not None:
+            cnt = np.broadcast_to(np.asarray(sim_count, dtype=float), w.shape)
+            s3 = np.broadcast_to(np.asarray(sim_sumw3, dtype=float), w.shape)
+            if np.any(cnt < 0) or not np.all(np.isfinite(cnt)) or not np.all(np.isfinite(s3)):
+                raise ValueError("sim_count must be finite and non-negative, sim_sumw3 finite")
+            x, mass, has_law = weight_quadrature(cnt, w, s2, s3)
+            lam, reach = _sign_scaled_rates(np.broadcast_to(beta, w.shape), np.nan_to_num(x),
+                                            np.nan_to_num(mass))
+            compound = has_law & reach
+            # Bins without weight information: the histogram's own weight law, rate-scaled.
+            no_law = ~has_law & (w == 0) & (s2 == 0)
+            if no_law.any() and tot_w > 0:
+                gx, gmass, g_ok = weight_quadrature(cnt.sum(), tot_w, tot_s2, s3.sum())
+                if g_ok:
+                    rate = np.clip(beta, 0.0, None) / tot_w
+                    x = np.where(no_law[..., None], gx, x)
+                    lam = np.where(no_law[..., None], rate[..., None] * gmass, lam)
+                    compound = compound | no_law
+        u = np.where(positive, s2 / np.where(positive, w, 1.0), np.where(empty, mean_u, 1.0))
+        # Every bin draws two Poisson numbers whatever its scheme (rate 0 where unused: almost
+        # free), so that a bin whose scheme flips with the rounding of its sums (another
+        # chunking) changes its own toys only, not the random numbers of the bins after it. The
+        # rare bins of the normal scheme draw from a stream of their own, seeded from this one
+        # by one fixed draw. Node values: x1, x2 in compound bins, (u, 0) in scaled-Poisson ones.
+        x, lam = np.nan_to_num(x), np.nan_to_num(lam)
+        node1 = np.where(compound, x[..., 0], np.where(scaled, u, 0.0))
+        node2 = np.where(compound, x[..., 1], 0.0)
+        lam1 = np.where(compound, lam[..., 0], np.where(scaled, np.clip(beta, 0.0, None) / u, 0.0))
+        lam2 = np.where(compound, lam[..., 1], 0.0)
+        self.shape = w.shape
+        self.node1, self.node2, self.lam1, self.lam2 = node1, node2, lam1, lam2
+        self.gauss = ~scaled & ~compound
+        self.gauss_mean = np.broadcast_to(beta, w.shape)[self.gauss]
+        self.gauss_s2 = s2[self.gauss]
+
+    def draw(self, n_toys: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Toy ``sumw`` and ``sumw2``, each of shape ``(n_toys, *shape)``."""
+        shape = (n_toys, *self.shape)
+        k1 = rng.poisson(np.broadcast_to(self.lam1, shape))
+        k2 = rng.poisson(np.broadcast_to(self.lam2, shape))
+        normal_seed = int(rng.integers(2**63))
+        node1, node2 = self.node1, self.node2
+        w_toy = node1 * k1 + node2 * k2
+        s2_toy = (node1 * node1) * k1 + (node2 * node2) * k2
+        if self.gauss.any():
+            z = np.random.default_rng(normal_seed).standard_normal((n_toys, self.gauss_s2.size))
+            w_toy[:, self.gauss] = self.gauss_mean + np.sqrt(self.gauss_s2) * z
+            s2_toy[:, self.gauss] = self.gauss_s2
+        return w_toy, s2_toy
 
 
 def effective_entries(sim_sumw: ArrayLike, sim_sumw2: ArrayLike) -> float:
@@ -756,23 +786,82 @@ BOUND_MAX_FACTOR = 5
 TOY_BATCH_MAX = 8192
 
 
+#: Fewest toys reaching the observation at which :func:`run_toys` stops early (see
+#: :func:`sequential_stop`): the p-value above the coarse level is then known to about
+#: 1/sqrt(10), 30%, which is all such a p-value is used for.
+MIN_STOP_REACHING = 10
+
+
+def sequential_stop(n_toys: int, coarse_above: float | None,
+                    thresholds: Sequence[float] = ()) -> int | None:
+    r"""The number of toys reaching the observation, :math:`h`, at which toys may stop early.
+
+    Besag and Clifford's sequential Monte Carlo p-value (J. Besag and P. Clifford, Biometrika
+    78 (1991) 301): toys are drawn until :math:`h` of them reach the observation or ``n_toys``
+    have been drawn. Stopped at the :math:`L`-th toy, :math:`p = h/L`; otherwise :math:`p =
+    (1 + k)/(1 + n)` as without stopping. Both are exact p-values
+    (:math:`P(p \le u) \le u` under the null for every :math:`u`). A stopped p-value is at
+    least :math:`h/n_\mathrm{toys}`, so with :math:`h = \lceil a\, n_\mathrm{toys}\rceil`
+    (:math:`a` the larger of ``coarse_above`` and every threshold) every decision at or below
+    :math:`a` is the one the fixed ``n_toys`` would give: if :math:`h` toys reach the
+    observation early, at least :math:`h` reach it among all ``n_toys``, and then
+    :math:`(1+k)/(1+n_\mathrm{toys}) \ge h/n_\mathrm{toys} \ge a` as well. Only p-values
+    above :math:`a` are coarser, and they cost a few dozen toys instead of hundreds: under the
+    null (uniform :math:`p`) about :math:`h(1 + \ln(n_\mathrm{toys}/h))` on average.
+
+    Returns ``None`` (no early stop) without ``coarse_above``, or when :math:`h` would not be
+    below ``n_toys``.
+    """
+    if coarse_above is None or n_toys <= 0:
+        return None
+    level = max([float(coarse_above), *(float(a) for a in thresholds)])
+    h = max(MIN_STOP_REACHING, math.ceil(level * n_toys))
+    return h if h < n_toys else None
+
+
+def sequential_batches(n_toys: int, h: int | None) -> list[int]:
+    """Batch sizes of the first ``n_toys`` toys: one batch without early stopping; with it
+    ``2h`` toys first (enough for p above 1/2), then batches that double the total (each a
+    chance to stop), the last one capped at ``n_toys``. Fixed for given arguments, so the
+    toys, which each batch draws in one go, are too."""
+    if h is None:
+        return [n_toys] if n_toys > 0 else []
+    sizes, total = [], 0
+    while total < n_toys:
+        size = min(2 * h if total == 0 else total, n_toys - total)
+        sizes.append(size)
+        total += size
+    return sizes
+
+
+def reaching(toys: np.ndarray, observed: float) -> np.ndarray:
+    """Which toys reach the observation: ``t* >= t``, or not evaluable (NaN, conservative)."""
+    return ~(toys < observed)
+
+
 def run_toys(
     observed: float,
-    draw: Callable[[int], tuple[np.ndarray, int]],
+    draw: Callable[[int], np.ndarray],
     n_toys: int,
     *,
     max_toys: int | None = None,
     thresholds: Sequence[float] = (),
+    coarse_above: float | None = None,
     confidence: float = 0.999,
 ) -> ToyOutcome:
     r"""Toy p-value with toys added until the decisions at the given thresholds are settled.
 
     ``draw(n)`` runs ``n`` more pseudo-experiments (from the caller's generator, so the whole
-    sequence is deterministic for a given seed) and returns the statistics of those that could
-    be evaluated and the number that could not. First ``n_toys`` are run, and the p-value is
+    sequence is deterministic for a given seed) and returns their statistics in the order
+    drawn, ``nan`` for a toy that could not be evaluated (it counts as reaching the
+    observation: conservative). First ``n_toys`` are run, and the p-value is
     :func:`toy_pvalue` (drawn at most :data:`TOY_BATCH_MAX` at a time, which bounds the
-    memory). Then, while fewer than ``max_toys`` have been run, more are added in
-    batches that double the total (the last one capped at ``max_toys``) as long as
+    memory). With ``coarse_above`` they stop as soon as :math:`h` of them reach the
+    observation, :math:`p = h/L` after :math:`L` toys (:func:`sequential_stop`: only p-values
+    above ``coarse_above`` and every threshold stop early; every decision at those levels is
+    the fixed ``n_toys``' decision). Then, while fewer than ``max_toys`` have been run, more
+    are added in batches that double the total (the last one capped at ``max_toys``) as
+    long as
 
     - a threshold :math:`\alpha` lies inside the ``confidence`` (99.9%) Clopper-Pearson
       interval (:func:`clopper_pearson`) of the exceedance probability from
@@ -795,26 +884,44 @@ def run_toys(
     -------
     ToyOutcome
         With ``details``: ``n_toys_reaching``, ``n_toys_initial``, ``toys_stop``
-        (``"fixed"``: no adaptive toys asked; ``"settled"``: every threshold outside the
-        interval; ``"max_toys"``: the cap was reached with a decision still open or a bound
-        above the smallest threshold) and ``pvalue_interval`` (the Clopper-Pearson interval of
-        the last step).
+        (``"fixed"``: no adaptive toys asked; ``"sequential"``: stopped early at the
+        :math:`h`-th toy reaching the observation; ``"settled"``: every threshold outside
+        the interval; ``"max_toys"``: the cap was reached with a decision still open or a
+        bound above the smallest threshold) and ``pvalue_interval`` (the Clopper-Pearson
+        interval of the last step).
     """
     batches: list[np.ndarray] = []
-    n_failed = 0
     total = 0
+
+    def run(size: int) -> None:
+        nonlocal total
+        for start in range(0, size, TOY_BATCH_MAX):
+            t = np.asarray(draw(min(TOY_BATCH_MAX, size - start)), dtype=float)
+            batches.append(t)
+            total += t.size
+
+    def n_reaching() -> int:
+        return int(sum(int(np.sum(reaching(b, observed))) for b in batches))
+
+    h = sequential_stop(n_toys, coarse_above, thresholds)
+    for size in sequential_batches(n_toys, h):
+        run(size)
+        if h is not None and n_reaching() >= h:
+            toys = np.concatenate(batches)
+            stop_at = int(np.flatnonzero(reaching(toys, observed))[h - 1]) + 1
+            toys = toys[:stop_at]
+            lo, hi = clopper_pearson(h, stop_at, confidence)
+            kept = toys[np.isfinite(toys)]
+            return ToyOutcome(h / stop_at, False, stop_at, kept, stop_at - kept.size, {
+                "n_toys_reaching": h, "pvalue_is_bound": False,
+                "n_toys_initial": int(n_toys), "toys_stop": "sequential",
+                "pvalue_interval": [lo, hi]})
     adaptive = max_toys is not None and max_toys > n_toys and len(thresholds) > 0
     stop = "fixed"
-    batch = n_toys
     while True:
-        for start in range(0, batch, TOY_BATCH_MAX):
-            t_ok, failed = draw(min(TOY_BATCH_MAX, batch - start))
-            batches.append(np.asarray(t_ok, dtype=float))
-            n_failed += int(failed)
-        total += batch
-        k = int(sum(int(np.sum(b >= observed)) for b in batches)) + n_failed
+        k = n_reaching()
         lo, hi = clopper_pearson(k, total, confidence) if total > 0 else (0.0, 1.0)
-        if not adaptive:
+        if not adaptive or total == 0:
             break
         open_decision = any(lo <= a <= hi for a in thresholds)
         bound_above = k == 0 and 1.0 / (1.0 + total) > min(thresholds)
@@ -826,13 +933,15 @@ def run_toys(
         if total >= cap:  # type: ignore[operator]
             stop = "max_toys"
             break
-        batch = min(total, cap - total)  # type: ignore[operator]
+        run(min(total, cap - total))  # type: ignore[operator]
     toys = np.concatenate(batches) if batches else np.zeros(0)
-    pvalue, info = toy_pvalue(observed, toys, n_failed)
+    kept = toys[np.isfinite(toys)]
+    n_failed = toys.size - kept.size
+    pvalue, info = toy_pvalue(observed, kept, n_failed)
     details = {
         **info,
         "n_toys_initial": int(n_toys),
         "toys_stop": stop,
         "pvalue_interval": [lo, hi],
     }
-    return ToyOutcome(pvalue, bool(info["pvalue_is_bound"]), total, toys, n_failed, details)
+    return ToyOutcome(pvalue, bool(info["pvalue_is_bound"]), total, kept, n_failed, details)

@@ -14,13 +14,13 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from validator.stats.binned import (
+    SimToyLaw,
     as_histograms,
     check_toy_options,
     effective_entries,
     max_abs_ratio_deviation,
     optional_sums,
     run_toys,
-    sim_toys,
     small_simulation_reason,
 )
 from validator.stats.result import GofResult
@@ -111,6 +111,7 @@ def chi2_uw(
     rng: np.random.Generator | int | None = None,
     max_toys: int | None = None,
     thresholds: Sequence[float] = (),
+    coarse_above: float | None = None,
     sim_count: ArrayLike | None = None,
     sim_sumw3: ArrayLike | None = None,
     sim_sumw4: ArrayLike | None = None,
@@ -187,6 +188,11 @@ def chi2_uw(
     thresholds:
         Significance levels at which the p-value will be judged (e.g. ``alpha`` and Holm's
         first threshold ``alpha/m``).
+    coarse_above:
+        p-values above this level (and above every threshold) may be coarse: the toys stop
+        at the h-th toy reaching the observation (Besag & Clifford's sequential p-value,
+        :func:`validator.stats.binned.sequential_stop`); decisions at that level and below
+        are unchanged. ``None``: ``n_toys`` always.
     sim_count, sim_sumw3:
         Number of simulated events and sum of cubed weights per bin (same shape as
         ``sim_sumw``, both or neither): the toys then draw each bin as a compound Poisson sum
@@ -258,17 +264,19 @@ def chi2_uw(
         probb = core["probb"][0]
         tot_n, tot_w = float(n_all.sum()), float(w_all.sum())
 
-        def draw(size: int) -> tuple[np.ndarray, int]:
+        def draw(size: int) -> np.ndarray:
             n_toy = gen.poisson(np.broadcast_to(tot_n * probb, (size, n_all.size))).astype(float)
-            w_toy, s2_toy = sim_toys(tot_w * probb, w_all, s2_all, size, gen,
-                                     sim_count=cnt_all, sim_sumw3=s3_all)
+            w_toy, s2_toy = sim_law.draw(size, gen)
             # Toys with an empty histogram cannot be evaluated (vanishingly rare): count as >=.
             ok = (n_toy.sum(axis=1) > 0) & (w_toy.sum(axis=1) != 0)
+            chi2_toy = np.full(size, np.nan)
             with np.errstate(all="ignore"):
-                chi2_toy = _uw_core(n_toy[ok], w_toy[ok], s2_toy[ok])["chi2"]
-            return chi2_toy, int((~ok).sum())
+                chi2_toy[ok] = _uw_core(n_toy[ok], w_toy[ok], s2_toy[ok])["chi2"]
+            return chi2_toy
 
-        toys = run_toys(chi2, draw, n_toys, max_toys=max_toys, thresholds=thresholds)
+        sim_law = SimToyLaw(tot_w * probb, w_all, s2_all, sim_count=cnt_all, sim_sumw3=s3_all)
+        toys = run_toys(chi2, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
+                        coarse_above=coarse_above)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["toy_scheme"] = "compound_poisson" if cnt_all is not None else "scaled_poisson"

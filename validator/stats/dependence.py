@@ -19,13 +19,13 @@ from scipy import stats
 
 from validator import kernels
 from validator.stats.binned import (
+    SimToyLaw,
     check_toy_options,
     merge_histogram_rows,
     merge_sparse_bins,
     merge_sparse_bins_batched,
     optional_sums,
     run_toys,
-    sim_toys,
 )
 from validator.stats.dependence_kernel import dependence_toys
 from validator.stats.result import GofResult
@@ -369,6 +369,7 @@ def dependence(
     tol: float = 1e-10,
     max_toys: int | None = None,
     thresholds: Sequence[float] = (),
+    coarse_above: float | None = None,
     sim_count: ArrayLike | None = None,
     sim_sumw3: ArrayLike | None = None,
     min_sim_entries: float | None = DEPENDENCE_MIN_SIM_ENTRIES,
@@ -455,6 +456,11 @@ def dependence(
         while a threshold lies inside the 99.9% Clopper-Pearson interval of the toy p-value or
         the p-value is a bound above the smallest threshold. ``None`` / ``()``: exactly
         ``n_toys``.
+    coarse_above:
+        p-values above this level (and above every threshold) may be coarse: the toys stop
+        at the h-th toy reaching the observation (Besag & Clifford's sequential p-value,
+        :func:`validator.stats.binned.sequential_stop`); decisions at that level and below
+        are unchanged. ``None``: ``n_toys`` always.
     sim_count, sim_sumw3:
         Number of simulated events and sum of cubed weights per cell (shape ``(nx, ny)``, both
         or neither), for compound-Poisson toys.
@@ -591,10 +597,12 @@ def dependence(
     if n_toys > 0:
         gen = np.random.default_rng(rng)
 
-        def draw(size: int) -> tuple[np.ndarray, int]:
+        sim_law = SimToyLaw(sim_null, w, s2_raw, sim_count=cnt, sim_sumw3=s3)
+        expected_in_order = data_null.ravel()[order]
+
+        def draw(size: int) -> np.ndarray:
             n_toy = gen.poisson(np.broadcast_to(data_null, (size, nx, ny))).astype(float)
-            w_toy, s2_toy = sim_toys(sim_null, w, s2_raw, size, gen, sim_count=cnt,
-                                     sim_sumw3=s3)
+            w_toy, s2_toy = sim_law.draw(size, gen)
             # A toy whose simulation cannot be raked to its data's marginals (new empty rows
             # or structural zeros in a sparse table) has no statistic: it counts as at least
             # as extreme as the observation, which keeps the p-value conservative.
@@ -602,7 +610,7 @@ def dependence(
             # of 25; the same results up to floating-point summation order)
             if kernels.HAVE_NUMBA:
                 x2_toy, good = dependence_toys(
-                    n_toy, w_toy, s2_toy, data_null.ravel()[order], order, labels,
+                    n_toy, w_toy, s2_toy, expected_in_order, order, labels,
                     min_expected=min_expected, min_sim_entries=min_sim_entries,
                     pseudo=pseudo, pseudo_content=PSEUDO_CONTENT, max_iter=max_iter, tol=tol)
             else:
@@ -610,9 +618,10 @@ def dependence(
                     n_toy, w_toy, s2_toy, data_null, order, labels,
                     min_expected=min_expected, min_sim_entries=min_sim_entries,
                     pseudo=pseudo, max_iter=max_iter, tol=tol)
-            return x2_toy[good], int(np.sum(~good))
+            return np.where(good, x2_toy, np.nan)
 
-        toys = run_toys(x2, draw, n_toys, max_toys=max_toys, thresholds=thresholds)
+        toys = run_toys(x2, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
+                        coarse_above=coarse_above)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["toy_scheme"] = "compound_poisson" if cnt is not None else "scaled_poisson"

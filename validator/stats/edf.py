@@ -103,6 +103,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from validator.stats.binned import sequential_batches, sequential_stop
 from validator.stats.result import GofResult
 
 __all__ = [
@@ -351,6 +352,7 @@ def ks_hist(
     rng: np.random.Generator | int | None = None,
     max_toys: int | None = None,
     thresholds: Sequence[float] = (),
+    coarse_above: float | None = None,
 ) -> GofResult:
     """Kolmogorov–Smirnov test on a fine histogram (the ``ks_weighted`` test on binned values).
 
@@ -377,6 +379,10 @@ def ks_hist(
         (default ``n_toys``: no adaptation).
     thresholds : significance levels at which the p-value will be read (e.g.
         ``(0.05, 0.01, 1e-4)``); they only steer the number of toys.
+    coarse_above : p-values above this level (and above every threshold) may be coarse: the
+        toys stop at the h-th toy reaching the observation (Besag & Clifford's sequential
+        p-value, ``validator.stats.binned.sequential_stop``); ``details["toys_stop"]`` is then
+        ``"sequential"``. Decisions at that level and below are unchanged.
 
     With toys, ``details`` also holds ``n_toys_ge`` (toys with ``T* ≥ T``), ``pvalue_ci``
     (Clopper–Pearson 99.9% interval of the tail probability) and ``pvalue_is_bound``: when no
@@ -398,7 +404,8 @@ def ks_hist(
     _check_toy_args(n_toys, max_toys, thresholds)
     if n_toys == 0:
         return result
-    return _toy_results({"ks": result}, inputs, n_toys, rng, max_toys, thresholds)["ks"]
+    return _toy_results({"ks": result}, inputs, n_toys, rng, max_toys, thresholds,
+                        coarse_above)["ks"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,6 +709,7 @@ def ad_hist(
     rng: np.random.Generator | int | None = None,
     max_toys: int | None = None,
     thresholds: Sequence[float] = (),
+    coarse_above: float | None = None,
 ) -> GofResult:
     """Anderson–Darling test on a fine histogram (``ad_weighted`` on binned values).
 
@@ -716,7 +724,8 @@ def ad_hist(
     _check_toy_args(n_toys, max_toys, thresholds)
     if n_toys == 0:
         return result
-    return _toy_results({"ad": result}, inputs, n_toys, rng, max_toys, thresholds)["ad"]
+    return _toy_results({"ad": result}, inputs, n_toys, rng, max_toys, thresholds,
+                        coarse_above)["ad"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -958,19 +967,22 @@ class _GaussianBound:
 
 def _toy_pvalues(observed: np.ndarray, names: list[str], statistics, model: _NullModel,
                  bound: _GaussianBound, n_toys: int, max_toys: int, thresholds: list[float],
-                 gen: np.random.Generator) -> list[dict]:
+                 gen: np.random.Generator, coarse_above: float | None = None) -> list[dict]:
     """Adaptive toy p-values of ``observed[i]`` (statistic ``names[i]``, large values extreme).
 
     ``statistics(sim_rows, data_rows)`` returns one column per statistic. Per statistic,
     ``p = (1 + #{T* ≥ T})/(1 + n)`` (Davison & Hinkley, *Bootstrap Methods and their
     Application*, CUP 1997, §4.2; a toy whose statistic cannot be evaluated counts as
     ``T* ≥ T``). With no toy at or above ``T`` this is a bound, ``1/(1 + n)`` or the smaller
-    Gaussian-concentration bound of ``_GaussianBound``, reported as a bound. Toys are added in
-    batches that double their number while, for some statistic, a threshold lies inside the
-    ``TOY_CL`` Clopper–Pearson interval of ``#{T* ≥ T}/n``, or the p-value is a bound above the
-    smallest threshold, up to ``max_toys``: a sequential Monte-Carlo test in the spirit of
-    Besag & Clifford (Biometrika 78 (1991) 301) and Gandy (JASA 104 (2009) 1504), with a
-    fixed-level interval instead of their boundaries.
+    Gaussian-concentration bound of ``_GaussianBound``, reported as a bound. With
+    ``coarse_above``, a statistic stops at its h-th toy reaching the observation, ``p = h/L``
+    after ``L`` toys (Besag & Clifford, Biometrika 78 (1991) 301;
+    :func:`validator.stats.binned.sequential_stop`), and the toys stop once every statistic
+    has. Toys are added in batches that double their number while, for some statistic, a
+    threshold lies inside the ``TOY_CL`` Clopper–Pearson interval of ``#{T* ≥ T}/n``, or the
+    p-value is a bound above the smallest threshold, up to ``max_toys``: a sequential
+    Monte-Carlo test in the spirit of Besag & Clifford (op. cit.) and Gandy (JASA 104 (2009)
+    1504), with a fixed-level interval instead of their boundaries.
     """
     # Values that differ from the observed only by rounding count as ties (T* ≥ T).
     cut = observed - 1e-9 * np.abs(observed) - 1e-14
@@ -978,7 +990,9 @@ def _toy_pvalues(observed: np.ndarray, names: list[str], statistics, model: _Nul
     k = np.zeros(m_stat, dtype=np.int64)
     s1, s2, n_ok = np.zeros(m_stat), np.zeros(m_stat), np.zeros(m_stat)
     transforms = [_LIPSCHITZ_FORM[name] for name in names]
-    n, batch = 0, n_toys
+    n = 0
+    stopped_at = np.zeros(m_stat, dtype=np.int64)  # L of a statistic stopped early, else 0
+    h = sequential_stop(n_toys, coarse_above, thresholds)
     chunk = max(1, _TOY_CHUNK // max(model.p_hat.size, 1))
 
     def concentration(i: int) -> float:
@@ -989,32 +1003,51 @@ def _toy_pvalues(observed: np.ndarray, names: list[str], statistics, model: _Nul
         return bound.pvalue(names[i], float(observed[i]), mean, sd, int(n_ok[i]))
 
     def needs_more(i: int) -> bool:
-        if not _needs_more_toys(int(k[i]), n, thresholds):
+        if stopped_at[i] or not _needs_more_toys(int(k[i]), n, thresholds):
             return False
         return not (k[i] == 0 and concentration(i) < min(thresholds))
 
-    while batch > 0:
+    def run(batch: int) -> None:
+        nonlocal n
         done = 0
         while done < batch:
             m = min(chunk, batch - done)
             data, sim = model.draw(m, gen)
             with np.errstate(all="ignore"):
                 t = statistics(sim, data)
-                k += np.sum(~(t < cut), axis=0)  # NaN (e.g. Σw* ≤ 0) counts as extreme
+                reach = ~(t < cut)  # NaN (e.g. Σw* ≤ 0) counts as extreme
                 for i, tr in enumerate(transforms):
-                    col = tr(t[:, i])
+                    if stopped_at[i]:
+                        continue
+                    rows = m
+                    if h is not None and k[i] + int(np.sum(reach[:, i])) >= h:
+                        rows = int(np.flatnonzero(reach[:, i])[h - 1 - k[i]]) + 1
+                        stopped_at[i] = n + done + rows
+                    k[i] += int(np.sum(reach[:rows, i]))
+                    col = tr(t[:rows, i])
                     col = col[np.isfinite(col)]
                     s1[i] += float(np.sum(col))
                     s2[i] += float(np.sum(col * col))
                     n_ok[i] += col.size
             done += m
         n += batch
-        if n >= max_toys or not any(needs_more(i) for i in range(m_stat)):
+
+    for batch in sequential_batches(n_toys, h):
+        run(batch)
+        if np.all(stopped_at > 0):
             break
-        batch = min(n, max_toys - n)
+    while n < max_toys and any(needs_more(i) for i in range(m_stat)):
+        run(min(n, max_toys - n))
     out = []
     for i in range(m_stat):
         ki = int(k[i])
+        if stopped_at[i]:
+            n_i = int(stopped_at[i])
+            lo, hi = _clopper_pearson(ki, n_i)
+            out.append({"pvalue": ki / n_i, "n_toys": n_i, "n_toys_ge": ki,
+                        "pvalue_is_bound": False, "pvalue_bound_from": None,
+                        "pvalue_ci": [lo, hi], "toys_stop": "sequential"})
+            continue
         lo, hi = _clopper_pearson(ki, n)
         p, how = (1.0 + ki) / (1.0 + n), "toys"
         if ki == 0:
@@ -1022,14 +1055,14 @@ def _toy_pvalues(observed: np.ndarray, names: list[str], statistics, model: _Nul
             if p_conc < p:
                 p, how = p_conc, "gaussian_concentration"
         out.append({"pvalue": p, "n_toys": n, "n_toys_ge": ki, "pvalue_is_bound": ki == 0,
-                    "pvalue_bound_from": how if ki == 0 else None, "pvalue_ci": [lo, hi]})
+                    "pvalue_bound_from": how if ki == 0 else None, "pvalue_ci": [lo, hi],
+                    "toys_stop": "adaptive" if n > n_toys else "fixed"})
     return out
 
 
-
-
 def _toy_results(results: dict[str, GofResult], inp: _HistInputs, n_toys: int, rng,
-                 max_toys: int | None, thresholds: Sequence[float]) -> dict[str, GofResult]:
+                 max_toys: int | None, thresholds: Sequence[float],
+                 coarse_above: float | None = None) -> dict[str, GofResult]:
     """Replace the asymptotic p-values of ``results`` (keys ``ks``, ``ad``) by toy ones."""
     max_toys, ts = _check_toy_args(n_toys, max_toys, thresholds)
     gen = np.random.default_rng(rng)
@@ -1044,13 +1077,13 @@ def _toy_results(results: dict[str, GofResult], inp: _HistInputs, n_toys: int, r
     d, s = inp.d[model.keep][None, :], inp.s[model.keep][None, :]
     observed = statistics(s, d)[0]
     toys = _toy_pvalues(observed, names, statistics, model, _GaussianBound(model, inp),
-                        n_toys, max_toys, ts, gen)
+                        n_toys, max_toys, ts, gen, coarse_above)
     out = {}
     for name, toy in zip(names, toys, strict=True):
         result = results[name]
         details = {**result.details, "pvalue_asymptotic": result.pvalue,
                    "n_toys_ge": toy["n_toys_ge"], "pvalue_is_bound": toy["pvalue_is_bound"],
-                   "pvalue_ci": toy["pvalue_ci"],
+                   "pvalue_ci": toy["pvalue_ci"], "toys_stop": toy["toys_stop"],
                    "toy_variance": "per bin" if inp.v is not None else "global Kish"}
         if toy["pvalue_is_bound"]:
             details["pvalue_bound_from"] = toy["pvalue_bound_from"]
@@ -1071,6 +1104,7 @@ def edf_hist_tests(
     rng: np.random.Generator | int | None = None,
     max_toys: int | None = None,
     thresholds: Sequence[float] = (),
+    coarse_above: float | None = None,
 ) -> dict[str, GofResult]:
     """``ks_hist`` and ``ad_hist`` together, both p-values from the same toys.
 
@@ -1085,7 +1119,8 @@ def edf_hist_tests(
     _check_toy_args(n_toys, max_toys, thresholds)
     if n_toys == 0:
         return results
-    return _toy_results(results, inputs, n_toys, rng, max_toys, thresholds)
+    return _toy_results(results, inputs, n_toys, rng, max_toys, thresholds,
+                        coarse_above)
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,13 +30,13 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from validator.stats.binned import (
+    SimToyLaw,
     as_histograms,
     check_toy_options,
     effective_entries,
     max_abs_ratio_deviation,
     optional_sums,
     run_toys,
-    sim_toys,
     small_simulation_reason,
 )
 from validator.stats.result import GofResult
@@ -354,6 +354,7 @@ def saturated(
     variations: Mapping[str, tuple[ArrayLike, ArrayLike]] | None = None,
     max_toys: int | None = None,
     thresholds: Sequence[float] = (),
+    coarse_above: float | None = None,
     sim_count: ArrayLike | None = None,
     sim_sumw3: ArrayLike | None = None,
     sim_sumw4: ArrayLike | None = None,
@@ -427,6 +428,11 @@ def saturated(
         lies inside the 99.9% Clopper-Pearson interval of the toy p-value or the p-value is a
         bound above the smallest threshold (:func:`validator.stats.binned.run_toys`).
         ``None`` / ``()``: exactly ``n_toys``.
+    coarse_above:
+        p-values above this level (and above every threshold) may be coarse: the toys stop
+        at the h-th toy reaching the observation (Besag & Clifford's sequential p-value,
+        :func:`validator.stats.binned.sequential_stop`); decisions at that level and below
+        are unchanged. ``None``: ``n_toys`` always.
     sim_count, sim_sumw3:
         Number of simulated events and sum of cubed weights per bin (same shape as
         ``sim_sumw``, both or neither), for compound-Poisson toys.
@@ -547,9 +553,11 @@ def saturated(
         cnt = cnt_all[used] if cnt_all is not None else None
         s3 = s3_all[used] if s3_all is not None else None
 
-        def draw(size: int) -> tuple[np.ndarray, int]:
+        sim_law = SimToyLaw(b_hat, w, s2_raw, sim_count=cnt, sim_sumw3=s3)
+
+        def draw(size: int) -> np.ndarray:
             n_toy = gen.poisson(np.broadcast_to(nu_hat, (size, n_bins))).astype(float)
-            w_toy, s2_toy = sim_toys(b_hat, w, s2_raw, size, gen, sim_count=cnt, sim_sumw3=s3)
+            w_toy, s2_toy = sim_law.draw(size, gen)
             s2_toy, _ = _fill_empty_sim_error(w_toy, s2_toy)
             # Toys with no data or no positive simulation cannot be fitted (vanishingly
             # rare): they count as at least as extreme as the observation.
@@ -567,9 +575,12 @@ def saturated(
                     b_floor,
                     np.log(mu_toy),
                 )[0]
-            return q_toy, int(np.sum(~ok))
+            out = np.full(size, np.nan)
+            out[ok] = q_toy
+            return out
 
-        toys = run_toys(q, draw, n_toys, max_toys=max_toys, thresholds=thresholds)
+        toys = run_toys(q, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
+                        coarse_above=coarse_above)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["toy_scheme"] = "compound_poisson" if cnt is not None else "scaled_poisson"

@@ -873,6 +873,7 @@ def saturated_syst(
     rng: np.random.Generator | None = None,
     max_toys: int | None = None,
     thresholds: Sequence[float] = (),
+    coarse_above: float | None = None,
 ) -> GofResult:
     r"""Saturated-model goodness of fit with systematic uncertainties profiled; toy p-value.
 
@@ -938,6 +939,11 @@ def saturated_syst(
         ``n_toys > 0``.
     max_toys, thresholds:
         Adaptive toys (see above).
+    coarse_above:
+        p-values above this level (and above every threshold) may be coarse: the toys stop
+        at the h-th toy reaching the observation (Besag & Clifford's sequential p-value,
+        :func:`validator.stats.binned.sequential_stop`); decisions at that level and below
+        are unchanged. ``None``: ``n_toys`` always.
 
     Returns
     -------
@@ -1063,9 +1069,8 @@ def saturated_syst(
         theta_hat = x_hat[1:]
         start = x_hat
 
-        def draw(size: int) -> tuple[np.ndarray, int]:
-            q_ok: list[np.ndarray] = []
-            n_failed = 0
+        def draw(size: int) -> np.ndarray:
+            q_all: list[np.ndarray] = []
             for lo in range(0, size, TOY_CHUNK):
                 m = min(TOY_CHUNK, size - lo)
                 n_toy = gen.poisson(np.broadcast_to(nu_hat, (m, n_bins))).astype(float)
@@ -1075,12 +1080,13 @@ def saturated_syst(
                 tf = fit_batch(model, n_toy[ok], centre=centre[ok], aux=aux[ok],
                                start=np.broadcast_to(start, (int(ok.sum()), start.size)),
                                multistart=multimodal)
-                good = tf.converged
-                q_ok.append(tf.q[good])
-                n_failed += int(np.sum(~ok)) + int(np.sum(~good))
-            return np.concatenate(q_ok) if q_ok else np.zeros(0), n_failed
+                q_chunk = np.full(m, np.nan)  # unfitted or not converged: counts as reaching
+                q_chunk[np.flatnonzero(ok)[tf.converged]] = tf.q[tf.converged]
+                q_all.append(q_chunk)
+            return np.concatenate(q_all) if q_all else np.zeros(0)
 
-        toys = run_toys(q, draw, n_toys, max_toys=max_toys, thresholds=thresholds)
+        toys = run_toys(q, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
+                        coarse_above=coarse_above)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["n_toys_failed"] = toys.n_failed
