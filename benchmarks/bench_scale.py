@@ -15,8 +15,10 @@ several parquet files (made once, cached outside the repository: benchmarks/scal
   subsample, scaled linearly to N.
 - **growth**: the run with 10, 20, 30, 50 features at 1M events.
 
-Run: `python benchmarks/bench_scale.py [--sizes 1M,3M,10M] [--growth] [--results FILE]`.
-Figures, not pass/fail: the machine may be shared (the load average is printed).
+Run: `python benchmarks/bench_scale.py [--sizes 1M,3M,10M] [--growth] [--repeat K] [--json F]`.
+Figures, not pass/fail: the machine may be shared (the load average is printed); with
+``--repeat K`` the floor and the run alternate K times and the median ratio is printed with
+its range.
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ def floor(paths: list[str], columns: list[str]) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------- the run
+
+
+def _spread(ratios: list[float]) -> str:
+    """' (median of K: a-b)' for repeated trials, '' for one."""
+    if len(ratios) < 2:
+        return ""
+    return f" (median of {len(ratios)}: {min(ratios):.1f}-{max(ratios):.1f})"
 
 
 def _child(spec: str) -> None:
@@ -230,6 +239,10 @@ def main() -> None:
     parser.add_argument("--no-compare", action="store_true", help="skip evidently and naive")
     parser.add_argument("--cache", type=Path, default=scale_data.DEFAULT_CACHE)
     parser.add_argument("--json", type=Path, help="append the rows as JSON lines here")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="floor and run alternated this many times per point; the median "
+                             "ratio is printed with its range (a shared machine's speed "
+                             "drifts within minutes)")
     args = parser.parse_args()
     if args.child:
         _child(args.child)
@@ -245,12 +258,20 @@ def main() -> None:
         sim, data = scale_data.samples(n, n_files_features, args.cache)
         columns = scale_data.feature_names(n_features)
         load_before = _load()
-        fl, read = floor(sim + data, columns)
-        res = run(sim, data, columns, args.jobs, args.engine)
+        trials = []  # (floor, read, run result), the floor measured right before its run
+        for _ in range(max(args.repeat, 1)):
+            fl, read = floor(sim + data, columns)
+            trials.append((fl, read, run(sim, data, columns, args.jobs, args.engine)))
+        ratios = [t[2]["wall"] / t[0] for t in trials]
+        # the trial of the median ratio stands for the point (its stages, memory, CPU)
+        fl, read, res = trials[int(np.argsort(ratios)[(len(ratios) - 1) // 2])]
         row = {"n": n, "features": n_features, "pairs": res["n_pairs"], "tests": res["n_tests"],
                "run_s": res["wall"], "floor_s": fl, "read_s": read, "ratio": res["wall"] / fl,
+               "ratios": ratios, "runs_s": [t[2]["wall"] for t in trials],
+               "floors_s": [t[0] for t in trials],
                "stages": res["stages"], "cpu": res["cpu"], "peak_rss_mib": res["peak_rss_mib"],
-               "peak_total_mib": res["peak_total_mib"], "load": f"{load_before} -> {_load()}"}
+               "peak_total_mib": max(t[2]["peak_total_mib"] for t in trials),
+               "load": f"{load_before} -> {_load()}"}
         if not args.no_compare and n_features == args.features and n_files_features == \
                 args.features:
             m = min(n, EVIDENTLY_EVENTS)
@@ -262,7 +283,8 @@ def main() -> None:
         print(f"N={n:,} F={n_features}: run {res['wall']:.1f} s ({res['n_tests']:,} tests, "
               f"{1e3 * res['wall'] / res['n_tests']:.1f} ms/test), floor {fl:.1f} s (read "
               f"{read:.1f} s), ratio "
-              f"{row['ratio']:.1f}; stages: {stages}; CPU {res['cpu']:.2f} cores; peak RSS "
+              f"{row['ratio']:.1f}{_spread(ratios)}; stages: {stages}; "
+              f"CPU {res['cpu']:.2f} cores; peak RSS "
               f"{res['peak_rss_mib']:.0f} MiB (largest process), {res['peak_total_mib']:.0f} MiB "
               f"(all, PSS); evidently {row.get('evidently_s', float('nan')):.1f} s "
               f"({1e3 * row.get('evidently_s', float('nan')) / n_features:.0f} ms/test, 1D "
