@@ -607,3 +607,67 @@ def test_a_node_that_cancels_to_rounding_is_zero_whatever_the_rounding():
     # tiny weights keep their single node
     x, _, _ = weight_quadrature(3, 3e-20, 3e-40, 3e-60)
     assert x[0] == x[1] == pytest.approx(1e-20)
+
+
+# ---------------------------------------------------------------------------------------
+# Poisson numbers of many toys by inversion (validator.stats.poisson_toys)
+# ---------------------------------------------------------------------------------------
+
+RATES = [0.0, 1e-3, 0.5, 3.0, 7.5, 42.0, 1e3, 1.23e4, 2.5e5]
+
+
+@pytest.mark.parametrize("lam", [r for r in RATES if r > 0])
+def test_poisson_table_is_the_distribution_function(lam: float) -> None:
+    from validator.stats.poisson_toys import _table_numpy
+
+    first, cdf = _table_numpy(lam)
+    k = first + np.arange(cdf.size)
+    np.testing.assert_allclose(cdf / cdf[-1], stats.poisson.cdf(k, lam), rtol=0, atol=1e-12)
+    # the mass left out on either side is below 1e-15
+    assert stats.poisson.cdf(first - 1, lam) < 1e-15 and stats.poisson.sf(k[-1], lam) < 1e-15
+
+
+def test_poisson_toys_follow_the_poisson_law() -> None:
+    from validator.stats.poisson_toys import poisson_toys
+
+    rng = np.random.default_rng(17)
+    draws = poisson_toys(rng, np.array(RATES), 100_000)
+    assert draws.shape == (100_000, len(RATES)) and np.all(draws == np.round(draws))
+    assert np.all(draws[:, 0] == 0)
+    for c, lam in enumerate(RATES[1:], start=1):
+        x = draws[:, c]
+        # every value, pooled into consecutive classes of at least 20 expected counts
+        lo, hi = int(x.min()), int(x.max())
+        k = np.arange(lo, hi + 1)
+        observed = np.bincount((x - lo).astype(np.int64), minlength=k.size).astype(float)
+        expected = stats.poisson.pmf(k, lam) * x.size
+        expected[0] += stats.poisson.cdf(lo - 1, lam) * x.size  # the tails beyond the draws
+        expected[-1] += stats.poisson.sf(hi, lam) * x.size
+        classes = np.minimum(np.cumsum(expected) // 20, np.sum(expected) // 20 - 1)
+        observed = np.bincount(classes.astype(np.int64), weights=observed)
+        expected = np.bincount(classes.astype(np.int64), weights=expected)
+        keep = expected > 0
+        chi2 = np.sum((observed[keep] - expected[keep]) ** 2 / expected[keep])
+        assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-4, lam
+        assert abs(x.mean() - lam) < 5 * np.sqrt(lam / x.size)
+        # the sample variance's sd is sqrt((mu4 - lam^2)/n), mu4 = lam (1 + 3 lam)
+        assert abs(x.var() - lam) < 5 * np.sqrt((lam + 2 * lam * lam) / x.size)
+
+
+def test_poisson_toys_below_the_table_size_are_numpys_and_compiled_equals_numpy(
+        monkeypatch) -> None:
+    from validator import kernels
+    from validator.stats import poisson_toys as module
+
+    lam = np.array([[0.0, 0.2, 6.0], [55.0, 1e4, 3e5]])
+    few = module.poisson_toys(np.random.default_rng(2), lam, module.TABLE_MIN_TOYS - 1)
+    ref = np.random.default_rng(2).poisson(np.broadcast_to(lam, few.shape))
+    np.testing.assert_array_equal(few, ref)
+    if not kernels.HAVE_NUMBA:
+        pytest.skip("numba not available")
+    many = module.poisson_toys(np.random.default_rng(3), lam, 3000)
+    monkeypatch.setattr(module, "HAVE_NUMBA", False)
+    np.testing.assert_array_equal(many, module.poisson_toys(np.random.default_rng(3), lam, 3000))
+    assert many.shape == (3000, 2, 3)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        module.poisson_toys(np.random.default_rng(3), np.array([1.0, -1.0]), 3000)

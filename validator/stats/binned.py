@@ -13,6 +13,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from validator.stats.poisson_toys import poisson_toys
+
 __all__ = [
     "MIN_SIM_ENTRIES",
     "MIN_VARIANCE_ENTRIES",
@@ -615,9 +617,8 @@ class SimToyLaw:
 
     def draw(self, n_toys: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Toy ``sumw`` and ``sumw2``, each of shape ``(n_toys, *shape)``."""
-        shape = (n_toys, *self.shape)
-        k1 = rng.poisson(np.broadcast_to(self.lam1, shape))
-        k2 = rng.poisson(np.broadcast_to(self.lam2, shape))
+        k1 = poisson_toys(rng, self.lam1, n_toys)
+        k2 = poisson_toys(rng, self.lam2, n_toys)
         normal_seed = int(rng.integers(2**63))
         node1, node2 = self.node1, self.node2
         w_toy = node1 * k1 + node2 * k2

@@ -23,6 +23,7 @@ from validator.stats.binned import (
     run_toys,
     small_simulation_reason,
 )
+from validator.stats.poisson_toys import poisson_toys
 from validator.stats.result import GofResult
 
 __all__ = ["chi2_uw"]
@@ -265,7 +266,7 @@ def chi2_uw(
         tot_n, tot_w = float(n_all.sum()), float(w_all.sum())
 
         def draw(size: int) -> np.ndarray:
-            n_toy = gen.poisson(np.broadcast_to(tot_n * probb, (size, n_all.size))).astype(float)
+            n_toy = poisson_toys(gen, tot_n * probb, size)
             w_toy, s2_toy = sim_law.draw(size, gen)
             # Toys with an empty histogram cannot be evaluated (vanishingly rare): count as >=.
             ok = (n_toy.sum(axis=1) > 0) & (w_toy.sum(axis=1) != 0)

@@ -28,6 +28,7 @@ from validator.stats.binned import (
     run_toys,
 )
 from validator.stats.dependence_kernel import dependence_toys
+from validator.stats.poisson_toys import poisson_toys
 from validator.stats.result import GofResult
 
 __all__ = ["DEPENDENCE_MIN_SIM_ENTRIES", "dependence", "ipf"]
@@ -601,7 +602,7 @@ def dependence(
         expected_in_order = data_null.ravel()[order]
 
         def draw(size: int) -> np.ndarray:
-            n_toy = gen.poisson(np.broadcast_to(data_null, (size, nx, ny))).astype(float)
+            n_toy = poisson_toys(gen, data_null, size)
             w_toy, s2_toy = sim_law.draw(size, gen)
             # A toy whose simulation cannot be raked to its data's marginals (new empty rows
             # or structural zeros in a sparse table) has no statistic: it counts as at least

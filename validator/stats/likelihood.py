@@ -39,6 +39,7 @@ from validator.stats.binned import (
     run_toys,
     small_simulation_reason,
 )
+from validator.stats.poisson_toys import poisson_toys
 from validator.stats.result import GofResult
 
 __all__ = ["saturated"]
@@ -556,7 +557,7 @@ def saturated(
         sim_law = SimToyLaw(b_hat, w, s2_raw, sim_count=cnt, sim_sumw3=s3)
 
         def draw(size: int) -> np.ndarray:
-            n_toy = gen.poisson(np.broadcast_to(nu_hat, (size, n_bins))).astype(float)
+            n_toy = poisson_toys(gen, nu_hat, size)
             w_toy, s2_toy = sim_law.draw(size, gen)
             s2_toy, _ = _fill_empty_sim_error(w_toy, s2_toy)
             # Toys with no data or no positive simulation cannot be fitted (vanishingly

@@ -66,6 +66,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from validator.stats.binned import check_toy_options, max_abs_ratio_deviation, run_toys
+from validator.stats.poisson_toys import poisson_toys
 from validator.stats.result import GofResult
 
 __all__ = [
@@ -1073,7 +1074,7 @@ def saturated_syst(
             q_all: list[np.ndarray] = []
             for lo in range(0, size, TOY_CHUNK):
                 m = min(TOY_CHUNK, size - lo)
-                n_toy = gen.poisson(np.broadcast_to(nu_hat, (m, n_bins))).astype(float)
+                n_toy = poisson_toys(gen, nu_hat, m)
                 centre = theta_hat + gen.standard_normal((m, model.n_constrained))
                 aux = gamma_hat + sigma * gen.standard_normal((m, n_bins))
                 ok = n_toy.sum(axis=1) > 0
