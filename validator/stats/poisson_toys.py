@@ -168,3 +168,9 @@ def poisson_toys(rng: np.random.Generator, lam: ArrayLike, n_toys: int) -> np.nd
     else:
         _draw_numpy(flat, u, out)
     return out.reshape(shape)
+
+
+def warm() -> None:
+    """Load (or compile, the first time) the compiled table search in this process."""
+    if HAVE_NUMBA:
+        _draw_compiled(np.array([0.0, 2.0]), np.full((1, 2), 0.5), np.empty((1, 2)), TAIL_CUT)
