@@ -217,3 +217,40 @@ def test_did_you_mean(tmp_path):
     with pytest.raises(InputError, match="weight column 'met_pt' not found; did you mean "
                                          "'MET_pt'"):
         open_sample("sim", [str(path)], "met_pt")
+
+
+def test_numeric_columns_of_every_width_with_nulls_and_no_pandas(tmp_path):
+    """Integers, floats and booleans of every width, with nulls (NaN), in chunks that slice
+    the arrow arrays; read without importing pandas (a worker would pay half a second)."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = [3, None, 7, 1, None, 250]
+    table = pa.table({
+        "i8": pa.array([None if v is None else v % 100 for v in values], pa.int8()),
+        "u64": pa.array(values, pa.uint64()),
+        "f32": pa.array([None if v is None else v / 4 for v in values], pa.float32()),
+        "f64": pa.array([None if v is None else v / 8 for v in values], pa.float64()),
+        "flag": pa.array([None if v is None else v > 5 for v in values], pa.bool_()),
+    })
+    path = tmp_path / "widths.parquet"
+    pq.write_table(table, path)
+    sample = open_sample("sim", [str(path)])
+    expected = {name: np.array([np.nan if v is None else float(v) for v in
+                                table[name].to_pylist()]) for name in table.column_names}
+    for chunk_rows in (100, 4, 1):
+        chunks = list(iter_chunks(sample, table.column_names, chunk_rows=chunk_rows))
+        for name, want in expected.items():
+            got = np.concatenate([c[name] for c in chunks])
+            assert got.dtype == np.float64
+            np.testing.assert_array_equal(got, want)
+    code = ("import sys; from validator.sources import iter_chunks, open_sample; "
+            f"s = open_sample('sim', [{str(path)!r}]); "
+            f"list(iter_chunks(s, {table.column_names!r}, chunk_rows=4)); "
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

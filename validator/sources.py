@@ -497,6 +497,30 @@ def _element_of_lists(offsets: np.ndarray, values: np.ndarray, index: int) -> np
     return out
 
 
+def _list_offsets(column: Any) -> np.ndarray:
+    """A list array's offsets (length + 1, int64)."""
+    offsets = column.offsets
+    dtype = np.int64 if offsets.type.bit_width == 64 else np.int32
+    return np.frombuffer(offsets.buffers()[1], dtype=dtype, count=len(offsets),
+                         offset=offsets.offset * np.dtype(dtype).itemsize).astype(np.int64)
+
+
+def _float64_values(column: Any) -> np.ndarray:
+    """A float64 arrow array as numpy (a read-only view where it has no null), nulls as NaN.
+
+    Read from the array's buffers: pyarrow's ``to_numpy`` and ``fill_null`` import pandas on
+    their first call, half a second in every worker process for nothing a number needs."""
+    validity, data = column.buffers()[:2]
+    if data is None or column.null_count == len(column):  # empty, or every value null
+        return np.full(len(column), np.nan)
+    values = np.frombuffer(data, dtype=np.float64, count=len(column), offset=column.offset * 8)
+    if column.null_count:
+        bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+        values = np.where(bits[column.offset:column.offset + len(column)].astype(bool),
+                          values, np.nan)
+    return values
+
+
 def _arrow_to_numpy(column: Any, element: int | None) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -509,9 +533,9 @@ def _arrow_to_numpy(column: Any, element: int | None) -> np.ndarray:
         if pa.types.is_fixed_size_list(column.type):
             column = column.cast(pa.list_(column.type.value_type))
         column = column.fill_null([]) if column.null_count else column
-        offsets = np.asarray(column.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+        offsets = _list_offsets(column)
         # flatten() honours a sliced array's offset (``values`` would not)
-        values = column.flatten().cast(pa.float64()).to_numpy(zero_copy_only=False)
+        values = _float64_values(column.flatten().cast(pa.float64()))
         offsets = offsets - offsets[0]
         return _element_of_lists(offsets, values, element)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -520,7 +544,7 @@ def _arrow_to_numpy(column: Any, element: int | None) -> np.ndarray:
         column = pc.cast(column, pa.float64())
     else:
         column = pc.cast(column, pa.float64(), safe=False)
-    return column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return _float64_values(column)
 
 
 def _split_expressions(columns: Sequence[str]) -> tuple[list[str], dict[str, tuple[str, int]]]:

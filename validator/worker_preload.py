@@ -9,8 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-import pandas  # noqa: F401 - imported for the workers (pyarrow's conversions use it)
-import pyarrow.parquet  # noqa: F401
+import pyarrow.parquet  # noqa: F401 - not pandas: the readers convert without it
 
 import validator.engine  # noqa: F401 - the tasks' functions
 from validator import kernels
