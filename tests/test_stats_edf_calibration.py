@@ -500,3 +500,31 @@ def test_toy_pvalues_are_calibrated(name, coarse_above):
         assert 0.45 < p[test].mean() < 0.6
     if name == "tail_importance":  # what the toys repair (issue 14)
         assert np.mean(p["ad_asym"] <= 0.05) > _band(0.05)[1]
+
+
+def test_compiled_toy_statistics_equal_numpys(monkeypatch):
+    """The compiled KS and A² of toy rows (validator.stats.edf_kernel) are numpy's to
+    rounding, with negative simulated bins (the monotone repair), empty bins and spikes; and
+    the toy p-values of both paths are the same."""
+    from validator import kernels
+    from validator.stats.edf_kernel import edf_rows
+
+    if not kernels.HAVE_NUMBA:
+        pytest.skip("numba not available")
+    rng = np.random.default_rng(12)
+    data = rng.poisson(50.0, (40, 300)).astype(float)
+    data[:, :5] = 0.0
+    data[:, 150] += 2000.0  # a spike
+    sim = rng.normal(50.0, 8.0, (40, 300))
+    sim[::2, 100:104] = -30.0  # every other row with negative bins
+    sim[:, 290:] = 0.0
+    ks, ad = edf_rows(sim, data, 9000.0, 16000.0)
+    np.testing.assert_allclose(ks, edf._ks_rows(sim, data), rtol=1e-12)
+    np.testing.assert_allclose(ad, edf._ad_rows(sim, data, 9000.0, 16000.0), rtol=1e-11)
+    d, s, s2 = _fixed_histograms()
+    compiled = edf_hist_tests(d, s, sim_sumw2_bins=s2, n_toys=300, rng=5)
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
+    reference = edf_hist_tests(d, s, sim_sumw2_bins=s2, n_toys=300, rng=5)
+    for name in ("ks", "ad"):
+        assert compiled[name].pvalue == reference[name].pvalue
+        assert compiled[name].statistic == reference[name].statistic

@@ -504,7 +504,7 @@ def warm_in_background(layout: Layout, jobs: int) -> threading.Thread | None:
     """Load the compiled kernels the tests' forked workers use, in a thread of this process,
     while it waits for the fill (half a second otherwise spent before the tests start).
     Join the thread before :func:`run_tests`: a process must not fork while it compiles."""
-    if jobs <= 1 or not layout.plan.pairs:
+    if jobs <= 1:
         return None
     from validator.stats.dependence_kernel import warm
 
@@ -555,7 +555,7 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
                                seed, with_invalid, targets, syst, g)
 
     jobs = jobs if len(items) >= MIN_PARALLEL_GROUPS else 1
-    if jobs > 1 and layout.plan.pairs:
+    if jobs > 1:
         from validator.stats.dependence_kernel import warm
 
         warm()  # loaded once here, not once per forked process
