@@ -500,7 +500,7 @@ def _group_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, categor
     return "2d", x, y, outcomes
 
 
-def warm_in_background(layout: Layout, jobs: int) -> threading.Thread | None:
+def warm_in_background(jobs: int) -> threading.Thread | None:
     """Load the compiled kernels the tests' forked workers use, in a thread of this process,
     while it waits for the fill (half a second otherwise spent before the tests start).
     Join the thread before :func:`run_tests`: a process must not fork while it compiles."""
