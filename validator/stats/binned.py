@@ -892,22 +892,20 @@ def run_toys(
         interval of the last step).
     """
     batches: list[np.ndarray] = []
-    total = 0
+    total = k = 0  # toys drawn, and those reaching the observation
 
     def run(size: int) -> None:
-        nonlocal total
+        nonlocal total, k
         for start in range(0, size, TOY_BATCH_MAX):
             t = np.asarray(draw(min(TOY_BATCH_MAX, size - start)), dtype=float)
             batches.append(t)
             total += t.size
-
-    def n_reaching() -> int:
-        return int(sum(int(np.sum(reaching(b, observed))) for b in batches))
+            k += int(np.sum(reaching(t, observed)))
 
     h = sequential_stop(n_toys, coarse_above, thresholds)
     for size in sequential_batches(n_toys, h):
         run(size)
-        if h is not None and n_reaching() >= h:
+        if h is not None and k >= h:
             toys = np.concatenate(batches)
             stop_at = int(np.flatnonzero(reaching(toys, observed))[h - 1]) + 1
             toys = toys[:stop_at]
@@ -920,7 +918,6 @@ def run_toys(
     adaptive = max_toys is not None and max_toys > n_toys and len(thresholds) > 0
     stop = "fixed"
     while True:
-        k = n_reaching()
         lo, hi = clopper_pearson(k, total, confidence) if total > 0 else (0.0, 1.0)
         if not adaptive or total == 0:
             break

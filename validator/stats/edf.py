@@ -104,7 +104,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from validator import kernels
-from validator.stats.binned import sequential_batches, sequential_stop
+from validator.stats.binned import clopper_pearson, sequential_batches, sequential_stop
 from validator.stats.edf_kernel import edf_rows
 from validator.stats.result import GofResult
 
@@ -863,18 +863,10 @@ def _ad_rows(sim: np.ndarray, data: np.ndarray, neff_s: float, neff_d: float) ->
     return factor * np.sum(out, axis=1)
 
 
-def _clopper_pearson(k: int, n: int, cl: float = TOY_CL) -> tuple[float, float]:
-    """Clopper & Pearson (Biometrika 26 (1934) 404) interval of a binomial probability."""
-    a = 0.5 * (1.0 - cl)
-    lo = float(stats.beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
-    hi = float(stats.beta.ppf(1.0 - a, k + 1, n - k)) if k < n else 1.0
-    return lo, hi
-
-
 def _needs_more_toys(k: int, n: int, thresholds: Sequence[float]) -> bool:
     if not thresholds:
         return False
-    lo, hi = _clopper_pearson(k, n)
+    lo, hi = clopper_pearson(k, n, TOY_CL)
     if any(lo <= t <= hi for t in thresholds):
         return True
     return k == 0 and 1.0 / (1.0 + n) > min(thresholds)
@@ -1045,12 +1037,12 @@ def _toy_pvalues(observed: np.ndarray, names: list[str], statistics, model: _Nul
         ki = int(k[i])
         if stopped_at[i]:
             n_i = int(stopped_at[i])
-            lo, hi = _clopper_pearson(ki, n_i)
+            lo, hi = clopper_pearson(ki, n_i, TOY_CL)
             out.append({"pvalue": ki / n_i, "n_toys": n_i, "n_toys_ge": ki,
                         "pvalue_is_bound": False, "pvalue_bound_from": None,
                         "pvalue_ci": [lo, hi], "toys_stop": "sequential"})
             continue
-        lo, hi = _clopper_pearson(ki, n)
+        lo, hi = clopper_pearson(ki, n, TOY_CL)
         p, how = (1.0 + ki) / (1.0 + n), "toys"
         if ki == 0:
             p_conc = concentration(i)
