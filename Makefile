@@ -3,17 +3,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# The CPU build of torch, pinned: an unpinned torch pulls several GB of CUDA packages.
-TORCH_SPEC ?= torch==2.13.0
+# torch and the packages built against it (torchvision, pulled by onnx2torch) are pinned
+# together in constraints.txt: the CPU build of torch, no nvidia-* package.
+CONSTRAINTS := constraints.txt
 
-.PHONY: install browser test demo lint bench clean
+.PHONY: install browser test test-fast demo lint bench clean check-cpu
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[all]"
+	$(PIP) install -q -c $(CONSTRAINTS) torch
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[all]"
+	$(MAKE) --no-print-directory check-cpu
 	touch $@
+
+# Fails when a CUDA package reached the environment (7 GB that a CPU machine never uses).
+check-cpu:
+	@! $(PIP) list 2>/dev/null | grep -i '^nvidia-' || { echo "CUDA packages installed (see above): torch or a package depending on it escaped constraints.txt"; exit 1; }
+	@$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v, 'CUDA', torch.version.cuda); sys.exit(torch.version.cuda is not None)"
 
 install: $(VENV)/.installed
 
@@ -26,9 +33,16 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		chromium >/dev/null; } || echo "chromium not installed: the browser test is skipped"
 
+# Everything, as CI runs it, with the 25 slowest tests listed.
 test: install browser
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
+
+# The development loop: every test but the slow ones (calibration replicas, browsers, the
+# wheel built and installed), a few minutes on 2 cores.
+test-fast: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -m "not slow" --durations=10
 
 # The MET-scale systematic's files (the simulation with met scaled by ±5%), made on demand.
 MET_VARIATIONS := sample_data/sim_met_up.parquet sample_data/sim_met_down.parquet

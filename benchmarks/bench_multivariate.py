@@ -4,7 +4,7 @@ The sample data with the three-track columns (``sample_data/generate.py``'s
 ``make_multivariate_case``, the shipped sizes: 150 000 simulated and 75 000 data events, the
 two shipped planted effects plus the three-track sign correlation that no 1D or 2D test can
 see), every feature as input (23), the subsample ``validator run --multivariate`` takes
-(:data:`validator.multivariate.MULTIVARIATE_EVENTS` data events, five times as many simulated),
+(:data:`validator.config.defaults.MULTIVARIATE_EVENTS` data events, five times as many simulated),
 the default permutations, toys and time budget. Prints, per test, the wall time, the
 statistic, the p-value with its toys, and the three inputs the learned function depends on
 most (Taylor attribution); ``--null`` draws the data from the simulation model instead.
@@ -24,7 +24,8 @@ import time
 import numpy as np
 from sample import sample_generator
 
-from validator.multivariate import MULTIVARIATE_EVENTS, SIM_RESERVOIR_FACTOR, EventReservoir
+from validator.config.defaults import MULTIVARIATE_EVENTS
+from validator.multivariate import SIM_RESERVOIR_FACTOR, EventReservoir
 from validator.sources import ENTRY, FILE
 from validator.stats import multivariate as mv
 

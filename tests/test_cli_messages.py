@@ -62,8 +62,8 @@ def test_identical_events_under_other_names_are_said(capsys, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--bins", "1000000"], "--bins: must be <= 200"),
     (["--bins", "1"], "--bins: must be >= 2"),
-    (["--alpha", "1.5"], "--alpha must be between 0 and 1"),
-    (["--db-wait", "-1"], "--db-wait must be >= 0"),
+    (["--alpha", "1.5"], "argument --alpha: must be < 1, got 1.5"),
+    (["--db-wait", "-1"], "argument --db-wait: must be >= 0, got -1"),
     (["--define", "ht"], "--define: 'ht' is not NAME=EXPR"),
     (["--define", "a=b+1"], "--define 'a' is already a column"),
     (["--features", "a,NJ"], "feature 'NJ' not found; did you mean 'nj'?"),

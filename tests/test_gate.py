@@ -96,7 +96,7 @@ def test_per_test_fails_on_significance_and_effect_above_the_floor():
     assert not result.passed
     assert result.details["failing_test_ids"] == [0]
     assert result.details["below_floor_test_ids"] == [2]  # significant, too small to matter
-    assert "1 of 3 tests fail" in result.reason and "met chi2_uw Holm p 1e-05" in result.reason
+    assert "1 of 3 tests fail" in result.reason and "met chi2_uw Holm p 1.0e-05" in result.reason
     assert [t["test_id"] for t in verdict.failing_tests] == [0]
     # the same difference below the floor passes
     tables["tests"].loc[0, "effect_size"] = 0.04
@@ -168,7 +168,7 @@ def test_failure_count_binomial_against_scipy():
     result, _ = _one(_counted(100, 12), {"kind": "failure_count", "threshold": 0.01})
     assert not result.passed and result.details["source"] == "binomial"
     assert result.details["p_value"] == pytest.approx(reference, rel=1e-10)
-    assert "12 failures of 100 reliable tests at alpha=0.05 (expected 5.0)" in result.reason
+    assert "12 failures of 100 reliable histogram tests at alpha=0.05 (expected 5.0)" in result.reason
     result, _ = _one(_counted(100, 5), {"kind": "failure_count", "threshold": 0.01})
     assert result.passed
     assert result.details["p_value"] == pytest.approx(stats.binom.sf(4, 100, 0.05), rel=1e-10)
@@ -293,7 +293,7 @@ def test_importance_top_inputs_and_important_pairs_must_pass():
     assert result.reason == "the 2 most important inputs and 1 important pairs pass"
     result, _ = _one(tables, {"kind": "importance", "top_k": 3})
     assert not result.passed
-    assert "c (output, rank 3): chi2_uw Holm p 0.0001 max_abs_ratio_dev 0.2" in result.reason
+    assert "c (output, rank 3): chi2_uw Holm p 1.0e-04 max_abs_ratio_dev 0.2" in result.reason
     result, _ = _one(tables, {"kind": "importance", "top_k": 1, "top_k_pairs": 2})
     assert not result.passed and "a × c" in result.reason
     # with a threshold of its own: Holm p of c 1e-4 passes 1e-5, fails 1e-3
@@ -348,7 +348,7 @@ def test_judge_recomputes_nothing_and_junit_lists_the_failing_tests():
     assert case.name == "[all] 1d chi2_uw met"
     (failure,) = case.result
     assert isinstance(failure, Failure)
-    assert failure.message.startswith("p = 1e-06, Holm p = 1e-06, max_abs_ratio_dev = 0.2")
+    assert failure.message.startswith("p = 1.0e-06, Holm p = 1.0e-06, max_abs_ratio_dev = 0.2")
 
 
 # ------------------------------------------------------------------ end to end
@@ -405,8 +405,12 @@ def test_a_mismodelled_input_fails_the_default_rules(capsys, sample_files, tmp_p
         in names
     assert all(n.startswith("[all] ") for n in names)
     assert "[all] 1d chi2_uw m_ll" not in names
-    failed_rules = [c.name for c in suites["rules"] if c.result]
+    failed_rules = [c.name for c in suites["rules"]
+                    if any(isinstance(r, Failure) for r in c.result)]
     assert failed_rules == ["no-significant-mismodelling"]
+    # a warning rule is skipped with its warning, neither a failure nor a silent pass
+    warned = [c for c in suites["rules"] if c.name == "p-values-uniform"][0]
+    assert [type(r).__name__ for r in warned.result] in ([], ["Skipped"])
 
     # re-judged with the strict rules: a second verdict set, nothing recomputed
     n_tests = query(db, "SELECT count(*) AS n FROM tests")["n"][0]
@@ -578,7 +582,7 @@ def test_a_run_of_release_0_1_0_is_judged_and_its_file_migrated(capsys, tmp_path
     code, out, err = _cli(capsys, "gate", "--db", str(db), "--rules",
                           str(RULES / "default.yaml"))
     assert code == 0, err
-    assert "PASS  failures-as-expected (failure_count): 4 failures of 81 reliable tests" in out
+    assert "PASS  failures-as-expected (failure_count): 4 failures of 81 reliable histogram tests" in out
     assert query(db, "SELECT max(version) AS v FROM schema_info")["v"][0] == SCHEMA_VERSION
     assert query(db, "SELECT gate_passed FROM runs")["gate_passed"][0]
     details = query(db, "SELECT details FROM gate_results WHERE rule_kind = 'failure_count'")

@@ -26,12 +26,9 @@ from validator import figures
 from validator.cli import main
 from validator.compare import CompareOptions
 from validator.pipeline import RunConfig, run_validation
-from validator.reports import (
-    load_report_tables,
-    markdown_report,
-    problems,
-    write_report,
-)
+from validator.output.documents import markdown_report, write_report
+from validator.results.reading import read_run
+from validator.results.tables import load_run_tables
 from validator.store import query, save_verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,13 +110,12 @@ def test_markdown_names_the_planted_problems_first(report, stored):
     assert "**Normalisation**" in text and "**Counts**" in text
     assert len(text) < 10_000  # a merge-request comment
     # the same text from the tables again: the report is a function of the database
-    tables = load_report_tables(stored, "latest", histograms=False)
-    assert markdown_report(tables, top=3).split("\n")[0] == text.split("\n")[0]
+    reading = read_run(load_run_tables(stored, "latest"))
+    assert markdown_report(reading, top=3).split("\n")[0] == text.split("\n")[0]
 
 
 def test_problems_group_tests_per_feature(stored):
-    tables = load_report_tables(stored, "latest", histograms=False)
-    found = problems(tables["tests"], 0.05)
+    found = read_run(load_run_tables(stored, "latest")).problems
     keys = [(p.feature_x, p.feature_y) for p in found]
     assert len(keys) == len(set(keys)) == len(FEATURES) + len(FEATURES) * (len(FEATURES) - 1) // 2
     met = next(p for p in found if p.key == ("all", "met", None))
@@ -145,17 +141,17 @@ def test_markdown_shows_the_latest_verdict_first(stored, tmp_path):
              "rule_kind": "coverage", "passed": True, "reason": "all tested", "details": "{}"}]
     save_verdict(db, run_id, rows, passed=False, rules_name="unblinding",
                  rules_sha256="ab" * 32)
-    text = markdown_report(load_report_tables(db, "latest", histograms=False))
+    text = markdown_report(read_run(load_run_tables(db, "latest")))
     first = text.splitlines()[0]
-    assert "gate FAILED" in first and "`unblinding`" in first and "1 of 2 rules fail" in first
+    assert "gate FAILED: 1 of 2 rules fail (rules unblinding)" in first
     assert "`no-1d-failure` (per_test): met: ks p_holm 1e-5" in text
     assert text.index("Failing rules") < text.index("Worst problems")
     # a later verdict that passes replaces it in the report
     later = [{**r, "verdict_id": "v2", "judged_at": datetime(2026, 1, 2),
               "rules_name": "default", "passed": True} for r in rows]
     save_verdict(db, run_id, later, passed=True, rules_name="default", rules_sha256="cd" * 32)
-    text = markdown_report(load_report_tables(db, "latest", histograms=False))
-    assert "gate PASSED (rules `default`)" in text.splitlines()[0]
+    text = markdown_report(read_run(load_run_tables(db, "latest")))
+    assert "gate PASSED: 2 of 2 rules pass (rules default)" in text.splitlines()[0]
     assert "Failing rules" not in text
 
 
@@ -307,7 +303,9 @@ def test_cli_run_writes_the_markdown_report(capsys, inputs, tmp_path):
     md = tmp_path / "gate.md"
     args = ["run", "--quiet", "--sim", str(sim), "--data", str(data), "--weight", "weight",
             "--features", "met,n_btag", "--toys", "20", "--db", str(tmp_path / "v.duckdb")]
-    assert main([*args, "--report", str(tmp_path / "nowhere" / "gate.md")]) == 2
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main([*args, "--report", str(blocker / "gate.md")]) == 2
     assert "--report" in capsys.readouterr().err
     assert not (tmp_path / "v.duckdb").exists()  # refused before any work
     assert main([*args, "--report", str(md)]) == 0

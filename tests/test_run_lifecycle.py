@@ -16,7 +16,8 @@ import pytest
 from conftest import make_frames
 
 from validator.cli import main
-from validator.pipeline import DEFAULT_SEED, RunConfig, run_validation
+from validator.config.defaults import DEFAULT_SEED
+from validator.pipeline import RunConfig, run_validation
 from validator.plan import Plan
 from validator.store import SCHEMA_VERSION, query
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import SAMPLE_DIR, make_frames
 
 from validator.cli import main
-from validator.runfile import RunFile, load_run_file
+from validator.config.file import load_run_file, run_file_model
 from validator.store import query
 
 
@@ -100,5 +100,5 @@ def test_shipped_example_and_schema(capsys):
     assert main(["config-schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema["title"] == "validator run configuration"
-    assert set(schema["properties"]) == set(RunFile.model_fields)
+    assert set(schema["properties"]) == set(run_file_model().model_fields)
     assert schema["additionalProperties"] is False

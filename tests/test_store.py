@@ -51,10 +51,17 @@ def test_a_failing_write_leaves_the_database_as_it_was(tmp_path):
     assert query(db, "SELECT count(*) AS n FROM tests")["n"][0] == 2
 
 
+#: The columns that make a file of release 0.1.0 (no schema_info) a validator database.
+V1_RUNS = ("run_id VARCHAR, started_at TIMESTAMP, tool_version VARCHAR, sim_paths VARCHAR[], "
+           "data_paths VARCHAR[]")
+V1_TESTS = "run_id VARCHAR, method VARCHAR, pvalue DOUBLE"
+
+
 def test_a_failure_inside_the_database_rolls_back_the_schema_too(tmp_path):
     db = tmp_path / "legacy.duckdb"
-    con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE runs (run_id VARCHAR, foo INTEGER NOT NULL)")
+    con = duckdb.connect(str(db))  # a release-0.1.0 file whose runs refuse the new rows
+    con.execute(f"CREATE TABLE runs ({V1_RUNS}, foo INTEGER NOT NULL)")
+    con.execute(f"CREATE TABLE tests ({V1_TESTS})")
     con.close()
     with pytest.raises(InputError, match="nothing was"):
         write_run(db, _rows("r1"))
@@ -62,14 +69,17 @@ def test_a_failure_inside_the_database_rolls_back_the_schema_too(tmp_path):
     tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     columns = [r[0] for r in con.execute("DESCRIBE runs").fetchall()]
     con.close()
-    assert tables == {"runs"} and columns == ["run_id", "foo"]
+    assert tables == {"runs", "tests"}
+    assert columns == ["run_id", "started_at", "tool_version", "sim_paths", "data_paths", "foo"]
 
 
 def test_old_files_gain_new_columns(tmp_path):
     db = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE tests (run_id VARCHAR, test_id INTEGER, pvalue DOUBLE)")
-    con.execute("INSERT INTO tests VALUES ('old', 0, 0.5)")
+    con = duckdb.connect(str(db))  # a release-0.1.0 file
+    con.execute(f"CREATE TABLE runs ({V1_RUNS})")
+    con.execute("CREATE TABLE tests (run_id VARCHAR, test_id INTEGER, method VARCHAR, "
+                "pvalue DOUBLE)")
+    con.execute("INSERT INTO tests VALUES ('old', 0, 'ks', 0.5)")
     con.close()
     con = duckdb.connect(str(db))
     ensure_schema(con)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import shlex
 import sys
 import traceback
 from collections.abc import Sequence
@@ -21,9 +20,6 @@ if TYPE_CHECKING:
     from validator.rules import RulesFile
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
-#: Most equal-population bins per feature: beyond it the bins hold too few events for the
-#: binned tests' asymptotics and the pair histograms grow as its square.
-MAX_BINS = 200
 
 DESCRIPTION = (
     "Input-space validation for machine learning in HEP: does the simulation a network was\n"
@@ -73,133 +69,20 @@ def _int_between(minimum: int, maximum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     from validator import __version__
-    from validator.multivariate import MULTIVARIATE_EVENTS
-    from validator.pipeline import DEFAULT_DB_WAIT_S, DEFAULT_SEED
+    from validator.config.options import add_run_arguments
 
     parser = _Parser(prog="validator", description=DESCRIPTION,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"validator {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print the log, library warnings included (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="compare simulation with data and store the results",
                          description="Compare weighted simulation with data in every feature "
                                      "and pair; store the run in DuckDB.",
                          epilog=RUN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--config", metavar="YAML",
-                     help="a run configuration file holding any of these options (the "
-                          "command line overrides it); see validator config-schema")
-    run.add_argument("--sim", nargs="+", metavar="PATH",
-                     help="simulation files: .parquet, .csv or .root[:TREE] (required, here "
-                          "or in --config)")
-    run.add_argument("--data", nargs="+", metavar="PATH", help="data files (required)")
-    run.add_argument("--weight", metavar="COL", help="event-weight column of the simulation")
-    run.add_argument("--unweighted", action="store_true",
-                     help="compare the simulation unweighted although it has a weight column")
-    run.add_argument("--features", metavar="COL,...",
-                     help="features to test (default: every shared numeric column); "
-                          "NAME[k] takes element k of a jagged branch")
-    run.add_argument("--exclude", metavar="COL,...",
-                     help="columns to leave out of the default feature set")
-    run.add_argument("--category", metavar="COL", help="also run everything per value of COL")
-    run.add_argument("--sim-selection", metavar="EXPR",
-                     help="SQL condition selecting simulated events, e.g. \"n_jets >= 2\"; "
-                          "_entry is the row number in the file")
-    run.add_argument("--data-selection", metavar="EXPR", help="likewise for data")
-    run.add_argument("--define", action="append", default=[], metavar="NAME=EXPR",
-                     help="a derived column (SQL expression), tested like any feature, "
-                          "e.g. \"ht=jet1_pt + jet2_pt\" (repeatable)")
-    run.add_argument("--model", metavar="PATH",
-                     help="the audited network (TorchScript, torch.export .pt2 or ONNX; never a "
-                          "pickle): its outputs are tested like inputs, and may be blinded")
-    run.add_argument("--model-inputs", metavar="COL,...",
-                     help="the network's inputs in order (default: the names stored in the "
-                          "model)")
-    run.add_argument("--model-scaler", metavar="JSON",
-                     help="per-input offset and scale for a network exported without them")
-    run.add_argument("--model-kind", choices=("binary", "multiclass", "regression"),
-                     help="what the network outputs (default: inferred)")
-    run.add_argument("--model-param", action="append", default=[], metavar="NAME=V1,V2",
-                     help="a parametric network's parameter and the values to audit it at "
-                          "(repeatable)")
-    run.add_argument("--syst", action="append", default=[], metavar="NAME=UP[:DOWN]",
-                     help="a weight systematic: columns of the simulation with the varied event "
-                          "weight, e.g. pileup=weight_pu_up:weight_pu_down (one-sided: "
-                          "mirrored); repeatable")
-    run.add_argument("--syst-file", action="append", default=[], metavar="NAME=UP[:DOWN]",
-                     help="a shape systematic: alternative simulation files (comma-separated "
-                          "per side), e.g. jes=sim_jes_up.parquet:sim_jes_down.parquet; "
-                          "repeatable")
-    run.add_argument("--norm-unc", action="append", default=[], metavar="[PROCESS=]REL",
-                     help="log-normal normalisation uncertainty: 0.05 for every process, or "
-                          "drell_yan=0.05,ttbar=0.06 (needs --process-column)")
-    run.add_argument("--process-column", metavar="COL",
-                     help="the simulation's process column: per-process histograms (stacked "
-                          "in plots) and per-process normalisation uncertainties")
-    run.add_argument("--syst-toys", type=_positive_int, default=300,
-                     help="toys of the saturated_syst p-values (default: 300)")
-    run.add_argument("--blind", metavar="EXPR",
-                     help="SQL condition of the blinded region: its events are removed from "
-                          "data and simulation before anything is computed")
-    run.add_argument("--db", default="validation.duckdb", metavar="PATH",
-                     help="DuckDB file to append the run to (default: %(default)s)")
-    run.add_argument("--no-db", action="store_true", help="do not store the run")
-    run.add_argument("--alpha", type=float, default=0.05, help="test size (default: 0.05)")
-    run.add_argument("--bins", type=_int_between(2, MAX_BINS), default=10,
-                     help="equal-population bins per feature (default: 10, at most "
-                          f"{MAX_BINS})")
-    run.add_argument("--max-pairs", type=_int_at_least(0), default=1000,
-                     help="most pairs tested in 2D (default: 1000)")
-    run.add_argument("--toys", type=_positive_int, default=300,
-                     help="toys for the dependence test's p-value (default: 300)")
-    run.add_argument("--chunk-rows", type=_positive_int, default=250_000,
-                     help="rows read at a time (bounds the memory)")
-    run.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
-                     help="processes filling the histograms and running the tests (default: "
-                          "every core); the results do not depend on it")
-    run.add_argument("--engine", choices=("local", "dask"), default="local",
-                     help="fill on this machine (local) or on a Dask cluster (dask): each file "
-                          "or row group on a worker; the results are the same")
-    run.add_argument("--scheduler", metavar="ADDR",
-                     help="with --engine dask: the Dask scheduler's address (tcp://host:8786, "
-                          "tls://...; 'current' for a notebook's client); default: a local "
-                          "cluster of 2 processes")
-    run.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                     help="seed of the reservoirs and of every test's toys (default: "
-                          "%(default)s)")
-    run.add_argument("--db-wait", type=float, default=DEFAULT_DB_WAIT_S, metavar="SECONDS",
-                     help="how long a finished run waits for a busy database before it is "
-                          "written to a side file (default: %(default)s)")
-    run.add_argument("--rules", metavar="YAML",
-                     help="judge the stored run with this rules file (checked before any event "
-                          "is read); exit 1 when a rule fails")
-    run.add_argument("--junit", metavar="XML", help="write the rules' verdict as JUnit XML "
-                                                    "(needs --rules)")
-    run.add_argument("--report", metavar="FILE.md",
-                     help="write the Markdown report (verdict, failing rules, worst problems) "
-                          "once the run is stored and judged")
-    run.add_argument("--multivariate", metavar="c2st,nplm",
-                     help="learned tests over all inputs at once: the classifier two-sample "
-                          "test (c2st) and the New Physics Learning Machine (nplm; with --syst "
-                          "weight variations, the nuisances are profiled)")
-    run.add_argument("--multivariate-events", type=_positive_int, default=MULTIVARIATE_EVENTS,
-                     metavar="N", help="data events in the multivariate subsample, the "
-                                       "simulation's 5x as many (default: %(default)s)")
-    run.add_argument("--multivariate-toys", type=_positive_int, default=None, metavar="N",
-                     help="permutations (c2st) and toys (nplm) per test (default: 49 each, "
-                          "p-values resolved to 1/50)")
-    run.add_argument("--multivariate-time", type=float, default=None, metavar="SECONDS",
-                     help="time budget of each multivariate test: no permutation or toy starts "
-                          "after it (default: 180)")
-    run.add_argument("--evidently-report", metavar="FILE.html",
-                     help="write evidently's data-drift report (DataDriftPreset) on the "
-                          "multivariate subsample; its per-column results are stored as tests "
-                          "kind 'evidently', outside the multiple-testing family")
-    run.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                     help="a label stored with the run, e.g. era=2018B (repeatable): the "
-                          "dashboard's history groups runs by tag")
-    run.add_argument("--top", type=_positive_int, default=15, metavar="N",
-                     help="features and pairs listed in the summary (default: 15)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_arguments(run)
 
     runs = sub.add_parser("runs", help="list the runs stored in a database")
     runs.add_argument("--db", default="validation.duckdb", metavar="PATH")
@@ -275,69 +158,18 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         start_early()  # the workers' server imports beside this process's imports
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from validator.compare import CompareOptions
-    from validator.multivariate import check_methods
-    from validator.pipeline import RunConfig, run_validation
-    from validator.plan import PlanConfig
-    from validator.report import render
-    from validator.systematics import Systematics
+    from validator.config.options import run_config
+    from validator.output.terminal import render
+    from validator.pipeline import run_validation
 
     if args.config:
         _apply_config(args, argv)
-    for option in ("sim", "data"):
-        if not getattr(args, option):
-            raise _usage(f"--{option} is required (on the command line or in --config)")
-    if not 0 < args.alpha < 1:
-        raise _usage("--alpha must be between 0 and 1")
-    features = None
-    if args.features is not None:
-        features = [f.strip() for f in args.features.split(",") if f.strip()]
-        if not features:
-            raise _usage("--features names no column")
-    if args.db_wait < 0:
-        raise _usage("--db-wait must be >= 0")
     rules = _gate_rules(args)  # a bad rules file is exit 2 before any event is read
     _check_report_path(args.report)
-    try:
-        multivariate = check_methods((args.multivariate or "").split(","))
-    except ValueError as exc:
-        raise _usage(f"--multivariate: {exc}") from None
     if args.evidently_report and Path(args.evidently_report).is_dir():
         raise _usage(f"--evidently-report {args.evidently_report}: is a folder; give a file "
                      "name (e.g. drift.html)")
-    model_params = {}
-    for text in args.model_param:
-        name, sep, values = text.partition("=")
-        try:
-            model_params[name.strip()] = [float(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip() or not model_params.get(name.strip()):
-            raise _usage(f"--model-param: '{text}' is not NAME=V1,V2,...")
-    if args.scheduler and args.engine != "dask":
-        raise _usage("--scheduler: needs --engine dask")
-    config = RunConfig(
-        sim=args.sim, data=args.data, weight=args.weight, features=features,
-        category=args.category, db=None if args.no_db else args.db, alpha=args.alpha,
-        chunk_rows=args.chunk_rows, seed=args.seed, jobs=args.jobs, engine=args.engine,
-        scheduler=args.scheduler,
-        sim_selection=args.sim_selection, data_selection=args.data_selection,
-        exclude=[c.strip() for c in (args.exclude or "").split(",") if c.strip()],
-        defines=args.define, blind=args.blind, unweighted=args.unweighted,
-        model=args.model, model_scaler=args.model_scaler, model_kind=args.model_kind,
-        model_inputs=[c.strip() for c in args.model_inputs.split(",") if c.strip()]
-        if args.model_inputs else None, model_params=model_params or None,
-        db_wait_s=args.db_wait, tags=_tags(args.tag), multivariate=multivariate,
-        multivariate_events=args.multivariate_events,
-        multivariate_time_s=args.multivariate_time, evidently_report=args.evidently_report,
-        multivariate_toys=args.multivariate_toys,
-        systematics=Systematics.parse(args.syst, args.syst_file, args.norm_unc,
-                                      args.process_column)
-        if args.syst or args.syst_file or args.norm_unc or args.process_column else None,
-        plan=PlanConfig(n_bins=args.bins, max_pairs=args.max_pairs),
-        compare=CompareOptions(dependence_toys=args.toys, syst_toys=args.syst_toys),
-        command="validator " + " ".join(shlex.quote(a) for a in argv),
-    )
+    config = run_config(vars(args), argv)
     console = _console()
     if args.quiet or not console.is_terminal:
         outcome = run_validation(config)
@@ -353,13 +185,20 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 bar.update(tasks[stage], completed=done)
 
             outcome = run_validation(config, progress)
-    render(outcome, console, args.top)
+    verdict = _judge_after_run(rules, outcome) if rules is not None else None
+    reading = _reading_after_run(outcome, verdict)
+    render(reading, console, args.top, db=outcome.db, side_file=outcome.side_file,
+           intended_db=config.db)
     if outcome.side_file:
         print(f"validator: warning: {config.db} stayed busy; the run is in {outcome.side_file}: "
               f"add it with 'validator merge --db {config.db} {outcome.side_file}'",
               file=sys.stderr)
-    status = _gate_after_run(rules, outcome, args.junit) if rules is not None else EXIT_OK
-    _write_reports(args, outcome, rules)  # after the gate: the report shows its verdict
+    status = _print_verdict(verdict, args.junit) if verdict is not None else EXIT_OK
+    if args.report:  # after the gate: the report shows its verdict
+        from validator.output.documents import write_markdown
+
+        Path(args.report).resolve().parent.mkdir(parents=True, exist_ok=True)
+        print(f"report written to {write_markdown(args.report, reading)}")
     return status
 
 
@@ -371,34 +210,37 @@ def _check_report_path(path: str | None) -> None:
         return
     if Path(path).is_dir():
         raise _usage(f"--report {path}: is a folder; give a file name (e.g. report.md)")
-    if not Path(path).resolve().parent.is_dir():
-        raise _usage(f"--report {path}: the folder {Path(path).parent} does not exist")
+    folder = Path(path).resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise _usage(f"--report {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise _usage(f"--report {path}: the folder {existing} is not writable")
 
 
-def _write_reports(args: argparse.Namespace, outcome: Any, rules: Any = None) -> None:
-    """Write ``run --report FILE.md`` from the stored run (database or side file), with the
-    verdict the gate stored; a --no-db run is reported from memory (and judged again there,
-    the verdict being stored nowhere)."""
-    if not getattr(args, "report", None):
-        return
-    from validator.reports import load_report_tables, write_markdown
+def _judge_after_run(rules: RulesFile, outcome: Any) -> Verdict:
+    """Judge a run just finished: stored (in the database or its side file, where the
+    verdict is added) or in memory (--no-db: judged, not stored)."""
+    from validator.gate import judge, judge_stored, stamp
+    from validator.results.tables import outcome_tables
 
     where = outcome.db or outcome.side_file
     if where:
-        tables = load_report_tables(where, outcome.run_id, histograms=False)
-    else:
-        import pandas as pd
+        return judge_stored(where, outcome.run_id, rules)
+    return stamp(judge(outcome_tables(outcome), rules))
 
-        from validator.report import outcome_tables
 
-        tables = outcome_tables(outcome)
-        if rules is not None:
-            from validator.gate import judge, stamp, verdict_rows
-            from validator.gate import outcome_tables as gate_tables
+def _reading_after_run(outcome: Any, verdict: Verdict | None) -> Any:
+    """The reading of a run just finished: from where it was stored, else from memory."""
+    from validator.gate import verdict_rows
+    from validator.results.reading import read_run
+    from validator.results.tables import load_run_tables, outcome_tables
 
-            tables["gate_results"] = pd.DataFrame(
-                verdict_rows(stamp(judge(gate_tables(outcome), rules))))
-    print(f"report written to {write_markdown(args.report, tables)}")
+    where = outcome.db or outcome.side_file
+    if where:
+        return read_run(load_run_tables(where, outcome.run_id))
+    rows = verdict_rows(verdict) if verdict is not None else ()
+    return read_run(outcome_tables(outcome, verdict_rows=rows))
 
 
 def _gate_rules(args: argparse.Namespace) -> RulesFile | None:
@@ -427,18 +269,6 @@ def _print_verdict(verdict: Verdict, junit: str | None) -> int:
     return EXIT_OK if verdict.passed else EXIT_FAIL
 
 
-def _gate_after_run(rules: RulesFile, outcome: Any, junit: str | None) -> int:
-    """Judge a run just finished: stored (in the database or its side file) or in memory."""
-    from validator.gate import judge, judge_stored, outcome_tables, stamp
-
-    where = outcome.db or outcome.side_file
-    if where:
-        verdict = judge_stored(where, outcome.run_id, rules)
-    else:  # --no-db: judged, not stored
-        verdict = stamp(judge(outcome_tables(outcome), rules))
-    return _print_verdict(verdict, junit)
-
-
 def _cmd_gate(args: argparse.Namespace) -> int:
     from validator.gate import judge_stored
     from validator.junit import check_output_path
@@ -462,7 +292,7 @@ def _cmd_rules_schema() -> int:
 
 def _apply_config(args: argparse.Namespace, argv: Sequence[str]) -> None:
     """Fill the options not given on the command line from ``--config``."""
-    from validator.runfile import load_run_file
+    from validator.config.file import load_run_file
 
     options, _ = load_run_file(args.config)
     given = _explicit_options(argv)
@@ -484,24 +314,10 @@ def _explicit_options(argv: Sequence[str]) -> set[str]:
 def _cmd_config_schema() -> int:
     import json
 
-    from validator.runfile import config_json_schema
+    from validator.config.file import config_json_schema
 
     print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
-
-
-def _tags(items: Sequence[str]) -> dict[str, str]:
-    """``--tag KEY=VALUE`` options as a dict (a key given twice is a usage error)."""
-    tags: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            raise _usage(f"--tag: '{item}' is not KEY=VALUE")
-        if key in tags:
-            raise _usage(f"--tag: '{key}' is given twice")
-        tags[key] = value
-    return tags
 
 
 def _short_paths(paths) -> str:
@@ -544,20 +360,22 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from validator.report import render_run
-    from validator.store import load_run
+    from validator.output.terminal import render_run
+    from validator.results.reading import read_run
+    from validator.results.tables import load_run_tables
 
-    tables = load_run(args.db, args.run_option or args.run)
+    reading = read_run(load_run_tables(args.db, args.run_option or args.run))
     console = _console()
-    render_run(tables, console, args.top)
-    run = tables["runs"].iloc[0]
-    if run.get("command"):
-        console.print(f"command: {run['command']}")
+    render_run(reading, console, args.top)
+    console.print(reading.verdict.headline() if reading.verdict.judged
+                  else "not judged: no rules file has judged this run (validator gate)")
+    if reading.run.get("command"):
+        console.print(f"command: {reading.run['command']}")
     return EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from validator.reports import write_report
+    from validator.output.documents import write_report
 
     files = write_report(args.db, args.run, args.out, top=args.top)
     print(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figure files in "
@@ -573,7 +391,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if importlib.util.find_spec("streamlit") is None:
-        raise _usage("the dashboard needs streamlit: pip install 'validator[dashboard]'")
+        raise _usage("the dashboard needs streamlit: pip install 'hep-validator[dashboard]'")
     from validator.dashboard import APP, check_database
 
     db = Path(args.db).resolve()
@@ -668,9 +486,30 @@ def _flush() -> None:
             pass
 
 
+def route_library_warnings(verbose: bool) -> None:
+    """Library warnings (a torch deprecation, a numpy runtime note) say nothing a user of the
+    command can act on: they go to the log, which ``-v`` prints, never to the terminal
+    otherwise; the worker processes started later inherit the choice."""
+    import logging
+
+    logging.captureWarnings(True)
+    log = logging.getLogger("py.warnings")
+    if verbose:
+        logging.basicConfig(level=logging.WARNING,
+                            format="validator: log: %(name)s: %(message)s")
+        logging.getLogger("validator").setLevel(logging.INFO)
+        return
+    log.addHandler(logging.NullHandler())
+    log.propagate = False
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
 def console() -> NoReturn:
     """The ``validator`` command: :func:`main`, then :func:`exit_now`."""
-    exit_now(main())
+    argv = sys.argv[1:]
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    route_library_warnings(verbose)
+    exit_now(main([a for a in argv if a not in ("-v", "--verbose")]))
 
 
 if __name__ == "__main__":  # pragma: no cover

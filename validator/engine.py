@@ -507,7 +507,7 @@ def dask_client(scheduler: str | None) -> tuple[Any, Any]:
         from distributed import Client, LocalCluster
     except ImportError as exc:
         raise InputError("--engine dask needs dask and distributed (pip install "
-                         "'validator[dask]')") from exc
+                         "'hep-validator[dask]')") from exc
     if scheduler == CURRENT_CLIENT:
         return Client.current(), None
     if scheduler:

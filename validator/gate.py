@@ -1,8 +1,10 @@
 """The CI gate: judge one stored run against a rules file (:mod:`validator.rules`).
 
-:func:`judge` is a pure function of a run's tables (as :func:`load_tables` reads them from
-DuckDB, or :func:`outcome_tables` builds them from a run just finished) and the rules: it
-recomputes no test, only reads the stored p-values, effect sizes, counts and configuration.
+:func:`judge` is a pure function of a run's tables (as
+:func:`validator.results.tables.load_run_tables` reads them from DuckDB, or
+:func:`validator.results.tables.outcome_tables` builds them from a run just finished) and the
+rules: it recomputes no test, only reads the stored p-values, effect sizes, counts and
+configuration, and judges the tests that decide (:func:`validator.summary.verdict_roles`).
 :func:`judge_stored` loads a run, judges it and adds the verdict to the ``gate_results`` table
 (a new verdict set each time; ``runs.gate_passed`` holds the latest).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
@@ -25,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from validator.errors import InputError
+from validator.results.format import format_p
 from validator.rules import (
     ALL,
     CoverageRule,
@@ -37,6 +40,7 @@ from validator.rules import (
     UniformityRule,
     load_rules,
 )
+from validator.summary import DECISIVE, SYST_METHOD, verdict_roles
 
 #: The inclusive category of the ``tests`` and ``features`` tables.
 INCLUSIVE = "all"
@@ -45,6 +49,8 @@ N_NAMED = 5
 #: Column of the ``tests`` table read for each ``p_value`` choice of a per-test rule.
 P_COLUMNS = {"raw": "pvalue", "holm": "p_holm", "bh": "p_bh"}
 P_LABELS = {"raw": "p", "holm": "Holm p", "bh": "BH p"}
+#: Test kinds whose failures a ``failure_count`` (and a recomputed ``uniformity``) counts.
+COUNTED_KINDS = ("1d", "2d", "corr", "output")
 #: Tables :func:`judge` reads (histograms are never needed).
 GATE_TABLES = ("runs", "features", "tests", "skipped_columns", "models", "criticality")
 
@@ -128,6 +134,12 @@ def _select(tests: pd.DataFrame, sel: Selection) -> np.ndarray:
     return mask
 
 
+def _decisive(tests: pd.DataFrame) -> np.ndarray:
+    """Tests that may fail a rule (:func:`validator.summary.verdict_roles`): under
+    systematics a stat-only test whose histogram's saturated_syst passes never does."""
+    return (tests["role"] == DECISIVE).to_numpy(bool)
+
+
 def _ran(tests: pd.DataFrame) -> np.ndarray:
     """Tests that ran: a p-value, no not_run_reason, a passed flag."""
     return (tests["pvalue"].notna() & tests["not_run_reason"].isna()
@@ -136,12 +148,6 @@ def _ran(tests: pd.DataFrame) -> np.ndarray:
 
 def _reliable(tests: pd.DataFrame) -> np.ndarray:
     return tests["reliable"].fillna(False).astype(bool).to_numpy()
-
-
-def _fmt_p(p: Any) -> str:
-    if _null(p):
-        return "-"
-    return f"{p:.2g}" if p < 1e-3 else f"{p:.3f}".rstrip("0").rstrip(".") or "0"
 
 
 def _test_label(t: Mapping[str, Any]) -> str:
@@ -177,9 +183,15 @@ def _table(tables: Mapping[str, pd.DataFrame], name: str) -> pd.DataFrame:
     frame = tables.get(name)
     columns = [c for c, _ in SCHEMA[name]]
     if frame is None:
-        return pd.DataFrame(columns=columns)
+        frame = pd.DataFrame(columns=columns)
     missing = [c for c in columns if c not in frame.columns]  # a run of an older schema
-    return frame.assign(**dict.fromkeys(missing)) if missing else frame
+    frame = frame.assign(**dict.fromkeys(missing)) if missing else frame
+    if name == "tests" and "role" not in frame.columns:
+        from validator.results.reading import records
+
+        alpha = float(_run_row(tables)["alpha"])
+        frame = frame.assign(role=verdict_roles(records(frame), alpha) if len(frame) else [])
+    return frame
 
 
 # ------------------------------------------------------------------ the rule kinds
@@ -195,7 +207,7 @@ def _per_test(rule: PerTestRule, tables: Mapping[str, pd.DataFrame],
                            "the selection matches no test" + (
                                "" if rule.allow_empty else " (check its globs)"),
                            {"n_selected": 0}, rule.severity)
-    ran, reliable = _ran(tests), _reliable(tests)
+    ran, reliable, decisive = _ran(tests), _reliable(tests), _decisive(tests)
     p_col = P_COLUMNS[rule.p_value]
     label = P_LABELS[rule.p_value]
     failed, small, unrun = [], [], []
@@ -206,7 +218,7 @@ def _per_test(rule: PerTestRule, tables: Mapping[str, pd.DataFrame],
             if any(_matches(f, rule.require_run) for f in feats):
                 unrun.append(t)
             continue
-        if not reliable[i]:
+        if not reliable[i] or not decisive[i]:
             continue
         threshold, floors = rule.threshold, dict(rule.effect_floors)
         for o in rule.overrides:
@@ -228,7 +240,7 @@ def _per_test(rule: PerTestRule, tables: Mapping[str, pd.DataFrame],
         effect = "" if _null(t["effect_size"]) else f", {t['effect_name']} {t['effect_size']:.3g}"
         bound = not _null(t.get("pvalue_is_bound")) and bool(t["pvalue_is_bound"])
         failing.append({**t.to_dict(), "rule": rule.name,
-                        "why": f"{label} {'≤ ' if bound else ''}{_fmt_p(p)} < {threshold:g}"
+                        "why": f"{label} {'≤ ' if bound else ''}{format_p(p)} < {threshold:g}"
                                f"{effect}"})
     for t in unrun:
         failing.append({**t.to_dict(), "rule": rule.name,
@@ -247,7 +259,7 @@ def _per_test(rule: PerTestRule, tables: Mapping[str, pd.DataFrame],
         failed.sort(key=lambda f: f[1])
         parts.append(f"{len(failed)} of {n_selected} tests fail ({label} < threshold and "
                      "effect above floor): " + _listing([
-                         f"{_test_label(t)} {label} {_fmt_p(p)}" + (
+                         f"{_test_label(t)} {label} {format_p(p)}" + (
                              "" if _null(t["effect_size"])
                              else f" {t['effect_name']} {t['effect_size']:.3g}")
                          for t, p, _ in failed]))
@@ -269,21 +281,30 @@ def _failure_count(rule: FailureCountRule, tables: Mapping[str, pd.DataFrame]) -
     run, tests = _run_row(tables), _table(tables, "tests")
     run_alpha = float(run["alpha"])
     alpha = rule.alpha if rule.alpha is not None else run_alpha
-    usable = _ran(tests) & _reliable(tests)
+    source = rule.source
+    has_global = not _null(run.get("p_global_nfail")) and math.isclose(alpha, run_alpha)
+    # under systematics the stored run-level test counts the nominal (stat-only) comparisons,
+    # not the family the per-test rules judge: count that family instead
+    syst = bool((tests["method"] == SYST_METHOD).any())
+    if source == "auto":
+        source = "global" if has_global and not syst else "binomial"
+    # a count of failures is meaningful over the histogram tests; the network's Taylor
+    # coefficients (strongly correlated among themselves) and the multivariate tests are
+    # judged per test only
+    usable = _ran(tests) & _reliable(tests) & _decisive(tests) & \
+        tests["kind"].isin(COUNTED_KINDS).to_numpy(bool)
     p_values = tests["pvalue"].to_numpy(float)[usable]
     n_rel, n_failed = len(p_values), int((p_values < alpha).sum())
     expected = alpha * n_rel
-    source = rule.source
-    has_global = not _null(run.get("p_global_nfail")) and math.isclose(alpha, run_alpha)
-    if source == "auto":
-        source = "global" if has_global else "binomial"
     details: dict[str, Any] = {"source": source, "alpha": alpha, "n_failed": n_failed,
                                "n_reliable": n_rel, "n_expected": expected,
                                "threshold": rule.threshold}
     if source == "binomial":
         p = binomial_pvalue(n_failed, n_rel, alpha)
-        what = (f"{n_failed} failures of {n_rel} reliable tests at alpha={alpha:g} (expected "
-                f"{expected:.1f}): binomial P(>= {n_failed}) = {_fmt_p(p)}")
+        family = "deciding histogram tests (systematics-aware)" if syst \
+            else "reliable histogram tests"
+        what = (f"{n_failed} failures of {n_rel} {family} at alpha={alpha:g} (expected "
+                f"{expected:.1f}): binomial P(>= {n_failed}) = {format_p(p)}")
     else:
         column = "p_global_nfail" if source == "global" else "p_global_min"
         p = run.get(column)
@@ -298,8 +319,8 @@ def _failure_count(rule: FailureCountRule, tables: Mapping[str, pd.DataFrame]) -
         p = float(p)
         n_glob = run.get("n_global_failed")
         what = (f"run-level test: P(>= {int(n_glob)} failures of {int(run['n_global_tests'])} "
-                f"histogram tests) = {_fmt_p(p)}" if source == "global"
-                else f"run-level test: P(smallest p) = {_fmt_p(p)}")
+                f"histogram tests) = {format_p(p)}" if source == "global"
+                else f"run-level test: P(smallest p) = {format_p(p)}")
     details["p_value"] = p
     passed = not p < rule.threshold
     return RuleVerdict(rule.name, rule.kind, passed,
@@ -310,9 +331,11 @@ def _failure_count(rule: FailureCountRule, tables: Mapping[str, pd.DataFrame]) -
 def _uniformity(rule: UniformityRule, tables: Mapping[str, pd.DataFrame]) -> RuleVerdict:
     run, tests = _run_row(tables), _table(tables, "tests")
     everything = rule.select == Selection()
+    syst = bool((tests["method"] == SYST_METHOD).any())
     source = rule.source
-    if source == "auto":
-        source = "stored" if everything and not _null(run.get("p_uniformity")) else "recompute"
+    if source == "auto":  # the stored figure is over every test, stat-only ones included
+        source = "stored" if everything and not syst and not _null(run.get("p_uniformity")) \
+            else "recompute"
     if source == "stored":
         p = run.get("p_uniformity")
         if _null(p):
@@ -320,7 +343,8 @@ def _uniformity(rule: UniformityRule, tables: Mapping[str, pd.DataFrame]) -> Rul
                                "p_uniformity", {"source": source}, rule.severity)
         n = int(run["n_reliable"])
     else:
-        usable = _ran(tests) & _reliable(tests) & _select(tests, rule.select)
+        usable = _ran(tests) & _reliable(tests) & _decisive(tests) & \
+            _select(tests, rule.select) & tests["kind"].isin(COUNTED_KINDS).to_numpy(bool)
         values = tests["pvalue"].to_numpy(float)[usable]
         n = len(values)
         if n < 2:
@@ -331,7 +355,7 @@ def _uniformity(rule: UniformityRule, tables: Mapping[str, pd.DataFrame]) -> Rul
     p = float(p)
     passed = not p < rule.threshold
     return RuleVerdict(rule.name, rule.kind, passed,
-                       f"{n} reliable p-values against U(0,1): KS p = {_fmt_p(p)} "
+                       f"{n} reliable p-values against U(0,1): KS p = {format_p(p)} "
                        f"{'>=' if passed else '<'} {rule.threshold:g}",
                        {"source": source, "n": n, "p_value": p, "threshold": rule.threshold},
                        rule.severity)
@@ -468,7 +492,7 @@ def _importance(rule: ImportanceRule, tables: Mapping[str, pd.DataFrame]) -> Rul
             effect = "" if _null(c["worst_effect_size"]) else \
                 f" {c['worst_effect_name']} {c['worst_effect_size']:.3g}"
             failed.append(f"{label}: {c['worst_method']} Holm p "
-                          f"{_fmt_p(c['worst_p_holm'])}{effect}")
+                          f"{format_p(c['worst_p_holm'])}{effect}")
     details = {"n_items": len(items), "failing": failed}
     n_in, n_pair = int((items["degree"] == 1).sum()), int((items["degree"] == 2).sum())
     if failed:
@@ -540,43 +564,6 @@ def judge(tables: Mapping[str, pd.DataFrame], rules: RulesFile) -> Verdict:
 # ------------------------------------------------------------------ stored runs
 
 
-def _empty(table: str) -> pd.DataFrame:
-    from validator.store import SCHEMA
-
-    return pd.DataFrame(columns=[c for c, _ in SCHEMA[table]])
-
-
-def load_tables(db: str | Path, run: str = "latest") -> dict[str, pd.DataFrame]:
-    """The tables :func:`judge` reads for one stored run (``latest``, an id or a prefix)."""
-    from validator.store import load_run, query
-
-    tables = dict(load_run(db, run))
-    run_id = str(tables["runs"]["run_id"].iloc[0])
-    present = set(query(db, "SELECT table_name FROM information_schema.tables "
-                            "WHERE table_schema = 'main'")["table_name"])
-    for name in ("models", "criticality"):
-        tables[name] = query(db, f"SELECT * FROM {name} WHERE run_id = ?", [run_id]) \
-            if name in present else _empty(name)
-    return tables
-
-
-def outcome_tables(outcome: Any) -> dict[str, pd.DataFrame]:
-    """A finished run's tables (in memory, e.g. a run not stored or stored in a side file)."""
-    from validator.store import run_rows
-
-    rows = run_rows(outcome, with_histograms=False)
-    return tables_from_rows(rows)
-
-
-def tables_from_rows(rows: Mapping[str, Iterable[Mapping[str, Any]]]
-                     ) -> dict[str, pd.DataFrame]:
-    """Row dicts per table (as :func:`validator.store.run_rows` gives) as DataFrames."""
-    from validator.store import SCHEMA
-
-    return {t: pd.DataFrame(list(rows.get(t, [])), columns=[c for c, _ in SCHEMA[t]])
-            for t in GATE_TABLES}
-
-
 def _details_json(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -621,11 +608,11 @@ def judge_stored(db: str | Path, run: str, rules: str | Path | RulesFile) -> Ver
     The rules are validated before the database is read. Nothing is recomputed: re-judging
     with another rules file adds another verdict set.
     """
+    from validator.results.tables import load_run_tables
+
     spec = rules if isinstance(rules, RulesFile) else load_rules(rules)
     db = Path(db)
-    if not db.is_file():
-        raise InputError(f"{db}: database not found")
-    verdict = judge(load_tables(db, run), spec)
+    verdict = judge(load_run_tables(db, run, tables=GATE_TABLES), spec)
     return save(db, verdict)
 
 
@@ -633,17 +620,12 @@ def judge_stored(db: str | Path, run: str, rules: str | Path | RulesFile) -> Ver
 
 
 def verdict_lines(verdict: Verdict) -> list[str]:
-    """One line per rule, then the gate's verdict (plain text, for the terminal and logs)."""
-    lines = []
-    for r in verdict.rules:
-        status = "PASS" if r.passed else ("FAIL" if r.severity == "error" else "WARN")
-        lines.append(f"{status}  {r.name} ({r.kind}): {r.reason}")
-    n_fail = len(verdict.failed_rules)
-    n_warn = sum(not r.passed and r.severity != "error" for r in verdict.rules)
-    warned = f" ({n_warn} warnings)" if n_warn else ""
+    """One line per rule, then the gate's verdict (plain text, for the terminal and logs),
+    worded as every face words it (:class:`validator.results.reading.VerdictSummary`)."""
+    from validator.results.reading import verdict_summary
+
+    summary = verdict_summary(verdict_rows(verdict))
+    lines = [f"{r.status}  {r.name} ({r.kind}): {r.reason}" for r in summary.rules]
     sha = f", sha256 {verdict.rules_sha256[:12]}" if verdict.rules_sha256 else ""
-    head = (f"gate PASSED: {len(verdict.rules) - n_warn} of {len(verdict.rules)} rules pass"
-            f"{warned}" if verdict.passed
-            else f"gate FAILED: {n_fail} of {len(verdict.rules)} rules fail{warned}")
-    lines.append(f"{head} (rules {verdict.rules_name}{sha}; run {verdict.run_id})")
+    lines.append(f"{summary.headline()[:-1]}{sha}; run {verdict.run_id})")
     return lines

@@ -1,10 +1,11 @@
 """JUnit XML of a gate verdict, for the test-report views of GitLab and GitHub.
 
 Two test suites: ``rules``, one test case per rule (a ``failure`` element carrying the reason
-when the rule fails the gate; a failing ``warning`` rule passes with its reason in
-``system-out``), and ``failing tests``, one test case per test a per-test rule failed (its
-category, kind, method and features in the name; p-value, Holm p-value and effect size in the
-failure message). Written with the standard library; ``junitparser`` reads it back in the tests.
+when the rule fails the gate; a failing ``warning`` rule is ``skipped`` with the warning as
+its message, so the test-report views show it apart from both passes and failures), and
+``failing tests``, one test case per test a per-test rule failed (its category, kind, method
+and features in the name; p-value, Holm p-value and effect size in the failure message).
+Written with the standard library; ``junitparser`` reads it back in the tests.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from validator.errors import InputError
 from validator.gate import Verdict
+from validator.results.format import format_p
 
 
 def _num(value: Any, spec: str = ".3g") -> str:
@@ -43,16 +45,16 @@ def _test_message(t: Mapping[str, Any]) -> str:
     rel = "<" if bound else "="
     effect = (f", {t['effect_name']} = {_num(t['effect_size'])}"
               if _present(t.get("effect_size")) else "")
-    return (f"p {rel} {_num(t['pvalue'])}, Holm p {'≤' if bound else '='} "
-            f"{_num(t.get('p_holm'))}"
+    return (f"p {rel} {format_p(t['pvalue'])}, Holm p {'≤' if bound else '='} "
+            f"{format_p(t.get('p_holm'))}"
             f"{effect} (rule {t['rule']}: {t['why']})")
 
 
-def _suite(parent: ET.Element, name: str, n_tests: int, n_failures: int, stamp: str
-           ) -> ET.Element:
+def _suite(parent: ET.Element, name: str, n_tests: int, n_failures: int, stamp: str,
+           n_skipped: int = 0) -> ET.Element:
     return ET.SubElement(parent, "testsuite", name=name, tests=str(n_tests),
-                         failures=str(n_failures), errors="0", skipped="0", time="0",
-                         timestamp=stamp)
+                         failures=str(n_failures), errors="0", skipped=str(n_skipped),
+                         time="0", timestamp=stamp)
 
 
 def junit_xml(verdict: Verdict) -> str:
@@ -60,11 +62,13 @@ def junit_xml(verdict: Verdict) -> str:
     stamp = (verdict.judged_at.isoformat(timespec="seconds") if verdict.judged_at
              else "1970-01-01T00:00:00")
     n_rules_failed = len(verdict.failed_rules)
+    n_warnings = sum(not r.passed and not r.blocking for r in verdict.rules)
     n_tests = len(verdict.rules) + len(verdict.failing_tests)
     n_failures = n_rules_failed + len(verdict.failing_tests)
     root = ET.Element("testsuites", name=f"validator gate {verdict.rules_name}",
-                      tests=str(n_tests), failures=str(n_failures), errors="0", time="0")
-    rules = _suite(root, "rules", len(verdict.rules), n_rules_failed, stamp)
+                      tests=str(n_tests), failures=str(n_failures), errors="0",
+                      skipped=str(n_warnings), time="0")
+    rules = _suite(root, "rules", len(verdict.rules), n_rules_failed, stamp, n_warnings)
     props = ET.SubElement(rules, "properties")
     for key, value in (("run_id", verdict.run_id), ("rules_name", verdict.rules_name),
                        ("rules_sha256", verdict.rules_sha256),
@@ -76,9 +80,12 @@ def junit_xml(verdict: Verdict) -> str:
         if r.blocking:
             failure = ET.SubElement(case, "failure", message=r.reason, type=r.kind)
             failure.text = r.reason
+        elif not r.passed:  # a warning: neither a failure nor a silent pass
+            ET.SubElement(case, "skipped", message=f"warning (does not fail the gate): "
+                                                   f"{r.reason}")
+            ET.SubElement(case, "system-out").text = f"warning: {r.reason}"
         else:
-            ET.SubElement(case, "system-out").text = (
-                r.reason if r.passed else f"warning (does not fail the gate): {r.reason}")
+            ET.SubElement(case, "system-out").text = r.reason
     tests = _suite(root, "failing tests", len(verdict.failing_tests),
                    len(verdict.failing_tests), stamp)
     for t in verdict.failing_tests:

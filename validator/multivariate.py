@@ -52,10 +52,6 @@ from validator.transform import INCLUSIVE
 
 #: The multivariate methods ``--multivariate`` accepts.
 METHODS = ("c2st", "nplm")
-#: Data events in the subsample by default: the c2st permutations and the nplm toys (49
-#: each) then take about 40 s and 50 s on the sample data on two shared cores
-#: (``benchmarks/bench_multivariate.py``).
-MULTIVARIATE_EVENTS = 20_000
 #: The simulation's reservoir holds this many times the data's: nplm splits it into a
 #: reference and a toy pool, and c2st's exact unweighting keeps a fraction of it.
 SIM_RESERVOIR_FACTOR = 5

@@ -39,6 +39,12 @@ from validator.compare import (
     untested_categories,
     warm_in_background,
 )
+from validator.config.defaults import (
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_DB_WAIT_S,
+    DEFAULT_SEED,
+    MULTIVARIATE_EVENTS,
+)
 from validator.engine import (
     FillTask,
     Later,
@@ -53,7 +59,6 @@ from validator.errors import InputError
 from validator.fill import Accumulator, Layout, fill_sample
 from validator.globaltest import GlobalResult, global_test
 from validator.multivariate import (
-    MULTIVARIATE_EVENTS,
     SIM_RESERVOIR_FACTOR,
     EventReservoir,
     MultivariateResult,
@@ -67,20 +72,23 @@ from validator.plan import (
     make_plan,
     select_features,
 )
-from validator.sources import DEFAULT_CHUNK_ROWS, Sample, Selection, open_sample
-from validator.summary import Findings, RunSummary, adjust_pvalues, findings, summarise
+from validator.sources import Sample, Selection, open_sample
+from validator.summary import (
+    DECISIVE,
+    Findings,
+    RunSummary,
+    adjust_pvalues,
+    summarise,
+    verdict_roles,
+)
 from validator.systematics import ProcessCollector, Systematics, VariationRows
 from validator.transform import INCLUSIVE, Reader, TransformChain, parse_definitions
 
-#: The seed of a run unless one is given, for the CLI and the API alike.
-DEFAULT_SEED = 20261123
-#: How long a finished run waits for a busy database before going to a side file.
-DEFAULT_DB_WAIT_S = 60.0
 #: Column names that are a simulation's event weight when --weight is not given.
 WEIGHT_NAMES = ("weight", "weights", "evtweight", "eventweight", "event_weight", "genweight",
                 "mcweight", "mc_weight", "w")
 #: Packages whose versions are stored with a run (the numbers depend on them).
-KEY_PACKAGES = ("numpy", "scipy", "statsmodels", "pyarrow", "polars", "duckdb", "uproot",
+KEY_PACKAGES = ("numpy", "scipy", "pyarrow", "polars", "duckdb", "uproot",
                 "awkward")
 
 Progress = Callable[[str, int, int], None]
@@ -195,9 +203,15 @@ class RunOutcome:
 
     def findings(self) -> Findings:
         """The significant tests after Holm, grouped as the terminal summary shows them."""
-        from validator.store import test_rows
+        return self.reading().findings
 
-        return findings(test_rows(self), self.config.alpha)
+    def reading(self) -> Any:
+        """The run's :class:`~validator.results.reading.RunReading`, as every face shows it
+        (the verdict: none, a run just finished is judged by :mod:`validator.gate`)."""
+        from validator.results.reading import read_run
+        from validator.results.tables import outcome_tables
+
+        return read_run(outcome_tables(self))
 
 
 def _check_weighting(sim: Sample, config: RunConfig) -> None:
@@ -292,6 +306,34 @@ def _multivariate_reservoirs(config: RunConfig, plan: Plan, model: Any, syst: An
             EventReservoir(inputs, n, config.seed + 1))
 
 
+def _column_roles(config: RunConfig, syst: Systematics | None) -> list[str]:
+    """Columns that play a role other than a feature (weights, the category, the processes):
+    a ``--define``d one is made, and not tested as a feature."""
+    roles = [config.category] if config.category else []
+    return roles + (syst.columns() if syst is not None else [])
+
+
+def _derived_for(data: Sample, derived: Sequence[Any], roles: Sequence[str]
+                 ) -> tuple[Any, ...]:
+    """The derived columns made in data: a ``--define`` that reads a column only the
+    simulation has (``weight``) can only be one of the simulation's ``roles`` (a systematic's
+    weight, the process column) and is made there alone."""
+    made: set[str] = set()
+    out = []
+    for d in derived:
+        missing = [c for c in d.inputs if not data.has(c) and c not in made]
+        if not missing:
+            out.append(d)
+            made.update(d.names)
+            continue
+        for name in d.names:
+            if name not in roles:
+                raise InputError(f"{data.label_lacking(missing[0])}: --define {name} reads "
+                                 f"'{missing[0]}', which data lacks: such a column can only be "
+                                 "a weight of a systematic (--syst) or the process column")
+    return tuple(out)
+
+
 def _collectors(*collectors: Any) -> tuple[Any, ...]:
     """What a sample's fill gathers besides its histograms (the network audit's sums, the
     multivariate subsample), the absent ones left out."""
@@ -328,6 +370,14 @@ def _test_dicts(records: Sequence[TestRecord], p_holm: np.ndarray) -> list[dict[
             for t, r in enumerate(records)]
 
 
+def _deciding(tests: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
+    """The tests that decide the verdict (:func:`validator.summary.verdict_roles`): under
+    systematics a stat-only test whose histogram's saturated_syst passes makes no input
+    mismodelled, in the criticality table as in the findings and the gate."""
+    roles = verdict_roles(tests, alpha)
+    return [t for t, role in zip(tests, roles, strict=True) if role == DECISIVE]
+
+
 def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOutcome:
     """Run every test of ``config`` and store the run (unless ``config.db`` is None)."""
     from validator import store
@@ -344,15 +394,20 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     syst = config.systematics
     if syst is not None and syst.empty and not syst.process_column:
         syst = None
-    if syst is not None:
-        syst.check_columns(sim)
     points = model.grid() if model else ()
     derived = (*definitions, *points)
+    derived_names = [n for d in derived for n in d.names]
+    if syst is not None:
+        syst.check_columns(sim, derived_names)
     blind = Selection.parse(config.blind, "--blind") if config.blind else None
 
-    def chain(selection: str | None, option: str) -> TransformChain:
+    roles = _column_roles(config, syst)
+    data_derived = _derived_for(data, derived, roles)
+
+    def chain(selection: str | None, option: str,
+              made: tuple[Any, ...] = derived) -> TransformChain:
         return TransformChain(selection=Selection.parse(selection, option) if selection else None,
-                              derived=derived, blind=blind)
+                              derived=made, blind=blind)
 
     features = config.features
     if features and points:  # the network's outputs are tested whatever inputs are chosen
@@ -360,7 +415,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                                  if n not in features and n not in config.exclude)]
     choice = select_features(sim, data, weight=config.weight, category=config.category,
                              features=features, exclude=config.exclude,
-                             derived=[n for d in derived for n in d.names])
+                             derived=derived_names, roles=roles)
     columns = choice.candidates + ([config.category] if config.category else []) \
         + (list(model.inputs) if model else [])
     sim_keys, data_keys = event_key_columns(sim), event_key_columns(data)
@@ -368,7 +423,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     sim_reader = Reader(sim, list(dict.fromkeys(sim_columns + sim_keys)), config.chunk_rows,
                         chain(config.sim_selection, "--sim-selection"))
     data_reader = Reader(data, list(dict.fromkeys(columns + data_keys)), config.chunk_rows,
-                         chain(config.data_selection, "--data-selection"))
+                         chain(config.data_selection, "--data-selection", data_derived))
     jobs = config.jobs if config.jobs is not None else default_jobs()
     with WorkerPool(jobs) as pool:
         if worth_workers(max(sim.n_rows, 0) + max(data.n_rows, 0)):
@@ -449,8 +504,8 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         p_holm, p_bh = (np.concatenate([a, np.full(len(extra), np.nan)]) for a in (p_holm, p_bh))
         passed = np.concatenate([passed, np.array(
             [not r.result.details["drift_detected"] for r in extra], dtype=object)])
-    criticality = criticality_rows(audit, _test_dicts(records, p_holm), config.alpha) \
-        if audit is not None else []
+    criticality = criticality_rows(audit, _deciding(_test_dicts(records, p_holm), config.alpha),
+                                   config.alpha) if audit is not None else []
     finished = datetime.now(timezone.utc).replace(tzinfo=None)
     run_notes = [*plan.notes, *untested_categories(sim_acc, data_acc).values()]
     if syst is not None and syst.norm_default and not syst.process_column:

@@ -562,20 +562,21 @@ def _not_found(sample: Sample, name: str) -> InputError:
 
 def select_features(sim: Sample, data: Sample, *, weight: str | None, category: str | None,
                     features: Sequence[str] | None, exclude: Sequence[str] = (),
-                    derived: Sequence[str] = ()) -> FeatureChoice:
+                    derived: Sequence[str] = (), roles: Sequence[str] = ()) -> FeatureChoice:
     """The candidate features of a run, before their values are seen.
 
     ``features`` given: exactly those (each must exist in both samples and be numeric).
     Otherwise every numeric column both samples share, less weights, identifiers, labels,
     the category column and ``exclude``. ``derived`` columns (``--define``, model outputs)
-    exist in both samples and are candidates too.
+    exist in both samples and are candidates too, but those with another ``role`` (a
+    systematic's weight, the category, the process column).
     """
     for sample in (sim, data):
         for name in derived:
             if name in sample.columns:
                 raise InputError(f"{sample.sources[0].label}: --define '{name}' is already a "
                                  "column of the file; choose another name")
-        if category:
+        if category and category not in derived:
             if category not in sample.columns:
                 raise InputError(f"{sample.label_lacking(category)}: category column "
                                  f"'{category}' not found{sample.did_you_mean(category)}")
@@ -619,7 +620,7 @@ def select_features(sim: Sample, data: Sample, *, weight: str | None, category: 
     if unknown:
         raise InputError(f"--exclude: column '{unknown[0]}' is in neither sample"
                          + sim.did_you_mean(unknown[0]))
-    candidates += [d for d in derived if d not in candidates]
+    candidates += [d for d in derived if d not in candidates and d not in roles]
     for c in exclude:
         if c in candidates:
             candidates.remove(c)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from validator.config.defaults import DEFAULT_CHUNK_ROWS
 from validator.errors import InputError
 
 #: Kinds a column can have. Only ``float``, ``int`` and ``bool`` can be features.
@@ -27,7 +28,6 @@ COLUMN_KINDS = ("float", "int", "bool", "string", "jagged", "other")
 #: ``Jet_pt[-1]`` counts from the end of each event's list, as in Python.
 _ELEMENT = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)\[(?P<index>-?\d+)\]$")
 
-DEFAULT_CHUNK_ROWS = 250_000
 #: Row number of an event within its file, usable in selections (e.g. to split a file in two).
 ENTRY = "_entry"
 #: Index of the file (within its sample) an event was read from.
@@ -361,7 +361,7 @@ def _root_tree(source: Source) -> Any:
         import uproot
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise InputError(
-            f"{source.path}: reading ROOT files needs uproot (pip install 'validator[root]')"
+            f"{source.path}: reading ROOT files needs uproot (pip install 'hep-validator[root]')"
         ) from exc
     try:
         handle = uproot.open(source.path)

@@ -190,16 +190,23 @@ def check_database(path: str | Path) -> None:
     if not header:
         return
     try:
-        con = _connect(path, read_only=True, wait_s=0)
+        _file_version(path, wait_s=0)
     except DatabaseBusy:
         return
+
+
+def _file_version(path: Path, wait_s: float = 15.0) -> int:
+    """The schema version of a DuckDB file (read-only); :class:`ForeignDatabase` for a file
+    that is not validator's, an :class:`InputError` for a newer schema."""
+    con = _connect(path, read_only=True, wait_s=wait_s)
     try:
-        version = _schema_version(con)
+        version = _schema_version(con, str(path))
     finally:
         con.close()
     if version > SCHEMA_VERSION:
         raise InputError(f"{path}: written by a newer validator (schema version {version}; "
-                         f"this one writes {SCHEMA_VERSION}); upgrade validator")
+                         f"this one reads and writes {SCHEMA_VERSION}); upgrade validator")
+    return version
 
 
 def _writable(path: Path) -> bool:
@@ -214,12 +221,41 @@ def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     ).fetchall()}
 
 
-def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
-    """The file's schema version: 0 for an empty file, 1 for release 0.1.0's files."""
+#: The columns that make a file without ``schema_info`` a release-0.1.0 validator file.
+_V1_COLUMNS = {"runs": {"run_id", "started_at", "tool_version", "sim_paths", "data_paths"},
+               "tests": {"run_id", "method", "pvalue"}}
+
+
+class ForeignDatabase(InputError):
+    """A DuckDB file holding tables that are not validator's: never written to."""
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND "
+        "table_name = ?", [table]).fetchall()}
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection, label: str = "the database") -> int:
+    """The file's schema version: 0 for an empty file, 1 for release 0.1.0's files.
+
+    A file that holds any table but is not validator's (no ``schema_info`` of ours, and not
+    a release-0.1.0 file) is a :class:`ForeignDatabase`: a user's own tables are never
+    altered."""
     tables = _tables(con)
-    if "schema_info" in tables:
+    if not tables:
+        return 0
+    if "schema_info" in tables and {n for n, _ in SCHEMA["schema_info"]} <= _columns(
+            con, "schema_info"):
         return int(con.execute("SELECT max(version) FROM schema_info").fetchone()[0] or 0)
-    return 1 if "runs" in tables else 0
+    if "schema_info" not in tables and all(
+            table in tables and columns <= _columns(con, table)
+            for table, columns in _V1_COLUMNS.items()):
+        return 1
+    raise ForeignDatabase(
+        f"{label}: not a validator database (it holds other tables: "
+        f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''}); choose "
+        "another --db file")
 
 
 def _add_missing(con: duckdb.DuckDBPyConnection) -> None:
@@ -385,10 +421,19 @@ def merge_side_file(path: str | Path, side: str | Path, wait_s: float = 60.0) ->
     if not side.is_file():
         raise InputError(f"{side}: side file not found")
     check_database(path)
+    with side.open("rb") as fh:
+        if fh.read(12)[8:12] != _DUCKDB_MAGIC:
+            raise InputError(f"{side}: not a validator side file (not a DuckDB database)")
     con = _connect(side, read_only=True, wait_s=wait_s)
     try:
-        if "runs" not in _tables(con):
-            raise InputError(f"{side}: not a validator run file (no runs table)")
+        try:
+            version = _schema_version(con, str(side))
+        except ForeignDatabase:
+            version = 0
+        if version != SCHEMA_VERSION or "runs" not in _tables(con):
+            raise InputError(f"{side}: not a validator side file (no runs of schema version "
+                             f"{SCHEMA_VERSION}); a side file is written by 'validator run' "
+                             "when the database is busy")
         tables = {t: con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in RUN_TABLES
                   if t in _tables(con)}
     finally:
@@ -429,8 +474,9 @@ def query(path: str | Path, sql: str, params: Sequence[Any] | None = None) -> An
         raise InputError(str(exc)) from exc
     try:
         return con.execute(sql, params or []).df()
-    except duckdb.CatalogException as exc:
-        raise InputError(f"{path}: not a validator database ({_first_line(exc)})") from exc
+    except (duckdb.CatalogException, duckdb.BinderException) as exc:
+        raise InputError(f"{path}: not a validator database, or a damaged one "
+                         f"({_first_line(exc)})") from exc
     finally:
         con.close()
 
@@ -440,8 +486,26 @@ def list_runs(path: str | Path) -> Any:
     return query(path, "SELECT * FROM runs ORDER BY started_at DESC")
 
 
+def check_readable(path: str | Path) -> int:
+    """The schema version of a validator database to read; :class:`InputError` (one line) for
+    a missing file, a file that is not DuckDB or not validator's, or a newer schema."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: database not found" if not path.exists()
+                         else f"{path}: not a database file")
+    with path.open("rb") as fh:
+        if fh.read(12)[8:12] != _DUCKDB_MAGIC:
+            raise InputError(f"{path}: not a DuckDB database")
+    try:
+        return _file_version(path)
+    except DatabaseBusy as exc:
+        raise InputError(str(exc)) from exc
+
+
 def resolve_run(path: str | Path, run: str = "latest") -> str:
     """The id of ``run``: ``latest``, an id, or an id's unique prefix."""
+    if check_readable(path) == 0:
+        raise InputError(f"{path}: no run (an empty database)")
     if run == "latest":
         found = query(path, "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")
     else:

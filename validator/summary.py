@@ -186,3 +186,79 @@ def findings(tests: Iterable[Mapping[str, Any]], alpha: float = 0.05) -> Finding
         else:
             other[key] = methods
     return Findings(feats, corr, from_marg, other, taylor, outputs, multivariate)
+
+
+#: The inclusive category (every event).
+INCLUSIVE = "all"
+#: Roles of a test in the run's verdict (:func:`verdict_roles`).
+DECISIVE = "decisive"  # can flag a finding and fail a rule
+STAT_ONLY = "stat_only"  # its histogram's systematics-aware test passes: covered, informational
+OUTSIDE = "outside"  # beside the family (evidently's drift report): no Holm p-value
+NOT_RUN = "not_run"  # no p-value (its reason in not_run_reason)
+UNRELIABLE = "unreliable"  # too few events for its law: never a confident failure
+#: The test with systematic uncertainties of a histogram (nuisance parameters profiled).
+SYST_METHOD = "saturated_syst"
+#: Shape tests of a histogram that know only statistical uncertainties: under systematics
+#: they decide only beside a failing :data:`SYST_METHOD` of the same histogram (they add
+#: "flagged by"); alone they are "stat. only". KS/AD, the correlations and ``dependence``
+#: have no systematic treatment of their own (docs/rules.md).
+STAT_ONLY_METHODS = frozenset({"chi2_uw", "saturated", "ks", "ad", "corr_pearson",
+                               "corr_spearman", "dependence", "wasserstein_hist",
+                               "wasserstein_weighted"})
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def verdict_roles(tests: Iterable[Mapping[str, Any]], alpha: float) -> list[str]:
+    """The role of every test of a run in its verdict, in order (see the constants above).
+
+    With systematics (a histogram with a :data:`SYST_METHOD` test that ran), the
+    systematics decide: that test is decisive; the histogram's stat-only shape tests
+    (:data:`STAT_ONLY_METHODS`) are decisive only when it is significant itself (reliable,
+    Holm p < ``alpha``), and :data:`STAT_ONLY` otherwise. A Taylor coefficient of the audited
+    network (kind ``taylor``) differs between data and simulation as its inputs'
+    distributions do: it is :data:`STAT_ONLY` when every inclusive histogram of its inputs
+    (the input, or both inputs and their pair) has a passing :data:`SYST_METHOD`. Without
+    systematics every test that ran reliably is decisive.
+    """
+    rows = list(tests)
+
+    def key(t: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+        y = None if _missing(t.get("feature_y")) else t.get("feature_y")
+        return t.get("category"), t.get("feature_x"), y
+
+    syst_significant: dict[tuple[Any, Any, Any], bool] = {}
+    for t in rows:
+        if t.get("method") == SYST_METHOD and not _missing(t.get("pvalue")):
+            p = t.get("p_holm")
+            syst_significant[key(t)] = bool(t.get("reliable")) and not _missing(p) \
+                and float(p) < alpha
+    inclusive_syst = {(x, y): bad for (c, x, y), bad in syst_significant.items()
+                      if c == INCLUSIVE}
+
+    def network_covered(t: Mapping[str, Any]) -> bool:
+        """A Taylor coefficient's data/simulation difference follows from its inputs'
+        distributions: covered when every histogram of its inputs is covered."""
+        x, y = t.get("feature_x"), None if _missing(t.get("feature_y")) else t["feature_y"]
+        keys = [(x, None)] + ([(y, None), (x, y), (y, x)] if y is not None and y != x else [])
+        known = [inclusive_syst[k] for k in keys if k in inclusive_syst]
+        return bool(known) and not any(known)
+
+    roles = []
+    for t in rows:
+        if t.get("kind") == "evidently":
+            roles.append(OUTSIDE)
+        elif _missing(t.get("pvalue")):
+            roles.append(NOT_RUN)
+        elif not t.get("reliable"):
+            roles.append(UNRELIABLE)
+        elif t.get("method") in STAT_ONLY_METHODS and key(t) in syst_significant \
+                and not syst_significant[key(t)]:
+            roles.append(STAT_ONLY)
+        elif t.get("kind") == "taylor" and network_covered(t):
+            roles.append(STAT_ONLY)
+        else:
+            roles.append(DECISIVE)
+    return roles

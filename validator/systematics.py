@@ -137,10 +137,13 @@ class Systematics:
         cols = [c for v in self.weights for c in (v.up, v.down) if c]
         return cols + ([self.process_column] if self.process_column else [])
 
-    def check_columns(self, sample: Sample) -> None:
-        """InputError naming the first column of a variation the simulation lacks."""
+    def check_columns(self, sample: Sample, derived: Sequence[str] = ()) -> None:
+        """InputError naming the first column of a variation the simulation lacks (a
+        ``derived`` column, ``--define``d, is made per chunk and exists)."""
         for v in self.weights:
             for col in (v.up, v.down):
+                if col and col in derived:
+                    continue
                 if col and col not in sample.columns:
                     hint = sample.did_you_mean(col) if hasattr(sample, "did_you_mean") else ""
                     raise InputError(f"{sample.sources[0].label}: --syst {v.name}: no column "
@@ -148,7 +151,8 @@ class Systematics:
                 if col and sample.columns[col] not in ("float", "int"):
                     raise InputError(f"{sample.sources[0].label}: --syst {v.name}: column "
                                      f"'{col}' is not numeric")
-        if self.process_column and self.process_column not in sample.columns:
+        if self.process_column and self.process_column not in sample.columns \
+                and self.process_column not in derived:
             raise InputError(f"{sample.sources[0].label}: --process-column: no column "
                              f"'{self.process_column}'")
 

@@ -1,15 +1,15 @@
 """YAML files validated with pydantic, problems named by key path and line.
 
 The rules file of the gate (:mod:`validator.rules`) and the run configuration file
-(:mod:`validator.runfile`) are read here: an unknown key, a wrong type or a key given twice is an
-:class:`~validator.errors.InputError` (CLI exit 2) whose one line names the file, the key path
-and the line it is on, e.g. ``analysis.yaml: line 7: systematics.weights.pileup.upp: unknown
+(:mod:`validator.config.file`) are read here: an unknown key, a wrong type or a key given
+twice is an :class:`~validator.errors.InputError` (CLI exit 2) whose one line names the file,
+the key path and the line it is on, e.g. ``analysis.yaml: line 7: syst.pileup.upp: unknown
 key``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,10 +61,30 @@ def _data_path(data: Any, loc: Sequence[Any]) -> tuple[Any, ...]:
             path.append(part)
         elif isinstance(node, dict) and node.get("kind") == part:
             continue  # the union's tag
+        elif _is_union_member(part):
+            continue  # which member of a union (``dict[str,WeightSyst]``): not in the data
         else:
             path.append(part)  # a key that is missing or unknown: named, not walked into
             node = None
     return tuple(path)
+
+
+#: Names pydantic gives the members of a plain union in an error's location.
+_SIMPLE_TYPES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_union_member(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in _SIMPLE_TYPES)
+
+
+def _relevant(errors: list[Any]) -> list[Any]:
+    """The errors worth naming: of a value checked against a union (``{name: {up, down}}`` or
+    ``['name=up:down']``), the members its YAML type does not even match say nothing."""
+    def mismatch(error: Any) -> bool:
+        return error["type"].endswith("_type") and any(
+            _is_union_member(p) for p in error["loc"])
+    kept = [e for e in errors if not mismatch(e)]
+    return kept or errors
 
 
 def _line_of(path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
@@ -73,8 +93,19 @@ def _line_of(path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
     return lines.get(path, 1)
 
 
-def _message(error: Any, data: Any, lines: dict[tuple[Any, ...], int], source: str) -> str:
-    path = _data_path(data, error["loc"])
+#: Upgrades a file of an earlier format: the data in today's format, and a function giving,
+#: for a key path of the upgraded data, the path it had in the file (for messages).
+Upgrade = Callable[[dict[str, Any]], tuple[dict[str, Any], Callable[[tuple[Any, ...]],
+                                                                   tuple[Any, ...]]]]
+
+
+def _same_path(path: tuple[Any, ...]) -> tuple[Any, ...]:
+    return path
+
+
+def _message(error: Any, data: Any, lines: dict[tuple[Any, ...], int], source: str,
+             in_file: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None) -> str:
+    path = (in_file or _same_path)(_data_path(data, error["loc"]))
     line = _line_of(path, lines)
     what = error["msg"]
     if error["type"] == "extra_forbidden":
@@ -91,10 +122,11 @@ def _message(error: Any, data: Any, lines: dict[tuple[Any, ...], int], source: s
 
 
 def parse_yaml_model(text: str, model: type[Model], source: str, what: str,
-                     shape_hint: str) -> Model:
+                     shape_hint: str, upgrade: Upgrade | None = None) -> Model:
     """Validate YAML ``text`` against ``model``; every problem is one :class:`InputError`
     line naming ``source``, the key path and its line. ``what`` names the file in messages
-    ("rules file"); ``shape_hint`` says what its top level must be."""
+    ("rules file"); ``shape_hint`` says what its top level must be; ``upgrade`` turns a file
+    of an earlier format into today's (its messages still name the file's own keys)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -109,13 +141,16 @@ def parse_yaml_model(text: str, model: type[Model], source: str, what: str,
         raise InputError(f"{source}: line 1: {shape_hint}")
     lines: dict[tuple[Any, ...], int] = {}
     _key_lines(root, (), lines, source)
+    in_file = _same_path
+    if upgrade is not None:
+        data, in_file = upgrade(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         # a misspelt key explains the missing one it was meant to be: name it first
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        errors = sorted(_relevant(exc.errors()), key=lambda e: e["type"] != "extra_forbidden")
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-        raise InputError(_message(errors[0], data, lines, source) + more) from None
+        raise InputError(_message(errors[0], data, lines, source, in_file) + more) from None
 
 
 def read_text(path: Path, option: str, what: str) -> tuple[bytes, str]:

@@ -91,7 +91,7 @@ def download_figure(make: Callable[[], Any], name: str, key: str) -> None:
     the CMS style of :mod:`validator.figures`), drawn only when a button is clicked."""
     if not matplotlib_available():
         st.caption("PNG/PDF downloads need matplotlib and mplhep: pip install "
-                   "'validator[hist]'")
+                   "'hep-validator[hist]'")
         return
     row = st.container(horizontal=True)
     row.download_button("PNG", lambda: _figure_bytes(make, "png"),
@@ -150,12 +150,10 @@ def table(frame: pd.DataFrame, name: str, key: str, *, page_rows: int = PAGE_ROW
 
 
 def fmt_p(p: Any, bound: bool = False) -> str:
-    """A p-value as the terminal prints it (``-`` when missing)."""
-    from validator.reports import fmt_p as _fmt
+    """A p-value as every face writes it (:func:`validator.results.format.format_p`)."""
+    from validator.results.format import format_p
 
-    if p is None or (isinstance(p, float) and not math.isfinite(p)):
-        return "-"
-    return _fmt(float(p), bool(bound))
+    return format_p(p, bound=bool(bound))
 
 
 #: Test columns shown in tables, in order.

@@ -113,6 +113,20 @@ def _select(db: str | Path, table: str, where: str, params: Sequence[Any],
 # ------------------------------------------------------------------ runs
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _reading(db: str, state: tuple[int, ...], run_id: str) -> Any:
+    from validator.results.reading import read_run
+    from validator.results.tables import load_run_tables
+
+    return read_run(load_run_tables(db, run_id))
+
+
+def reading(db: str | Path, run_id: str) -> Any:
+    """The one reading of a run (:func:`validator.results.reading.read_run`), as the terminal,
+    the reports and the gate have it; cached per file state."""
+    return _reading(str(db), stamp(db), run_id)
+
+
 def runs(db: str | Path) -> pd.DataFrame:
     """Every run, newest first (without the plan and configuration JSON)."""
     return _select(db, "runs", "", [], "started_at DESC, run_id DESC", RUN_LIST_COLUMNS)

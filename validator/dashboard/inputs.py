@@ -12,7 +12,6 @@ import pandas as pd
 import streamlit as st
 
 from validator.dashboard import common, data, plots, static
-from validator.reports import problems
 
 
 def _pick(label: str, options: list[str], key: str, wanted: str | None) -> str:
@@ -28,7 +27,7 @@ def _pick(label: str, options: list[str], key: str, wanted: str | None) -> str:
 def _static_feature(nominal: dict[str, Any], variations: list[dict[str, Any]], feature: str,
                     category: str, pvalues: dict[str, float]) -> Any:
     from validator import figures
-    from validator.reports import syst_band
+    from validator.output.documents import syst_band
 
     sim, counts = figures.hist1d_from_row(nominal)
     procs = {str(v["variation"])[len("process:"):]: figures.Hist1D(
@@ -75,10 +74,9 @@ def render() -> None:
     tests = data.tests(db, run_id)
     mine = tests[tests["category"] == category]
     names = list(dict.fromkeys(feats[feats["category"] == category]["feature"]))
-    run = data.run(db, run_id)
     # worst first: the order of the terminal summary
-    order = [p.feature_x for p in problems(mine, float(run.get("alpha") or 0.05))
-             if p.feature_y is None and p.node is None]
+    order = [p.feature_x for p in data.reading(db, run_id).problems
+             if p.category == category and p.feature_y is None and p.node is None]
     names = [n for n in dict.fromkeys(order) if n in names] + \
         [n for n in names if n not in order]
     with right:

@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from validator.dashboard import common, data, plots, static
-from validator.reports import WHAT, Problem, counts_lines, normalisation, problems, verdict
+from validator.results.reading import WHAT, Problem, RunReading
 
 #: Worst problems listed with a link by default.
 TOP = 10
-
-
-def _number(value: Any, default: float = 0.0) -> float:
-    return default if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else float(value)
 
 
 def problem_link(p: Problem, run_id: str) -> tuple[str, dict[str, str]]:
@@ -38,45 +32,46 @@ def problems_frame(found: list[Problem]) -> pd.DataFrame:
     """The worst problems as a table."""
     return pd.DataFrame([{
         "what": WHAT[p.what], "feature / pair": p.name, "category": p.category,
-        "flagged by (Holm < alpha)": ", ".join(p.methods) or "-", "p (Holm)": p.p_holm,
+        "flagged by (Holm < alpha)": p.flagged_by, "p (Holm)": p.p_holm,
         "p": p.pvalue, "p is a bound": p.bound, "effect": p.effect_size,
         "effect name": p.effect_name} for p in found],
         columns=["what", "feature / pair", "category", "flagged by (Holm < alpha)",
                  "p (Holm)", "p", "p is a bound", "effect", "effect name"])
 
 
-def _verdict(db: Any, run_id: str) -> None:
-    v = verdict(data.gate_results(db, run_id))
+def _verdict(reading: RunReading) -> None:
+    v = reading.verdict
     if not v.judged:
         st.info("not judged: no rules file has judged this run (validator gate --db ... "
                 "--rules rules/default.yaml)")
         return
-    text = (f"gate **{'PASSED' if v.passed else 'FAILED'}** with rules `{v.rules_name}`: "
-            f"{v.n_rules - len(v.failing)} of {v.n_rules} rules pass (judged "
-            f"{str(v.judged_at)[:16]} UTC)")
+    text = f"{v.headline()} · judged {str(v.judged_at)[:16]} UTC"
     (st.success if v.passed else st.error)(text)
-    if v.failing:
-        st.markdown("**Failing rules**")
-        st.dataframe(pd.DataFrame([{"rule": r.get("rule"), "kind": r.get("rule_kind"),
-                                    "reason": r.get("reason")} for r in v.failing]),
-                     hide_index=True, width="stretch")
+    for title, items in (("Failing rules", v.failed),
+                         ("Warnings (do not fail the gate)", v.warnings)):
+        if items:
+            st.markdown(f"**{title}**")
+            st.dataframe(pd.DataFrame([{"rule": r.name, "kind": r.kind, "reason": r.reason}
+                                       for r in items]), hide_index=True, width="stretch")
 
 
-def _counts(run: dict[str, Any]) -> None:
+def _counts(reading: RunReading) -> None:
+    c = reading.counts
     cols = st.columns(6)
-    n_tests, n_rel = int(_number(run.get("n_tests"))), int(_number(run.get("n_reliable")))
-    cols[0].metric("tests", f"{n_tests:,}", help=f"{n_rel:,} reliable")
-    cols[1].metric("failed at alpha", int(_number(run.get("n_failed"))),
-                   delta=f"{_number(run.get('n_expected_failures')):.1f} expected",
+    cols[0].metric("tests", f"{c.n_tests:,}", help=f"{c.n_reliable:,} reliable, "
+                                                   f"{c.n_decisive:,} deciding")
+    cols[1].metric("failed at alpha", c.n_failed, delta=f"{c.n_expected:.1f} expected",
                    delta_color="off", delta_arrow="off")
-    cols[2].metric("significant (Holm)", int(_number(run.get("n_significant_holm"))))
-    cols[3].metric("significant (BH)", int(_number(run.get("n_significant_bh"))))
-    cols[4].metric("not run", int(_number(run.get("n_not_run"))))
-    norm = normalisation(run)
+    cols[2].metric("significant (Holm)", c.n_significant,
+                   help=reading.significance_line())
+    cols[3].metric("covered by systematics" if reading.systematics else "significant (BH)",
+                   c.n_stat_only if reading.systematics else c.n_significant_bh)
+    cols[4].metric("not run", c.n_not_run)
+    norm = reading.normalisation
     cols[5].metric("data / sim", f"{norm.ratio:.4f}", delta=f"± {norm.error:.4f}",
                    delta_color="off", delta_arrow="off")
-    lines = counts_lines(run)
-    st.caption(lines[-1] if len(lines) > 2 else lines[0])  # the run-level test, when run
+    for line in reading.count_lines()[2:]:
+        st.caption(line)
 
 
 def _evidently(run: dict) -> None:
@@ -115,12 +110,12 @@ def render() -> None:
                f"{', '.join(run.get('data_paths') or [])}"
                + (f" · model {run['model_id'][:12]}…" if run.get("model_id") else
                   " · no model audited (--model)"))
-    _verdict(db, run_id)
-    _counts(run)
+    reading = data.reading(db, run_id)
+    _verdict(reading)
+    _counts(reading)
 
-    tests = data.tests(db, run_id)
-    alpha = _number(run.get("alpha"), 0.05)
-    found = problems(tests, alpha)
+    tests = reading.tests
+    found = reading.problems
     reliable = tests[(tests["reliable"] == True) & tests["pvalue"].notna()  # noqa: E712
                      & (tests["kind"] != "taylor")]
     left, right = st.columns([3, 2])
@@ -136,16 +131,15 @@ def render() -> None:
                                lambda: static.pvalue_hist(pv, title=f"run {run_id}"),
                                f"pvalues_{run_id}", "ov-phist")
     with left:
-        n_sig = sum(1 for p in found if p.what)
-        st.subheader(f"Worst problems ({n_sig} significant after Holm)")
+        st.subheader(f"Worst problems ({reading.significance_line()})")
         top = st.slider("listed", 1, max(1, min(50, len(found))), min(TOP, max(1, len(found))),
                         key="ov-top") if len(found) > 1 else len(found)
         for n, p in enumerate(found[:top], 1):
             page, params = problem_link(p, run_id)
-            flag = f":red[**{WHAT[p.what]}**]" if p.what else ":gray[not significant]"
+            flag = f":red[**{WHAT[p.what]}**]" if p.significant else f":gray[{WHAT[p.what]}]"
             eff = "" if p.effect_size is None or not math.isfinite(p.effect_size) else \
                 f" · {p.effect_name} {p.effect_size:.3g}"
-            by = f" · flagged by {', '.join(p.methods)}" if p.methods else ""
+            by = f" · flagged by {p.flagged_by}" if p.methods or p.stat_only else ""
             link, what = st.columns([2, 3], vertical_alignment="center")
             link.page_link(page, label=f"{n}. {p.name}", query_params=params,
                            icon=":material/arrow_forward:")

@@ -60,7 +60,7 @@ def feature_bands(nominal: Mapping[str, Any], variations: Sequence[Mapping[str, 
                   ) -> dict[str, Any]:
     """The numbers of a 1D figure from stored ``plot`` rows: edges, data counts, the
     simulation normalised to data (per process when stored), its statistical error and its
-    systematic error (:func:`validator.reports.syst_band`, as the reports draw it: per bin,
+    systematic error (:func:`validator.output.documents.syst_band`, as the reports draw it: per bin,
     each variation scaled to the nominal total as the shape tests do, the larger of up and
     down, summed in quadrature over systematics)."""
     edges = _array(nominal["edges_x"])
@@ -69,7 +69,7 @@ def feature_bands(nominal: Mapping[str, Any], variations: Sequence[Mapping[str, 
     data = _array(nominal["data_counts"])
     total = float(np.sum(sumw))
     k = float(np.sum(data)) / total if total > 0 else 1.0
-    from validator.reports import syst_band
+    from validator.output.documents import syst_band
 
     processes = {}
     systs: dict[str, np.ndarray] = {}

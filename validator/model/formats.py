@@ -515,7 +515,7 @@ def load_onnx(path: Path) -> Backend:
         import onnxruntime as ort
     except ImportError as exc:
         raise InputError(f"model {path}: reading ONNX needs the packages onnx and onnxruntime "
-                         "(pip install 'validator[model]')") from exc
+                         "(pip install 'hep-validator[model]')") from exc
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:

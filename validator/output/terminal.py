@@ -1,13 +1,13 @@
-"""Terminal report of a run: the worst tests, failures vs expected, where results went.
+"""Terminal summary of a run: what is mismodelled, the worst features and pairs, the counts
+and the run-level test, where results went.
 
-One renderer for a run just finished and a stored one (``validator show``): both are read from
-the rows of the DuckDB tables (:func:`validator.store.run_rows` / :func:`validator.store.load_run`).
+It renders a :class:`~validator.results.reading.RunReading` (the one interpretation of a run),
+for a run just finished and for a stored one (``validator show``) alike.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +16,9 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from validator.summary import findings
-from validator.transform import INCLUSIVE
-
-
-def _fmt_bound(p: float, run: Any) -> str:
-    """A randomization p-value; at its floor 1/(1 + replicas) it is a bound."""
-    floor = 1.0 / (1.0 + float(run["n_global_replicas"]))
-    return f"< {floor * 1.0001:.1e}" if p <= floor * 1.0001 else fmt_p(p)
-
-
-def _nuisances(run: Any) -> str:
-    n = run.get("n_global_nuisances")
-    return "" if n is None or pd.isna(n) or not n else f", {int(n)} nuisances varied"
+from validator.results.format import format_p
+from validator.results.reading import INCLUSIVE, WHAT, RunReading
+from validator.summary import SYST_METHOD
 
 
 def _pair(x: str, y: Any) -> str:
@@ -46,25 +36,24 @@ def _listing(items: list[tuple[str, int, int]]) -> str:
             + (f" and {len(items) - 8} more" if len(items) > 8 else ""))
 
 
-def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = None,
+def render_run(reading: RunReading, console: Console | None = None,
                n_worst: int = 15) -> None:
-    """Print the compact summary of one run from its table rows."""
+    """Print the compact summary of one run."""
     console = console or Console()
-    run = tables["runs"].iloc[0]
-    tests, features = tables["tests"], tables["features"]
-    skipped = tables["skipped_columns"]
-    # NULL for runs of release 0.1.0, which kept no record of the tests it could not run
-    n_not_run = 0 if pd.isna(run.get("n_not_run")) else int(run["n_not_run"])
+    run, tables = reading.run, reading.tables
+    features, skipped = tables["features"], tables["skipped_columns"]
+    counts = reading.counts
     console.print(
         f"[bold]validator[/bold] run [cyan]{run['run_id']}[/cyan]: "
         f"{int(run['n_sim']):,} simulated and {int(run['n_data']):,} data events, "
         f"{int(run['n_features'])} features, {int(run['n_pairs'])} pairs, "
-        f"{int(run['n_tests']):,} tests" + (f" ({n_not_run:,} could not run)" if n_not_run else ""))
+        f"{counts.n_tests:,} tests"
+        + (f" ({counts.n_not_run:,} could not run)" if counts.n_not_run else ""))
     if len(skipped):
         reasons = Counter(skipped["reason"])
         parts = ", ".join(f"{n} {why}" for why, n in reasons.most_common())
         console.print(f"skipped {len(skipped)} columns: {parts}")
-    for note in run["notes"] if run["notes"] is not None else []:
+    for note in run.get("notes") if run.get("notes") is not None else []:
         console.print(f"[yellow]note:[/yellow] {note}")
     if len(features):
         nan = _counts(features, "n_nan_sim", "n_nan_data")
@@ -74,135 +63,114 @@ def render_run(tables: Mapping[str, pd.DataFrame], console: Console | None = Non
         if sentinels:
             console.print("default values such as -999 (tested: invalid_fraction): "
                           + _listing(sentinels))
-
-    rows = tests.replace({np.nan: None}).to_dict("records")
-    found = findings(rows, float(run["alpha"]))
     critical = tables.get("criticality")
     if critical is not None and len(critical):  # named first: what matters to the network
-        _render_audit(console, run, critical, found, tests)
-    _render_problems(console, tables, n_worst)
-    if n_not_run:
+        _render_audit(console, reading, critical)
+    _render_problems(console, reading, n_worst)
+    _render_multivariate(console, reading)
+    if counts.n_not_run:
+        tests = reading.tests
         not_run = tests[tests["pvalue"].isna() & tests["not_run_reason"].notna()]
         why = Counter(not_run["not_run_reason"]).most_common(3)
-        console.print(f"[yellow]{n_not_run:,} tests could not run[/yellow] (never counted as "
-                      "passed): " + "; ".join(f"{n} × {r}" for r, n in why))
-
-    console.print(
-        f"failures at alpha={run['alpha']:g}: [bold]{int(run['n_failed'])}[/bold] of "
-        f"{int(run['n_reliable'])} reliable tests (expected {run['n_expected_failures']:.1f}); "
-        f"significant after Holm: {int(run['n_significant_holm'])}, "
-        f"after BH: {int(run['n_significant_bh'])}"
-    )
-    if not pd.isna(run.get("p_global_min")):
-        console.print(
-            f"[bold]run-level test[/bold] (keeps the correlations between tests; "
-            f"{int(run['n_global_tests'])} histogram tests, {int(run['n_global_replicas'])} "
-            f"sign-flip replicas{_nuisances(run)}): "
-            f"P(smallest p) = {_fmt_bound(run['p_global_min'], run)}, "
-            f"P(>= {int(run['n_global_failed'])} failures) = "
-            f"{_fmt_bound(run['p_global_nfail'], run)}")
+        console.print(f"[yellow]{counts.n_not_run:,} tests could not run[/yellow] (never "
+                      "counted as passed): " + "; ".join(f"{n} × {r}" for r, n in why))
+    for line in reading.count_lines()[1:]:
+        console.print(line)
     console.print(
         f"[dim]indicators assuming independent tests (they are not): binomial P(>= "
-        f"{int(run['n_failed'])} failures) = {fmt_p(run['p_binomial'])}, p-value uniformity "
-        f"KS p = {fmt_p(run['p_uniformity'])}[/dim]")
+        f"{int(run['n_failed'])} failures of all {int(run['n_reliable'])} reliable tests) = "
+        f"{format_p(run['p_binomial'])}, p-value uniformity KS p = "
+        f"{format_p(run['p_uniformity'])}[/dim]")
+    _render_findings(console, reading)
+    _render_systematics(console, reading)
+    style = "bold red" if reading.significant else "bold green"
+    console.print(f"[{style}]{reading.significance_line()}[/{style}]")
 
-    def where(c: str) -> str:
-        return f" [{c}]" if c != INCLUSIVE else ""
+
+def _where(category: str) -> str:
+    return f" [{category}]" if category != INCLUSIVE else ""
 
 
+def _render_findings(console: Console, reading: RunReading) -> None:
+    """The findings by class: 1D, correlations, pairs, multivariate."""
+    found = reading.findings
     if found.features:
         console.print("[bold red]mismodelled features[/bold red] (1D, Holm < alpha): " + "; ".join(
-            f"{f}{where(c)} ({', '.join(m)})" for (c, f), m in found.features.items()))
+            f"{f}{_where(c)} ({', '.join(m)})" for (c, f), m in found.features.items()))
     if found.correlations:
         console.print("[bold red]mismodelled correlations[/bold red] (dependence/corr): "
-                      + "; ".join(f"{_pair(x, y)}{where(c)} ({', '.join(m)})"
+                      + "; ".join(f"{_pair(x, y)}{_where(c)} ({', '.join(m)})"
                                   for (c, x, y), m in found.correlations.items()))
     if found.pairs_other:
         console.print("[bold red]pairs failing in 2D[/bold red]: " + "; ".join(
-            _pair(x, y) + where(c) for (c, x, y) in found.pairs_other))
+            _pair(x, y) + _where(c) for (c, x, y) in found.pairs_other))
     if found.pairs_from_marginals:
         n_dep = sum("dependence" in m for m in found.pairs_from_marginals.values())
         console.print(f"{len(found.pairs_from_marginals)} pairs fail in 2D through a feature "
                       f"already flagged in 1D (their correlation tests pass; {n_dep} with a "
                       "dependence residual of the 1D mismodelling within bins)")
-    _render_systematics(console, rows, tables.get("syst_effects"), float(run["alpha"]))
-    if not (found.features or found.correlations or found.pairs_other):
-        console.print("[bold green]no significant mismodelling[/bold green] after Holm correction")
+    multivariate = [p for p in reading.significant if p.what == "multivariate"]
+    if multivariate:
+        console.print("[bold red]mismodelled over every input at once[/bold red] "
+                      "(multivariate, Holm < alpha): " + "; ".join(
+                          f"{p.name} ({p.flagged_by})" for p in multivariate))
 
 
-def fmt_p(p: Any, bound: bool = False) -> str:
-    """A p-value as the summary prints it: 3 decimals, scientific below 10⁻³; a p-value that
-    underflowed to 0 as ``< 1e-300``; ``<`` for a toy p-value no toy reached (a bound)."""
-    if p is None or not np.isfinite(p):
-        return "-"
-    if p == 0:
-        return f"< {UNDERFLOW:.0e}"
-    return ("< " if bound else "") + (f"{p:.2e}" if p < 1e-3 else f"{p:.3f}")
-
-
-#: Below this a double-precision p-value underflows to 0 (scipy's survival functions return
-#: 0 past ~1e-308): such a p-value is shown as a bound.
-UNDERFLOW = 1e-300
-
-
-def _render_problems(console: Console, tables: Mapping[str, pd.DataFrame], top: int) -> None:
+def _render_problems(console: Console, reading: RunReading, top: int) -> None:
     """One line per problem (a feature or a pair, with the methods that flag it), worst
-    first: 1D mismodellings, correlations, pairs, pairs explained by a 1D failure, the
-    network's response, then the rest; at most ``top``; and the data/simulation
-    normalisation."""
-    from validator.reports import WHAT, normalisation, problems
-
-    run = tables["runs"].iloc[0]
-    found = problems(tables["tests"], float(run["alpha"]))
+    first, at most ``top``; and the data/simulation normalisation."""
+    found = reading.problems
     shown = found[:top]
-    significant = sum(1 for p in found if p.what)
     table = Table(title=f"worst {len(shown)} of {len(found)} features and pairs "
-                        f"({significant} significant after Holm)", title_justify="left")
+                        f"({reading.significance_line()})", title_justify="left")
     for col in ("feature(s)", "what", "flagged by (Holm < alpha)", "p", "p Holm", "effect"):
         table.add_column(col, justify="right" if col in ("p", "p Holm") else "left")
     for p in shown:
-        effect = "" if p.effect_size is None or not np.isfinite(p.effect_size) else \
-            f"{p.effect_name} {p.effect_size:.3g}"
-        table.add_row(p.name, WHAT[p.what] if p.what else "-", ", ".join(p.methods) or "-",
-                      fmt_p(p.pvalue, p.bound), ("≤ " if p.bound else "") + fmt_p(p.p_holm),
-                      effect)
+        table.add_row(p.name, WHAT[p.what] if p.what else "-", p.flagged_by,
+                      format_p(p.pvalue, bound=p.bound), format_p(p.p_holm, bound=p.bound),
+                      p.effect if p.effect != "-" else "")
     console.print(table)
-    norm = normalisation(run)
+    norm = reading.normalisation
     if np.isfinite(norm.ratio):
         console.print(f"data / simulation normalisation: {norm.n_data:,} / {norm.sumw:,.1f} = "
                       f"{norm.ratio:.4f} ± {norm.error:.4f} (the tests compare shapes)")
 
 
-def _render_systematics(console: Console, tests: list[dict[str, Any]],
-                        effects: pd.DataFrame | None, alpha: float) -> None:
-    """What the systematics absorb (``saturated`` fails, ``saturated_syst`` passes), what
+def _render_multivariate(console: Console, reading: RunReading) -> None:
+    """Every multivariate result, significant or not (a bound printed as one)."""
+    tests = reading.tests
+    rows = tests[tests["kind"] == "multivariate"] if len(tests) else tests
+    if not len(rows):
+        return
+    parts = []
+    for _, t in rows.iterrows():
+        where = _where(t["category"])
+        if pd.isna(t["pvalue"]):
+            parts.append(f"{t['method']}{where} did not run ({t['not_run_reason']})")
+            continue
+        bound = False if pd.isna(t.get("pvalue_is_bound")) else bool(t["pvalue_is_bound"])
+        flag = " [bold red]significant[/bold red]" if t["role"] == "decisive" and \
+            not pd.isna(t["p_holm"]) and t["p_holm"] < reading.alpha else ""
+        parts.append(f"{t['method']}{where} p {format_p(t['pvalue'], bound=bound)}, Holm p "
+                     f"{format_p(t['p_holm'], bound=bound)}{flag}")
+    console.print("multivariate tests (every input at once): " + "; ".join(parts))
+
+
+def _render_systematics(console: Console, reading: RunReading) -> None:
+    """What the systematics cover (stat-only tests significant, saturated_syst passes), what
     fails beyond them, and per systematic the network output's shape change beside the
     largest input's."""
-    by_key: dict[tuple, dict[str, Any]] = {}
-    for t in tests:
-        if t["method"] in ("saturated", "saturated_syst") and t.get("p_holm") is not None:
-            by_key.setdefault((t["category"], t["feature_x"], t["feature_y"]), {})[
-                t["method"]] = t
-    if not any("saturated_syst" in v for v in by_key.values()):
+    if not reading.systematics:
         return
-
-    def bad(t: dict[str, Any] | None) -> bool:
-        return t is not None and bool(t["reliable"]) and t["p_holm"] < alpha
-
-    covered = [k for k, v in by_key.items() if bad(v.get("saturated"))
-               and v.get("saturated_syst") is not None and not bad(v["saturated_syst"])]
-    beyond = [k for k, v in by_key.items() if bad(v.get("saturated_syst"))]
-
-    def name(key: tuple) -> str:
-        cat, x, y = key
-        return _pair(x, y) + (f" [{cat}]" if cat != INCLUSIVE else "")
-
-    if covered:
-        console.print("[bold green]covered by the systematics[/bold green] (saturated fails, "
-                      f"saturated_syst passes): {_some([name(k) for k in covered])}")
-    if beyond:
+    if reading.covered:
+        console.print("[bold green]covered by the systematics[/bold green] (stat-only tests "
+                      f"significant, {SYST_METHOD} passes; never a finding): "
+                      + _some([p.name for p in reading.covered]))
+    if reading.beyond:
         console.print("[bold red]mismodelled beyond the systematics[/bold red] "
-                      f"(saturated_syst, Holm < alpha): {_some([name(k) for k in beyond])}")
+                      f"({SYST_METHOD}, Holm < alpha): "
+                      + _some([p.name for p in reading.beyond]))
+    effects = reading.tables.get("syst_effects")
     if effects is not None and len(effects) and effects["is_output"].astype(bool).any():
         inclusive = effects[effects["category"] == INCLUSIVE]
         parts = []
@@ -220,14 +188,14 @@ def _render_systematics(console: Console, tests: list[dict[str, Any]],
                           + "; ".join(parts))
 
 
-def _render_audit(console: Console, run: Any, critical: pd.DataFrame, found: Any,
-                  tests: pd.DataFrame | None = None) -> None:
+def _render_audit(console: Console, reading: RunReading, critical: pd.DataFrame) -> None:
     """The network audit first: inputs and pairs both important to the network and
     mismodelled (and whether the systematics cover it), then how its Taylor coefficients
     compare between data and simulation."""
+    run, tests, found = reading.run, reading.tests, reading.findings
     syst: dict[tuple, float] = {}
-    if tests is not None and len(tests):
-        rows = tests[(tests["method"] == "saturated_syst") & (tests["category"] == INCLUSIVE)]
+    if len(tests):
+        rows = tests[(tests["method"] == SYST_METHOD) & (tests["category"] == INCLUSIVE)]
         syst = {(r["feature_x"], None if pd.isna(r["feature_y"]) else r["feature_y"]):
                 r["p_holm"] for _, r in rows.iterrows() if not pd.isna(r["p_holm"])}
     bad = critical[critical["important"].astype(bool) & critical["mismodelled"].astype(bool)]
@@ -244,9 +212,9 @@ def _render_audit(console: Console, run: Any, critical: pd.DataFrame, found: Any
         if key in syst:
             covered = syst[key] >= float(run["alpha"])
             within = (f"; {'within' if covered else 'beyond'} the systematics: saturated_syst "
-                      f"Holm p {fmt_p(syst[key])}")
+                      f"Holm p {format_p(syst[key])}")
         return (f"{what}{node} ({rank}; {r['worst_method']} Holm p "
-                f"{fmt_p(r['worst_p_holm'])}, {r['worst_effect_name']} "
+                f"{format_p(r['worst_p_holm'])}, {r['worst_effect_name']} "
                 f"{r['worst_effect_size']:.3g}{within})")
 
     if len(bad):
@@ -281,26 +249,15 @@ def _some(items: list[str]) -> str:
     return "; ".join(items[:MAX_LISTED]) + (f"; and {more} more" if more > 0 else "")
 
 
-def outcome_tables(outcome: Any) -> dict[str, pd.DataFrame]:
-    """A finished run's rows as the DataFrames :func:`render_run` reads."""
-    from validator.store import SCHEMA, run_rows
-
-    rows = run_rows(outcome, with_histograms=False)
-    return {t: pd.DataFrame(rows[t], columns=[c for c, _ in SCHEMA[t]])
-            for t in ("runs", "features", "tests", "skipped_columns", "criticality",
-                      "syst_effects")}
-
-
-def render(outcome: Any, console: Console | None = None, n_worst: int = 15) -> None:
+def render(reading: RunReading, console: Console | None = None, n_worst: int = 15,
+           db: str | Path | None = None, side_file: Path | None = None,
+           intended_db: str | Path | None = None) -> None:
     """Print the summary of a run just finished, and where it was stored."""
     console = console or Console()
-    render_run(outcome_tables(outcome), console, n_worst)
-    if outcome.db:
-        console.print(f"results written to [cyan]{outcome.db}[/cyan] (run_id {outcome.run_id})")
-    if outcome.side_file:
-        _side_file_message(console, Path(outcome.config.db), outcome.side_file)
-
-
-def _side_file_message(console: Console, db: Path, side: Path) -> None:
-    console.print(f"[bold yellow]{db} stayed busy[/bold yellow]: the run was written to "
-                  f"[cyan]{side}[/cyan]; add it with: validator merge --db {db} {side}")
+    render_run(reading, console, n_worst)
+    if db:
+        console.print(f"results written to [cyan]{db}[/cyan] (run_id {reading.run_id})")
+    if side_file:
+        console.print(f"[bold yellow]{intended_db} stayed busy[/bold yellow]: the run was "
+                      f"written to [cyan]{side_file}[/cyan]; add it with: validator merge "
+                      f"--db {intended_db} {side_file}")
