@@ -23,33 +23,20 @@ from validator.errors import InputError
 #: The Streamlit script ``validator dashboard`` runs.
 APP = Path(__file__).resolve().with_name("app.py")
 
-_DUCKDB_MAGIC = b"DUCK"
-
-
 def database_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be shown (one line), or None for a validator database.
 
-    Checks, without writing anything: the file exists, is a DuckDB file and has the ``runs``
-    table of a validator database.
+    Checks, without writing anything, what the one loader checks
+    (:func:`validator.results.tables.check_tables`): the file exists, is a DuckDB file of
+    validator's, and holds every table and column of its schema (a damaged database names
+    what it lacks).
     """
-    path = Path(path)
-    if not path.exists():
-        return f"{path}: database not found"
-    if not path.is_file():
-        return f"{path}: not a database file"
-    with path.open("rb") as fh:
-        header = fh.read(12)
-    if len(header) < 12 or header[8:12] != _DUCKDB_MAGIC:
-        return f"{path}: not a DuckDB database"
-    from validator.store import query
+    from validator.results.tables import SUMMARY_TABLES, check_tables
 
     try:
-        found = query(path, "SELECT count(*) AS n FROM information_schema.tables "
-                            "WHERE table_schema = 'main' AND table_name = 'runs'")
+        check_tables(path, (*SUMMARY_TABLES, "histograms"))
     except InputError as exc:
         return str(exc)
-    if not int(found["n"].iloc[0]):
-        return f"{path}: not a validator database (no runs table)"
     return None
 
 

@@ -30,6 +30,11 @@ def _run_picker(db: Path) -> None:
     ids = [str(r) for r in runs["run_id"]]
     labels = {r["run_id"]: data.run_label(r) for r in data.records(runs)}
     wanted = st.query_params.get("run")
+    if wanted and not any(i.startswith(wanted) for i in ids):
+        st.warning(f"run '{wanted}' (from the link) is not in this database: showing the "
+                   "latest run instead")
+    elif wanted and wanted not in ids:
+        wanted = next(i for i in ids if i.startswith(wanted))  # a unique prefix, as the CLI
     if wanted in ids and st.session_state.get("_run_from_link") != wanted:
         st.session_state["run_id"] = wanted  # a link chose the run (once per link)
         st.session_state["_run_from_link"] = wanted
