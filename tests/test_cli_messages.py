@@ -166,3 +166,27 @@ def test_help_texts_speak_to_users(capsys):
     assert "n_jets >= 2" in run_help and "njets" not in run_help
     assert "exit codes: 0 done, 1 a rule fails, 2 unusable input or command, 3 internal" \
         in run_help
+
+
+def test_a_bug_while_reading_is_an_internal_error_not_bad_input(samples, capsys, monkeypatch):
+    """Only what a bad file raises is exit 2; a bug of ours inside the reader is exit 3 with
+    its traceback (a gate must not read it as the user's fault)."""
+    import validator.sources as sources
+
+    def broken(*_args, **_kwargs):
+        raise ZeroDivisionError("a bug in the reader")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(sources, "_rebatch", broken)
+    sim, data = samples
+    code = main(["run", "--quiet", "--no-db", "--jobs", "1", "--sim", str(sim), "--data",
+                 str(data), "--weight", "weight", "--chunk-rows", "1000"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "internal error: ZeroDivisionError" in err and "Traceback" in err
+    monkeypatch.undo()
+    data.write_bytes(b"PAR1" + b"\0" * 64)  # a truncated parquet file: the file's fault
+    code = main(["run", "--quiet", "--no-db", "--sim", str(sim), "--data", str(data),
+                 "--weight", "weight"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(data) in err and err.count("\n") == 1, err

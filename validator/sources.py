@@ -21,6 +21,38 @@ import numpy as np
 from validator.config.defaults import DEFAULT_CHUNK_ROWS
 from validator.errors import InputError
 
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What a missing, truncated, malformed or unreadable file raises in the readers (pyarrow,
+    polars, uproot): these are the file's fault (exit 2). Anything else raised while reading
+    is a bug of ours (exit 3, with its traceback), never reported as bad input."""
+    import pyarrow as pa
+
+    errors: list[type[BaseException]] = [OSError, EOFError, UnicodeDecodeError,
+                                         pa.ArrowException]
+    try:
+        import polars as pl
+
+        errors.append(pl.exceptions.PolarsError)
+    except ImportError:  # pragma: no cover - polars is a dependency
+        pass
+    try:
+        import uproot
+
+        errors.append(uproot.deserialization.DeserializationError)
+        errors += [KeyError, ValueError]  # uproot's words for a malformed file or tree
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def expression_errors() -> tuple[type[BaseException], ...]:
+    """What a user's SQL expression (a selection, a definition) that polars cannot parse or
+    evaluate raises: the expression's fault (exit 2)."""
+    import polars as pl
+
+    return (pl.exceptions.PolarsError, ValueError, TypeError)
+
 #: Kinds a column can have. Only ``float``, ``int`` and ``bool`` can be features.
 COLUMN_KINDS = ("float", "int", "bool", "string", "jagged", "other")
 
@@ -143,7 +175,7 @@ def sample_partitions(sample: Sample, chunk_rows: int) -> list[Partition]:
 
         try:
             meta = pq.ParquetFile(source.path).metadata
-        except Exception as exc:
+        except read_errors() as exc:
             raise InputError(f"{source.label}: read failed ({_short(exc)})") from exc
         start, groups, rows = 0, [], 0
         for g in range(meta.num_row_groups):
@@ -192,7 +224,7 @@ class Selection:
         try:
             expr = pl.sql_expr(text)
             names = tuple(expr.meta.root_names())
-        except Exception as exc:
+        except expression_errors() as exc:
             raise InputError(f"{option}: cannot parse '{text}' ({_short(exc)})") from exc
         return cls(text=text, columns=names)
 
@@ -202,7 +234,7 @@ class Selection:
         frame = pl.DataFrame({c: chunk[c] for c in self.columns})
         try:
             result = frame.select(pl.sql_expr(self.text)).to_series()
-        except Exception as exc:
+        except expression_errors() as exc:
             raise InputError(f"{label}: selection '{self.text}' failed ({_short(exc)})") from exc
         if result.dtype != pl.Boolean:
             raise InputError(f"{label}: selection '{self.text}' is not a true/false condition")
@@ -366,7 +398,7 @@ def _root_tree(source: Source) -> Any:
     try:
         handle = uproot.open(source.path)
         classnames = handle.classnames()
-    except Exception as exc:
+    except read_errors() as exc:
         raise InputError(f"{source.path}: not a readable ROOT file ({_short(exc)})") from exc
     trees: dict[str, str] = {}
     for key, classname in classnames.items():
@@ -398,7 +430,7 @@ def _get_tree(handle: Any, name: str, source: Source) -> Any:
     """The object ``name`` of an open ROOT file, checked to be a TTree or an RNTuple."""
     try:
         tree = handle[name]
-    except Exception as exc:
+    except read_errors() as exc:
         raise InputError(f"{source.path}: cannot read '{name}' ({_short(exc)})") from exc
     if not hasattr(tree, "typenames") or not hasattr(tree, "iterate"):
         raise InputError(f"{source.path}: '{name}' is not a TTree or RNTuple")
@@ -417,7 +449,7 @@ def read_schema(source: Source) -> tuple[dict[str, str], int]:
 
         try:
             meta = pq.ParquetFile(source.path)
-        except Exception as exc:
+        except read_errors() as exc:
             raise InputError(f"{source.path}: not a readable parquet file ({_short(exc)})") from exc
         schema = meta.schema_arrow
         kinds = {name: _arrow_kind(schema.field(name).type) for name in schema.names}
@@ -428,7 +460,7 @@ def read_schema(source: Source) -> tuple[dict[str, str], int]:
             n_rows = 0
             for batch in reader:
                 n_rows += batch.num_rows
-        except Exception as exc:
+        except read_errors() as exc:
             raise InputError(f"{source.path}: not a readable CSV file ({_short(exc)})") from exc
         return kinds, n_rows
     tree = _root_tree(source)
@@ -633,7 +665,7 @@ def _iter_arrow(source: Source, columns: Sequence[str], chunk_rows: int,
         yield from _rebatch(batches, chunk_rows)
     except InputError:
         raise
-    except Exception as exc:
+    except read_errors() as exc:
         raise InputError(f"{source.label}: read failed ({_short(exc)})") from exc
 
 
@@ -702,7 +734,7 @@ def _iter_root(source: Source, columns: Sequence[str], chunk_rows: int,
             yield out
     except InputError:
         raise
-    except Exception as exc:
+    except read_errors() as exc:
         raise InputError(f"{source.label}: read failed ({_short(exc)})") from exc
 
 

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from validator.errors import InputError
-from validator.sources import ENTRY, FILE, Partition, Sample, Selection
+from validator.sources import ENTRY, FILE, Partition, Sample, Selection, expression_errors
 
 Chunk = dict[str, np.ndarray]
 
@@ -81,7 +81,7 @@ class Definition:
         frame = pl.DataFrame({c: chunk[c] for c in self.expression.columns})
         try:
             result = frame.select(pl.sql_expr(self.expression.text)).to_series()
-        except Exception as exc:
+        except expression_errors() as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise InputError(f"{label}: --define {self.name}={self.expression.text} failed "
                              f"({first})") from exc
