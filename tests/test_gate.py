@@ -168,7 +168,8 @@ def test_failure_count_binomial_against_scipy():
     result, _ = _one(_counted(100, 12), {"kind": "failure_count", "threshold": 0.01})
     assert not result.passed and result.details["source"] == "binomial"
     assert result.details["p_value"] == pytest.approx(reference, rel=1e-10)
-    assert "12 failures of 100 reliable histogram tests at alpha=0.05 (expected 5.0)" in result.reason
+    assert "12 failures of 100 reliable histogram tests at alpha=0.05 (expected 5.0)" \
+        in result.reason
     result, _ = _one(_counted(100, 5), {"kind": "failure_count", "threshold": 0.01})
     assert result.passed
     assert result.details["p_value"] == pytest.approx(stats.binom.sf(4, 100, 0.05), rel=1e-10)
@@ -409,7 +410,7 @@ def test_a_mismodelled_input_fails_the_default_rules(capsys, sample_files, tmp_p
                     if any(isinstance(r, Failure) for r in c.result)]
     assert failed_rules == ["no-significant-mismodelling"]
     # a warning rule is skipped with its warning, neither a failure nor a silent pass
-    warned = [c for c in suites["rules"] if c.name == "p-values-uniform"][0]
+    warned = next(c for c in suites["rules"] if c.name == "p-values-uniform")
     assert [type(r).__name__ for r in warned.result] in ([], ["Skipped"])
 
     # re-judged with the strict rules: a second verdict set, nothing recomputed
@@ -582,7 +583,8 @@ def test_a_run_of_release_0_1_0_is_judged_and_its_file_migrated(capsys, tmp_path
     code, out, err = _cli(capsys, "gate", "--db", str(db), "--rules",
                           str(RULES / "default.yaml"))
     assert code == 0, err
-    assert "PASS  failures-as-expected (failure_count): 4 failures of 81 reliable histogram tests" in out
+    assert ("PASS  failures-as-expected (failure_count): 4 failures of 81 reliable histogram "
+            "tests") in out
     assert query(db, "SELECT max(version) AS v FROM schema_info")["v"][0] == SCHEMA_VERSION
     assert query(db, "SELECT gate_passed FROM runs")["gate_passed"][0]
     details = query(db, "SELECT details FROM gate_results WHERE rule_kind = 'failure_count'")

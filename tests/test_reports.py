@@ -25,8 +25,8 @@ from PIL import Image
 from validator import figures
 from validator.cli import main
 from validator.compare import CompareOptions
-from validator.pipeline import RunConfig, run_validation
 from validator.output.documents import markdown_report, write_report
+from validator.pipeline import RunConfig, run_validation
 from validator.results.reading import read_run
 from validator.results.tables import load_run_tables
 from validator.store import query, save_verdict

@@ -128,12 +128,12 @@ class Problem:
     @property
     def flagged_by(self) -> str:
         """The flagging methods, and the inputs that drive a multivariate finding."""
-        text = ", ".join(self.methods) or "-"
+        text = ", ".join(self.methods)
         if self.attribution:
             text += " (driven by " + ", ".join(self.attribution) + ")"
         if self.stat_only:
-            text += ("; " if self.methods else "") + "stat. only: " + ", ".join(self.stat_only)
-        return text
+            text += ("; " if text else "") + "stat. only: " + ", ".join(self.stat_only)
+        return text or "-"
 
     @property
     def effect(self) -> str:
@@ -497,6 +497,7 @@ def read_run(tables: Mapping[str, pd.DataFrame],
         verdict=verdict if verdict is not None else verdict_summary(
             tables.get("gate_results")),
         normalisation=normalisation(run),
-        covered=[p for p in found_problems if p.what == "covered"],
+        covered=sorted((p for p in found_problems if p.what == "covered"),
+                       key=lambda p: (p.node is not None, p.feature_y is not None)),
         beyond=[p for p in found_problems if p.significant and p.key in syst_keys
                 and SYST_METHOD in p.methods])
