@@ -25,8 +25,8 @@ import numpy as np
 from sample import sample_generator
 
 from validator.config.defaults import MULTIVARIATE_EVENTS
-from validator.multivariate import SIM_RESERVOIR_FACTOR, EventReservoir
-from validator.sources import ENTRY, FILE
+from validator.inputs.sources import ENTRY, FILE
+from validator.stages.multivariate import SIM_RESERVOIR_FACTOR, EventReservoir
 from validator.stats import multivariate as mv
 
 SEED = 20261123

@@ -99,7 +99,7 @@ def _spread(ratios: list[float]) -> str:
 
 def _child(spec: str) -> None:
     """In the child process: the run itself, stage times printed as JSON on the last line."""
-    from validator.worker_server import start_early
+    from validator.engine.worker_server import start_early
 
     start_early()  # as `validator run` does, before it imports the pipeline
     from validator.pipeline import RunConfig, run_validation

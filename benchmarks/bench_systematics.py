@@ -27,7 +27,7 @@ from validator.stats.systematics import build_model, expected_counts, saturated_
 
 #: Test size of a run, and the number of planned tests (for Holm's first threshold).
 ALPHA = 0.05
-#: Cap of adaptive toys per test (validator.compare.CompareOptions.max_toys).
+#: Cap of adaptive toys per test (validator.stages.compare.CompareOptions.max_toys).
 MAX_TOYS = 20_000
 
 
@@ -104,9 +104,9 @@ def sample_data(toys: int) -> None:
     import polars as pl
     from sample import SAMPLE_DIR, sample_generator
 
-    from validator.compare import CompareOptions
     from validator.pipeline import RunConfig, run_validation
-    from validator.systematics import Systematics
+    from validator.stages.compare import CompareOptions
+    from validator.stages.systematics import Systematics
 
     with tempfile.TemporaryDirectory() as tmp:
         up, down = sample_generator().met_scale_variations(

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_frames
 
 from validator.cli import main
-from validator.store import query
+from validator.results.store import query
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ from conftest import make_frames
 from scipy import stats
 
 from validator.cli import main
-from validator.store import query
+from validator.results.store import query
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:
@@ -171,7 +171,7 @@ def test_help_texts_speak_to_users(capsys):
 def test_a_bug_while_reading_is_an_internal_error_not_bad_input(samples, capsys, monkeypatch):
     """Only what a bad file raises is exit 2; a bug of ours inside the reader is exit 3 with
     its traceback (a gate must not read it as the user's fault)."""
-    import validator.sources as sources
+    import validator.inputs.sources as sources
 
     def broken(*_args, **_kwargs):
         raise ZeroDivisionError("a bug in the reader")

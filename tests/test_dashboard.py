@@ -35,13 +35,13 @@ import pytest
 from conftest import load_sample_generator
 
 from validator.cli import main
-from validator.compare import CompareOptions
-from validator.gate import judge_stored
+from validator.gate.judge import judge_stored
 from validator.pipeline import RunConfig, run_validation
 from validator.results.reading import read_run
+from validator.results.store import query, write_run
 from validator.results.tables import load_run_tables
-from validator.store import query, write_run
-from validator.systematics import Systematics
+from validator.stages.compare import CompareOptions
+from validator.stages.systematics import Systematics
 
 st = pytest.importorskip("streamlit")
 pytest.importorskip("plotly")
@@ -231,8 +231,8 @@ def test_models_page_lists_the_model_with_its_runs(stored, monkeypatch):
 def test_every_figure_downloads_as_png_and_pdf(stored):
     """The PNG/PDF twins of the interactive figures, drawn from the stored rows (what the
     download buttons serve when clicked)."""
-    from validator import figures
     from validator.dashboard import common, data, inputs, model, static
+    from validator.output import figures
 
     db, run = stored["db"], stored["b"]
     tests = data.tests(db, run)

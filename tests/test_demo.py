@@ -90,7 +90,7 @@ def test_met_scale_systematic_covers_the_planted_met_through_the_config(tmp_path
     shape systematic covers the planted 5% met scale: saturated fails, saturated_syst passes;
     the planted isolation correlation stays beyond the systematics."""
     from validator.cli import main
-    from validator.store import query
+    from validator.results.store import query
 
     generate = load_sample_generator()
     import polars as pl

@@ -8,8 +8,8 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from validator.fill import Accumulator, Layout, accumulate
-from validator.plan import ColumnProfile, PlanConfig, make_plan, uniform_keys
+from validator.stages.fill import Accumulator, Layout, accumulate
+from validator.stages.plan import ColumnProfile, PlanConfig, make_plan, uniform_keys
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_weighted_mean_and_std_match_numpy(setup):
 
 
 def test_moment_blocks_do_not_change_the_result(setup, monkeypatch):
-    import validator.fill as fill
+    import validator.stages.fill as fill
 
     x, w, layout = setup
     whole = accumulate(x, w[None, :], layout)
@@ -203,7 +203,7 @@ def test_plot_histogram_keeps_under_and_overflow(setup):
 
 
 def test_compiled_positions_equal_numpy_searchsorted() -> None:
-    from validator import kernels
+    from validator.stages import fill_kernels as kernels
 
     rng = np.random.default_rng(11)
     for x in (rng.standard_normal(20_000), rng.lognormal(0.0, 2.5, 20_000),
@@ -224,7 +224,7 @@ def test_compiled_positions_equal_numpy_searchsorted() -> None:
 def test_compiled_kernels_equal_the_numpy_bincounts(setup, weighting, monkeypatch):
     """Every sum to rounding; the 1D sums add the same floats in the same order as
     numpy.bincount: equal bit for bit, with or without each feature's lookup grid."""
-    from validator import kernels
+    from validator.stages import fill_kernels as kernels
 
     if not kernels.HAVE_NUMBA:
         pytest.skip("numba is not installed")
@@ -245,7 +245,7 @@ def test_compiled_kernels_equal_the_numpy_bincounts(setup, weighting, monkeypatc
     tables = layout.feature_tables
     bare = kernels.FeatureTables.of(layout.grids, tuple(tables.bin_start), tables.loc,
                                     with_lookup=False)
-    from validator.plan import SENTINEL_VALUES
+    from validator.stages.plan import SENTINEL_VALUES
 
     valid = np.isfinite(x.T) & ~np.isin(x.T, SENTINEL_VALUES)
     with_grid = kernels.fill_features(x.T, valid, tables, groups, 32, weights,

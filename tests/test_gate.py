@@ -19,10 +19,10 @@ from junitparser import Failure, JUnitXml
 from scipy import stats
 
 from validator.cli import main
-from validator.gate import binomial_pvalue, judge
-from validator.junit import junit_xml
-from validator.rules import RulesFile
-from validator.store import SCHEMA, ensure_schema, query
+from validator.gate.judge import binomial_pvalue, judge
+from validator.gate.junit import junit_xml
+from validator.gate.rules import RulesFile
+from validator.results.store import SCHEMA, ensure_schema, query
 
 RULES = REPO / "rules"
 
@@ -562,7 +562,7 @@ def _clean_run(with_model: bool) -> dict:
 
 @pytest.mark.parametrize("with_model", [False, True])
 def test_the_shipped_rules_pass_a_clean_run(with_model):
-    from validator.rules import load_rules
+    from validator.gate.rules import load_rules
 
     default = judge(_clean_run(with_model), load_rules(RULES / "default.yaml"))
     assert default.passed and all(r.passed for r in default.rules), default.rules
@@ -576,7 +576,7 @@ def test_the_shipped_rules_pass_a_clean_run(with_model):
 def test_a_run_of_release_0_1_0_is_judged_and_its_file_migrated(capsys, tmp_path):
     import shutil
 
-    from validator.store import SCHEMA_VERSION
+    from validator.results.store import SCHEMA_VERSION
 
     db = tmp_path / "old.duckdb"
     shutil.copy(REPO / "tests" / "data" / "release_0_1_0.duckdb", db)

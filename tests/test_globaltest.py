@@ -10,11 +10,11 @@ import pytest
 from conftest import make_frames
 from scipy import stats
 
-from validator.compare import CompareOptions
-from validator.fill import N_GROUPS, Layout, accumulate
-from validator.globaltest import _block, _pvalues, global_test
 from validator.pipeline import RunConfig, run_validation
-from validator.plan import ColumnProfile, PlanConfig, make_plan, uniform_keys
+from validator.stages.compare import CompareOptions
+from validator.stages.fill import N_GROUPS, Layout, accumulate
+from validator.stages.globaltest import _block, _pvalues, global_test
+from validator.stages.plan import ColumnProfile, PlanConfig, make_plan, uniform_keys
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 #: Cheap toys: the global test does not use them, and the null replicas are many.

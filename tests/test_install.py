@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, SAMPLE_DIR, make_frames
 
 from validator.cli import main
-from validator.store import query
+from validator.results.store import query
 
 
 def _sha(path: Path) -> str:

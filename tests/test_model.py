@@ -18,6 +18,7 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from validator.errors import InputError  # noqa: E402
+from validator.inputs.transform import TransformChain  # noqa: E402
 from validator.model import (  # noqa: E402
     AbsMeanSums,
     TaylorSums,
@@ -26,7 +27,6 @@ from validator.model import (  # noqa: E402
     taylor_coefficients,
     taylor_sums,
 )
-from validator.transform import TransformChain  # noqa: E402
 
 # torch >= 2.10 deprecates TorchScript, which the audit still reads (it is widely deployed)
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")

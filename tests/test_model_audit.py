@@ -13,10 +13,10 @@ from conftest import make_frames
 from scipy import stats
 from test_model import PNN, save_ts
 
-from validator.audit import IMPORTANT_FRACTION
 from validator.cli import main
 from validator.pipeline import RunConfig, run_validation
-from validator.store import load_run, query
+from validator.results.store import load_run, query
+from validator.stages.audit import IMPORTANT_FRACTION
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
 

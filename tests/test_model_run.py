@@ -12,7 +12,7 @@ import torch
 from conftest import make_frames
 
 from validator.cli import main
-from validator.store import query
+from validator.results.store import query
 
 
 class Score(torch.nn.Module):
@@ -97,10 +97,10 @@ def test_an_audited_run_fills_on_workers_with_the_results_of_one_job(inputs, tmp
                                                                       monkeypatch):
     # The audit's sums and the multivariate subsample travel with each partition's
     # accumulators along the same tree: two worker processes give exactly one job's results.
-    import validator.engine
+    import validator.engine.pool
     from validator.pipeline import RunConfig, run_validation
 
-    monkeypatch.setattr(validator.engine, "MIN_PARALLEL_ROWS", 0)
+    monkeypatch.setattr(validator.engine.pool, "MIN_PARALLEL_ROWS", 0)
     sim, data, _, _, model = inputs
     s, d = str(tmp_path / "s_groups.parquet"), str(tmp_path / "d_groups.parquet")
     sim.write_parquet(s, row_group_size=2_000)  # several partitions per sample

@@ -1,6 +1,6 @@
 """The learned multivariate tests (c2st, nplm), their attribution, the pipeline's rows, and
 evidently's report beside them (``validator/stats/multivariate.py``,
-``validator/multivariate.py``)."""
+``validator/stages/multivariate.py``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from conftest import load_sample_generator, make_frames
 from scipy import stats
 
-from validator.multivariate import EventReservoir, check_methods
+from validator.inputs.sources import ENTRY, FILE
 from validator.pipeline import RunConfig, run_validation
-from validator.sources import ENTRY, FILE
+from validator.stages.multivariate import EventReservoir, check_methods
 from validator.stats import multivariate as mv
 
 TRACKS = ("trk1_d0sig", "trk2_d0sig", "trk3_d0sig")

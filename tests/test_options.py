@@ -12,7 +12,7 @@ from conftest import make_frames
 from validator.cli import build_parser, main
 from validator.config.file import load_run_file, run_file_model
 from validator.config.options import file_options, run_config, run_options
-from validator.store import query
+from validator.results.store import query
 
 
 def _run_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from validator.errors import InputError
-from validator.plan import (
+from validator.stages.plan import (
     ColumnProfile,
     PlanConfig,
     choose_pairs,
@@ -306,7 +306,7 @@ def test_make_plan_with_nothing_left_lists_the_reasons():
 
 
 def test_sorted_quantiles_equal_numpys_quantile_bit_for_bit():
-    from validator.plan import sorted_quantiles
+    from validator.stages.plan import sorted_quantiles
 
     rng = np.random.default_rng(31)
     samples = [rng.normal(size=1), rng.normal(size=2), rng.normal(size=1001),
@@ -322,7 +322,7 @@ def test_sorted_quantiles_equal_numpys_quantile_bit_for_bit():
 
 
 def test_columns_valid_everywhere_share_one_reservoir_selection_with_the_same_result():
-    from validator.plan import ScanPart
+    from validator.stages.plan import ScanPart
 
     rng = np.random.default_rng(8)
     capacity = 1_000
@@ -354,7 +354,7 @@ def test_columns_valid_everywhere_share_one_reservoir_selection_with_the_same_re
 
 
 def test_sentinels_are_what_numpys_isin_finds():
-    from validator.plan import SENTINEL_VALUES, is_sentinel
+    from validator.stages.plan import SENTINEL_VALUES, is_sentinel
 
     rng = np.random.default_rng(2)
     x = rng.normal(0.0, 300.0, (4, 5_000))

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from validator.cli import main
-from validator.store import query
+from validator.results.store import query
 
 pytestmark = pytest.mark.realdata
 
@@ -137,7 +137,7 @@ def test_nanoaod_last_jet_counts_missing_like_nan(capsys, tmp_path, shared_data)
 def test_real_file_suggestions(shared_data):
     """Misspelt trees, weights and columns of a real file name the closest real one."""
     from validator.errors import InputError
-    from validator.sources import iter_chunks, open_sample
+    from validator.inputs.sources import iter_chunks, open_sample
 
     path = shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
     with pytest.raises(InputError) as info:

@@ -22,14 +22,14 @@ from matplotlib.collections import QuadMesh
 from matplotlib.patches import Rectangle, StepPatch
 from PIL import Image
 
-from validator import figures
 from validator.cli import main
-from validator.compare import CompareOptions
+from validator.output import figures
 from validator.output.documents import markdown_report, write_report
 from validator.pipeline import RunConfig, run_validation
 from validator.results.reading import read_run
+from validator.results.store import query, save_verdict
 from validator.results.tables import load_run_tables
-from validator.store import query, save_verdict
+from validator.stages.compare import CompareOptions
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = ["met", "lep1_iso", "lep2_iso", "m_ll", "n_btag"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from validator.errors import InputError
-from validator.sources import _root_kind, iter_chunks, open_sample
+from validator.inputs.sources import _root_kind, iter_chunks, open_sample
 
 uproot = pytest.importorskip("uproot", minversion="5.7")
 ak = pytest.importorskip("awkward")

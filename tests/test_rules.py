@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from validator.errors import InputError
-from validator.rules import (
+from validator.gate.rules import (
     FailureCountRule,
     PerTestRule,
     RunConfigRule,

@@ -18,8 +18,8 @@ from conftest import make_frames
 from validator.cli import main
 from validator.config.defaults import DEFAULT_SEED
 from validator.pipeline import RunConfig, run_validation
-from validator.plan import Plan
-from validator.store import SCHEMA_VERSION, query
+from validator.results.store import SCHEMA_VERSION, query
+from validator.stages.plan import Plan
 
 FIXTURES = Path(__file__).parent / "data"
 
@@ -76,7 +76,7 @@ def test_a_category_missing_from_data_gets_every_test_with_the_reason(tmp_path):
 
 
 def test_an_internal_error_exits_3_with_one_line_and_the_traceback(capsys, samples, monkeypatch):
-    import validator.engine as engine
+    import validator.engine.pool as engine
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("planted bug")
@@ -264,7 +264,7 @@ def test_a_database_from_a_newer_release_is_refused_before_any_work(capsys, samp
 
 def test_a_sample_of_one_chunk_is_read_once(samples, monkeypatch):
     # the planning pass keeps a one-chunk sample in memory and the fill reuses it
-    import validator.sources as sources
+    import validator.inputs.sources as sources
 
     calls = []
     original = sources.iter_chunks

@@ -10,7 +10,7 @@ from conftest import SAMPLE_DIR, make_frames
 
 from validator.cli import main
 from validator.config.file import load_run_file, run_file_model
-from validator.store import query
+from validator.results.store import query
 
 
 @pytest.fixture

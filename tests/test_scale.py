@@ -15,13 +15,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from validator.compare import CompareOptions, run_tests
-from validator.engine import OrderedTree, merge_categories
-from validator.fill import Accumulator, Layout, accumulate, event_groups
+from validator.engine.pool import OrderedTree, merge_categories
+from validator.inputs.sources import open_sample, sample_partitions
+from validator.inputs.transform import INCLUSIVE
 from validator.pipeline import RunConfig, run_validation
-from validator.sources import open_sample, sample_partitions
-from validator.store import query
-from validator.transform import INCLUSIVE
+from validator.results.store import query
+from validator.stages.compare import CompareOptions, run_tests
+from validator.stages.fill import Accumulator, Layout, accumulate, event_groups
 
 N_SIM, N_DATA = 18_000, 9_000
 SIM_FILES, DATA_FILES = 3, 2
@@ -130,10 +130,10 @@ def test_ordered_tree_adds_like_a_fixed_tree():
 
 def test_jobs_and_dask_store_what_one_in_memory_pass_gives(split, tmp_path, monkeypatch):
     pytest.importorskip("distributed")
-    import validator.engine
+    import validator.engine.pool
 
     # these samples are small: make the scan and the fill use worker processes all the same
-    monkeypatch.setattr(validator.engine, "MIN_PARALLEL_ROWS", 0)
+    monkeypatch.setattr(validator.engine.pool, "MIN_PARALLEL_ROWS", 0)
     sim, data = split
     runs = {
         "one job": dict(jobs=1, chunk_rows=CHUNK),
@@ -198,9 +198,9 @@ def test_workers_start_clean_and_skip_a_script_without_a_main_guard(tmp_path):
     script = tmp_path / "plain_script.py"
     script.write_text(f"""
 import polars as pl, numpy as np
-import validator.engine
+import validator.engine.pool
 from validator.pipeline import RunConfig, run_validation
-validator.engine.MIN_PARALLEL_ROWS = 0
+validator.engine.pool.MIN_PARALLEL_ROWS = 0
 rng = np.random.default_rng(1)
 for name in ("sim", "data"):
     pl.DataFrame({{"a": rng.normal(size=20_000), "b": rng.normal(size=20_000)}}).with_columns(
@@ -220,7 +220,7 @@ print("tests", out.n_tests, flush=True)
 def test_one_worker_pool_serves_every_pass_in_order_and_raises_a_workers_error():
     import math
 
-    from validator.engine import WorkerPool, clean_map
+    from validator.engine.pool import WorkerPool, clean_map
 
     with WorkerPool(2) as pool:
         pool.start()
@@ -238,7 +238,7 @@ def test_one_worker_pool_serves_every_pass_in_order_and_raises_a_workers_error()
 def test_fork_map_runs_meanwhile_once_in_this_process_while_the_workers_run():
     import os
 
-    from validator.engine import Later, fork_map
+    from validator.engine.pool import Later, fork_map
 
     calls: list[int] = []
     later = Later(lambda: calls.append(os.getpid()) or len(calls))
@@ -283,7 +283,7 @@ print("never")
 
 
 def test_guided_batches_cover_every_item_once_and_shrink_to_one():
-    from validator.engine import guided_batches
+    from validator.engine.pool import guided_batches
 
     for n, jobs, largest in ((465, 2, 14), (7, 2, 3), (1, 4, 10), (1000, 8, 50), (0, 2, 5)):
         batches = guided_batches(n, jobs, largest)

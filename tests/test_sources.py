@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from validator.errors import InputError
-from validator.sources import iter_chunks, open_sample, parse_source
+from validator.inputs.sources import iter_chunks, open_sample, parse_source
 
 
 def test_parquet_and_csv_read_the_same_values(tmp_path, samples):
@@ -247,7 +247,7 @@ def test_numeric_columns_of_every_width_with_nulls_and_no_pandas(tmp_path):
             got = np.concatenate([c[name] for c in chunks])
             assert got.dtype == np.float64
             np.testing.assert_array_equal(got, want)
-    code = ("import sys; from validator.sources import iter_chunks, open_sample; "
+    code = ("import sys; from validator.inputs.sources import iter_chunks, open_sample; "
             f"s = open_sample('sim', [{str(path)!r}]); "
             f"list(iter_chunks(s, {table.column_names!r}, chunk_rows=4)); "
             "print('pandas' in sys.modules)")

@@ -1009,7 +1009,7 @@ def test_chi2_uw_refuses_a_simulation_with_non_positive_total_weight() -> None:
 def _small_simulation_with_sparse_tail(tail_events: float) -> tuple:
     """A 10-bin histogram: simulation 0.4 x the data (weight 2.5) with 1000s of events per bin,
     but a last bin holding ``tail_events`` events."""
-    from validator.hist import Hist
+    from validator.stats.histogram import Hist
 
     k = np.array([8000, 9000, 9500, 9000, 8000, 7000, 6000, 5000, 4000, tail_events])
     n = np.round(k * 2.5 / 0.4)
@@ -1022,7 +1022,7 @@ def _small_simulation_with_sparse_tail(tail_events: float) -> tuple:
 
 @pytest.mark.parametrize(("tail_events", "expect"), [(40.0, "merged"), (4000.0, "plain")])
 def test_small_simulation_merges_a_sparse_tail_for_its_asymptotics(tail_events, expect):
-    from validator.compare import CompareOptions, ToyTargets, _binned_tests
+    from validator.stages.compare import CompareOptions, ToyTargets, _binned_tests
 
     data, sim = _small_simulation_with_sparse_tail(tail_events)
     out = _binned_tests(data, sim, CompareOptions(), lambda name: np.random.default_rng(1),
@@ -1039,8 +1039,8 @@ def test_small_simulation_merges_a_sparse_tail_for_its_asymptotics(tail_events, 
 
 
 def test_small_simulation_with_too_many_sparse_bins_uses_toys():
-    from validator.compare import CompareOptions, ToyTargets, _binned_tests
-    from validator.hist import Hist
+    from validator.stages.compare import CompareOptions, ToyTargets, _binned_tests
+    from validator.stats.histogram import Hist
 
     # every bin has ~100 events: merging to 200 variance entries would halve the binning
     k = np.full(10, 100.0)

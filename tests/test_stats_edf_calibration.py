@@ -2,7 +2,7 @@
 spikes and booleans: the toy p-values of ``validator.stats.edf`` (module notes, "Toy p-values").
 
 Null replicas: 2000 unit-weight data events and a weighted simulation describing the same law,
-filled as the pipeline fills its fine histograms (``validator.plan``): equal-population edges
+filled as the pipeline fills its fine histograms (``validator.stages.plan``): equal-population edges
 from the data quantiles, ``min(1000, N/5)`` bins (400 here), a value holding a quantile's worth
 of events in a bin of its own, under/overflow folded into the edge bins; one bin per value for
 a discrete feature. Scenarios:
@@ -69,14 +69,15 @@ N_DATA = 2000
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """As ``validator.plan._quantile_edges``: equal-population edges, a spike in its own bin."""
+    """As ``validator.stages.plan._quantile_edges``: equal-population edges, a spike in its own
+    bin."""
     q = np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1), method="linear")
     edges, repeats = np.unique(q, return_counts=True)
     return np.unique(np.concatenate([edges, np.nextafter(edges[repeats > 1], np.inf)]))
 
 
 def fill(x: np.ndarray, w: np.ndarray | None, edges: np.ndarray):
-    """Σw and Σw² per bin, under/overflow folded into the edge bins (``validator.fill``)."""
+    """Σw and Σw² per bin, under/overflow folded into the edge bins (``validator.stages.fill``)."""
     idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
     n = len(edges) - 1
     sumw = np.bincount(idx, weights=w, minlength=n)
@@ -506,7 +507,7 @@ def test_compiled_toy_statistics_equal_numpys(monkeypatch):
     """The compiled KS and A² of toy rows (validator.stats.edf_kernel) are numpy's to
     rounding, with negative simulated bins (the monotone repair), empty bins and spikes; and
     the toy p-values of both paths are the same."""
-    from validator import kernels
+    from validator.stages import fill_kernels as kernels
     from validator.stats.edf_kernel import edf_rows
 
     if not kernels.HAVE_NUMBA:

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from validator.errors import InputError
-from validator.store import SCHEMA, ensure_schema, query, write_run
+from validator.results.store import SCHEMA, ensure_schema, query, write_run
 
 
 def _rows(run_id: str) -> dict:

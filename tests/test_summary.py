@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from validator.summary import adjust_pvalues, findings, summarise
+from validator.results.summary import adjust_pvalues, findings, summarise
 
 
 def test_holm_and_bh_by_hand():
@@ -79,7 +79,7 @@ def test_multivariate_tests_are_adjusted_as_their_own_family():
 def test_holm_and_bh_equal_statsmodels_multipletests():
     from statsmodels.stats.multitest import multipletests
 
-    from validator.summary import benjamini_hochberg, holm
+    from validator.results.summary import benjamini_hochberg, holm
 
     rng = np.random.default_rng(12)
     samples = [rng.uniform(0, 1, 500), rng.uniform(0, 1e-3, 40), np.array([0.3]),

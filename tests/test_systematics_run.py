@@ -12,10 +12,10 @@ import pytest
 from conftest import make_frames
 
 from validator.cli import main
-from validator.compare import CompareOptions
 from validator.pipeline import RunConfig, run_validation
-from validator.store import query
-from validator.systematics import Systematics
+from validator.results.store import query
+from validator.stages.compare import CompareOptions
+from validator.stages.systematics import Systematics
 
 #: The planted tilt of feature c in data, and the systematic's (it covers the data's).
 DATA_TILT, SYST_TILT = 0.06, 0.08

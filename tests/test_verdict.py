@@ -18,8 +18,8 @@ from junitparser import Failure, JUnitXml, Skipped
 from validator.cli import main
 from validator.results.format import format_p
 from validator.results.reading import read_run
+from validator.results.store import query
 from validator.results.tables import load_run_tables
-from validator.store import query
 
 RULES = REPO / "rules" / "default.yaml"
 #: The verdict as every face words it: failed rules, rules, warnings.

@@ -1,10 +1,11 @@
 """validator: input-space validation and model monitoring for machine learning in HEP.
 
-The stages of a run are modules: :mod:`validator.sources` (read), :mod:`validator.plan`
-(features and binning), :mod:`validator.fill` (mergeable accumulators),
-:mod:`validator.stats` (pure statistical tests), :mod:`validator.compare` (tests over a plan),
-:mod:`validator.summary` (multiple testing), :mod:`validator.store` (DuckDB) and
-:mod:`validator.report` (terminal). :func:`run_validation` runs them all.
+The folders follow the data's way: ``inputs`` (read, select, derive, blind), ``stages``
+(plan, fill, compare, the run-level test, systematics, the network audit, multivariate tests),
+``engine`` (where the work runs), ``stats`` (pure statistics), ``model`` (the audited
+network), ``results`` (the store and the one reading of a run), ``gate`` (rules, judge,
+JUnit), ``output`` (terminal, documents, figures), ``dashboard``, ``config`` (the options).
+:func:`run_validation` (:mod:`validator.pipeline`) runs them all.
 """
 
 from __future__ import annotations

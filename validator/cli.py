@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
-    from validator.gate import Verdict
-    from validator.rules import RulesFile
+    from validator.gate.judge import Verdict
+    from validator.gate.rules import RulesFile
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -153,7 +153,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
     if args.jobs != 1 and args.engine != "dask":
-        from validator.worker_server import start_early
+        from validator.engine.worker_server import start_early
 
         start_early()  # the workers' server imports beside this process's imports
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -221,7 +221,7 @@ def _check_report_path(path: str | None) -> None:
 def _judge_after_run(rules: RulesFile, outcome: Any) -> Verdict:
     """Judge a run just finished: stored (in the database or its side file, where the
     verdict is added) or in memory (--no-db: judged, not stored)."""
-    from validator.gate import judge, judge_stored, stamp
+    from validator.gate.judge import judge, judge_stored, stamp
     from validator.results.tables import outcome_tables
 
     where = outcome.db or outcome.side_file
@@ -232,7 +232,7 @@ def _judge_after_run(rules: RulesFile, outcome: Any) -> Verdict:
 
 def _reading_after_run(outcome: Any, verdict: Verdict | None) -> Any:
     """The reading of a run just finished: from where it was stored, else from memory."""
-    from validator.gate import verdict_rows
+    from validator.gate.judge import verdict_rows
     from validator.results.reading import read_run
     from validator.results.tables import load_run_tables, outcome_tables
 
@@ -245,8 +245,8 @@ def _reading_after_run(outcome: Any, verdict: Verdict | None) -> Any:
 
 def _gate_rules(args: argparse.Namespace) -> RulesFile | None:
     """The run's rules (validated) and a writable --junit path, or None without --rules."""
-    from validator.junit import check_output_path
-    from validator.rules import load_rules
+    from validator.gate.junit import check_output_path
+    from validator.gate.rules import load_rules
 
     if args.junit and not args.rules:
         raise _usage("--junit needs --rules (the JUnit file holds the rules' verdict)")
@@ -259,8 +259,8 @@ def _gate_rules(args: argparse.Namespace) -> RulesFile | None:
 
 
 def _print_verdict(verdict: Verdict, junit: str | None) -> int:
-    from validator.gate import verdict_lines
-    from validator.junit import write_junit
+    from validator.gate.judge import verdict_lines
+    from validator.gate.junit import write_junit
 
     for line in verdict_lines(verdict):
         print(line)
@@ -270,9 +270,9 @@ def _print_verdict(verdict: Verdict, junit: str | None) -> int:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from validator.gate import judge_stored
-    from validator.junit import check_output_path
-    from validator.rules import load_rules
+    from validator.gate.judge import judge_stored
+    from validator.gate.junit import check_output_path
+    from validator.gate.rules import load_rules
 
     rules = load_rules(args.rules)
     if args.junit:
@@ -284,7 +284,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_rules_schema() -> int:
-    from validator.rules import schema_text
+    from validator.gate.rules import schema_text
 
     sys.stdout.write(schema_text())
     return EXIT_OK
@@ -334,7 +334,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     import pandas as pd
     from rich.table import Table
 
-    from validator.store import list_runs
+    from validator.results.store import list_runs
 
     frame = list_runs(args.db)
     table = Table(title=f"runs in {args.db}", title_justify="left")
@@ -416,7 +416,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from validator.store import merge_side_file
+    from validator.results.store import merge_side_file
 
     for side in args.side_files:
         added = merge_side_file(args.db, side)

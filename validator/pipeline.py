@@ -3,9 +3,9 @@
 
 :func:`run_validation` is what the CLI calls; a physicist can call it from a notebook too and
 get a :class:`RunOutcome` with every intermediate value. The stages live in their own modules
-(:mod:`validator.sources`, :mod:`validator.transform`, :mod:`validator.plan`,
-:mod:`validator.fill`, :mod:`validator.compare`, :mod:`validator.summary`,
-:mod:`validator.store`); this module only orders them.
+(:mod:`validator.inputs.sources`, :mod:`validator.inputs.transform`, :mod:`validator.stages.plan`,
+:mod:`validator.stages.fill`, :mod:`validator.stages.compare`, :mod:`validator.results.summary`,
+:mod:`validator.results.store`); this module only orders them.
 """
 
 from __future__ import annotations
@@ -22,30 +22,13 @@ from typing import Any
 import numpy as np
 
 from validator import __version__
-from validator.audit import (
-    SECOND_ORDER_EVENTS,
-    SHAP_EVENTS,
-    AuditResult,
-    ModelAudit,
-    audit_results,
-    criticality_rows,
-)
-from validator.compare import (
-    CompareOptions,
-    SystInputs,
-    TestRecord,
-    run_tests,
-    shape_changes,
-    untested_categories,
-    warm_in_background,
-)
 from validator.config.defaults import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_DB_WAIT_S,
     DEFAULT_SEED,
     MULTIVARIATE_EVENTS,
 )
-from validator.engine import (
+from validator.engine.pool import (
     FillTask,
     Later,
     ScanTask,
@@ -56,24 +39,9 @@ from validator.engine import (
     worth_workers,
 )
 from validator.errors import InputError
-from validator.fill import Accumulator, Layout, fill_sample
-from validator.globaltest import GlobalResult, global_test
-from validator.multivariate import (
-    SIM_RESERVOIR_FACTOR,
-    EventReservoir,
-    MultivariateResult,
-    multivariate_results,
-    weight_systematics,
-)
-from validator.plan import (
-    Plan,
-    PlanConfig,
-    event_key_columns,
-    make_plan,
-    select_features,
-)
-from validator.sources import Sample, Selection, open_sample
-from validator.summary import (
+from validator.inputs.sources import Sample, Selection, open_sample
+from validator.inputs.transform import INCLUSIVE, Reader, TransformChain, parse_definitions
+from validator.results.summary import (
     DECISIVE,
     Findings,
     RunSummary,
@@ -81,8 +49,40 @@ from validator.summary import (
     summarise,
     verdict_roles,
 )
-from validator.systematics import ProcessCollector, Systematics, VariationRows
-from validator.transform import INCLUSIVE, Reader, TransformChain, parse_definitions
+from validator.stages.audit import (
+    SECOND_ORDER_EVENTS,
+    SHAP_EVENTS,
+    AuditResult,
+    ModelAudit,
+    audit_results,
+    criticality_rows,
+)
+from validator.stages.compare import (
+    CompareOptions,
+    SystInputs,
+    TestRecord,
+    run_tests,
+    shape_changes,
+    untested_categories,
+    warm_in_background,
+)
+from validator.stages.fill import Accumulator, Layout, fill_sample
+from validator.stages.globaltest import GlobalResult, global_test
+from validator.stages.multivariate import (
+    SIM_RESERVOIR_FACTOR,
+    EventReservoir,
+    MultivariateResult,
+    multivariate_results,
+    weight_systematics,
+)
+from validator.stages.plan import (
+    Plan,
+    PlanConfig,
+    event_key_columns,
+    make_plan,
+    select_features,
+)
+from validator.stages.systematics import ProcessCollector, Systematics, VariationRows
 
 #: Column names that are a simulation's event weight when --weight is not given.
 WEIGHT_NAMES = ("weight", "weights", "evtweight", "eventweight", "event_weight", "genweight",
@@ -128,13 +128,13 @@ class RunConfig:
     systematics: Systematics | None = None
     shap_events: int = SHAP_EVENTS
     second_order_events: int = SECOND_ORDER_EVENTS
-    multivariate: Sequence[str] = ()  # c2st, nplm (validator.multivariate)
+    multivariate: Sequence[str] = ()  # c2st, nplm (validator.stages.multivariate)
     multivariate_events: int = MULTIVARIATE_EVENTS  # data events; the simulation 5x as many
     multivariate_time_s: float | None = None  # per test; None: the default budget
     multivariate_toys: int | None = None  # permutations / toys per test; None: the defaults
     evidently_report: str | None = None  # evidently's drift report (HTML) on the subsample
     jobs: int | None = None  # processes for the fill and the tests; None: every core
-    engine: str = "local"  # local | dask (validator.engine)
+    engine: str = "local"  # local | dask (validator.engine.pool)
     scheduler: str | None = None  # the Dask scheduler's address; None: a local cluster
     db_wait_s: float = DEFAULT_DB_WAIT_S
     tags: dict[str, str] = field(default_factory=dict)
@@ -187,7 +187,7 @@ class RunOutcome:
     data_paths: list[str]
     versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
-    global_result: GlobalResult | None = None  # the run-level test (validator.globaltest)
+    global_result: GlobalResult | None = None  # the run-level test (validator.stages.globaltest)
     model: dict[str, Any] | None = None  # the audited network (AuditedModel.describe())
     audit: AuditResult | None = None  # its importances, Taylor tests, rank correlations
     criticality: list[dict[str, Any]] = field(default_factory=list)
@@ -207,7 +207,7 @@ class RunOutcome:
 
     def reading(self) -> Any:
         """The run's :class:`~validator.results.reading.RunReading`, as every face shows it
-        (the verdict: none, a run just finished is judged by :mod:`validator.gate`)."""
+        (the verdict: none, a run just finished is judged by :mod:`validator.gate.judge`)."""
         from validator.results.reading import read_run
         from validator.results.tables import outcome_tables
 
@@ -371,7 +371,7 @@ def _test_dicts(records: Sequence[TestRecord], p_holm: np.ndarray) -> list[dict[
 
 
 def _deciding(tests: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
-    """The tests that decide the verdict (:func:`validator.summary.verdict_roles`): under
+    """The tests that decide the verdict (:func:`validator.results.summary.verdict_roles`): under
     systematics a stat-only test whose histogram's saturated_syst passes makes no input
     mismodelled, in the criticality table as in the findings and the gate."""
     roles = verdict_roles(tests, alpha)
@@ -380,7 +380,7 @@ def _deciding(tests: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]
 
 def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOutcome:
     """Run every test of ``config`` and store the run (unless ``config.db`` is None)."""
-    from validator import store
+    from validator.results import store
 
     started = datetime.now(timezone.utc).replace(tzinfo=None)
     if config.db:

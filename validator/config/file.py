@@ -4,7 +4,7 @@
 the file's. Its keys are the options of :mod:`validator.config.options` (the flag's name with
 ``_`` for ``-``), so the file takes exactly what the command line takes. Validated with
 pydantic: an unknown key, a wrong type or a key given twice is exit 2 with one line naming the
-file, the key path and its line (:mod:`validator.yamlfile`). ``validator config-schema``
+file, the key path and its line (:mod:`validator.config.yamlfile`). ``validator config-schema``
 prints the JSON schema (editors complete the file with it); ``sample_data/analysis.yaml`` is a
 commented example.
 
@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import Field, create_model
 
 from validator.config.options import StrictModel, file_annotation, file_options, from_file
-from validator.yamlfile import parse_yaml_model, read_text
+from validator.config.yamlfile import parse_yaml_model, read_text
 
 #: The version of the configuration format this release writes; it reads 1 and 2.
 CONFIG_VERSION = 2

@@ -428,7 +428,7 @@ def parse_tags(items: Sequence[str]) -> dict[str, str]:
 
 
 def _multivariate(text: str | None) -> tuple[str, ...]:
-    from validator.multivariate import check_methods
+    from validator.stages.multivariate import check_methods
 
     try:
         return check_methods((text or "").split(","))
@@ -454,10 +454,10 @@ def run_config(values: dict[str, Any], argv: Sequence[str] = ()) -> Any:
     destinations, command-line forms), checked: a wrong value is a :class:`UsageError`."""
     from dataclasses import replace
 
-    from validator.compare import CompareOptions
     from validator.pipeline import RunConfig
-    from validator.plan import PlanConfig
-    from validator.systematics import Systematics
+    from validator.stages.compare import CompareOptions
+    from validator.stages.plan import PlanConfig
+    from validator.stages.systematics import Systematics
 
     for required in ("sim", "data"):
         if not values.get(required):

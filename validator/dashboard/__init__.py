@@ -2,7 +2,7 @@
 network it audits, and monitor runs of one model over data-taking periods.
 
 The dashboard only reads: every query runs on a short-lived read-only DuckDB connection
-(:func:`validator.store.query`), cached per database file state and run
+(:func:`validator.results.store.query`), cached per database file state and run
 (:mod:`validator.dashboard.data`), so a ``validator run`` may write to the same file meanwhile.
 
 Layout: ``app.py`` is the Streamlit entry (``st.navigation`` over the page files in
@@ -11,7 +11,7 @@ Layout: ``app.py`` is the Streamlit entry (``st.navigation`` over the page files
 :mod:`~validator.dashboard.pairs`, :mod:`~validator.dashboard.model`,
 :mod:`~validator.dashboard.history`, :mod:`~validator.dashboard.models`); interactive plotly
 figures are in :mod:`~validator.dashboard.plots`, their PNG/PDF versions (matplotlib) in
-:mod:`validator.figures` and :mod:`~validator.dashboard.static`.
+:mod:`validator.output.figures` and :mod:`~validator.dashboard.static`.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def download_csv(frame: pd.DataFrame, name: str, key: str, label: str = "CSV") -
 
 
 def _figure_bytes(make: Callable[[], Any], fmt: str) -> bytes:
-    from validator.figures import PNG_DPI, close_figure
+    from validator.output.figures import PNG_DPI, close_figure
 
     fig = make()
     buffer = io.BytesIO()
@@ -88,7 +88,7 @@ def matplotlib_available() -> bool:
 
 def download_figure(make: Callable[[], Any], name: str, key: str) -> None:
     """PNG and PDF download buttons for a figure drawn by ``make`` (a matplotlib figure in
-    the CMS style of :mod:`validator.figures`), drawn only when a button is clicked."""
+    the CMS style of :mod:`validator.output.figures`), drawn only when a button is clicked."""
     if not matplotlib_available():
         st.caption("PNG/PDF downloads need matplotlib and mplhep: pip install "
                    "'hep-validator[hist]'")

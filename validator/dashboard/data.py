@@ -1,6 +1,6 @@
 """Data access of the dashboard: cached, parameterised, read-only queries.
 
-Every query goes through :func:`validator.store.query` (a short-lived read-only connection,
+Every query goes through :func:`validator.results.store.query` (a short-lived read-only connection,
 closed before the page is drawn: no connection is ever held open, so a ``validator run`` can
 write to the file between two clicks). Results are cached with ``st.cache_data`` keyed by the
 database path, the state of the file (:func:`stamp`: modification time and size of the file
@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from validator.store import SCHEMA, query
+from validator.results.store import SCHEMA, query
 
 #: Environment variable naming the database when the script gets no ``--db`` argument.
 DB_ENV = "VALIDATOR_DB"

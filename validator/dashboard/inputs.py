@@ -26,7 +26,7 @@ def _pick(label: str, options: list[str], key: str, wanted: str | None) -> str:
 
 def _static_feature(nominal: dict[str, Any], variations: list[dict[str, Any]], feature: str,
                     category: str, pvalues: dict[str, float]) -> Any:
-    from validator import figures
+    from validator.output import figures
     from validator.output.documents import syst_band
 
     sim, counts = figures.hist1d_from_row(nominal)

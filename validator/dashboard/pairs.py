@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from validator import figures as mfig
 from validator.dashboard import common, data, plots
 from validator.dashboard.inputs import _pick
+from validator.output import figures as mfig
 
 #: What the matrix shows: label -> (tests column, effect scale).
 VALUES = {"p-value (Holm)": ("p_holm", False), "p-value (raw)": ("pvalue", False),

@@ -1,5 +1,5 @@
 """Interactive (plotly) figures of the dashboard, in the conventions of ``mplhep``/``hist``
-and of :mod:`validator.figures` (their PNG/PDF twins): step histograms, the simulation
+and of :mod:`validator.output.figures` (their PNG/PDF twins): step histograms, the simulation
 normalised to the data count with its uncertainty band, data as points with Garwood Poisson
 intervals, a data/simulation ratio panel; the red/yellow/green p-value matrix; pull maps.
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from validator.figures import (
+from validator.output.figures import (
     MATRIX_COLOURS,
     NOT_RUN_COLOUR,
     P_GREEN,
@@ -172,7 +172,7 @@ def matrix_classes(matrix: np.ndarray) -> np.ndarray:
 def pvalue_matrix_figure(matrix: np.ndarray, features: Sequence[str], *,
                          important: Sequence[tuple[str, str]] = (), value_name: str = "p",
                          effect: bool = False, title: str = "") -> Any:
-    """The red/yellow/green matrix of :func:`validator.figures.pvalue_matrix` (p-values), or
+    """The red/yellow/green matrix of :func:`validator.output.figures.pvalue_matrix` (p-values), or
     effect sizes on a continuous scale (``effect``); important pairs boxed in black."""
     go = _go()
     n = len(features)

@@ -1,5 +1,6 @@
-"""PNG/PDF (matplotlib, the CMS style of :mod:`validator.figures`) versions of the dashboard's
-figures that :mod:`validator.figures` does not draw: the p-value histogram, bars of
+"""PNG/PDF (matplotlib, the CMS style of :mod:`validator.output.figures`) versions of the
+dashboard's
+figures that :mod:`validator.output.figures` does not draw: the p-value histogram, bars of
 importances, square matrices, nuisance pulls and lines over runs. Pure: arrays in, a
 :class:`matplotlib.figure.Figure` out (released by the download helper)."""
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from validator.figures import PROCESS_COLOURS, _new_figure, _style
+from validator.output.figures import PROCESS_COLOURS, _new_figure, _style
 
 
 def pvalue_hist(pvalues: Sequence[float], n_bins: int = 20, title: str = "") -> Any:

@@ -2,7 +2,7 @@
 
 * :func:`load_model` -> :class:`AuditedModel`: TorchScript, ``torch.export`` (``.pt2``) and
   ONNX networks, never a pickle; the model is a derived-column producer for
-  :class:`validator.transform.TransformChain`.
+  :class:`validator.inputs.transform.TransformChain`.
 * :func:`taylor_sums` -> :class:`TaylorSums`: Taylor-coefficient importances (Wunsch et al.,
   arXiv:1803.08782) as mergeable sums; :func:`taylor_coefficients` per event.
 * :func:`shap_importance` -> :class:`ShapResult`: mean |SHAP| per input (Lundberg & Lee,

@@ -1,7 +1,8 @@
 """The audited network: :func:`load_model` and :class:`AuditedModel`.
 
 An :class:`AuditedModel` is a derived-column producer (the ``DerivedColumns`` protocol of
-:mod:`validator.transform`): given a chunk it returns the network's outputs as float64 columns
+:mod:`validator.inputs.transform`): given a chunk it returns the network's outputs as float64
+columns
 (``output`` for one node, ``output_<node>`` for several), evaluated in batches; an event with a
 NaN/inf input gets NaN outputs. See :mod:`validator.model.formats` for the formats read, the
 refusal of pickles and the ``validator.json`` metadata document.

@@ -182,9 +182,9 @@ def _worst(found: list[Problem], pairs: bool, top: int, available: set) -> list[
 def iter_figures(reading: RunReading, top: int = DEFAULT_TOP,
                  ) -> Iterator[tuple[ReportFigure, Any]]:
     """The report's figures, one at a time (each is closed by the caller through
-    :func:`validator.figures.save_figure`): the ``top`` worst features (1D, ``plot``
+    :func:`validator.output.figures.save_figure`): the ``top`` worst features (1D, ``plot``
     binning), the ``top`` worst pairs' pull maps, and the p-value matrix of all pairs."""
-    from validator import figures
+    from validator.output import figures
 
     tables = reading.tables
     tests = records(tables["tests"])
@@ -243,7 +243,7 @@ def iter_figures(reading: RunReading, top: int = DEFAULT_TOP,
 def render_figures(reading: RunReading, top: int = DEFAULT_TOP,
                    out_dir: str | Path | None = None) -> list[ReportFigure]:
     """Draw the report's figures; with ``out_dir``, write each as PNG and PDF there."""
-    from validator.figures import PNG_DPI, close_figure, save_figure
+    from validator.output.figures import PNG_DPI, close_figure, save_figure
 
     out = []
     for item, fig in iter_figures(reading, top):

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from validator.results.format import format_p
 from validator.results.reading import INCLUSIVE, WHAT, RunReading
-from validator.summary import SYST_METHOD
+from validator.results.summary import SYST_METHOD
 
 
 def _pair(x: str, y: Any) -> str:

@@ -6,7 +6,8 @@ the terminal summary, ``validator show``, the Markdown and HTML reports, JUnit, 
 dashboard's overview and the gate's lines render the :class:`RunReading` it returns, so they
 cannot disagree.
 
-Which tests decide (:func:`validator.summary.verdict_roles`): with systematics, a histogram is
+Which tests decide (:func:`validator.results.summary.verdict_roles`): with systematics, a
+histogram is
 mismodelled when its systematics-aware test (``saturated_syst``) is significant; its
 stat-only tests are then listed beside it ("flagged by"), and when it passes they are "stat.
 only": stored, shown as covered by the systematics, never a finding and never a failed rule.
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from validator.results.format import format_p
-from validator.summary import (
+from validator.results.summary import (
     DECISIVE,
     STAT_ONLY,
     SYST_METHOD,
@@ -342,7 +343,7 @@ def normalisation(run: Mapping[str, Any]) -> Normalisation:
 
 @dataclass(frozen=True)
 class Counts:
-    """The run's tests counted by their role (:func:`validator.summary.verdict_roles`).
+    """The run's tests counted by their role (:func:`validator.results.summary.verdict_roles`).
 
     ``n_failed``: decisive tests with p < alpha; ``n_significant``: decisive tests with Holm
     p < alpha (``n_significant_bh``: Benjamini-Hochberg); ``n_stat_only``: stat-only tests
@@ -362,7 +363,7 @@ class Counts:
 
 @dataclass(frozen=True)
 class RunLevel:
-    """The stored run-level test (:mod:`validator.globaltest`) and the family it covers."""
+    """The stored run-level test (:mod:`validator.stages.globaltest`) and the family it covers."""
 
     p_min: float
     p_nfail: float

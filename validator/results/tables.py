@@ -1,7 +1,7 @@
 """The one loader of a run's tables: from a DuckDB file (:func:`load_run_tables`) or from a
 run just finished, in memory (:func:`outcome_tables`), as the same DataFrames.
 
-A file of today's schema must hold every table and column of :data:`validator.store.SCHEMA`:
+A file of today's schema must hold every table and column of :data:`validator.results.store.SCHEMA`:
 a missing one is an :class:`~validator.errors.InputError` naming it (a damaged database is
 never read as if the missing values were NULL). A file of an earlier schema (migrated when a
 run is next written to it) lacks what later versions added: those tables are empty and those
@@ -31,7 +31,7 @@ ORDER = {"tests": " ORDER BY test_id", "criticality": " ORDER BY criticality_ran
 
 
 def _schema(table: str) -> list[str]:
-    from validator.store import SCHEMA
+    from validator.results.store import SCHEMA
 
     return [c for c, _ in SCHEMA[table]]
 
@@ -42,7 +42,7 @@ def empty_table(table: str) -> pd.DataFrame:
 
 
 def _present(db: Path) -> dict[str, set[str]]:
-    from validator.store import query
+    from validator.results.store import query
 
     found = query(db, "SELECT table_name, column_name FROM information_schema.columns "
                       "WHERE table_schema = 'main'")
@@ -55,7 +55,7 @@ def _present(db: Path) -> dict[str, set[str]]:
 def check_tables(db: str | Path, tables: Iterable[str]) -> int:
     """The file's schema version, once every table of ``tables`` and each of its columns is
     there (today's schema); an :class:`InputError` names the first missing one."""
-    from validator.store import SCHEMA_VERSION, check_readable
+    from validator.results.store import SCHEMA_VERSION, check_readable
 
     db = Path(db)
     version = check_readable(db)
@@ -85,7 +85,7 @@ def load_run_tables(db: str | Path, run: str = "latest", *,
     """One stored run's rows: table name -> DataFrame (``run``: ``latest``, an id or a unique
     prefix). ``histograms``: ``"report"`` adds the figures' histograms
     (:data:`REPORT_HISTOGRAMS`), ``"all"`` every histogram of the run."""
-    from validator.store import query, resolve_run
+    from validator.results.store import query, resolve_run
 
     db = Path(db)
     names = list(dict.fromkeys([*tables, *(["histograms"] if histograms else [])]))
@@ -106,7 +106,7 @@ def load_run_tables(db: str | Path, run: str = "latest", *,
 
 def tables_from_rows(rows: Mapping[str, Iterable[Mapping[str, Any]]],
                      tables: Iterable[str] = SUMMARY_TABLES) -> dict[str, pd.DataFrame]:
-    """Row dicts per table (as :func:`validator.store.run_rows` gives) as DataFrames."""
+    """Row dicts per table (as :func:`validator.results.store.run_rows` gives) as DataFrames."""
     return {t: pd.DataFrame(list(rows.get(t, [])), columns=_schema(t)) for t in tables}
 
 
@@ -114,7 +114,7 @@ def outcome_tables(outcome: Any, *, verdict_rows: Iterable[Mapping[str, Any]] = 
                    ) -> dict[str, pd.DataFrame]:
     """A run just finished, as :func:`load_run_tables` would read it once stored (the
     histograms left out); ``verdict_rows``: the ``gate_results`` of a verdict not stored."""
-    from validator.store import run_rows
+    from validator.results.store import run_rows
 
     rows = dict(run_rows(outcome, with_histograms=False))
     rows["gate_results"] = list(verdict_rows)

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from validator import kernels
+from validator.stages import fill_kernels as kernels
 from validator.stats.binned import (
     SimToyLaw,
     check_toy_options,

@@ -103,7 +103,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from validator import kernels
+from validator.stages import fill_kernels as kernels
 from validator.stats.binned import clopper_pearson, sequential_batches, sequential_stop
 from validator.stats.edf_kernel import edf_rows
 from validator.stats.result import GofResult

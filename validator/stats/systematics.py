@@ -936,7 +936,7 @@ def saturated_syst(
         ``pvalue_method='asymptotic'``; not calibrated for this test's use and reported
         ``reliable = False``).
     rng:
-        The test's random generator (e.g. :func:`validator.compare.test_rng`); required when
+        The test's random generator (e.g. :func:`validator.stages.compare.test_rng`); required when
         ``n_toys > 0``.
     max_toys, thresholds:
         Adaptive toys (see above).

@@ -6,7 +6,7 @@ pydantic: an unknown key or a wrong type is an :class:`~validator.errors.InputEr
 the JSON schema editors complete the file with (shipped as ``rules/rules.schema.json``).
 
 Each rule is a model with a ``kind`` (the discriminator), a ``name`` and an optional
-``description``; :mod:`validator.gate` judges a stored run against them. docs/rules.md
+``description``; :mod:`validator.gate.judge` judges a stored run against them. docs/rules.md
 describes every kind with examples.
 """
 
@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from validator.yamlfile import parse_yaml_model, read_text
+from validator.config.yamlfile import parse_yaml_model, read_text
 
 #: The version of the rules format this release reads (``rules_version`` in the file).
 RULES_VERSION = 1

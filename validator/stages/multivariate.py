@@ -7,9 +7,9 @@ Physics Learning Machine (:mod:`validator.stats.multivariate`, where the methods
 references and how negative weights enter are described).
 
 Events: a deterministic subsample of each sample, collected in the fill pass through
-:class:`validator.engine.FillTask`'s collectors (the data are read once) by the
+:class:`validator.engine.pool.FillTask`'s collectors (the data are read once) by the
 hash-key reservoir of the network audit: each event gets the uniform key of its position in
-its file (:func:`validator.plan.uniform_keys`) and the ``capacity`` smallest keys are kept,
+its file (:func:`validator.stages.plan.uniform_keys`) and the ``capacity`` smallest keys are kept,
 so the subsample does not depend on the chunking and reservoirs merge with ``+``. The
 simulation's reservoir is :data:`SIM_RESERVOIR_FACTOR` times the data's (nplm splits it into
 a reference and a toy pool; c2st unweights it). With weight systematics (``--syst``), the
@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from validator.compare import TestRecord, test_rng
-from validator.sources import ENTRY, FILE
+from validator.inputs.sources import ENTRY, FILE
+from validator.inputs.transform import INCLUSIVE
+from validator.stages.compare import TestRecord, test_rng
 from validator.stats.result import GofResult
-from validator.transform import INCLUSIVE
 
 #: The multivariate methods ``--multivariate`` accepts.
 METHODS = ("c2st", "nplm")
@@ -90,9 +90,9 @@ class EventReservoir:
         self.keys, self.x, self.w, self.e = merged.keys, merged.x, merged.w, merged.e
 
     def collect(self, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> EventReservoir:
-        """A chunk's reservoir (the fill pass's collector, :class:`validator.engine.Collector`:
+        """A chunk's reservoir (the fill pass's collector, :class:`validator.engine.pool.Collector`:
         run wherever the chunk is filled; reservoirs add with ``+``)."""
-        from validator.plan import uniform_keys
+        from validator.stages.plan import uniform_keys
 
         keys = uniform_keys(chunk[ENTRY], chunk[FILE], self.seed ^ _KEY_SALT)
         keep = np.argsort(keys, kind="stable")[:self.capacity]

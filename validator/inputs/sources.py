@@ -145,7 +145,7 @@ class Sample:
 @dataclass(frozen=True)
 class Partition:
     """A part of one file of a sample that can be read on its own: a process or a Dask
-    worker fills it into an accumulator (:mod:`validator.engine`).
+    worker fills it into an accumulator (:mod:`validator.engine.pool`).
 
     ``file`` is the file's index in the sample, ``start`` its first row (events keep their
     row number in the file, so every hash of (file, row) is what a whole read gives);

@@ -1,8 +1,9 @@
 """The server the scan's and the fill's worker processes are forked from, and its early start.
 
 Workers that read files are not forked from the run's process (polars and pyarrow keep thread
-pools that do not survive a fork: :func:`validator.engine.clean_map`) but from a
-``forkserver``, which imports :mod:`validator.worker_preload` once. That takes a second or two;
+pools that do not survive a fork: :func:`validator.engine.pool.clean_map`) but from a
+``forkserver``, which imports :mod:`validator.engine.worker_preload` once. That takes a second or
+two;
 :func:`start_early`, called by ``validator run`` before it imports the pipeline, lets the
 server do it on another core while the run's own process imports the same modules.
 
@@ -15,7 +16,7 @@ import multiprocessing
 import multiprocessing.context
 
 #: What the server imports before it forks any worker.
-PRELOAD = ["validator.worker_preload"]
+PRELOAD = ["validator.engine.worker_preload"]
 
 
 def clean_context() -> multiprocessing.context.BaseContext:

@@ -4,7 +4,7 @@ Three kinds (issue 16), all filled in the same read pass as the nominal histogra
 
 * **weight variations** (``--syst pileup=weight_pu_up:weight_pu_down``): columns of the
   simulation holding the event weight with the variation applied. Each fills its own row of
-  the accumulators' variation axis (:mod:`validator.fill`), so every histogram of every
+  the accumulators' variation axis (:mod:`validator.stages.fill`), so every histogram of every
   feature and pair has its up and down version. A one-sided variation (``name=col``) is
   symmetrised by the statistics (down = 2·nominal − up, the linear mirror).
 * **shape variations** (``--syst-file jes=up.parquet:down.parquet``): alternative simulation
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from validator.errors import InputError
-from validator.sources import ENTRY, FILE, Sample
+from validator.inputs.sources import ENTRY, FILE, Sample
 
 #: A process column may hold this many values at most (each fills a row of every histogram).
 MAX_PROCESSES = 20

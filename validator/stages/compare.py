@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from validator.fill import Accumulator, Layout
-from validator.hist import Hist
+from validator.stages.fill import Accumulator, Layout
 from validator.stats import (
     GofResult,
     chi2_uw,
@@ -38,9 +37,10 @@ from validator.stats import (
     wasserstein_hist,
 )
 from validator.stats.binned import small_simulation_reason
+from validator.stats.histogram import Hist
 
 if TYPE_CHECKING:
-    from validator.systematics import VariationRows
+    from validator.stages.systematics import VariationRows
 
 #: Tests of each feature (kind ``1d``), each pair's histogram (``2d``) and correlation (``corr``).
 METHODS_1D = ("chi2_uw", "saturated", "ks", "ad")
@@ -526,10 +526,10 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     ``alpha`` rests on the initial toys, which stop early for a p-value above ``alpha``
     (:class:`ToyTargets`). With ``jobs > 1``
     the features and pairs are tested in that many forked processes
-    (:func:`validator.engine.fork_map`); the results are the same. ``meanwhile()`` runs in
+    (:func:`validator.engine.pool.fork_map`); the results are the same. ``meanwhile()`` runs in
     this process while the workers test (before them without workers).
     """
-    from validator.engine import fork_map
+    from validator.engine.pool import fork_map
 
     categories = list(dict.fromkeys([*sims, *datas]))
     with_invalid = np.zeros(layout.n_features, dtype=bool)

@@ -1,10 +1,10 @@
-"""The CI gate: judge one stored run against a rules file (:mod:`validator.rules`).
+"""The CI gate: judge one stored run against a rules file (:mod:`validator.gate.rules`).
 
 :func:`judge` is a pure function of a run's tables (as
 :func:`validator.results.tables.load_run_tables` reads them from DuckDB, or
 :func:`validator.results.tables.outcome_tables` builds them from a run just finished) and the
 rules: it recomputes no test, only reads the stored p-values, effect sizes, counts and
-configuration, and judges the tests that decide (:func:`validator.summary.verdict_roles`).
+configuration, and judges the tests that decide (:func:`validator.results.summary.verdict_roles`).
 :func:`judge_stored` loads a run, judges it and adds the verdict to the ``gate_results`` table
 (a new verdict set each time; ``runs.gate_passed`` holds the latest).
 """
@@ -27,8 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from validator.errors import InputError
-from validator.results.format import format_p
-from validator.rules import (
+from validator.gate.rules import (
     ALL,
     CoverageRule,
     FailureCountRule,
@@ -40,7 +39,8 @@ from validator.rules import (
     UniformityRule,
     load_rules,
 )
-from validator.summary import DECISIVE, SYST_METHOD, verdict_roles
+from validator.results.format import format_p
+from validator.results.summary import DECISIVE, SYST_METHOD, verdict_roles
 
 #: The inclusive category of the ``tests`` and ``features`` tables.
 INCLUSIVE = "all"
@@ -135,7 +135,7 @@ def _select(tests: pd.DataFrame, sel: Selection) -> np.ndarray:
 
 
 def _decisive(tests: pd.DataFrame) -> np.ndarray:
-    """Tests that may fail a rule (:func:`validator.summary.verdict_roles`): under
+    """Tests that may fail a rule (:func:`validator.results.summary.verdict_roles`): under
     systematics a stat-only test whose histogram's saturated_syst passes never does."""
     return (tests["role"] == DECISIVE).to_numpy(bool)
 
@@ -178,7 +178,7 @@ def _model_audited(run: Mapping[str, Any]) -> bool:
 
 
 def _table(tables: Mapping[str, pd.DataFrame], name: str) -> pd.DataFrame:
-    from validator.store import SCHEMA
+    from validator.results.store import SCHEMA
 
     frame = tables.get(name)
     columns = [c for c, _ in SCHEMA[name]]
@@ -590,7 +590,7 @@ def stamp(verdict: Verdict) -> Verdict:
 
 def save(db: str | Path, verdict: Verdict) -> Verdict:
     """Add a verdict to the run's ``gate_results`` and set ``runs.gate_passed``."""
-    from validator.store import DatabaseBusy, save_verdict
+    from validator.results.store import DatabaseBusy, save_verdict
 
     verdict = stamp(verdict) if verdict.verdict_id is None else verdict
     try:

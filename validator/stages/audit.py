@@ -1,6 +1,6 @@
 """The network audit stage: Taylor coefficients and SHAP, simulation vs data, and criticality.
 
-Accumulated in the fill pass (a collector of :class:`validator.engine.FillTask`), so the
+Accumulated in the fill pass (a collector of :class:`validator.engine.pool.FillTask`), so the
 data are read once: per sample, one :class:`AuditSums` holding
 
 * the Taylor-coefficient sums (:class:`validator.model.taylor.TaylorSums`) of every audited
@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
-from validator.compare import TestRecord
-from validator.sources import ENTRY, FILE
+from validator.inputs.sources import ENTRY, FILE
+from validator.inputs.transform import INCLUSIVE
+from validator.stages.compare import TestRecord
 from validator.stats.result import GofResult
-from validator.transform import INCLUSIVE
 
 if TYPE_CHECKING:
     from validator.model.load import AuditedModel
@@ -131,7 +131,7 @@ class ModelAudit:
         self.absorb(self.collect(chunk, w))
 
     def collect(self, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> AuditSums:
-        """One chunk's sums (the fill pass's collector, :class:`validator.engine.Collector`:
+        """One chunk's sums (the fill pass's collector, :class:`validator.engine.pool.Collector`:
         run wherever the chunk is filled)."""
         return chunk_sums(self, chunk, w)
 
@@ -153,7 +153,7 @@ class ModelAudit:
 def chunk_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> AuditSums:
     """The audit sums of one chunk with nominal weights ``w``."""
     from validator.model.taylor import taylor_sums
-    from validator.plan import uniform_keys
+    from validator.stages.plan import uniform_keys
 
     model = audit.models[0]
     x = model.matrix(chunk)

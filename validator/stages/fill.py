@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from validator.hist import Hist
-from validator.plan import Plan, is_sentinel
-from validator.sources import ENTRY, FILE
-from validator.transform import INCLUSIVE, Reader, categories_of, weights_of
+from validator.inputs.sources import ENTRY, FILE
+from validator.inputs.transform import INCLUSIVE, Reader, categories_of, weights_of
+from validator.stages.plan import Plan, is_sentinel
+from validator.stats.histogram import Hist
 
 if TYPE_CHECKING:
-    from validator.kernels import FeatureTables
-    from validator.systematics import VariationRows
+    from validator.stages.fill_kernels import FeatureTables
+    from validator.stages.systematics import VariationRows
 
 #: Values per power (events x paired features) in one block of the moment products: the
 #: five powers of a block (5 MB) stay in cache between their computation and the products,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 #: and the powers computed in place.
 MOMENT_BLOCK_VALUES = 120_000
 #: Random event groups kept apart in the group-resolved sums behind the run-level global test
-#: (validator.globaltest): its sign-flip replicas combine the groups, so 2**32 replicas are
+#: (validator.stages.globaltest): its sign-flip replicas combine the groups, so 2**32 replicas are
 #: possible while the sums stay 32 times the histograms.
 N_GROUPS = 32
 #: Moment orders (a, b) with a <= b, a + b <= 4, accumulated as Σ w x^a y^b.
@@ -127,8 +127,8 @@ class Layout:
     @cached_property
     def feature_tables(self) -> FeatureTables:
         """The grids and bin tables of every feature concatenated, for the compiled 1D fill
-        (:class:`validator.kernels.FeatureTables`)."""
-        from validator import kernels
+        (:class:`validator.stages.fill_kernels.FeatureTables`)."""
+        from validator.stages import fill_kernels as kernels
 
         return kernels.FeatureTables.of(
             self.grids, (self.offsets_1d, self.offsets_fine, self.offsets_plot),
@@ -355,7 +355,7 @@ def _grids(layout: Layout) -> list[FeatureGrid]:
 
 def event_groups(entries: np.ndarray, files: np.ndarray, seed: int) -> np.ndarray:
     """The random group (0 .. N_GROUPS-1) of each event, a hash of its (file, row)."""
-    from validator.plan import uniform_keys
+    from validator.stages.plan import uniform_keys
 
     keys = uniform_keys(entries, files, seed ^ 0x5EED_6A0B)
     return np.minimum((keys * N_GROUPS).astype(np.int64), N_GROUPS - 1)
@@ -410,9 +410,10 @@ def _grouped(index: np.ndarray, groups: np.ndarray, size: int, weights: _Weights
 
 def _fill_pairs(acc: Accumulator, layout: Layout, codes: np.ndarray, groups: np.ndarray,
                 weights: _Weights) -> None:
-    """Every pair's 2D sums: the compiled kernel (:func:`validator.kernels.fill_pairs`), or
+    """Every pair's 2D sums: the compiled kernel
+    (:func:`validator.stages.fill_kernels.fill_pairs`), or
     :func:`_fill_pairs_numpy` where numba is not available."""
-    from validator import kernels
+    from validator.stages import fill_kernels as kernels
 
     if not kernels.HAVE_NUMBA:
         _fill_pairs_numpy(acc, layout, codes, groups, weights)
@@ -545,7 +546,8 @@ def _fill_moments(acc: Accumulator, layout: Layout, x: np.ndarray, valid: np.nda
 def _fill_features_numpy(acc: Accumulator, layout: Layout, x: np.ndarray, valid: np.ndarray,
                          groups: np.ndarray, w: _Weights) -> np.ndarray | None:
     """Every feature's 1D sums with numpy (where numba is missing; the reference of
-    :func:`validator.kernels.fill_features`): one search per value into the feature's grid,
+    :func:`validator.stages.fill_kernels.fill_features`): one search per value into the feature's
+    grid,
     a table lookup per binning, ``bincount`` s per sum. Returns the pair bins of every
     feature (None without pairs)."""
 
@@ -586,9 +588,10 @@ def _fill_features_numpy(acc: Accumulator, layout: Layout, x: np.ndarray, valid:
 
 def _fill_features(acc: Accumulator, layout: Layout, x: np.ndarray, valid: np.ndarray,
                    groups: np.ndarray, w: _Weights) -> np.ndarray | None:
-    """Every feature's 1D sums, compiled (:func:`validator.kernels.fill_features`); returns
+    """Every feature's 1D sums, compiled (:func:`validator.stages.fill_kernels.fill_features`);
+    returns
     the pair bins of every feature (None without pairs)."""
-    from validator import kernels
+    from validator.stages import fill_kernels as kernels
 
     test, fine, plot, test_groups, fine_groups, codes, per_feature = kernels.fill_features(
         x, valid, layout.feature_tables, groups, N_GROUPS, w.all, w.unit)
@@ -617,7 +620,7 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
 
     Each feature is binned once (one search into its :class:`FeatureGrid`, then a table
     lookup per binning) and its 1D sums added in the same compiled pass
-    (:func:`validator.kernels.fill_features`); 2D sums one compiled pass per pair
+    (:func:`validator.stages.fill_kernels.fill_features`); 2D sums one compiled pass per pair
     (:func:`_fill_pairs`), the moment sums matrix products (:func:`_fill_moments`). Counts
     are exact; sums agree with a direct computation to rounding, in any chunking.
 
@@ -631,7 +634,7 @@ def accumulate(features: np.ndarray, weights: np.ndarray, layout: Layout,
     groups:
         (n_events,) each event's random group (:func:`event_groups`); all in group 0 if None.
     """
-    from validator import kernels
+    from validator.stages import fill_kernels as kernels
 
     plan = layout.plan
     n = features.shape[0]
@@ -672,7 +675,7 @@ def fill_sample(reader: Reader, layout: Layout, category: str | None = None,
     fall in the same groups however the input is chunked or partitioned. ``observe(chunk,
     weights)``, when given, sees every chunk with its nominal weights in the same pass (the
     network audit accumulates its sums there: no second read of the data). ``variations``:
-    the weight rows of a simulation with systematics (:mod:`validator.systematics`).
+    the weight rows of a simulation with systematics (:mod:`validator.stages.systematics`).
     """
     names = layout.plan.feature_names
     per_category: dict[str, Accumulator] = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from validator.errors import InputError
-from validator.gate import Verdict
+from validator.gate.judge import Verdict
 from validator.results.format import format_p
 
 

@@ -1,5 +1,5 @@
 """Imported once by the server that the scan's and the fill's worker processes are forked
-from (:func:`validator.engine.clean_map`): every worker then starts with the readers imported
+from (:func:`validator.engine.pool.clean_map`): every worker then starts with the readers imported
 and the compiled kernels loaded, instead of spending a second or two on them in its first
 task. Importing this module has that effect and no other.
 """
@@ -11,8 +11,8 @@ import ctypes.util
 
 import pyarrow.parquet  # noqa: F401 - not pandas: the readers convert without it
 
-import validator.engine  # noqa: F401 - the tasks' functions
-from validator import kernels
+import validator.engine.pool  # noqa: F401 - the tasks' functions
+from validator.stages import fill_kernels as kernels
 
 kernels.warm()
 

@@ -1,8 +1,9 @@
 """Where the fill and the tests run: in this process, in local processes, or on a Dask cluster.
 
-The fill pass cuts every sample into partitions (:func:`~validator.sources.sample_partitions`:
+The fill pass cuts every sample into partitions
+(:func:`~validator.inputs.sources.sample_partitions`:
 parquet row groups, whole ROOT and CSV files), fills each partition into its own
-:class:`~validator.fill.Accumulator` and adds them with ``+``. The partitions and the order
+:class:`~validator.stages.fill.Accumulator` and adds them with ``+``. The partitions and the order
 in which their accumulators are added (a fixed binary tree over the partitions in file order,
 :class:`OrderedTree`) depend on the files and the chunk size only, never on the engine or on
 how many processes fill them: one job, ``--jobs N`` and a Dask cluster give the same floats,
@@ -24,7 +25,8 @@ from *collectors* (:class:`Collector`): each partition's chunks give states that
 same for every engine and number of jobs; the merged state is handed to the collector in
 this process at the end (``absorb``).
 
-The tests stage (:func:`validator.compare.run_tests`) runs its features and pairs in a pool of
+The tests stage (:func:`validator.stages.compare.run_tests`) runs its features and pairs in a pool
+of
 forked processes with ``jobs > 1`` (:func:`fork_map`), whatever the fill engine; this process
 meanwhile computes what needs no worker (the run-level test), with one BLAS thread.
 """
@@ -40,10 +42,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from validator.fill import Accumulator, Layout, fill_sample
-from validator.plan import SampleScan, ScanPart, finish_scan, scan_part
-from validator.sources import Partition, sample_partitions
-from validator.transform import INCLUSIVE, Reader
+from validator.inputs.sources import Partition, sample_partitions
+from validator.inputs.transform import INCLUSIVE, Reader
+from validator.stages.fill import Accumulator, Layout, fill_sample
+from validator.stages.plan import SampleScan, ScanPart, finish_scan, scan_part
 
 #: The engines a run can fill on.
 ENGINES = ("local", "dask")
@@ -149,7 +151,7 @@ def merge_filled(a: Filled, b: Filled) -> Filled:
 
 @dataclass
 class FillTask:
-    """One sample's fill: what :func:`~validator.fill.fill_sample` is given, and the
+    """One sample's fill: what :func:`~validator.stages.fill.fill_sample` is given, and the
     collectors that see its chunks."""
 
     reader: Reader
@@ -157,7 +159,7 @@ class FillTask:
     category: str | None
     seed: int
     collectors: tuple[Collector, ...] = ()
-    variations: Any = None  # validator.systematics.VariationRows
+    variations: Any = None  # validator.stages.systematics.VariationRows
 
     @property
     def name(self) -> str:
@@ -319,7 +321,7 @@ def _worth_workers(tasks: Sequence[FillTask | ScanTask]) -> bool:
 
 
 def _clean_context() -> multiprocessing.context.BaseContext:
-    from validator.worker_server import clean_context
+    from validator.engine.worker_server import clean_context
 
     return clean_context()
 
@@ -446,7 +448,7 @@ def _fill_local(tasks: Sequence[FillTask], parts: list[list[Partition]], jobs: i
 
 @dataclass
 class ScanTask:
-    """One sample's planning pass: what :func:`~validator.plan.scan_part` is given."""
+    """One sample's planning pass: what :func:`~validator.stages.plan.scan_part` is given."""
 
     reader: Reader
     columns: list[str]

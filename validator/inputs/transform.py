@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from validator.errors import InputError
-from validator.sources import ENTRY, FILE, Partition, Sample, Selection, expression_errors
+from validator.inputs.sources import ENTRY, FILE, Partition, Sample, Selection, expression_errors
 
 Chunk = dict[str, np.ndarray]
 
@@ -152,7 +152,7 @@ class Reader:
                       and len(self.sample.sources) == 1 else None, partition)
 
     def __iter__(self):
-        from validator.sources import iter_chunks
+        from validator.inputs.sources import iter_chunks
 
         if self._cache is not None:
             return iter(self._cache)

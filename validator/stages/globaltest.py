@@ -11,7 +11,7 @@ hold under any such correlation:
 - ``p_nfail``: the probability of at least as many failures at ``alpha``.
 
 **Method: a sign-flip randomization test over random event groups.** Every event carries a
-random group ``g`` (a hash of its file and row; :func:`validator.fill.event_groups`), and the
+random group ``g`` (a hash of its file and row; :func:`validator.stages.fill.event_groups`), and the
 fill keeps Σw per group and bin. For a histogram, the group residuals
 :math:`r_g = d_g - (N/W)\\,s_g` (data counts minus the simulation normalised to the data) are
 independent across groups, and under the null each is centred and, by the central limit
@@ -56,11 +56,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
-from validator.fill import N_GROUPS, Accumulator, Layout
+from validator.stages.fill import N_GROUPS, Accumulator, Layout
 from validator.stats import merge_sparse_bins
 
 if TYPE_CHECKING:
-    from validator.compare import SystInputs
+    from validator.stages.compare import SystInputs
 
 #: Sign-flip replicas: p-values resolve down to 1/(1 + N_REPLICAS), below 1e-3.
 N_REPLICAS = 1999

@@ -1,6 +1,6 @@
 """YAML files validated with pydantic, problems named by key path and line.
 
-The rules file of the gate (:mod:`validator.rules`) and the run configuration file
+The rules file of the gate (:mod:`validator.gate.rules`) and the run configuration file
 (:mod:`validator.config.file`) are read here: an unknown key, a wrong type or a key given
 twice is an :class:`~validator.errors.InputError` (CLI exit 2) whose one line names the file,
 the key path and the line it is on, e.g. ``analysis.yaml: line 7: syst.pileup.upp: unknown

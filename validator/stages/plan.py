@@ -23,8 +23,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from validator.errors import InputError
-from validator.sources import ENTRY, FILE, Sample, common_kind
-from validator.transform import Reader, weights_of
+from validator.inputs.sources import ENTRY, FILE, Sample, common_kind
+from validator.inputs.transform import Reader, weights_of
 
 #: Values physicists use as "not set"; counted and excluded from the binned tests.
 SENTINEL_VALUES = (-99.0, -999.0, -9999.0, -99999.0, -999999.0)
@@ -760,6 +760,6 @@ def scan_sample(reader: Reader, columns: list[str], seed: int, key_cols: list[st
     """First pass: column profiles (for the plan), Σw, the event count, and a note if rows
     share an event. Reservoir keys come from each event's (file, row). ``observe(chunk)``
     sees every chunk (e.g. to collect the values of a process column). In one process, in
-    one piece; :func:`validator.engine.scan_samples` scans partitions in parallel."""
+    one piece; :func:`validator.engine.pool.scan_samples` scans partitions in parallel."""
     return finish_scan(reader, scan_part(reader, columns, seed, key_cols, observe, progress),
                        key_cols)

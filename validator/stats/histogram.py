@@ -2,7 +2,8 @@
 
 The tests, the store and the plots share one :class:`Hist`. Like ``hist``/``boost-histogram``
 objects they carry their axes and add (``+`` checks that the binnings match), but they are plain
-numpy arrays cut out of an :class:`~validator.fill.Accumulator`'s flat vectors, so filling stays
+numpy arrays cut out of an :class:`~validator.stages.fill.Accumulator`'s flat vectors, so filling
+stays
 one ``bincount`` per chunk.
 
 ``sumw`` and ``sumw2`` have the shape ``(n_var, *bins)``: row 0 is the nominal weight, the

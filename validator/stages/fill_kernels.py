@@ -3,7 +3,7 @@
 The pair histograms dominate the fill: every pair needs Σw, Σw², the event count, Σw³, Σw⁴
 (and Σw, Σw² of each weight variation) per cell, and Σw per (random event group, cell). With
 numpy that is one ``bincount`` per sum and pair, each reading the whole chunk again
-(:func:`validator.fill._fill_pairs_numpy`). :func:`fill_pairs` does all of them in one pass
+(:func:`validator.stages.fill._fill_pairs_numpy`). :func:`fill_pairs` does all of them in one pass
 per pair, the pair's sums kept in L1. Measured on 250k events x 30 features (435 pairs, 10x10
 cells), one core: 1.4 s with the numpy bincounts, 0.33 s compiled (weighted), 0.09 s for data
 (``benchmarks/RESULTS.md``).
@@ -259,7 +259,7 @@ def _fill_features_py(x: np.ndarray, valid: np.ndarray, edges: np.ndarray,
     at ``table_start[k]``, each ``n_edges + 2`` long (the last entry for invalid values);
     ``bin_start[b, k]`` is where its bins of binning ``b`` (test, fine, plot) start in the
     flat vectors. Sums are added in event order, as ``numpy.bincount`` adds them: the same
-    floats as the numpy formulation (:func:`validator.fill._fill_features_numpy`).
+    floats as the numpy formulation (:func:`validator.stages.fill._fill_features_numpy`).
 
     Output columns: ``test_sums`` the count, Σw, Σw², Σw³, Σw⁴, then Σw, Σw² of each variation;
     ``fine_sums`` and ``plot_sums`` Σw, Σw² of each weight row (with ``unit`` weights every sum
@@ -412,7 +412,8 @@ def fill_features(x: np.ndarray, valid: np.ndarray, tables: FeatureTables, group
 @dataclass(frozen=True)
 class FeatureTables:
     """Every feature's grid of edges, lookup grid and bin tables, concatenated for
-    :func:`fill_features` (made once per plan: :attr:`validator.fill.Layout.feature_tables`)."""
+    :func:`fill_features` (made once per plan:
+    :attr:`validator.stages.fill.Layout.feature_tables`)."""
 
     edges: np.ndarray
     edge_start: np.ndarray
@@ -429,7 +430,7 @@ class FeatureTables:
     @classmethod
     def of(cls, grids: list[Any], bin_starts: tuple[np.ndarray, np.ndarray, np.ndarray],
            loc: np.ndarray, with_lookup: bool = True) -> FeatureTables:
-        """From each feature's :class:`validator.fill.FeatureGrid` (``with_lookup=False``:
+        """From each feature's :class:`validator.stages.fill.FeatureGrid` (``with_lookup=False``:
         no lookup grids, a binary search over all the edges)."""
         def starts(sizes: list[int]) -> np.ndarray:
             return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -454,7 +455,7 @@ class FeatureTables:
 def warm() -> None:
     """Load (or compile, the first time) every kernel for the argument types the fill uses,
     so that processes forked after this call start with them ready (see
-    :mod:`validator.worker_preload`)."""
+    :mod:`validator.engine.worker_preload`)."""
     if not HAVE_NUMBA:
         return
     # one signature covers every call (``unit`` and the number of weight rows are values)

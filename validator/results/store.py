@@ -566,7 +566,7 @@ def run_rows(outcome: RunOutcome, with_histograms: bool = True,
     """The rows of every table for one run (see :data:`SCHEMA` and docs/schema.md).
 
     ``with_histograms=False`` leaves the (largest) histograms table empty, for a summary."""
-    from validator.transform import INCLUSIVE
+    from validator.inputs.transform import INCLUSIVE
 
     config = outcome.config
     run_id = outcome.run_id
