@@ -15,7 +15,8 @@ from test_model import PNN, save_ts
 
 from validator.cli import main
 from validator.pipeline import RunConfig, run_validation
-from validator.results.store import load_run, query
+from validator.results.store import query
+from validator.results.tables import load_run_tables
 from validator.stages.audit import IMPORTANT_FRACTION
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
@@ -166,7 +167,7 @@ def test_parametric_network_results_per_value(tmp_path):
 
 
 def _stored(db):
-    tables = load_run(db)
+    tables = load_run_tables(db)
     keys = {"tests": ["test_id"], "features": ["category", "feature"],
             "importances": ["sample", "method", "degree", "node", "feature_x", "feature_y"],
             "criticality": ["criticality_rank", "node"]}

@@ -381,6 +381,7 @@ def _deciding(tests: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]
 def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOutcome:
     """Run every test of ``config`` and store the run (unless ``config.db`` is None)."""
     from validator.results import store
+    from validator.results.rows import run_rows
 
     started = datetime.now(timezone.utc).replace(tzinfo=None)
     if config.db:
@@ -529,5 +530,6 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         multivariate=multivariate,
     )
     if config.db:
-        store.save_run(outcome, config.db, wait_s=config.db_wait_s)
+        outcome.db, outcome.side_file = store.save_run(run_rows(outcome), outcome.run_id,
+                                                       config.db, wait_s=config.db_wait_s)
     return outcome

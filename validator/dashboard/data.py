@@ -25,7 +25,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from validator.results.store import SCHEMA, query
+from validator.results.schema import SCHEMA
+from validator.results.store import query
 
 #: Environment variable naming the database when the script gets no ``--db`` argument.
 DB_ENV = "VALIDATOR_DB"

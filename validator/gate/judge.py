@@ -178,7 +178,7 @@ def _model_audited(run: Mapping[str, Any]) -> bool:
 
 
 def _table(tables: Mapping[str, pd.DataFrame], name: str) -> pd.DataFrame:
-    from validator.results.store import SCHEMA
+    from validator.results.schema import SCHEMA
 
     frame = tables.get(name)
     columns = [c for c, _ in SCHEMA[name]]

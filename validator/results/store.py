@@ -13,120 +13,21 @@ it, in the same transaction as the run written (columns are added, never renamed
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from validator.errors import InputError
+from validator.results.schema import ARROW_TYPES, RUN_TABLES, SCHEMA, SCHEMA_VERSION
 
-if TYPE_CHECKING:
-    from validator.pipeline import RunOutcome
+__all__ = ["RUN_TABLES", "SCHEMA", "SCHEMA_VERSION"]  # the schema, read beside the store
 
-#: Version of the schema this release writes. 1: release 0.1.0 (no ``schema_info`` table).
-SCHEMA_VERSION = 3
 
-#: table -> ordered (column, DuckDB type). Adding a column here migrates existing files.
-SCHEMA: dict[str, list[tuple[str, str]]] = {
-    "runs": [
-        ("run_id", "VARCHAR"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"),
-        ("tool_version", "VARCHAR"), ("sim_paths", "VARCHAR[]"), ("data_paths", "VARCHAR[]"),
-        ("weight_column", "VARCHAR"), ("category_column", "VARCHAR"), ("model_id", "VARCHAR"),
-        ("rules_name", "VARCHAR"), ("plan_json", "VARCHAR"), ("n_sim", "BIGINT"),
-        ("n_data", "BIGINT"), ("sumw_sim", "DOUBLE"), ("sumw2_sim", "DOUBLE"),
-        ("n_features", "INTEGER"), ("n_pairs", "INTEGER"), ("alpha", "DOUBLE"),
-        ("n_tests", "INTEGER"), ("n_reliable", "INTEGER"), ("n_failed", "INTEGER"),
-        ("n_expected_failures", "DOUBLE"), ("p_binomial", "DOUBLE"), ("p_uniformity", "DOUBLE"),
-        ("n_significant_holm", "INTEGER"), ("n_significant_bh", "INTEGER"),
-        ("gate_passed", "BOOLEAN"), ("command", "VARCHAR"), ("notes", "VARCHAR[]"),
-        ("seed", "BIGINT"), ("n_not_run", "INTEGER"), ("config_json", "VARCHAR"),
-        ("versions_json", "VARCHAR"), ("p_global_min", "DOUBLE"), ("p_global_nfail", "DOUBLE"),
-        ("n_global_tests", "INTEGER"), ("n_global_failed", "INTEGER"),
-        ("n_global_replicas", "INTEGER"), ("taylor_rank_corr_first", "DOUBLE"),
-        ("taylor_rank_corr_second", "DOUBLE"), ("shap_rank_corr", "DOUBLE"),
-        ("gate_rules_sha256", "VARCHAR"), ("tags", "VARCHAR[]"),
-        ("n_global_nuisances", "INTEGER"),
-    ],
-    "features": [
-        ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature", "VARCHAR"),
-        ("kind", "VARCHAR"), ("edges", "DOUBLE[]"), ("n_nan_sim", "BIGINT"),
-        ("n_nan_data", "BIGINT"), ("n_sentinel_sim", "BIGINT"), ("n_sentinel_data", "BIGINT"),
-        ("mean_sim", "DOUBLE"), ("std_sim", "DOUBLE"), ("mean_data", "DOUBLE"),
-        ("std_data", "DOUBLE"),
-    ],
-    "tests": [
-        ("run_id", "VARCHAR"), ("test_id", "INTEGER"), ("category", "VARCHAR"),
-        ("kind", "VARCHAR"), ("method", "VARCHAR"), ("feature_x", "VARCHAR"),
-        ("feature_y", "VARCHAR"), ("statistic", "DOUBLE"), ("ndf", "DOUBLE"),
-        ("pvalue", "DOUBLE"), ("pvalue_method", "VARCHAR"), ("n_toys", "INTEGER"),
-        ("effect_size", "DOUBLE"), ("effect_name", "VARCHAR"), ("reliable", "BOOLEAN"),
-        ("p_holm", "DOUBLE"), ("p_bh", "DOUBLE"), ("passed", "BOOLEAN"),
-        ("details", "VARCHAR"), ("not_run_reason", "VARCHAR"), ("pvalue_is_bound", "BOOLEAN"),
-        ("node", "VARCHAR"),
-    ],
-    "histograms": [
-        ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("feature_x", "VARCHAR"),
-        ("feature_y", "VARCHAR"), ("edges_x", "DOUBLE[]"), ("edges_y", "DOUBLE[]"),
-        ("sim_sumw", "DOUBLE[]"), ("sim_sumw2", "DOUBLE[]"), ("data_counts", "DOUBLE[]"),
-        ("binning", "VARCHAR"), ("variation", "VARCHAR"),
-    ],
-    "syst_effects": [
-        ("run_id", "VARCHAR"), ("category", "VARCHAR"), ("systematic", "VARCHAR"),
-        ("feature", "VARCHAR"), ("is_output", "BOOLEAN"), ("shape_change_up", "DOUBLE"),
-        ("shape_change_down", "DOUBLE"),
-    ],
-    "skipped_columns": [
-        ("run_id", "VARCHAR"), ("column_name", "VARCHAR"), ("reason", "VARCHAR"),
-    ],
-    "models": [
-        ("run_id", "VARCHAR"), ("model_id", "VARCHAR"), ("path", "VARCHAR"),
-        ("format", "VARCHAR"), ("kind", "VARCHAR"), ("inputs", "VARCHAR[]"),
-        ("outputs", "VARCHAR[]"), ("params_json", "VARCHAR"), ("derivative_method", "VARCHAR"),
-        ("added_at", "TIMESTAMP"),
-    ],
-    "importances": [
-        ("run_id", "VARCHAR"), ("model_id", "VARCHAR"), ("sample", "VARCHAR"),
-        ("method", "VARCHAR"), ("degree", "INTEGER"), ("node", "VARCHAR"),
-        ("feature_x", "VARCHAR"), ("feature_y", "VARCHAR"), ("value", "DOUBLE"),
-        ("uncertainty", "DOUBLE"), ("scaled_value", "DOUBLE"), ("scaled_uncertainty", "DOUBLE"),
-        ("n_events", "BIGINT"), ("sum_weights", "DOUBLE"), ("param_label", "VARCHAR"),
-        ("param_value", "DOUBLE"), ("details", "VARCHAR"),
-    ],
-    "criticality": [
-        ("run_id", "VARCHAR"), ("model_id", "VARCHAR"), ("node", "VARCHAR"),
-        ("param_label", "VARCHAR"), ("feature_x", "VARCHAR"), ("feature_y", "VARCHAR"),
-        ("degree", "INTEGER"), ("importance", "DOUBLE"), ("importance_rank", "INTEGER"),
-        ("important", "BOOLEAN"), ("worst_test_id", "INTEGER"), ("worst_method", "VARCHAR"),
-        ("worst_category", "VARCHAR"), ("worst_p_holm", "DOUBLE"),
-        ("worst_effect_size", "DOUBLE"), ("worst_effect_name", "VARCHAR"),
-        ("mismodelled", "BOOLEAN"), ("criticality_rank", "INTEGER"),
-    ],
-    "gate_results": [
-        ("run_id", "VARCHAR"), ("verdict_id", "VARCHAR"), ("judged_at", "TIMESTAMP"),
-        ("rules_name", "VARCHAR"), ("rules_sha256", "VARCHAR"), ("rule", "VARCHAR"),
-        ("rule_kind", "VARCHAR"), ("passed", "BOOLEAN"), ("reason", "VARCHAR"),
-        ("details", "VARCHAR"),
-    ],
-    "schema_info": [
-        ("version", "INTEGER"), ("applied_at", "TIMESTAMP"), ("tool_version", "VARCHAR"),
-    ],
-}
-#: Tables holding one run's rows (``schema_info`` describes the file).
-RUN_TABLES = ("runs", "features", "tests", "histograms", "skipped_columns", "models",
-              "importances", "criticality", "gate_results", "syst_effects")
-
-_ARROW_TYPES = {
-    "VARCHAR": pa.string(), "TIMESTAMP": pa.timestamp("us"), "BIGINT": pa.int64(),
-    "INTEGER": pa.int32(), "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_(),
-    "VARCHAR[]": pa.list_(pa.string()), "DOUBLE[]": pa.list_(pa.float64()),
-}
 
 
 
@@ -310,7 +211,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 def _arrow_table(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     columns = SCHEMA[table]
-    arrays = {name: pa.array([row.get(name) for row in rows], type=_ARROW_TYPES[typ])
+    arrays = {name: pa.array([row.get(name) for row in rows], type=ARROW_TYPES[typ])
               for name, typ in columns}
     return pa.table(arrays)
 
@@ -395,20 +296,18 @@ def side_file_path(path: str | Path, run_id: str) -> Path:
     return path.with_name(f"{path.stem}.{run_id}.pending.duckdb")
 
 
-def save_run(outcome: RunOutcome, path: str | Path, wait_s: float = 60.0) -> None:
-    """Store a finished run; if the database stays busy, in a side file instead.
-
-    Sets ``outcome.db`` (stored there) or ``outcome.side_file`` (stored there, to be added
-    with ``validator merge``).
-    """
-    rows = run_rows(outcome)
+def save_run(rows: Mapping[str, Sequence[Mapping[str, Any]]], run_id: str, path: str | Path,
+             wait_s: float = 60.0) -> tuple[Path | None, Path | None]:
+    """Store a finished run's rows (:func:`validator.results.rows.run_rows`); if the database
+    stays busy, in a side file instead. Returns (the database, None) when stored there, or
+    (None, the side file) to be added with ``validator merge``."""
     try:
         write_run(path, rows, wait_s=wait_s)
-        outcome.db = Path(path)
+        return Path(path), None
     except DatabaseBusy:
-        side = side_file_path(path, outcome.run_id)
+        side = side_file_path(path, run_id)
         write_run(side, rows, wait_s=0)
-        outcome.side_file = side
+        return None, side
 
 
 def merge_side_file(path: str | Path, side: str | Path, wait_s: float = 60.0) -> list[str]:
@@ -515,200 +414,3 @@ def resolve_run(path: str | Path, run: str = "latest") -> str:
     if len(found) > 1:
         raise InputError(f"{path}: '{run}' matches {len(found)} runs; give more of the id")
     return str(found["run_id"].iloc[0])
-
-
-def load_run(path: str | Path, run: str = "latest") -> dict[str, Any]:
-    """One stored run: table name -> DataFrame of its rows, for every run table but the
-    (largest) histograms; a table the file does not have yet (an older schema) is empty."""
-    import pandas as pd
-
-    run_id = resolve_run(path, run)
-    have = set(query(path, "SELECT table_name FROM information_schema.tables "
-                           "WHERE table_schema = 'main'")["table_name"])
-    order = {"tests": " ORDER BY test_id", "criticality": " ORDER BY criticality_rank",
-             "gate_results": " ORDER BY judged_at"}
-    return {t: query(path, f"SELECT * FROM {t} WHERE run_id = ?" + order.get(t, ""), [run_id])
-            if t in have else pd.DataFrame(columns=[c for c, _ in SCHEMA[t]])
-            for t in RUN_TABLES if t != "histograms"}
-
-
-# ------------------------------------------------------------------ one run's rows
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def _hist_row(run_id: str, category: str, binning: str, x: str, y: str | None, sim: Any,
-              data: Any) -> dict[str, Any]:
-    return {
-        "run_id": run_id, "category": category, "binning": binning, "feature_x": x,
-        "feature_y": y, "edges_x": sim.edges[0].tolist(),
-        "edges_y": sim.edges[1].tolist() if sim.ndim == 2 else None,
-        "sim_sumw": sim.values.ravel().tolist(), "sim_sumw2": sim.variances.ravel().tolist(),
-        "data_counts": data.values.ravel().tolist(),
-    }
-
-
-def run_rows(outcome: RunOutcome, with_histograms: bool = True,
-             ) -> dict[str, list[dict[str, Any]]]:
-    """The rows of every table for one run (see :data:`SCHEMA` and docs/schema.md).
-
-    ``with_histograms=False`` leaves the (largest) histograms table empty, for a summary."""
-    from validator.inputs.transform import INCLUSIVE
-
-    config = outcome.config
-    run_id = outcome.run_id
-    plan, layout = outcome.plan, outcome.layout
-    sim_all = outcome.sim[INCLUSIVE]
-    s = outcome.summary
-    runs = [{
-        "run_id": run_id, "started_at": outcome.started_at, "finished_at": outcome.finished_at,
-        "tool_version": outcome.versions.get("validator"), "sim_paths": outcome.sim_paths,
-        "data_paths": outcome.data_paths, "weight_column": config.weight,
-        "category_column": config.category, "plan_json": plan.to_json(),
-        "n_sim": outcome.n_sim, "n_data": outcome.n_data,
-        "sumw_sim": float(sim_all.sumw[0]), "sumw2_sim": float(sim_all.sumw2[0]),
-        "n_features": len(plan.features), "n_pairs": len(plan.pairs), "alpha": s.alpha,
-        "n_tests": s.n_tests, "n_reliable": s.n_reliable, "n_failed": s.n_failed,
-        "n_expected_failures": s.n_expected, "p_binomial": _finite(s.p_binomial),
-        "p_uniformity": _finite(s.p_uniformity), "n_significant_holm": s.n_significant_holm,
-        "n_significant_bh": s.n_significant_bh, "command": config.command,
-        "notes": outcome.notes, "seed": config.seed, "n_not_run": s.n_not_run,
-        "config_json": json.dumps(config.to_dict(), default=_json_default),
-        "versions_json": json.dumps(outcome.versions),
-        "tags": [f"{k}={v}" for k, v in sorted(config.tags.items())],
-    }]
-    models = []
-    if outcome.model is not None:
-        m = outcome.model
-        runs[0]["model_id"] = m["model_id"]
-        models.append({"run_id": run_id, "model_id": m["model_id"], "path": m["path"],
-                       "format": m["format"], "kind": m["kind"], "inputs": m["inputs"],
-                       "outputs": m["outputs"], "params_json": json.dumps(m["params"]),
-                       "derivative_method": m["derivative_method"],
-                       "added_at": outcome.finished_at})
-    g = outcome.global_result
-    if g is not None:
-        runs[0].update({"p_global_min": g.p_min, "p_global_nfail": g.p_nfail,
-                        "n_global_tests": g.n_tests, "n_global_failed": g.n_failed,
-                        "n_global_replicas": g.n_replicas,
-                        "n_global_nuisances": g.n_nuisances})
-    importances, criticality = [], []
-    if outcome.audit is not None:
-        a = outcome.audit
-        runs[0].update({"taylor_rank_corr_first": _finite(a.rank_corr_first),
-                        "taylor_rank_corr_second": _finite(a.rank_corr_second),
-                        "shap_rank_corr": _finite(a.shap_rank_corr)})
-        importances = [{**r, "run_id": run_id, "value": _finite(r["value"]),
-                        "uncertainty": _finite(r["uncertainty"]),
-                        "scaled_value": _finite(r["scaled_value"]),
-                        "scaled_uncertainty": _finite(r["scaled_uncertainty"])}
-                       for r in a.importances]
-        criticality = [{**r, "run_id": run_id, "importance": _finite(r["importance"])}
-                       for r in outcome.criticality]
-    if outcome.multivariate is not None:  # the learned tests' Taylor attributions
-        importances = [*importances, *({**r, "run_id": run_id, "value": _finite(r["value"]),
-                                        "uncertainty": _finite(r["uncertainty"]),
-                                        "scaled_value": _finite(r["scaled_value"]),
-                                        "scaled_uncertainty": _finite(r["scaled_uncertainty"])}
-                                       for r in outcome.multivariate.importances)]
-    features, histograms = [], []
-    for cat in outcome.sim:
-        if cat not in outcome.data:
-            continue
-        sim, data = outcome.sim[cat], outcome.data[cat]
-        for k, f in enumerate(plan.features):
-            ms, ss = sim.mean_std(layout, k)
-            md, sd = data.mean_std(layout, k)
-            features.append({
-                "run_id": run_id, "category": cat, "feature": f.name, "kind": f.kind,
-                "edges": list(f.edges), "n_nan_sim": int(sim.n_nonfinite[k]),
-                "n_nan_data": int(data.n_nonfinite[k]), "n_sentinel_sim": int(sim.n_sentinel[k]),
-                "n_sentinel_data": int(data.n_sentinel[k]), "mean_sim": _finite(ms),
-                "std_sim": _finite(ss), "mean_data": _finite(md), "std_data": _finite(sd),
-            })
-            for binning, view in (("test", "hist_1d"), ("fine", "hist_fine"),
-                                  ("plot", "hist_plot")) if with_histograms else ():
-                histograms.append(_hist_row(run_id, cat, binning, f.name, None,
-                                            getattr(sim, view)(layout, k),
-                                            getattr(data, view)(layout, k)))
-            if with_histograms and outcome.syst is not None:
-                histograms.extend(_variation_rows(outcome, run_id, cat, k))
-        for p, (i, j) in enumerate(plan.pairs if with_histograms else ()):
-            histograms.append(_hist_row(run_id, cat, "test", plan.features[i].name,
-                                        plan.features[j].name, sim.hist_2d(layout, p),
-                                        data.hist_2d(layout, p)))
-    skipped = [{"run_id": run_id, "column_name": c, "reason": why}
-               for c, why in plan.skipped.items()]
-    outputs = set(outcome.model["outputs"]) if outcome.model is not None else set()
-    effects = [{**r, "run_id": run_id, "is_output": r["feature"] in outputs,
-                "shape_change_up": _finite(r["shape_change_up"]),
-                "shape_change_down": _finite(r["shape_change_down"])}
-               for r in outcome.syst_effects]
-    return {"runs": runs, "features": features, "tests": test_rows(outcome),
-            "histograms": histograms, "skipped_columns": skipped, "models": models,
-            "importances": importances, "criticality": criticality,
-            "syst_effects": effects}
-
-
-def _variation_rows(outcome: RunOutcome, run_id: str, category: str, k: int
-                    ) -> list[dict[str, Any]]:
-    """Plotting histograms of feature ``k`` under each weight row beyond the nominal
-    (systematic variations, processes) and each shape variation's files (``variation``
-    names it; ``data_counts`` NULL)."""
-    layout, syst = outcome.layout, outcome.syst
-    name = layout.plan.features[k].name
-    rows = []
-    hist = outcome.sim[category].hist_plot(layout, k)
-    for r, label in enumerate(syst.rows.labels[1:], 1):
-        rows.append({"run_id": run_id, "category": category, "binning": "plot",
-                     "feature_x": name, "feature_y": None, "variation": label,
-                     "edges_x": hist.edges[0].tolist(), "sim_sumw": hist.sumw[r].tolist(),
-                     "sim_sumw2": hist.sumw2[r].tolist()})
-    for syst_name, sides in syst.shapes.items():
-        for side, accs in zip(("up", "down"), sides, strict=True):
-            if accs is None or category not in accs:
-                continue
-            h = accs[category].hist_plot(layout, k)
-            rows.append({"run_id": run_id, "category": category, "binning": "plot",
-                         "feature_x": name, "feature_y": None,
-                         "variation": f"{syst_name}_{side}", "edges_x": h.edges[0].tolist(),
-                         "sim_sumw": h.values.tolist(), "sim_sumw2": h.variances.tolist()})
-    return rows
-
-
-def test_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
-    """The rows of the ``tests`` table for one run."""
-    tests = []
-    run_id = outcome.run_id
-    for t, rec in enumerate(outcome.records):
-        r = rec.result
-        row = {"run_id": run_id, "test_id": t, "category": rec.category, "kind": rec.kind,
-               "method": rec.method, "feature_x": rec.feature_x, "feature_y": rec.feature_y,
-               "node": rec.node,
-               "not_run_reason": rec.not_run_reason, "passed": outcome.passed[t],
-               "reliable": bool(rec.reliable)}
-        if r is not None:
-            row.update({
-                "statistic": _finite(r.statistic), "ndf": _finite(r.ndf),
-                "pvalue": _finite(r.pvalue), "pvalue_method": r.pvalue_method,
-                "pvalue_is_bound": bool(r.pvalue_is_bound),
-                "n_toys": r.n_toys, "effect_size": _finite(r.effect_size),
-                "effect_name": r.effect_name, "p_holm": _finite(outcome.p_holm[t]),
-                "p_bh": _finite(outcome.p_bh[t]),
-                "details": json.dumps(r.details, default=_json_default),
-            })
-        tests.append(row)
-    return tests

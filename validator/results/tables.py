@@ -1,9 +1,10 @@
 """The one loader of a run's tables: from a DuckDB file (:func:`load_run_tables`) or from a
 run just finished, in memory (:func:`outcome_tables`), as the same DataFrames.
 
-A file of today's schema must hold every table and column of :data:`validator.results.store.SCHEMA`:
-a missing one is an :class:`~validator.errors.InputError` naming it (a damaged database is
-never read as if the missing values were NULL). A file of an earlier schema (migrated when a
+A file of today's schema must hold every table and column of
+:data:`validator.results.schema.SCHEMA`: a missing one is an
+:class:`~validator.errors.InputError` naming it (a damaged database is never read as if the
+missing values were NULL). A file of an earlier schema (migrated when a
 run is next written to it) lacks what later versions added: those tables are empty and those
 columns NULL, as docs/schema.md documents.
 """
@@ -31,7 +32,7 @@ ORDER = {"tests": " ORDER BY test_id", "criticality": " ORDER BY criticality_ran
 
 
 def _schema(table: str) -> list[str]:
-    from validator.results.store import SCHEMA
+    from validator.results.schema import SCHEMA
 
     return [c for c, _ in SCHEMA[table]]
 
@@ -55,7 +56,8 @@ def _present(db: Path) -> dict[str, set[str]]:
 def check_tables(db: str | Path, tables: Iterable[str]) -> int:
     """The file's schema version, once every table of ``tables`` and each of its columns is
     there (today's schema); an :class:`InputError` names the first missing one."""
-    from validator.results.store import SCHEMA_VERSION, check_readable
+    from validator.results.schema import SCHEMA_VERSION
+    from validator.results.store import check_readable
 
     db = Path(db)
     version = check_readable(db)
@@ -106,7 +108,7 @@ def load_run_tables(db: str | Path, run: str = "latest", *,
 
 def tables_from_rows(rows: Mapping[str, Iterable[Mapping[str, Any]]],
                      tables: Iterable[str] = SUMMARY_TABLES) -> dict[str, pd.DataFrame]:
-    """Row dicts per table (as :func:`validator.results.store.run_rows` gives) as DataFrames."""
+    """Row dicts per table (as :func:`validator.results.rows.run_rows` gives) as DataFrames."""
     return {t: pd.DataFrame(list(rows.get(t, [])), columns=_schema(t)) for t in tables}
 
 
@@ -114,7 +116,7 @@ def outcome_tables(outcome: Any, *, verdict_rows: Iterable[Mapping[str, Any]] = 
                    ) -> dict[str, pd.DataFrame]:
     """A run just finished, as :func:`load_run_tables` would read it once stored (the
     histograms left out); ``verdict_rows``: the ``gate_results`` of a verdict not stored."""
-    from validator.results.store import run_rows
+    from validator.results.rows import run_rows
 
     rows = dict(run_rows(outcome, with_histograms=False))
     rows["gate_results"] = list(verdict_rows)
