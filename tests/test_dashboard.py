@@ -248,7 +248,7 @@ def test_every_figure_downloads_as_png_and_pdf(stored):
     pair = figures.hist2d_from_row(data.hist_pair(db, run, "all", "lep1_iso", "lep2_iso"))
     rows = data.records(tests)
     makers = {
-        "feature": lambda: inputs._static_feature(nominal, variations, "met", "all", {}),
+        "feature": lambda: inputs.static_feature(nominal, variations, "met", "all", {}),
         "pvalues": lambda: static.pvalue_hist(list(tests["pvalue"].dropna())),
         "taylor1": lambda: static.bars(names, {"simulation": (fo["simulation"],
                                                               fo["± simulation"]),

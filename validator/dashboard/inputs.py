@@ -14,7 +14,7 @@ import streamlit as st
 from validator.dashboard import common, data, plots, static
 
 
-def _pick(label: str, options: list[str], key: str, wanted: str | None) -> str:
+def pick(label: str, options: list[str], key: str, wanted: str | None) -> str:
     """A selectbox whose first value may come from a link (``?feature=...``)."""
     if wanted in options and st.session_state.get(f"_{key}_link") != wanted:
         st.session_state[key] = wanted
@@ -24,16 +24,16 @@ def _pick(label: str, options: list[str], key: str, wanted: str | None) -> str:
     return st.selectbox(label, options, key=key)
 
 
-def _static_feature(nominal: dict[str, Any], variations: list[dict[str, Any]], feature: str,
+def static_feature(nominal: dict[str, Any], variations: list[dict[str, Any]], feature: str,
                     category: str, pvalues: dict[str, float]) -> Any:
     from validator.output import figures
     from validator.output.documents import syst_band
 
     sim, counts = figures.hist1d_from_row(nominal)
     procs = {str(v["variation"])[len("process:"):]: figures.Hist1D(
-        sim.edges, figures._array(v["sim_sumw"]), figures._array(v["sim_sumw2"]))
+        sim.edges, figures.as_array(v["sim_sumw"]), figures.as_array(v["sim_sumw2"]))
         for v in variations if str(v.get("variation", "")).startswith("process:")}
-    systs = {str(v["variation"]): figures._array(v["sim_sumw"]) for v in variations
+    systs = {str(v["variation"]): figures.as_array(v["sim_sumw"]) for v in variations
              if not str(v.get("variation", "")).startswith("process:")}
     return figures.plot_feature(procs or sim, counts, feature, pvalues=pvalues,
                                 category=category, syst=syst_band(sim.sumw, systs))
@@ -70,7 +70,7 @@ def render() -> None:
     categories = sorted(set(feats["category"]), key=lambda c: (c != "all", c))
     left, right = st.columns(2)
     with left:
-        category = _pick("category", categories, "in-category", qp.get("category"))
+        category = pick("category", categories, "in-category", qp.get("category"))
     tests = data.tests(db, run_id)
     mine = tests[tests["category"] == category]
     names = list(dict.fromkeys(feats[feats["category"] == category]["feature"]))
@@ -80,7 +80,7 @@ def render() -> None:
     names = [n for n in dict.fromkeys(order) if n in names] + \
         [n for n in names if n not in order]
     with right:
-        feature = _pick("feature (worst first)", names, "in-feature", qp.get("feature"))
+        feature = pick("feature (worst first)", names, "in-feature", qp.get("feature"))
 
     one_d = mine[(mine["feature_x"] == feature) & mine["feature_y"].isna()]
     pvalues = {str(t["method"]): float(t["p_holm"]) for t in data.records(one_d)
@@ -96,7 +96,7 @@ def render() -> None:
             if pvalues else "")
         common.show_figure(
             lambda: plots.feature_figure(nominal, variations, feature, title=title),
-            lambda: _static_feature(nominal, variations, feature, category, pvalues),
+            lambda: static_feature(nominal, variations, feature, category, pvalues),
             name, "in-fig")
         bands = plots.feature_bands(nominal, variations)
         st.caption(f"simulation normalised to data (k = {bands['k']:.4f}); band: statistical "

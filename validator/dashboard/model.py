@@ -55,7 +55,7 @@ def _bars(frame: pd.DataFrame, ylabel: str, title: str, name: str, key: str) -> 
 
 
 def _outputs(db: Any, run_id: str, outputs: list[str], tests: pd.DataFrame) -> None:
-    from validator.dashboard.inputs import _static_feature
+    from validator.dashboard.inputs import static_feature
 
     for out in outputs:
         nominal, variations = data.hist_plot(db, run_id, "all", out)
@@ -71,7 +71,7 @@ def _outputs(db: Any, run_id: str, outputs: list[str], tests: pd.DataFrame) -> N
         common.show_figure(
             lambda n=nominal, v=variations, o=out, t=title: plots.feature_figure(n, v, o,
                                                                                  title=t),
-            lambda n=nominal, v=variations, o=out, p=pv: _static_feature(n, v, o, "all", p),
+            lambda n=nominal, v=variations, o=out, p=pv: static_feature(n, v, o, "all", p),
             f"{out}_{run_id}", f"mo-out-{out}")
 
 

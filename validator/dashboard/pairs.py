@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from validator.dashboard import common, data, plots
-from validator.dashboard.inputs import _pick
+from validator.dashboard.inputs import pick
 from validator.output import figures as mfig
 
 #: What the matrix shows: label -> (tests column, effect scale).
@@ -56,7 +56,7 @@ def render() -> None:
     categories = sorted(set(pair_tests["category"]), key=lambda c: (c != "all", c))
     c1, c2, c3 = st.columns(3)
     with c1:
-        category = _pick("category", categories, "pa-category", qp.get("category"))
+        category = pick("category", categories, "pa-category", qp.get("category"))
     with c2:
         shown = st.selectbox("matrix shows", list(VALUES), key="pa-values")
     column, effect = VALUES[shown]
@@ -90,7 +90,7 @@ def render() -> None:
                                    mine.sort_values("pvalue")["feature_y"], strict=True)))
     labels = [f"{x} × {y}" for x, y in pairs]
     wanted = f"{qp.get('x')} × {qp.get('y')}" if qp.get("x") and qp.get("y") else None
-    chosen = _pick("pair (smallest p first)", labels, "pa-pair", wanted)
+    chosen = pick("pair (smallest p first)", labels, "pa-pair", wanted)
     x, y = pairs[labels.index(chosen)]
     this = mine[(mine["feature_x"] == x) & (mine["feature_y"] == y)]
     left, right = st.columns([3, 2])

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from validator.output.figures import PROCESS_COLOURS, _new_figure, _style
+from validator.output.figures import PROCESS_COLOURS, mpl_style, new_figure
 
 
 def pvalue_hist(pvalues: Sequence[float], n_bins: int = 20, title: str = "") -> Any:
@@ -22,8 +22,8 @@ def pvalue_hist(pvalues: Sequence[float], n_bins: int = 20, title: str = "") -> 
     counts, _ = np.histogram(np.clip(p, 0, 1), edges)
     expected = len(p) / n_bins
     sigma = math.sqrt(len(p) * (1 / n_bins) * (1 - 1 / n_bins))
-    with _style():
-        fig = _new_figure((9, 6))
+    with mpl_style():
+        fig = new_figure((9, 6))
         ax = fig.subplots()
         ax.stairs(counts, edges, fill=True, color=PROCESS_COLOURS[0], alpha=0.8, label="tests")
         ax.fill_between([0, 1], max(expected - sigma, 0), expected + sigma, color="0.5",
@@ -43,8 +43,8 @@ def bars(labels: Sequence[str], series: Mapping[str, tuple[Sequence[float],
     n = max(1, len(series))
     x = np.arange(len(labels))
     width = 0.8 / n
-    with _style():
-        fig = _new_figure((max(9.0, 0.55 * len(labels) + 3), 6.5))
+    with mpl_style():
+        fig = new_figure((max(9.0, 0.55 * len(labels) + 3), 6.5))
         ax = fig.subplots()
         for k, (name, (values, errors)) in enumerate(series.items()):
             colour = "black" if name == "data" else PROCESS_COLOURS[k % len(PROCESS_COLOURS)]
@@ -67,8 +67,8 @@ def matrix(values: np.ndarray, labels: Sequence[str], *, title: str = "", label:
     n = len(labels)
     size = min(max(6.0, 0.45 * n + 3), 24.0)
     finite = values[np.isfinite(values)]
-    with _style():
-        fig = _new_figure((size + 1.5, size))
+    with mpl_style():
+        fig = new_figure((size + 1.5, size))
         ax = fig.subplots()
         if diverging:
             vmax = float(np.max(np.abs(finite), initial=1e-12))
@@ -97,8 +97,8 @@ def pulls(names: Sequence[str], values: Sequence[float], errors: Sequence[float]
           title: str = "") -> Any:
     """Post-fit nuisance parameters with ±1σ (green) and ±2σ (yellow) bands."""
     y = np.arange(len(names))
-    with _style():
-        fig = _new_figure((8, 2 + 0.45 * len(names)))
+    with mpl_style():
+        fig = new_figure((8, 2 + 0.45 * len(names)))
         ax = fig.subplots()
         ax.axvspan(-2, 2, color="#fdd835", alpha=0.5)
         ax.axvspan(-1, 1, color="#2e9e44", alpha=0.4)
@@ -114,8 +114,8 @@ def pulls(names: Sequence[str], values: Sequence[float], errors: Sequence[float]
 def lines(x: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str,
           title: str = "", log_y: bool = False) -> Any:
     """Lines with markers over runs."""
-    with _style():
-        fig = _new_figure((10, 6))
+    with mpl_style():
+        fig = new_figure((10, 6))
         ax = fig.subplots()
         pos = np.arange(len(x))
         for k, (name, values) in enumerate(series.items()):

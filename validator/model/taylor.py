@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 
 #: Group name of all events (multi-class networks: each at its highest node).
 ALL = "all"
+#: Events per autograd batch, first order (one forward and one backward pass per batch).
+FIRST_ORDER_BATCH = 65_536
+#: Events per autograd batch, second order (N backward passes through the gradient's graph).
+SECOND_ORDER_BATCH = 4_096
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,12 +190,13 @@ def _derivatives(model: AuditedModel, x: np.ndarray, rule: int | str, order: int
     """``(node, value, gradient, hessian or None, method)`` for finite rows ``x``."""
     model._require_fixed()
     if batch is None:
-        batch = 32_768 if order == 1 else max(256, 2**18 // max(1, x.shape[1]))
-    fn = model.torch_forward()
-    if fn is None:
+        batch = FIRST_ORDER_BATCH if order == 1 else SECOND_ORDER_BATCH
+    net = model._backend.torch_forward() if model.derivative_method != "finite_differences" \
+        else None
+    if net is None:
         return (*_finite_differences(model, x, rule, order, sigma), "finite_differences")
     try:
-        return (*_autograd(fn, x, rule, order, batch), model.derivative_method)
+        return (*_autograd(model, net, x, rule, order, batch), model.derivative_method)
     except Exception as exc:
         if model.format == "onnx":  # the conversion ran on the probe but not here
             return (*_finite_differences(model, x, rule, order, sigma), "finite_differences")
@@ -202,67 +207,63 @@ def _derivatives(model: AuditedModel, x: np.ndarray, rule: int | str, order: int
                          f"({_first_line(exc)})") from exc
 
 
-def _autograd(fn, x: np.ndarray, rule: int | str, order: int, batch: int):
+def _chain(model: AuditedModel) -> tuple[np.ndarray, np.ndarray]:
+    """The model-space column of each data input and ∂z/∂x there (1/scale): the map from raw
+    inputs x to model inputs z is ``z = (x @ S + c - offset) / scale``, S a selection."""
+    sel, _, _, scale = model._affine()
+    cols = np.argmax(sel, axis=1) if sel.size else np.zeros(0, np.int64)
+    return cols, 1.0 / scale[cols]
+
+
+def _autograd(model: AuditedModel, net, x: np.ndarray, rule: int | str, order: int,
+              batch: int):
+    """Exact derivatives in batches by reverse-mode autograd of the summed output (events
+    are independent rows, so the gradient of Σ_b f(z_b) is every event's gradient), in the
+    network's own precision, with respect to the model-space inputs z (computed as the
+    evaluation computes them); the chain rule to the raw inputs is applied in float64."""
     import torch
 
-    tdtype = torch.float64  # the inputs; the network runs in its own precision
     n, dim = x.shape
     nodes = np.zeros(n, np.int64)
     value = np.zeros(n)
     grad = np.zeros((n, dim))
     hess = np.zeros((n, dim, dim)) if order == 2 else None
-    basis = torch.eye(dim, dtype=tdtype)
-    with torch.no_grad():
-        for s in range(0, n, batch):
-            xt = torch.as_tensor(x[s:s + batch], dtype=tdtype)
-            out = fn(xt)
-            idx = out.argmax(dim=1) if rule == "max" else torch.full((len(xt),), int(rule))
-            mask = torch.nn.functional.one_hot(idx, out.shape[1]).to(out.dtype)
-            sl = slice(s, s + len(xt))
-            nodes[sl] = idx.numpy()
-            value[sl] = (out * mask).sum(dim=1).double().numpy()
-            try:
-                g, h = _func_derivatives(fn, xt, mask, basis, order)
-            except Exception:  # an operator without functorch support: plain autograd
-                g, h = _loop_derivatives(fn, xt, mask, order)
-            grad[sl] = g.double().numpy()
-            if hess is not None:
-                hess[sl] = h.double().numpy()
+    if n == 0:
+        return nodes, value, grad, hess
+    cols, inv = _chain(model)
+    z = np.ascontiguousarray(model.model_space(x), dtype=model._backend.dtype)
+    tcols = torch.as_tensor(cols)
+    for s in range(0, n, batch):
+        sl = slice(s, min(s + batch, n))
+        zt = torch.from_numpy(z[sl]).requires_grad_(True)
+        with torch.enable_grad():
+            out = net(zt)
+            top = out.detach().argmax(dim=1) if rule == "max" else \
+                torch.full((len(zt),), int(rule), dtype=torch.int64)
+            picked = out.gather(1, top[:, None])[:, 0]
+            (g,) = torch.autograd.grad(picked.sum(), zt, create_graph=order == 2)
+            h = _hessian_rows(zt, g, tcols) if order == 2 else None
+        nodes[sl] = top.numpy()
+        value[sl] = picked.detach().double().numpy()
+        grad[sl] = g.detach()[:, tcols].double().numpy() * inv
+        if hess is not None:
+            hess[sl] = h.double().numpy() * (inv[:, None] * inv[None, :])
     return nodes, value, grad, hess
 
 
-def _func_derivatives(fn, xt, mask, basis, order: int):
+def _hessian_rows(zt, g, cols):
+    """Rows and columns ``cols`` of every event's Hessian ``(B, N, N)``: one backward pass
+    of Σ_b g_j per input j through the gradient's graph (``create_graph``)."""
     import torch
 
-    def selected(z):
-        return (fn(z) * mask).sum()
-
-    grad_fn = torch.func.grad(selected)
-    if order == 1:
-        return grad_fn(xt), None
-    g, vjp = torch.func.vjp(grad_fn, xt)
-    tangents = basis[:, None, :].expand(basis.shape[0], *xt.shape)
-    rows = torch.func.vmap(lambda v: vjp(v)[0])(tangents)  # (N, B, N): row j of each Hessian
-    return g, rows.permute(1, 0, 2)
-
-
-def _loop_derivatives(fn, xt, mask, order: int):
-    import torch
-
-    with torch.enable_grad():
-        z = xt.clone().requires_grad_(True)
-        out = (fn(z) * mask).sum()
-        (g,) = torch.autograd.grad(out, z, create_graph=order == 2)
-        if order == 1:
-            return g.detach(), None
-        rows = []
-        for j in range(z.shape[1]):
-            if not g.requires_grad:
-                rows.append(torch.zeros_like(z))
-                continue
-            (r,) = torch.autograd.grad(g[:, j].sum(), z, retain_graph=True, allow_unused=True)
-            rows.append(torch.zeros_like(z) if r is None else r)
-        return g.detach(), torch.stack(rows, dim=1).detach()
+    rows = []
+    for j in cols.tolist():
+        r = None
+        if g.requires_grad:
+            (r,) = torch.autograd.grad(g[:, j].sum(), zt, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros((len(zt), len(cols)), dtype=zt.dtype) if r is None
+                    else r.detach()[:, cols])
+    return torch.stack(rows, dim=1)
 
 
 def _finite_differences(model: AuditedModel, x: np.ndarray, rule: int | str, order: int,

@@ -198,11 +198,11 @@ def iter_figures(reading: RunReading, top: int = DEFAULT_TOP,
         if variation is None:
             hists[key] = h
         elif str(variation).startswith("process:"):  # stacked by process (--process-column)
-            edges = figures._array(h["edges_x"])
+            edges = figures.as_array(h["edges_x"])
             processes.setdefault(key, {})[str(variation)[len("process:"):]] = figures.Hist1D(
-                edges, figures._array(h["sim_sumw"]), figures._array(h["sim_sumw2"]))
+                edges, figures.as_array(h["sim_sumw"]), figures.as_array(h["sim_sumw2"]))
         else:  # a systematic's NAME_up / NAME_down
-            variations.setdefault(key, {})[str(variation)] = figures._array(h["sim_sumw"])
+            variations.setdefault(key, {})[str(variation)] = figures.as_array(h["sim_sumw"])
     for p in _worst(found, False, top, set(hists)):
         sim, data = figures.hist1d_from_row(hists[p.key])
         band = syst_band(sim.sumw, variations.get(p.key, {}))

@@ -96,15 +96,15 @@ class Hist2D:
         return len(self.edges_x) - 1, len(self.edges_y) - 1
 
 
-def _array(value: Any) -> np.ndarray:
+def as_array(value: Any) -> np.ndarray:
     return np.asarray(list(value) if value is not None else [], dtype=float)
 
 
 def hist1d_from_row(row: Mapping[str, Any]) -> tuple[Hist1D, np.ndarray]:
     """The simulation histogram and the data counts of a ``plot`` row of ``histograms``."""
-    edges = _array(row["edges_x"])
-    sim = Hist1D(edges, _array(row["sim_sumw"]), _array(row["sim_sumw2"]))
-    data = _array(row["data_counts"])
+    edges = as_array(row["edges_x"])
+    sim = Hist1D(edges, as_array(row["sim_sumw"]), as_array(row["sim_sumw2"]))
+    data = as_array(row["data_counts"])
     if len(sim.sumw) != len(edges) + 1 or len(data) != len(edges) + 1:
         raise ValueError(f"{row.get('feature_x')}: not a plot histogram (expected "
                          f"{len(edges) + 1} contents with under/overflow, got {len(sim.sumw)})")
@@ -113,8 +113,8 @@ def hist1d_from_row(row: Mapping[str, Any]) -> tuple[Hist1D, np.ndarray]:
 
 def hist2d_from_row(row: Mapping[str, Any]) -> Hist2D:
     """A pair's histogram from a ``test`` row of ``histograms``."""
-    hist = Hist2D(_array(row["edges_x"]), _array(row["edges_y"]), _array(row["sim_sumw"]),
-                  _array(row["sim_sumw2"]), _array(row["data_counts"]))
+    hist = Hist2D(as_array(row["edges_x"]), as_array(row["edges_y"]), as_array(row["sim_sumw"]),
+                  as_array(row["sim_sumw2"]), as_array(row["data_counts"]))
     nx, ny = hist.shape
     if not len(hist.sim_sumw) == len(hist.data) == nx * ny:
         raise ValueError(f"{row.get('feature_x')} × {row.get('feature_y')}: {len(hist.data)} "
@@ -150,11 +150,11 @@ def _fmt_p(p: float) -> str:
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def _style():
+def mpl_style():
     return matplotlib.style.context(mplhep.style.CMS)
 
 
-def _new_figure(figsize: tuple[float, float]) -> Figure:
+def new_figure(figsize: tuple[float, float]) -> Figure:
     """A figure on its own Agg canvas (not pyplot's: nothing global to close or switch)."""
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
@@ -195,8 +195,8 @@ def plot_feature(sim: Hist1D | Mapping[str, Hist1D], data: np.ndarray, feature: 
     lo, hi = np.nan_to_num(lo, nan=0.0), np.nan_to_num(hi, nan=0.0)
     centres = 0.5 * (edges[1:] + edges[:-1])
 
-    with _style():
-        fig = _new_figure((9, 8.5))
+    with mpl_style():
+        fig = new_figure((9, 8.5))
         ax, rax = fig.subplots(2, 1, sharex=True,
                                gridspec_kw={"height_ratios": (3, 1), "hspace": 0.06})
         baseline = np.zeros_like(sim_w)
@@ -288,8 +288,8 @@ def plot_pull_map(hist: Hist2D, feature_x: str, feature_y: str, *,
     nx, ny = hist.shape
     finite = pull[np.isfinite(pull)]
     vmax = max(PULL_MIN_RANGE, float(np.max(np.abs(finite), initial=0.0)))
-    with _style():
-        fig = _new_figure((9, 7.5))
+    with mpl_style():
+        fig = new_figure((9, 7.5))
         ax = fig.subplots()
         cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=NOT_RUN_COLOUR)
         mesh = ax.pcolormesh(np.arange(nx + 1), np.arange(ny + 1),
@@ -370,8 +370,8 @@ def plot_pvalue_matrix(tests: Iterable[Mapping[str, Any]], features: Sequence[st
     cmap = ListedColormap(list(MATRIX_COLOURS)).with_extremes(bad=NOT_RUN_COLOUR)
     norm = BoundaryNorm([0.0, P_RED, P_GREEN, 1.0], cmap.N)
     size = min(max(6.0, 0.45 * n + 3), 30.0)
-    with _style():
-        fig = _new_figure((size + 1.5, size))
+    with mpl_style():
+        fig = new_figure((size + 1.5, size))
         ax = fig.subplots()
         mesh = ax.pcolormesh(np.arange(n + 1), np.arange(n + 1),
                              np.ma.masked_invalid(np.clip(matrix, 0.0, 1.0)), cmap=cmap,

@@ -247,9 +247,9 @@ def evidently_drift(x_sim: np.ndarray, w_sim: np.ndarray, x_data: np.ndarray,
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
-    from validator.stats.multivariate import _prepare, unweight
+    from validator.stats.multivariate import prepare_samples, unweight
 
-    prep = _prepare(x_sim, w_sim, x_data)
+    prep = prepare_samples(x_sim, w_sim, x_data)
     kept = unweight(prep.ws, rng)
     xs = prep.zs[kept] * prep.sigma + prep.mean
     xd = prep.zd * prep.sigma + prep.mean

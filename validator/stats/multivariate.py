@@ -199,7 +199,7 @@ class _Prepared:
     cells: dict[str, Any] = field(default_factory=dict)
 
 
-def _prepare(x_sim: np.ndarray, w_sim: np.ndarray | None, x_data: np.ndarray) -> _Prepared:
+def prepare_samples(x_sim: np.ndarray, w_sim: np.ndarray | None, x_data: np.ndarray) -> _Prepared:
     x_sim = np.asarray(x_sim, dtype=float)
     x_data = np.asarray(x_data, dtype=float)
     if x_sim.ndim != 2 or x_data.ndim != 2 or x_sim.shape[1] != x_data.shape[1]:
@@ -427,7 +427,7 @@ def c2st(x_sim: np.ndarray, w_sim: np.ndarray | None, x_data: np.ndarray,
     coefficients and ``details['_attribution']`` the :class:`Attribution` (not stored).
     """
     start = time.perf_counter()
-    prep = _prepare(x_sim, w_sim, x_data)
+    prep = prepare_samples(x_sim, w_sim, x_data)
     inputs = inputs or tuple(f"x{i}" for i in range(prep.zs.shape[1]))
     kept = unweight(prep.ws, rng)
     zs = prep.zs[kept]
@@ -641,7 +641,7 @@ def nplm(x_sim: np.ndarray, w_sim: np.ndarray | None, x_data: np.ndarray,
     import torch
 
     start = time.perf_counter()
-    prep = _prepare(x_sim, w_sim, x_data)
+    prep = prepare_samples(x_sim, w_sim, x_data)
     inputs = inputs or tuple(f"x{i}" for i in range(prep.zs.shape[1]))
     keep = np.flatnonzero(np.isfinite(np.asarray(x_sim, dtype=float)).all(axis=1)
                           & np.isfinite(np.asarray(w_sim if w_sim is not None else
