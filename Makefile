@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # together in constraints.txt: the CPU build of torch, no nvidia-* package.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install browser test test-fast demo lint bench clean check-cpu
+.PHONY: install browser test test-fast demo lint bench clean check-cpu layout
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ $(MET_VARIATIONS) &: sample_data/sim.parquet sample_data/generate.py
 # blinded, the MET-scale and per-process normalisation systematics.
 demo: install $(MET_VARIATIONS)
 	$(VENV)/bin/validator run --config sample_data/analysis.yaml --db demo.duckdb
+
+# README's layout block, written from the package (docs/layout.py).
+layout: install
+	$(PY) docs/layout.py >/dev/null
 
 lint: install
 	$(VENV)/bin/ruff check .

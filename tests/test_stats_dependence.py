@@ -3,7 +3,7 @@
 :func:`validator.stats.dependence_kernel.dependence_toys` replaces the numpy formulation
 batched over the toys (:func:`validator.stats.dependence._toy_statistics_numpy`), which is
 kept as the reference and runs where numba is missing. Both are run here on the same toys,
-and ``dependence`` end to end with each (``validator.stages.fill_kernels.HAVE_NUMBA`` switched off):
+and ``dependence`` end to end with each (``validator.stats.compiled.HAVE_NUMBA`` switched off):
 the p-values must be identical and the toy statistics equal up to summation order.
 """
 
@@ -14,7 +14,7 @@ import importlib
 import numpy as np
 import pytest
 
-from validator.stages import fill_kernels as kernels
+from validator.stats import compiled as kernels
 from validator.stats.binned import sim_toys
 from validator.stats.dependence import dependence
 from validator.stats.dependence_kernel import dependence_toys

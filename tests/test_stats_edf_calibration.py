@@ -507,7 +507,7 @@ def test_compiled_toy_statistics_equal_numpys(monkeypatch):
     """The compiled KS and A² of toy rows (validator.stats.edf_kernel) are numpy's to
     rounding, with negative simulated bins (the monotone repair), empty bins and spikes; and
     the toy p-values of both paths are the same."""
-    from validator.stages import fill_kernels as kernels
+    from validator.stats import compiled as kernels
     from validator.stats.edf_kernel import edf_rows
 
     if not kernels.HAVE_NUMBA:

@@ -656,7 +656,7 @@ def test_poisson_toys_follow_the_poisson_law() -> None:
 
 def test_poisson_toys_below_the_table_size_are_numpys_and_compiled_equals_numpy(
         monkeypatch) -> None:
-    from validator.stages import fill_kernels as kernels
+    from validator.stats import compiled as kernels
     from validator.stats import poisson_toys as module
 
     lam = np.array([[0.0, 0.2, 6.0], [55.0, 1e4, 3e5]])

@@ -20,13 +20,8 @@ from typing import Any
 
 import numpy as np
 
-try:  # pragma: no cover - the import itself
-    import numba
+from validator.stats.compiled import HAVE_NUMBA, numba
 
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover
-    numba = None
-    HAVE_NUMBA = False
 
 def _fill_pairs_py(codes: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray,
                    pair_nx: np.ndarray, pair_ny: np.ndarray, offsets: np.ndarray,

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from validator.stages import fill_kernels as kernels
+from validator.stats import compiled
 from validator.stats.binned import (
     SimToyLaw,
     check_toy_options,
@@ -609,7 +609,7 @@ def dependence(
             # as extreme as the observation, which keeps the p-value conservative.
             # compiled where numba is available (about 4 µs a toy on a 10x10 table instead
             # of 25; the same results up to floating-point summation order)
-            if kernels.HAVE_NUMBA:
+            if compiled.HAVE_NUMBA:
                 x2_toy, good = dependence_toys(
                     n_toy, w_toy, s2_toy, expected_in_order, order, labels,
                     min_expected=min_expected, min_sim_entries=min_sim_entries,

@@ -14,15 +14,15 @@ compound-Poisson toys (what remains is mostly the random draws, which are unchan
 
 The results are those of the numpy path up to the order of floating-point summation (the
 statistics agree to about 1e-12 relative). ``numba`` is a dependency; where it cannot be
-imported (:data:`validator.stages.fill_kernels.HAVE_NUMBA`) the caller runs the numpy path instead.
+imported (:data:`validator.stats.compiled.HAVE_NUMBA`) the caller runs the numpy path instead.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from validator.stages.fill_kernels import HAVE_NUMBA, numba
 from validator.stats.binned import ENTRIES_SLACK
+from validator.stats.compiled import HAVE_NUMBA, numba
 
 __all__ = ["dependence_toys"]
 

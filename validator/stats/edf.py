@@ -103,7 +103,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from validator.stages import fill_kernels as kernels
+from validator.stats import compiled
 from validator.stats.binned import clopper_pearson, sequential_batches, sequential_stop
 from validator.stats.edf_kernel import edf_rows
 from validator.stats.result import GofResult
@@ -1066,7 +1066,7 @@ def _toy_results(results: dict[str, GofResult], inp: _HistInputs, n_toys: int, r
              "ad": lambda sim, data: _ad_rows(sim, data, inp.neff_s, inp.neff_d)}
 
     def statistics(sim, data):
-        if kernels.HAVE_NUMBA:  # both in one compiled pass (edf_kernel), the same to rounding
+        if compiled.HAVE_NUMBA:  # both in one compiled pass (edf_kernel), the same to rounding
             ks, ad = edf_rows(sim, data, inp.neff_s, inp.neff_d)
             return np.stack([{"ks": ks, "ad": ad}[name] for name in names], axis=1)
         return np.stack([funcs[name](sim, data) for name in names], axis=1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from validator.stages.fill_kernels import HAVE_NUMBA, numba
+from validator.stats.compiled import HAVE_NUMBA, numba
 
 __all__ = ["edf_rows"]
 

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from validator.stages.fill_kernels import HAVE_NUMBA, numba
+from validator.stats.compiled import HAVE_NUMBA, numba
 
 __all__ = ["TABLE_MIN_TOYS", "poisson_toys"]
 
