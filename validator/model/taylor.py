@@ -84,14 +84,14 @@ class AbsMeanSums:
         """Add events with weights ``w`` ``(n,)`` and values ``(n, K)`` to ``group``."""
         if len(w) == 0:
             return
-        v = np.abs(values)
+        v = np.abs(values)  # a new array: squared in place below
         w2 = w * w
         self.n[group] += len(w)
         self.sw[group] += w.sum()
         self.sww[group] += w2.sum()
         self.a[group] += w @ v
         self.b[group] += w2 @ v
-        self.c[group] += w2 @ (v * v)
+        self.c[group] += w2 @ np.multiply(v, v, out=v)
 
     def __add__(self, other: AbsMeanSums) -> AbsMeanSums:
         if self.a.shape != other.a.shape:
@@ -151,12 +151,12 @@ def taylor_coefficients(model: AuditedModel, x: Mapping[str, np.ndarray] | np.nd
                         batch: int | None = None, sigma: np.ndarray | None = None
                         ) -> TaylorCoefficients:
     """Taylor coefficients (``order`` 1 or 2) of every event of ``x`` (a chunk or an array
-    ``(n, len(model.inputs))``).
+    ``(n, len(model.inputs))``), Wunsch et al., arXiv:1803.08782.
 
     ``node``: an output index or name, ``"max"`` (each event's highest node), or None (the
     highest node of a multi-class network, the only node otherwise). ``batch``: events per
-    autograd batch (default: 32768 for first order, 2**18/N for second order, whose N
-    Hessian-vector products run side by side). ``sigma`` (per input) sets the
+    autograd batch (default :data:`FIRST_ORDER_BATCH` for first order,
+    :data:`SECOND_ORDER_BATCH` for second order). ``sigma`` (per input) sets the
     finite-difference steps when those are used.
     """
     if order not in (1, 2):
@@ -170,10 +170,10 @@ def taylor_coefficients(model: AuditedModel, x: Mapping[str, np.ndarray] | np.nd
     first = np.full((n, dim), np.nan)
     second = np.full((n, dim, dim), np.nan) if order == 2 else None
     idx = np.flatnonzero(good)
-    nd, val, g, h, method = _derivatives(model, xm[idx], rule, order, batch, sigma)
+    nd, val, g, t2, method = _derivatives(model, xm[idx], rule, order, batch, sigma)
     nodes[idx], value[idx], first[idx] = nd, val, g
     if second is not None:
-        second[idx] = _monomial(h)
+        second[idx] = t2
     return TaylorCoefficients(model.inputs, nodes, value, first, second, method)
 
 
@@ -186,53 +186,94 @@ def _monomial(hess: np.ndarray) -> np.ndarray:
 
 
 def _derivatives(model: AuditedModel, x: np.ndarray, rule: int | str, order: int,
-                 batch: int | None, sigma: np.ndarray | None):
-    """``(node, value, gradient, hessian or None, method)`` for finite rows ``x``."""
+                 batch: int | None, sigma: np.ndarray | None, triu: bool = False):
+    """``(node, value, gradient, second or None, method)`` for finite rows ``x``: ``second``
+    holds the monomial coefficients (t_ii = ½∂²f/∂x_i², t_ij = ∂²f/∂x_i∂x_j), ``(n, N, N)``
+    or, with ``triu``, ``(n, N(N+1)/2)`` in ``numpy.triu_indices(N)`` order."""
     model._require_fixed()
     if batch is None:
         batch = FIRST_ORDER_BATCH if order == 1 else SECOND_ORDER_BATCH
     net = model._backend.torch_forward() if model.derivative_method != "finite_differences" \
         else None
-    if net is None:
-        return (*_finite_differences(model, x, rule, order, sigma), "finite_differences")
-    try:
-        return (*_autograd(model, net, x, rule, order, batch), model.derivative_method)
-    except Exception as exc:
-        if model.format == "onnx":  # the conversion ran on the probe but not here
-            return (*_finite_differences(model, x, rule, order, sigma), "finite_differences")
-        from validator.errors import InputError
-        from validator.model.formats import _first_line
+    if net is not None:
+        try:
+            return (*_autograd(model, net, x, rule, order, batch, triu),
+                    model.derivative_method)
+        except Exception as exc:
+            if model.format != "onnx":  # ONNX: the conversion ran on the probe but not here
+                from validator.errors import InputError
+                from validator.model.formats import _first_line
 
-        raise InputError(f"model {model.path.name}: cannot differentiate it "
-                         f"({_first_line(exc)})") from exc
+                raise InputError(f"model {model.path.name}: cannot differentiate it "
+                                 f"({_first_line(exc)})") from exc
+    nodes, value, grad, hess = _finite_differences(model, x, rule, order, sigma)
+    second = None
+    if hess is not None:
+        second = _monomial(hess)
+        if triu:
+            iu = np.triu_indices(x.shape[1])
+            second = second[:, iu[0], iu[1]]
+    return nodes, value, grad, second, "finite_differences"
 
 
-def _chain(model: AuditedModel) -> tuple[np.ndarray, np.ndarray]:
-    """The model-space column of each data input and ∂z/∂x there (1/scale): the map from raw
-    inputs x to model inputs z is ``z = (x @ S + c - offset) / scale``, S a selection."""
-    sel, _, _, scale = model._affine()
+def _chain(model: AuditedModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model-space inputs of the raw ones: ``z = (x @ S + c - offset) / scale`` with S a
+    selection (:meth:`AuditedModel.model_space`). Returns the model-space column of each
+    data input, ∂z/∂x there (1/scale), and the model-space row of an event whose data inputs
+    are all 0 (the parameters' columns, scaled)."""
+    sel, const, offset, scale = model._affine()
     cols = np.argmax(sel, axis=1) if sel.size else np.zeros(0, np.int64)
-    return cols, 1.0 / scale[cols]
+    return cols, 1.0 / scale[cols], (const - offset) / scale
 
 
-def _autograd(model: AuditedModel, net, x: np.ndarray, rule: int | str, order: int,
-              batch: int):
-    """Exact derivatives in batches by reverse-mode autograd of the summed output (events
-    are independent rows, so the gradient of Σ_b f(z_b) is every event's gradient), in the
-    network's own precision, with respect to the model-space inputs z (computed as the
-    evaluation computes them); the chain rule to the raw inputs is applied in float64."""
+def _model_space(model: AuditedModel, x: np.ndarray) -> np.ndarray:
+    """:meth:`AuditedModel.model_space` in the network's precision, element for element the
+    same numbers (S only places columns, so ``x @ S`` is exact), without its float64 matrix
+    product."""
+    cols, _, base = _chain(model)
+    dtype = model._backend.dtype
+    if len(cols) == len(base) and np.array_equal(cols, np.arange(len(cols))) \
+            and not any(model.scaler.get(c) for c in model.model_inputs):
+        return np.ascontiguousarray(x, dtype=dtype)  # no scaler, no parameter: z = x
+    _, _, offset, scale = model._affine()
+    z = np.empty((len(x), len(base)), dtype=dtype)
+    z[:] = base.astype(dtype)
+    z[:, cols] = (x - offset[cols]) / scale[cols]
+    return z
+
+
+def _autograd(model: AuditedModel, net: Any, x: np.ndarray, rule: int | str, order: int,
+              batch: int, triu: bool = False):
+    """Exact derivatives by reverse-mode autograd, batch by batch.
+
+    Events are independent rows, so the gradient of Σ_b f(z_b) with respect to the batch is
+    every event's gradient (one forward and one backward pass), and the gradient of Σ_b
+    ∂f/∂z_j(z_b) is row j of every event's Hessian (N more backward passes through the
+    gradient's graph, ``create_graph``). The network runs in its own precision on the
+    model-space inputs z that its evaluation sees; the chain rule to the raw inputs
+    (∂z_i/∂x_i = 1/scale_i) is applied in float64. Plain ``torch.autograd`` rather than
+    ``torch.func``: ``torch.func`` Hessians of a TorchScript module come back as zeros once
+    its graph executor has specialised the graph under a ``torch.func`` transform (found in
+    session 7; ``tests/test_model_speed.py`` keeps the check)."""
     import torch
 
     n, dim = x.shape
     nodes = np.zeros(n, np.int64)
     value = np.zeros(n)
     grad = np.zeros((n, dim))
-    hess = np.zeros((n, dim, dim)) if order == 2 else None
+    iu = np.triu_indices(dim)
+    second = None
+    if order == 2:
+        second = np.zeros((n, len(iu[0]))) if triu else np.zeros((n, dim, dim))
     if n == 0:
-        return nodes, value, grad, hess
-    cols, inv = _chain(model)
-    z = np.ascontiguousarray(model.model_space(x), dtype=model._backend.dtype)
+        return nodes, value, grad, second
+    cols, inv, _ = _chain(model)
+    # t_ij = ∂²f/∂x_i∂x_j = H_z[i, j] / (scale_i scale_j), the diagonal halved
+    factor = inv[:, None] * inv[None, :] * np.where(np.eye(dim, dtype=bool), 0.5, 1.0)
+    z = _model_space(model, x)
     tcols = torch.as_tensor(cols)
+    every = np.array_equal(cols, np.arange(z.shape[1]))
+    tiu = (torch.as_tensor(iu[0]), torch.as_tensor(iu[1]))
     for s in range(0, n, batch):
         sl = slice(s, min(s + batch, n))
         zt = torch.from_numpy(z[sl]).requires_grad_(True)
@@ -242,27 +283,34 @@ def _autograd(model: AuditedModel, net, x: np.ndarray, rule: int | str, order: i
                 torch.full((len(zt),), int(rule), dtype=torch.int64)
             picked = out.gather(1, top[:, None])[:, 0]
             (g,) = torch.autograd.grad(picked.sum(), zt, create_graph=order == 2)
-            h = _hessian_rows(zt, g, tcols) if order == 2 else None
+            h = _hessian(zt, g, tcols) if order == 2 else None
         nodes[sl] = top.numpy()
         value[sl] = picked.detach().double().numpy()
-        grad[sl] = g.detach()[:, tcols].double().numpy() * inv
-        if hess is not None:
-            hess[sl] = h.double().numpy() * (inv[:, None] * inv[None, :])
-    return nodes, value, grad, hess
+        grad[sl] = (g.detach() if every else g.detach()[:, tcols]).double().numpy() * inv
+        if h is None:
+            continue
+        if triu:
+            second[sl] = h[:, tiu[0], tiu[1]].double().numpy() * factor[iu]
+        else:
+            second[sl] = h.double().numpy() * factor
+    return nodes, value, grad, second
 
 
-def _hessian_rows(zt, g, cols):
-    """Rows and columns ``cols`` of every event's Hessian ``(B, N, N)``: one backward pass
-    of Σ_b g_j per input j through the gradient's graph (``create_graph``)."""
+def _hessian(zt: Any, g: Any, cols: Any) -> Any:
+    """Rows and columns ``cols`` of every event's Hessian ``(B, N, N)``: row j is the gradient
+    of Σ_b g_bj, one backward pass through the gradient's graph per input j."""
     import torch
 
+    every = len(cols) == zt.shape[1] and bool((cols == torch.arange(len(cols))).all())
     rows = []
     for j in cols.tolist():
         r = None
         if g.requires_grad:
             (r,) = torch.autograd.grad(g[:, j].sum(), zt, retain_graph=True, allow_unused=True)
-        rows.append(torch.zeros((len(zt), len(cols)), dtype=zt.dtype) if r is None
-                    else r.detach()[:, cols])
+        if r is None:
+            rows.append(torch.zeros((len(zt), len(cols)), dtype=zt.dtype))
+        else:
+            rows.append(r.detach() if every else r.detach()[:, cols])
     return torch.stack(rows, dim=1)
 
 
@@ -517,22 +565,26 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
         rules = list(range(model.n_outputs))
     multiclass = model.kind == "multiclass"
     method = model.derivative_method
-    block = max(1024, 2**23 // (dim * dim + 1))  # events per block: bounds the Hessians' memory
+    # events per block: bounds the memory of the first-order (N) or second-order (N(N+1)/2)
+    # coefficients held at once to about 64 MiB
+    blocks = {1: max(1024, 2**23 // (dim + 1)), 2: max(1024, 2**23 // (len(iu[0]) + 1))}
     for rule in rules:
         for all_rows, o in ((np.flatnonzero(sub), 2), (np.flatnonzero(only_first), 1)):
             if order == 1 and o == 2:
                 continue
-            for start in range(0, len(all_rows), block):
-                rows = all_rows[start:start + block]
-                nodes, _, g, h, method = _derivatives(model, xm[rows], rule, o, batch, sigma)
+            for start in range(0, len(all_rows), blocks[o]):
+                rows = all_rows[start:start + blocks[o]]
+                nodes, _, g, t2, method = _derivatives(model, xm[rows], rule, o, batch, sigma,
+                                                       triu=True)
                 wr = wv[rows]
-                targets = [(int(rule), np.ones(len(rows), bool))] if not multiclass else \
+                targets = [(int(rule), None)] if not multiclass else \
                     [(c, nodes == c) for c in range(model.n_outputs)] + \
-                    [(len(sums.groups) - 1, np.ones(len(rows), bool))]
-                t2 = _monomial(h)[:, iu[0], iu[1]] if o == 2 else None
+                    [(len(sums.groups) - 1, None)]
                 for group, sel in targets:
-                    sums.first.add(group, wr[sel], g[sel])
+                    sums.first.add(group, wr if sel is None else wr[sel],
+                                   g if sel is None else g[sel])
                     if t2 is not None:
-                        sums.second.add(group, wr[sel], t2[sel])
+                        sums.second.add(group, wr if sel is None else wr[sel],
+                                        t2 if sel is None else t2[sel])
     sums.derivative_method = method
     return sums

@@ -6,6 +6,10 @@ numpy arrays cut out of an :class:`~validator.stages.fill.Accumulator`'s flat ve
 stays
 one ``bincount`` per chunk.
 
+They are scikit-hep values too: :meth:`Hist.to_hist` gives a ``hist.Hist`` with its axes and
+``Weight`` storage (Σw, Σw²), which ``mplhep.histplot`` draws and ``hist`` refills or
+rebins; :func:`from_stored` reads one row of the ``histograms`` table back.
+
 ``sumw`` and ``sumw2`` have the shape ``(n_var, *bins)``: row 0 is the nominal weight, the
 others are systematic weight variations. A histogram with ``flow=True`` (the plotting
 histograms) has one more bin at each end of its single axis: values below the first edge and
@@ -14,7 +18,9 @@ above the last one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -81,3 +87,38 @@ class Hist:
             raise ValueError("density is defined for 1D histograms")
         values = self.values[1:-1] if self.flow else self.values
         return values / np.diff(self.edges[0])
+
+    def to_hist(self, variation: int = 0, names: tuple[str, ...] = ("x", "y"),
+                labels: tuple[str, ...] | None = None) -> Any:
+        """This histogram (one weight variation, the nominal by default) as a scikit-hep
+        ``hist.Hist`` with ``Variable`` axes named ``names`` and ``Weight`` storage: values Σw,
+        variances Σw²; a ``flow`` histogram's outer bins are the axis' under/overflow."""
+        import hist
+
+        axes = [hist.axis.Variable(np.asarray(e, dtype=float), name=names[i],
+                                   label=(labels or names)[i], underflow=self.flow,
+                                   overflow=self.flow)
+                for i, e in enumerate(self.edges)]
+        out = hist.Hist(*axes, storage=hist.storage.Weight())
+        view = out.view(flow=self.flow)
+        view.value = self.sumw[variation]
+        view.variance = self.sumw2[variation]
+        return out
+
+
+def from_stored(row: Mapping[str, Any], sample: str = "sim") -> Hist:
+    """One row of the ``histograms`` table (docs/schema.md) as a :class:`Hist` of the
+    simulation (Σw, Σw²) or of the data (counts, Poisson variances). A ``plot`` row has its
+    under/overflow bins (``flow``); a pair's contents are stored flat, x major."""
+    if sample not in ("sim", "data"):
+        raise ValueError(f"sample must be 'sim' or 'data', not {sample!r}")
+    edges = [np.asarray(row["edges_x"], dtype=float)]
+    if row.get("edges_y") is not None:
+        edges.append(np.asarray(row["edges_y"], dtype=float))
+    values = np.asarray(row["sim_sumw" if sample == "sim" else "data_counts"], dtype=float)
+    variances = np.asarray(row["sim_sumw2"], dtype=float) if sample == "sim" else values
+    bins = tuple(len(e) - 1 for e in edges)
+    flow = len(edges) == 1 and len(values) == bins[0] + 2
+    shape = (bins[0] + 2,) if flow else bins
+    return Hist(tuple(edges), values.reshape(1, *shape), variances.reshape(1, *shape), flow)
+
