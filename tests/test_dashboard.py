@@ -35,6 +35,7 @@ import pytest
 from conftest import load_sample_generator
 
 from validator.cli import main
+from validator.dashboard.common import PAGE_FILES
 from validator.gate.judge import judge_stored
 from validator.pipeline import RunConfig, run_validation
 from validator.results.reading import read_run
@@ -104,7 +105,7 @@ def _clean(at: AppTest) -> None:
 
 
 def _page(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"views/{page}.py").run()
+    at.switch_page(PAGE_FILES[page]).run()
     _clean(at)
     return at
 
@@ -432,9 +433,9 @@ def test_end_to_end_server_in_headless_chromium(stored, tmp_path):
     try:
         _wait_healthy(url, server)
         with Browser(tmp_path / "profile", width=1440, height=1250) as browser:
-            text = browser.load(url, ["Worst problems", "1. met", "gate FAILED",
-                                      "p-values vs uniform"], timeout=150)
-            assert "lep1_iso × lep2_iso" in text
+            text = browser.load(url, ["Worst problems", "1. lep1_iso × lep2_iso",
+                                      "gate FAILED", "p-values vs uniform"], timeout=150)
+            assert "covered by the systematics" in text
             time.sleep(2)  # let the plotly figures finish drawing
             shot = browser.screenshot(tmp_path / "dashboard.png")
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -450,10 +451,32 @@ def test_end_to_end_server_in_headless_chromium(stored, tmp_path):
             write_run(db, _synthetic_rows(1, 200, start=60), wait_s=5)
             browser.load(url, ["run (3 in the database"], timeout=120)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        _stop(server)
         log.close()
+    # the repository's entry serves the same pages, and says when a link names no run
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = (tmp_path / "server2.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run",
+                               str(REPO / "dashboard" / "app.py"), "--server.port", str(port),
+                               "--server.headless", "true", "--browser.gatherUsageStats",
+                               "false", "--server.fileWatcherType", "none", "--", "--db",
+                               str(db)], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        _wait_healthy(url, server)
+        with Browser(tmp_path / "profile2", width=1440, height=1250) as browser:
+            browser.load(url + "?run=nonexistent", ["is not in this database", "Worst problems",
+                                                    "gate FAILED"], timeout=150)
+    finally:
+        _stop(server)
+        log.close()
+
+
+def _stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)

@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from validator.dashboard import data, database_problem
+from validator.dashboard.common import VIEWS
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -58,13 +59,13 @@ def main() -> None:
         st.stop()
     st.session_state["db_path"] = str(db)
     pages = [
-        st.Page("views/overview.py", title="Overview", icon=":material/dashboard:",
+        st.Page(VIEWS / "overview.py", title="Overview", icon=":material/dashboard:",
                 default=True),
-        st.Page("views/inputs.py", title="Inputs (1D)", icon=":material/bar_chart:"),
-        st.Page("views/pairs.py", title="Pairs (2D)", icon=":material/grid_on:"),
-        st.Page("views/model.py", title="Model", icon=":material/hub:"),
-        st.Page("views/history.py", title="History", icon=":material/timeline:"),
-        st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
+        st.Page(VIEWS / "inputs.py", title="Inputs (1D)", icon=":material/bar_chart:"),
+        st.Page(VIEWS / "pairs.py", title="Pairs (2D)", icon=":material/grid_on:"),
+        st.Page(VIEWS / "model.py", title="Model", icon=":material/hub:"),
+        st.Page(VIEWS / "history.py", title="History", icon=":material/timeline:"),
+        st.Page(VIEWS / "models.py", title="Models", icon=":material/inventory_2:"),
     ]
     page = st.navigation(pages)
     st.sidebar.caption(f"database: {db}")

@@ -21,9 +21,11 @@ from validator.errors import InputError
 #: Rows of a long table shown per page.
 PAGE_ROWS = 50
 #: The page files (relative to app.py) by name, for links between pages.
-PAGE_FILES = {"overview": "views/overview.py", "inputs": "views/inputs.py",
-              "pairs": "views/pairs.py", "model": "views/model.py",
-              "history": "views/history.py", "models": "views/models.py"}
+#: The page files, absolute: the app runs from ``validator/dashboard/app.py`` and from the
+#: repository's ``dashboard/app.py`` alike.
+VIEWS = Path(__file__).resolve().with_name("views")
+PAGE_FILES = {name: str(VIEWS / f"{name}.py")
+              for name in ("overview", "inputs", "pairs", "model", "history", "models")}
 
 
 def db() -> Path:

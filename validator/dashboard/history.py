@@ -4,13 +4,13 @@ with the tests that newly fail or newly pass."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from validator.dashboard import common, data, plots, static
+from validator.results.format import neg_log10
 
 #: Tests of two runs are the same test when these agree.
 MATCH = ["category", "kind", "method", "feature_x", "feature_y", "node"]
@@ -71,7 +71,8 @@ def _x_labels(runs: pd.DataFrame, by: str) -> list[str]:
 
 
 def _neglog(p: Any) -> float:
-    return float("nan") if p is None or pd.isna(p) else -math.log10(max(float(p), 1e-300))
+    value = neg_log10(p)
+    return float("nan") if value is None else value
 
 
 def render() -> None:

@@ -28,6 +28,7 @@ is c, and ``all``, each event at its highest node).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,16 +36,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from validator.model.taylor import AbsMeanSums, _groups
+from validator.model.taylor import AbsMeanSums, groups, input_columns, network_inputs
 
 if TYPE_CHECKING:
     from validator.model.load import AuditedModel
 
-EXPLAINERS = {"gradient": "GradientExplainer", "kernel": "KernelExplainer",
+EXPLAINERS = {"exact": "validator.exact", "sampling": "validator.sampling",
+              "gradient": "GradientExplainer", "kernel": "KernelExplainer",
               "permutation": "PermutationExplainer"}
-#: Up to this many inputs the kernel explainer's sampled coalitions (1000 per event) resolve
-#: every input's contribution; beyond it expected gradients scale better.
-KERNEL_MAX_INPUTS = 40
+#: ``auto`` takes ``shap.KernelExplainer`` up to this many inputs (PROVISIONAL).
+KERNEL_MAX_INPUTS = 4
+#: ``auto`` enumerates every coalition up to this many inputs (PROVISIONAL).
+EXACT_MAX_INPUTS = 5
+#: ``auto`` samples this many permutations per event and background row above (PROVISIONAL).
+SAMPLING_ROUNDS = 8
+#: ``method="exact"`` refuses more inputs than this (2^N coalitions per event).
+EXACT_LIMIT = 20
+#: Rows per call of the network in the exact and sampling estimators (a few tens of MiB).
+MAX_ROWS = 2**18
 
 
 @dataclass(frozen=True)
@@ -113,16 +122,22 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
     if len(bg) == 0 or len(xs) == 0:
         raise ValueError("SHAP needs finite events and background rows")
     if method == "auto":
-        small = dim <= KERNEL_MAX_INPUTS or model.derivative_method == "finite_differences"
-        method = "kernel" if small else "gradient"
+        method = auto_method(dim)
     if method not in EXPLAINERS:
         raise ValueError(f"method must be auto, {', '.join(EXPLAINERS)}; not {method!r}")
+    if method == "exact" and dim > EXACT_LIMIT:
+        raise ValueError(f"method='exact' enumerates 2^{dim} coalitions per event: use "
+                         f"'sampling' beyond {EXACT_LIMIT} inputs")
 
     outputs = model.evaluate(xs)
     base = model.evaluate(bg).mean(axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if method == "gradient":
+        if method == "exact":
+            phi, ns = _exact(model, xs, bg)
+        elif method == "sampling":
+            phi, ns = _sampling(model, xs, bg, nsamples or SAMPLING_ROUNDS, seed)
+        elif method == "gradient":
             phi, ns = _gradient(model, xs, bg, nsamples or 200, seed)
         elif method == "kernel":
             phi, ns = _kernel(model, xs, bg, nsamples or 1000, seed)
@@ -130,24 +145,124 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
             phi, ns = _permutation(model, xs, bg, nsamples or 4 * (2 * dim + 2), seed)
     additivity = float(np.max(np.abs(phi.sum(axis=1) + base[None, :] - outputs)))
 
-    groups = _groups(model)
-    sums = AbsMeanSums.zeros(len(groups), dim)
+    names = groups(model)
+    sums = AbsMeanSums.zeros(len(names), dim)
     if model.kind == "multiclass":
         top = outputs.argmax(axis=1)
         own = phi[np.arange(len(xs)), :, top]
         for c in range(model.n_outputs):
             sel = top == c
             sums.add(c, ws[sel], own[sel])
-        sums.add(len(groups) - 1, ws, own)
+        sums.add(len(names) - 1, ws, own)
     else:
         for c in range(model.n_outputs):
             sums.add(c, ws, phi[:, :, c])
     mean, unc = sums.means()
-    return ShapResult(inputs=model.inputs, groups=groups, values=mean, uncertainties=unc,
+    return ShapResult(inputs=model.inputs, groups=names, values=mean, uncertainties=unc,
                       n_events=sums.n.copy(), sum_weights=sums.sw.copy(), base_values=base,
                       per_event=phi, outputs=outputs, additivity_error=additivity,
                       explainer=EXPLAINERS[method], n_background=len(bg), nsamples=ns,
                       sums=sums)
+
+
+def auto_method(n_inputs: int) -> str:
+    """The method ``method="auto"`` takes for a network of ``n_inputs`` inputs (the rule and
+    its measurements: the module docstring)."""
+    if n_inputs <= KERNEL_MAX_INPUTS:
+        return "kernel"
+    if n_inputs <= EXACT_MAX_INPUTS:
+        return "exact"
+    return "sampling"
+
+
+def _model_rows(model: AuditedModel, xs: np.ndarray, bg: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Events and background rows in model space, in the network's precision (the numbers
+    its evaluation sees), and the model-space column of each input: masking a column there
+    is masking the raw input, since the map is column by column."""
+    cols = input_columns(model)[0]
+    return network_inputs(model, xs), network_inputs(model, bg), cols
+
+
+def _exact(model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
+           max_rows: int = MAX_ROWS) -> tuple[np.ndarray, int]:
+    """Shapley values by enumerating all 2^N coalitions S (Shapley 1953; Lundberg & Lee 2017,
+    eq. 8): v(S) = mean over the background of f(x_S, b_rest), and
+    φ_i = Σ_{S ∌ i} |S|!(N−|S|−1)!/N! (v(S ∪ {i}) − v(S)). The same numbers as
+    ``shap.explainers.Exact`` with an independent masker on the same background (to 1e-15,
+    ``benchmarks/bench_model.py``), evaluated in batches of ``max_rows`` rows."""
+    n, dim = xs.shape
+    zx, zb, cols = _model_rows(model, xs, bg)
+    n_sub = 1 << dim
+    masks = (np.arange(n_sub)[:, None] >> np.arange(dim)[None, :]) & 1 == 1  # (S, N)
+    size = masks.sum(axis=1)
+    weight = np.array([math.factorial(k) * math.factorial(dim - k - 1) / math.factorial(dim)
+                       if k < dim else 0.0 for k in size])
+    per = max(1, max_rows // (len(bg) * n_sub))
+    v = np.zeros((n, n_sub, model.n_outputs))
+    for s in range(0, n, per):
+        e = len(zx[s:s + per])
+        pts = np.broadcast_to(zb[None, None], (e, n_sub, *zb.shape)).copy()  # (e, S, B, M)
+        pts[..., cols] = np.where(masks[None, :, None, :], zx[s:s + per, None, None, cols],
+                                  zb[None, None, :, cols])
+        out = model._backend.run(pts.reshape(-1, zb.shape[1]))
+        v[s:s + e] = out.reshape(e, n_sub, len(bg), -1).mean(axis=2)
+    phi = np.zeros((n, dim, model.n_outputs))
+    index = np.arange(n_sub)
+    for i in range(dim):
+        without = index[~masks[:, i]]
+        phi[:, i] = np.einsum("esc,s->ec", v[:, without | (1 << i)] - v[:, without],
+                              weight[without])
+    return phi, n_sub
+
+
+def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, seed: int,
+              max_rows: int = MAX_ROWS) -> tuple[np.ndarray, int]:
+    """Shapley values by sampling permutations (Castro, Gómez, Tejada, Comput. Oper. Res. 36
+    (2009) 1726; Štrumbelj & Kononenko, Knowl. Inf. Syst. 41 (2014) 647: "Shapley sampling
+    values" in Lundberg & Lee 2017), vectorised.
+
+    For every event x and background row b, ``rounds`` permutations π of the inputs: the
+    chain b = p_0, p_1, ..., p_N = x switches the inputs from b to x in the order π, and
+    f(p_k) − f(p_{k−1}) is the marginal contribution of input π_k; φ_i(x) is its mean over
+    the background and the permutations, an unbiased estimate of the exact value (each
+    chain's contributions add up to f(x) − f(b), so φ is additive exactly). Every other
+    permutation is the previous one reversed (antithetic pairs: R. Mitchell et al., JMLR 23
+    (2022) 1, arXiv:2104.12199), every (event, background row) draws its own. Each chain
+    costs N − 1 evaluations (f(b) and f(x) are shared), all chains of a batch of events run
+    in one call of the network."""
+    n, dim = xs.shape
+    n_bg = len(bg)
+    zx, zb, cols = _model_rows(model, xs, bg)
+    fx = model._backend.run(zx)  # (n, C)
+    fb = model._backend.run(zb)  # (B, C)
+    phi = np.zeros((n, dim, model.n_outputs))
+    if dim == 1:
+        phi[:, 0] = fx - fb.mean(axis=0)
+        return phi, rounds
+    rng = np.random.default_rng([seed, 0x5A3B])
+    steps = np.arange(1, dim)  # p_k for k = 1..N-1 take the first k inputs of π from x
+    per = max(1, max_rows // (n_bg * (dim - 1)))
+    for s in range(0, n, per):
+        e = len(zx[s:s + per])
+        rank = None
+        for r in range(rounds):
+            if r % 2 == 0:  # rank[e, b, i]: the position of input i in π
+                rank = np.argsort(np.argsort(rng.random((e, n_bg, dim)), axis=2), axis=2)
+            else:
+                rank = dim - 1 - rank
+            take = rank[:, :, None, :] < steps[None, None, :, None]  # (e, B, N-1, N)
+            pts = np.broadcast_to(zb[None, :, None], (e, n_bg, dim - 1, zb.shape[1])).copy()
+            pts[..., cols] = np.where(take, zx[s:s + e, None, None, cols],
+                                      zb[None, :, None, cols])
+            out = model._backend.run(pts.reshape(-1, zb.shape[1]))
+            chain = np.concatenate(
+                [np.broadcast_to(fb[None, :, None], (e, n_bg, 1, fb.shape[1])),
+                 out.reshape(e, n_bg, dim - 1, -1),
+                 np.broadcast_to(fx[s:s + e, None, None], (e, n_bg, 1, fx.shape[1]))], axis=2)
+            step = np.diff(chain, axis=2)  # (e, B, N, C): step k adds input π_k
+            phi[s:s + e] += np.take_along_axis(step, rank[..., None], axis=2).mean(axis=1)
+    return phi / rounds, rounds
 
 
 def _as_3d(values: Any, n: int, dim: int) -> np.ndarray:

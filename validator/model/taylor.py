@@ -202,10 +202,10 @@ def _derivatives(model: AuditedModel, x: np.ndarray, rule: int | str, order: int
         except Exception as exc:
             if model.format != "onnx":  # ONNX: the conversion ran on the probe but not here
                 from validator.errors import InputError
-                from validator.model.formats import _first_line
 
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 raise InputError(f"model {model.path.name}: cannot differentiate it "
-                                 f"({_first_line(exc)})") from exc
+                                 f"({reason})") from exc
     nodes, value, grad, hess = _finite_differences(model, x, rule, order, sigma)
     second = None
     if hess is not None:
@@ -216,7 +216,7 @@ def _derivatives(model: AuditedModel, x: np.ndarray, rule: int | str, order: int
     return nodes, value, grad, second, "finite_differences"
 
 
-def _chain(model: AuditedModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def input_columns(model: AuditedModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The model-space inputs of the raw ones: ``z = (x @ S + c - offset) / scale`` with S a
     selection (:meth:`AuditedModel.model_space`). Returns the model-space column of each
     data input, ∂z/∂x there (1/scale), and the model-space row of an event whose data inputs
@@ -226,11 +226,11 @@ def _chain(model: AuditedModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return cols, 1.0 / scale[cols], (const - offset) / scale
 
 
-def _model_space(model: AuditedModel, x: np.ndarray) -> np.ndarray:
+def network_inputs(model: AuditedModel, x: np.ndarray) -> np.ndarray:
     """:meth:`AuditedModel.model_space` in the network's precision, element for element the
     same numbers (S only places columns, so ``x @ S`` is exact), without its float64 matrix
     product."""
-    cols, _, base = _chain(model)
+    cols, _, base = input_columns(model)
     dtype = model._backend.dtype
     if len(cols) == len(base) and np.array_equal(cols, np.arange(len(cols))) \
             and not any(model.scaler.get(c) for c in model.model_inputs):
@@ -267,10 +267,10 @@ def _autograd(model: AuditedModel, net: Any, x: np.ndarray, rule: int | str, ord
         second = np.zeros((n, len(iu[0]))) if triu else np.zeros((n, dim, dim))
     if n == 0:
         return nodes, value, grad, second
-    cols, inv, _ = _chain(model)
+    cols, inv, _ = input_columns(model)
     # t_ij = ∂²f/∂x_i∂x_j = H_z[i, j] / (scale_i scale_j), the diagonal halved
     factor = inv[:, None] * inv[None, :] * np.where(np.eye(dim, dtype=bool), 0.5, 1.0)
-    z = _model_space(model, x)
+    z = network_inputs(model, x)
     tcols = torch.as_tensor(cols)
     every = np.array_equal(cols, np.arange(z.shape[1]))
     tiu = (torch.as_tensor(iu[0]), torch.as_tensor(iu[1]))
@@ -461,11 +461,11 @@ class TaylorSums:
     def empty(cls, model: AuditedModel, order: int = 2, sigma: np.ndarray | None = None
               ) -> TaylorSums:
         """Zero sums for ``model`` (the start of an accumulation)."""
-        groups = _groups(model)
+        names = groups(model)
         dim = len(model.inputs)
-        return cls(model.inputs, groups, order, model.derivative_method,
-                   AbsMeanSums.zeros(len(groups), dim),
-                   AbsMeanSums.zeros(len(groups), dim * (dim + 1) // 2) if order == 2
+        return cls(model.inputs, names, order, model.derivative_method,
+                   AbsMeanSums.zeros(len(names), dim),
+                   AbsMeanSums.zeros(len(names), dim * (dim + 1) // 2) if order == 2
                    else None, _sigma(sigma, dim))
 
     def __add__(self, other: TaylorSums) -> TaylorSums:
@@ -513,10 +513,16 @@ class TaylorSums:
                            self.derivative_method)
 
 
-def _groups(model: AuditedModel) -> tuple[str, ...]:
+def groups(model: AuditedModel) -> tuple[str, ...]:
+    """The groups of the sums: the output names, and :data:`ALL` after them for a multi-class
+    network."""
     if model.kind == "multiclass":
         return (*model.names, ALL)
     return tuple(model.names)
+
+
+#: The name ``validator/stages/audit.py`` imports today (to become :func:`groups`).
+_groups = groups
 
 
 def _sigma(sigma: np.ndarray | None, dim: int) -> np.ndarray | None:

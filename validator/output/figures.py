@@ -40,6 +40,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from mplhep.error_estimation import poisson_interval
 
+from validator.results.format import format_p, neg_log10
+
 #: p-value colour thresholds of the matrix (CMS/KIT convention): green p >= P_GREEN (no
 #: evidence at the usual 5 % test size), yellow P_RED <= p < P_GREEN (worth a look), red
 #: p < P_RED (mismodelled at 1 %). Applied to Holm-adjusted p-values by default, so a red cell
@@ -142,12 +144,6 @@ def pull_values(hist: Hist2D) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         pull = np.where(var > 0, (hist.data - k * hist.sim_sumw) / np.sqrt(var), np.nan)
     return pull.reshape(hist.shape)
-
-
-def _fmt_p(p: float) -> str:
-    if p is None or not np.isfinite(p):
-        return "n/a"
-    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
 def mpl_style():
@@ -256,7 +252,7 @@ def plot_feature(sim: Hist1D | Mapping[str, Hist1D], data: np.ndarray, feature: 
 def _pvalue_caption(pvalues: Mapping[str, float] | None) -> str | None:
     if not pvalues:
         return None
-    parts = [f"{m}: {_fmt_p(p)}" for m, p in pvalues.items()]
+    parts = [f"{m}: {format_p(p)}" for m, p in pvalues.items()]
     lines = ["p (Holm)"] + [", ".join(parts[i:i + 2]) for i in range(0, len(parts), 2)]
     return "\n".join(lines)
 
@@ -264,11 +260,6 @@ def _pvalue_caption(pvalues: Mapping[str, float] | None) -> str | None:
 def _flow_notes(sim: np.ndarray, data: np.ndarray) -> list[str]:
     return [f"{name}: data {data[i]:.0f}, sim {sim[i]:.1f}"
             for name, i in (("underflow", 0), ("overflow", -1)) if sim[i] or data[i]]
-
-
-def _neg_log10(p: float) -> float:
-    """-log10 p, 0 for p = 1 (never "-0.0"); p = 0 (a bound at the float limit) as 300."""
-    return abs(-math.log10(max(p, 1e-300)))
 
 
 def _edge_labels(edges: np.ndarray) -> list[str]:
@@ -382,7 +373,7 @@ def plot_pvalue_matrix(tests: Iterable[Mapping[str, Any]], features: Sequence[st
                 for j in range(n):
                     p = matrix[i, j]
                     if np.isfinite(p):
-                        ax.text(j + 0.5, i + 0.5, f"{_neg_log10(p):.1f}",
+                        ax.text(j + 0.5, i + 0.5, f"{neg_log10(p):.1f}",
                                 ha="center", va="center", fontsize="xx-small")
         index = {f: i for i, f in enumerate(features)}
         boxed = 0

@@ -52,4 +52,4 @@ def neg_log10(p: Any) -> float | None:
     value = _number(p)
     if value is None:
         return None
-    return -math.log10(max(value, UNDERFLOW))
+    return abs(-math.log10(max(value, UNDERFLOW)))  # abs: p = 1 is 0, never -0
