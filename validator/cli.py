@@ -334,9 +334,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     import pandas as pd
     from rich.table import Table
 
-    from validator.results.store import list_runs
+    from validator.results.tables import run_list
 
-    frame = list_runs(args.db)
+    frame = run_list(args.db)
     table = Table(title=f"runs in {args.db}", title_justify="left")
     for col in ("run_id", "started (UTC)", "simulation → data", "options", "events sim/data",
                 "tests", "failed (exp.)", "Holm", "not run"):

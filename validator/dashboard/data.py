@@ -1,14 +1,11 @@
-"""Data access of the dashboard: cached, parameterised, read-only queries.
+"""Data access of the dashboard: cached reads of the one loader.
 
-Every query goes through :func:`validator.results.store.query` (a short-lived read-only connection,
+Every read goes through :mod:`validator.results.tables` (short-lived read-only connections,
 closed before the page is drawn: no connection is ever held open, so a ``validator run`` can
 write to the file between two clicks). Results are cached with ``st.cache_data`` keyed by the
 database path, the state of the file (:func:`stamp`: modification time and size of the file
-and of its write-ahead log) and the query's parameters (the run id among them), so a new run
+and of its write-ahead log) and the read's arguments (the run id among them), so a new run
 written to the file is seen at the next rerun and an unchanged file is never read twice.
-
-SQL text is constant in this module; what a user picks (a run, a feature, a model) travels
-only as a query parameter.
 """
 
 from __future__ import annotations
@@ -25,20 +22,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from validator.results.schema import SCHEMA
-from validator.results.store import query
+from validator.results import tables
 
 #: Environment variable naming the database when the script gets no ``--db`` argument.
 DB_ENV = "VALIDATOR_DB"
-#: Columns of ``runs`` the run picker and the history read (not the large plan JSON).
-RUN_LIST_COLUMNS = (
-    "run_id", "started_at", "finished_at", "tool_version", "sim_paths", "data_paths",
-    "weight_column", "category_column", "model_id", "rules_name", "gate_passed", "n_sim",
-    "n_data", "n_features", "n_pairs", "alpha", "n_tests", "n_reliable", "n_failed",
-    "n_expected_failures", "n_significant_holm", "n_significant_bh", "n_not_run",
-    "p_global_min", "p_global_nfail", "p_uniformity", "taylor_rank_corr_first",
-    "taylor_rank_corr_second", "shap_rank_corr", "tags",
-)
 
 
 def db_path(argv: Sequence[str] | None = None) -> Path | None:
@@ -65,50 +52,15 @@ def stamp(db: str | Path) -> tuple[int, int, int, int]:
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
-def _cached(db: str, state: tuple[int, ...], sql: str, params: tuple[Any, ...],
-            ) -> pd.DataFrame:
-    """One read-only query, cached per (database, file state, SQL, parameters)."""
-    return query(db, sql, list(params))
+def _cached(db: str, state: tuple[int, ...], name: str, args: tuple[Any, ...]) -> Any:
+    """One read of the loader (:mod:`validator.results.tables`), cached per (database, file
+    state, function, arguments)."""
+    return getattr(tables, name)(db, *args)
 
 
-def run_query(db: str | Path, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
-    """A cached read-only query with parameters (``?`` placeholders)."""
-    return _cached(str(db), stamp(db), sql, tuple(params))
-
-
-def table_columns(db: str | Path) -> dict[str, set[str]]:
-    """The tables of the file and their columns (a file of an older schema has fewer)."""
-    found = run_query(db, "SELECT table_name, column_name FROM information_schema.columns "
-                          "WHERE table_schema = 'main'")
-    out: dict[str, set[str]] = {}
-    for t, c in zip(found["table_name"], found["column_name"], strict=True):
-        out.setdefault(str(t), set()).add(str(c))
-    return out
-
-
-def _empty(table: str) -> pd.DataFrame:
-    return pd.DataFrame(columns=[c for c, _ in SCHEMA.get(table, [])])
-
-
-def _complete(frame: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Add the columns a file of an older schema lacks (as missing values)."""
-    for c, _ in SCHEMA.get(table, []):
-        if c not in frame.columns:
-            frame[c] = None
-    return frame
-
-
-def _select(db: str | Path, table: str, where: str, params: Sequence[Any],
-            order: str = "", columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """``SELECT`` from one table with a constant condition and parameters; empty when the
-    file has no such table (older schema)."""
-    have = table_columns(db).get(table)
-    if not have:
-        return _empty(table)
-    cols = "*" if columns is None else ", ".join(f'"{c}"' for c in columns if c in have)
-    sql = f"SELECT {cols} FROM {table}" + (f" WHERE {where}" if where else "") + \
-        (f" ORDER BY {order}" if order else "")
-    return _complete(run_query(db, sql, params).copy(), table)
+def _read(name: str, db: str | Path, *args: Any) -> Any:
+    out = _cached(str(db), stamp(db), name, tuple(args))
+    return out.copy() if isinstance(out, pd.DataFrame) else out
 
 
 # ------------------------------------------------------------------ runs
@@ -129,13 +81,13 @@ def reading(db: str | Path, run_id: str) -> Any:
 
 
 def runs(db: str | Path) -> pd.DataFrame:
-    """Every run, newest first (without the plan and configuration JSON)."""
-    return _select(db, "runs", "", [], "started_at DESC, run_id DESC", RUN_LIST_COLUMNS)
+    """Every run, newest first (without the plan JSON)."""
+    return _read("run_list", db)
 
 
 def run(db: str | Path, run_id: str) -> dict[str, Any]:
     """One run's ``runs`` row (every column), as a dict of plain values."""
-    rows = records(_select(db, "runs", "run_id = ?", [run_id]))
+    rows = records(_read("run_table", db, run_id, "runs"))
     return rows[0] if rows else {}
 
 
@@ -164,110 +116,72 @@ def run_label(row: Mapping[str, Any]) -> str:
 
 def tests(db: str | Path, run_id: str) -> pd.DataFrame:
     """The run's tests, by ``test_id``."""
-    return _select(db, "tests", "run_id = ?", [run_id], "test_id")
+    return _read("run_table", db, run_id, "tests")
 
 
 def features(db: str | Path, run_id: str) -> pd.DataFrame:
     """The run's ``features`` rows (every category)."""
-    return _select(db, "features", "run_id = ?", [run_id])
+    return _read("run_table", db, run_id, "features")
 
 
 def gate_results(db: str | Path, run_id: str) -> pd.DataFrame:
     """Every verdict on the run (``gate_results``), oldest first."""
-    return _select(db, "gate_results", "run_id = ?", [run_id], "judged_at")
+    return _read("run_table", db, run_id, "gate_results")
 
 
 def skipped(db: str | Path, run_id: str) -> pd.DataFrame:
     """Columns the run did not test, with the reason."""
-    return _select(db, "skipped_columns", "run_id = ?", [run_id])
+    return _read("run_table", db, run_id, "skipped_columns")
 
 
 def run_models(db: str | Path, run_id: str) -> pd.DataFrame:
     """The networks audited in the run (``models``)."""
-    return _select(db, "models", "run_id = ?", [run_id])
+    return _read("run_table", db, run_id, "models")
 
 
 def importances(db: str | Path, run_id: str) -> pd.DataFrame:
     """The run's ``importances`` rows."""
-    return _select(db, "importances", "run_id = ?", [run_id])
+    return _read("run_table", db, run_id, "importances")
 
 
 def criticality(db: str | Path, run_id: str) -> pd.DataFrame:
     """The run's ``criticality`` rows, by ``criticality_rank``."""
-    return _select(db, "criticality", "run_id = ?", [run_id], "criticality_rank")
+    return _read("run_table", db, run_id, "criticality")
 
 
 def syst_effects(db: str | Path, run_id: str) -> pd.DataFrame:
     """The run's ``syst_effects`` rows (systematics; empty without)."""
-    return _select(db, "syst_effects", "run_id = ?", [run_id])
+    return _read("run_table", db, run_id, "syst_effects")
 
 
 def hist_plot(db: str | Path, run_id: str, category: str, feature: str,
               ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """A feature's ``plot`` histograms: the nominal row (None when not stored) and the
-    variation rows (``process:NAME`` per process, systematic variations ``NAME_up``...)."""
-    have = table_columns(db).get("histograms", set())
-    if "binning" not in have:  # a file of release 0.1.0 stored test binnings only
-        return None, []
-    rows = records(_select(db, "histograms", "run_id = ? AND category = ? AND binning = 'plot' "
-                           "AND feature_x = ? AND feature_y IS NULL",
-                           [run_id, category, feature]))
-    nominal = [r for r in rows if r.get("variation") is None]
-    return (nominal[0] if nominal else None), [r for r in rows if r.get("variation")]
+    """A feature's ``plot`` histograms (:func:`validator.results.tables.plot_histograms`)."""
+    return _read("plot_histograms", db, run_id, category, feature)
 
 
 def hist_pair(db: str | Path, run_id: str, category: str, x: str, y: str,
               ) -> dict[str, Any] | None:
-    """A pair's ``test`` histogram row (nominal), or None."""
-    have = table_columns(db).get("histograms", set())
-    if not have:
-        return None
-    test = " AND binning = 'test'" if "binning" in have else ""  # 0.1.0: test binnings only
-    rows = records(_select(db, "histograms", "run_id = ? AND category = ? AND feature_x = ? "
-                           "AND feature_y = ?" + test, [run_id, category, x, y]))
-    rows = [r for r in rows if r.get("variation") is None]
-    return rows[0] if rows else None
+    """A pair's ``test`` histogram row (:func:`validator.results.tables.pair_histogram`)."""
+    return _read("pair_histogram", db, run_id, category, x, y)
 
 
 # ------------------------------------------------------------------ models and history
 
 
 def all_models(db: str | Path) -> pd.DataFrame:
-    """Every audited network, one row per model id: path, format, kind, inputs, outputs,
-    derivative method, the number of runs and when it was first and last audited."""
-    if not table_columns(db).get("models"):
-        return pd.DataFrame(columns=["model_id", "path", "format", "kind", "inputs", "outputs",
-                                     "params_json", "derivative_method", "n_runs",
-                                     "first_added", "last_added"])
-    return run_query(db, "SELECT model_id, arg_max(path, added_at) AS path, "
-                         "arg_max(format, added_at) AS format, arg_max(kind, added_at) AS kind, "
-                         "arg_max(inputs, added_at) AS inputs, "
-                         "arg_max(outputs, added_at) AS outputs, "
-                         "arg_max(params_json, added_at) AS params_json, "
-                         "arg_max(derivative_method, added_at) AS derivative_method, "
-                         "count(DISTINCT run_id) AS n_runs, min(added_at) AS first_added, "
-                         "max(added_at) AS last_added FROM models GROUP BY model_id "
-                         "ORDER BY last_added DESC").copy()
+    """Every audited network (:func:`validator.results.tables.model_list`)."""
+    return _read("model_list", db)
 
 
 def model_runs(db: str | Path, model_id: str | None) -> pd.DataFrame:
-    """The runs of one model (``None``: runs without a model), oldest first, with the
-    smallest reliable p-value and Holm p-value of each (``min_p``, ``min_p_holm``)."""
-    where = "r.model_id = ?" if model_id is not None else "r.model_id IS NULL"
-    params = [model_id] if model_id is not None else []
-    have = table_columns(db).get("runs", set())
-    cols = ", ".join(f'r."{c}"' for c in RUN_LIST_COLUMNS if c in have)
-    frame = run_query(
-        db, f"SELECT {cols}, t.min_p, t.min_p_holm FROM runs r LEFT JOIN ("
-            "SELECT run_id, min(pvalue) AS min_p, min(p_holm) AS min_p_holm FROM tests "
-            "WHERE reliable AND pvalue IS NOT NULL AND kind <> 'taylor' GROUP BY run_id) t "
-            f"ON r.run_id = t.run_id WHERE {where} ORDER BY r.started_at, r.run_id", params)
-    return _complete(frame.copy(), "runs")
+    """The runs of one model (:func:`validator.results.tables.model_runs`)."""
+    return _read("model_runs", db, model_id)
 
 
 def model_importances(db: str | Path, model_id: str) -> pd.DataFrame:
-    """First-order importances (Taylor, scaled; SHAP) of one model in every run."""
-    return _select(db, "importances", "model_id = ? AND degree = 1", [model_id])
+    """First-order importances of one model in every run."""
+    return _read("model_importances", db, model_id)
 
 
 # ------------------------------------------------------------------ helpers

@@ -380,11 +380,6 @@ def query(path: str | Path, sql: str, params: Sequence[Any] | None = None) -> An
         con.close()
 
 
-def list_runs(path: str | Path) -> Any:
-    """The runs in a database, newest first."""
-    return query(path, "SELECT * FROM runs ORDER BY started_at DESC")
-
-
 def check_readable(path: str | Path) -> int:
     """The schema version of a validator database to read; :class:`InputError` (one line) for
     a missing file, a file that is not DuckDB or not validator's, or a newer schema."""

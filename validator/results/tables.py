@@ -121,3 +121,123 @@ def outcome_tables(outcome: Any, *, verdict_rows: Iterable[Mapping[str, Any]] = 
     rows = dict(run_rows(outcome, with_histograms=False))
     rows["gate_results"] = list(verdict_rows)
     return tables_from_rows(rows)
+
+
+# ------------------------------------------------------------------ across runs (the dashboard)
+
+#: Columns of ``runs`` the run picker, ``validator runs`` and the history read (not the large
+#: plan JSON).
+RUN_LIST_COLUMNS = (
+    "run_id", "started_at", "finished_at", "tool_version", "sim_paths", "data_paths",
+    "weight_column", "category_column", "model_id", "rules_name", "gate_passed", "n_sim",
+    "n_data", "n_features", "n_pairs", "alpha", "n_tests", "n_reliable", "n_failed",
+    "n_expected_failures", "n_significant_holm", "n_significant_bh", "n_not_run",
+    "p_global_min", "p_global_nfail", "p_uniformity", "taylor_rank_corr_first",
+    "taylor_rank_corr_second", "shap_rank_corr", "tags", "config_json",
+)
+
+
+def table_columns(db: str | Path) -> dict[str, set[str]]:
+    """The tables of a validator database and their columns (an earlier schema has fewer)."""
+    from validator.results.store import check_readable
+
+    check_readable(db)
+    return _present(Path(db))
+
+
+def _select(db: str | Path, table: str, where: str, params: list[Any], order: str = "",
+            columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """``SELECT`` from one table with a constant condition and parameters; empty when the
+    file has no such table (an earlier schema), today's columns completed."""
+    from validator.results.store import query
+
+    have = table_columns(db).get(table)
+    if not have:
+        return empty_table(table)
+    cols = "*" if columns is None else ", ".join(f'"{c}"' for c in columns if c in have)
+    sql = f"SELECT {cols} FROM {table}" + (f" WHERE {where}" if where else "") + \
+        (f" ORDER BY {order}" if order else "")
+    return _complete(query(db, sql, params), table)
+
+
+def run_list(db: str | Path) -> pd.DataFrame:
+    """Every run of the file, newest first (:data:`RUN_LIST_COLUMNS`)."""
+    return _select(db, "runs", "", [], "started_at DESC, run_id DESC", RUN_LIST_COLUMNS)
+
+
+def run_table(db: str | Path, run_id: str, table: str) -> pd.DataFrame:
+    """One table's rows of one run (by its exact id), in the order a reader wants."""
+    order = ORDER.get(table, "").replace(" ORDER BY ", "")
+    return _select(db, table, "run_id = ?", [run_id], order)
+
+
+def plot_histograms(db: str | Path, run_id: str, category: str, feature: str,
+                    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """A feature's ``plot`` histograms: the nominal row (None when not stored) and the
+    variation rows (``process:NAME`` per process, systematic variations ``NAME_up``...)."""
+    from validator.results.reading import records
+
+    if "binning" not in table_columns(db).get("histograms", set()):
+        return None, []  # a file of release 0.1.0 stored test binnings only
+    rows = records(_select(db, "histograms", "run_id = ? AND category = ? AND binning = 'plot' "
+                           "AND feature_x = ? AND feature_y IS NULL",
+                           [run_id, category, feature]))
+    nominal = [r for r in rows if r.get("variation") is None]
+    return (nominal[0] if nominal else None), [r for r in rows if r.get("variation")]
+
+
+def pair_histogram(db: str | Path, run_id: str, category: str, x: str, y: str,
+                   ) -> dict[str, Any] | None:
+    """A pair's nominal ``test`` histogram row, or None."""
+    from validator.results.reading import records
+
+    have = table_columns(db).get("histograms", set())
+    if not have:
+        return None
+    test = " AND binning = 'test'" if "binning" in have else ""  # 0.1.0: test binnings only
+    rows = records(_select(db, "histograms", "run_id = ? AND category = ? AND feature_x = ? "
+                           "AND feature_y = ?" + test, [run_id, category, x, y]))
+    rows = [r for r in rows if r.get("variation") is None]
+    return rows[0] if rows else None
+
+
+def model_list(db: str | Path) -> pd.DataFrame:
+    """Every audited network, one row per model id: path, format, kind, inputs, outputs,
+    derivative method, the number of runs and when it was first and last audited."""
+    from validator.results.store import query
+
+    if not table_columns(db).get("models"):
+        return pd.DataFrame(columns=["model_id", "path", "format", "kind", "inputs", "outputs",
+                                     "params_json", "derivative_method", "n_runs",
+                                     "first_added", "last_added"])
+    return query(db, "SELECT model_id, arg_max(path, added_at) AS path, "
+                     "arg_max(format, added_at) AS format, arg_max(kind, added_at) AS kind, "
+                     "arg_max(inputs, added_at) AS inputs, "
+                     "arg_max(outputs, added_at) AS outputs, "
+                     "arg_max(params_json, added_at) AS params_json, "
+                     "arg_max(derivative_method, added_at) AS derivative_method, "
+                     "count(DISTINCT run_id) AS n_runs, min(added_at) AS first_added, "
+                     "max(added_at) AS last_added FROM models GROUP BY model_id "
+                     "ORDER BY last_added DESC")
+
+
+def model_runs(db: str | Path, model_id: str | None) -> pd.DataFrame:
+    """The runs of one model (``None``: runs without a model), oldest first, with the
+    smallest reliable p-value and Holm p-value of each (``min_p``, ``min_p_holm``)."""
+    from validator.results.store import query
+
+    where = "r.model_id = ?" if model_id is not None else "r.model_id IS NULL"
+    params = [model_id] if model_id is not None else []
+    have = table_columns(db).get("runs", set())
+    cols = ", ".join(f'r."{c}"' for c in RUN_LIST_COLUMNS if c in have)
+    frame = query(
+        db, f"SELECT {cols}, t.min_p, t.min_p_holm FROM runs r LEFT JOIN ("
+            "SELECT run_id, min(pvalue) AS min_p, min(p_holm) AS min_p_holm FROM tests "
+            "WHERE reliable AND pvalue IS NOT NULL AND kind <> 'taylor' GROUP BY run_id) t "
+            f"ON r.run_id = t.run_id WHERE {where} ORDER BY r.started_at, r.run_id", params)
+    return _complete(frame, "runs")
+
+
+def model_importances(db: str | Path, model_id: str) -> pd.DataFrame:
+    """First-order importances (Taylor, scaled; SHAP) of one model in every run."""
+    return _select(db, "importances", "model_id = ? AND degree = 1", [model_id])
