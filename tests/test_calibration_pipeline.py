@@ -16,6 +16,9 @@ from scipy import stats
 
 from validator.pipeline import RunConfig, run_validation
 
+#: Minutes of calibration, real files or browsers: `make test` runs them, `make test-fast` not.
+pytestmark = pytest.mark.slow
+
 N_REPLICAS = 24
 
 

@@ -54,6 +54,9 @@ from null_weightings import (
 
 from validator.pipeline import RunConfig, run_validation
 
+#: Minutes of calibration, real files or browsers: `make test` runs them, `make test-fast` not.
+pytestmark = pytest.mark.slow
+
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 
 #: Replicas per number of data events.

@@ -49,6 +49,9 @@ pytest.importorskip("plotly")
 from browser import CHROMIUM, Browser  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+#: Minutes of calibration, real files or browsers: `make test` runs them, `make test-fast` not.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "validator" / "dashboard" / "app.py"
 MODEL = REPO / "sample_data" / "classifier.onnx"

@@ -11,6 +11,9 @@ from conftest import load_sample_generator
 
 from validator.pipeline import RunConfig, run_validation
 
+#: Minutes of calibration, real files or browsers: `make test` runs them, `make test-fast` not.
+pytestmark = pytest.mark.slow
+
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 
 

@@ -442,6 +442,7 @@ def test_data_drawn_from_the_simulation_pass_the_default_rules(capsys, sample_fi
     assert query(db, "SELECT count(DISTINCT verdict_id) AS n FROM gate_results")["n"][0] == 2
 
 
+@pytest.mark.slow
 def test_a_null_run_with_the_network_and_systematics_passes_the_default_rules(
         capsys, sample_files, tmp_path):
     """With the sample network audited (outputs, Taylor tests) and the met-scale systematic

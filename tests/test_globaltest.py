@@ -99,6 +99,7 @@ def test_whole_runs_under_the_null_give_uniform_global_pvalues(tmp_path):
     _assert_valid(p_nfail)
 
 
+@pytest.mark.slow
 def test_the_sample_data_fail_the_global_test_and_chunking_changes_nothing():
     results = []
     for rows in (40_000, 250_000):

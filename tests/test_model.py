@@ -544,6 +544,7 @@ def test_pt2_payloads_are_not_run(tmp_path):
 # SHAP
 
 
+@pytest.mark.slow
 def test_shap_additivity_torch_and_onnx(tmp_path):
     net = MLP(n_in=4, hidden=8, n_out=3)
     meta = {"inputs": ["a", "b", "c", "d"]}

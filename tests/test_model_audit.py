@@ -212,6 +212,7 @@ def test_blinded_events_change_nothing_stored(tmp_path):
     assert runs[0]["runs"].equals(runs[1]["runs"])
 
 
+@pytest.mark.slow
 def test_chunking_changes_no_audit_result(tmp_path):
     model = save_ts(Planted(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
     _, _, s, d = _files(tmp_path, shift=0.1)

@@ -93,6 +93,7 @@ def test_bad_models_exit_2_with_one_line(capsys, inputs, tmp_path):
     assert code == 2 and "needs column 'zz'" in err
 
 
+@pytest.mark.slow
 def test_an_audited_run_fills_on_workers_with_the_results_of_one_job(inputs, tmp_path,
                                                                       monkeypatch):
     # The audit's sums and the multivariate subsample travel with each partition's

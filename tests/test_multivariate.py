@@ -149,6 +149,7 @@ def test_planted_three_track_correlation_found_only_by_the_multivariate_tests(tr
     assert {r["feature_x"] for r in rows} == {*TRACKS, "m_ll"}
 
 
+@pytest.mark.slow
 def test_a_difference_covered_by_a_weight_systematic_passes_the_imperfect_machine() -> None:
     """Data drawn at +1σ of a weight systematic (a 0.2σ slope in x0): plain nplm fails,
     the imperfect-machine version (nuisance profiled, arXiv:2111.13633) passes."""

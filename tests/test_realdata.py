@@ -12,7 +12,7 @@ from scipy import stats
 from validator.cli import main
 from validator.results.store import query
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 def _halves(capsys, tmp_path, path: str, key: str, *extra: str, name: str = "real",

@@ -148,6 +148,7 @@ def test_taylor_ranks_met_first(models, sim):
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_retraining_reproduces_the_shipped_network(models, sim, tmp_path):
     """``generate.py --model-only`` (samples regenerated in memory, a few seconds of
     training) writes files whose outputs equal the shipped ones."""

@@ -128,6 +128,7 @@ def test_ordered_tree_adds_like_a_fixed_tree():
     assert OrderedTree(merge_categories).result() is None
 
 
+@pytest.mark.slow
 def test_jobs_and_dask_store_what_one_in_memory_pass_gives(split, tmp_path, monkeypatch):
     pytest.importorskip("distributed")
     import validator.engine.pool
@@ -189,6 +190,7 @@ def test_jobs_and_dask_store_what_one_in_memory_pass_gives(split, tmp_path, monk
         assert mine.pvalue == pytest.approx(theirs.pvalue, rel=1e-6, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_workers_start_clean_and_skip_a_script_without_a_main_guard(tmp_path):
     # A script with no `if __name__ == "__main__"` guard, that used polars before the run
     # (whose thread pool does not survive a fork): the workers must neither re-run it nor hang.

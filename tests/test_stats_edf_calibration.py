@@ -61,6 +61,9 @@ from validator.stats import edf
 from validator.stats.edf import ad_hist, edf_hist_tests, ks_hist
 from validator.stats.result import GofResult
 
+#: Minutes of calibration, real files or browsers: `make test` runs them, `make test-fast` not.
+pytestmark = pytest.mark.slow
+
 N_DATA = 2000
 
 # ------------------------------------------------------------------------------------------

@@ -544,6 +544,7 @@ def _assert_in_band(pvalues: np.ndarray, label: str, two_sided: bool = True) -> 
         ("nlo", 2, 5000.0, 0.3),
     ],
 )
+@pytest.mark.slow
 def test_compound_toy_pvalues_are_calibrated(kind, dim, n_data, kish_over_data) -> None:
     """FPR at 5% of chi2_uw and saturated with compound-Poisson toys, bins merged to 5 expected
     data events and MIN_SIM_ENTRIES equivalent simulated entries (300 null replicas).

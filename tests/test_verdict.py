@@ -59,6 +59,7 @@ def sample_run(tmp_path_factory) -> dict:
     return {"folder": folder, "db": db, "args": args}
 
 
+@pytest.mark.slow
 def test_every_face_gives_the_same_verdict_and_counts(sample_run, capsys, monkeypatch):
     folder, db = sample_run["folder"], sample_run["db"]
     code = main(sample_run["args"])
