@@ -399,7 +399,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "streamlit", "run", str(APP),
                "--server.address", args.host, "--server.port", str(args.port),
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none", "--", "--db", str(db)]
+               "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer",
+               "--", "--db", str(db)]
     print(f"validator dashboard: {db} on http://{args.host}:{args.port} (Ctrl-C stops it)",
           flush=True)
     server = subprocess.Popen(command, env={**os.environ, "VALIDATOR_DB": str(db)})
