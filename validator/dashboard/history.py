@@ -177,13 +177,14 @@ def render() -> None:
         c: st.column_config.NumberColumn(format="%.3e") for c in
         ("p_holm A", "p_holm B", "pvalue A", "pvalue B")})
     ra, rb = data.run(db, run_a), data.run(db, run_b)
+    def column(r: dict) -> list[str]:
+        expected = r.get("n_expected_failures")
+        return [str(r.get("n_tests")), str(r.get("n_failed")),
+                "-" if expected is None else f"{float(expected):.3g}",
+                str(r.get("n_significant_holm")), str(r.get("gate_passed")),
+                str(r.get("tags")), str(r.get("model_id"))[:12]]
+
     side = pd.DataFrame({
         "": ["tests", "failed", "expected failures", "significant (Holm)", "gate passed",
-             "tags", "model"],
-        "A": [ra.get("n_tests"), ra.get("n_failed"), ra.get("n_expected_failures"),
-              ra.get("n_significant_holm"), ra.get("gate_passed"), str(ra.get("tags")),
-              str(ra.get("model_id"))[:12]],
-        "B": [rb.get("n_tests"), rb.get("n_failed"), rb.get("n_expected_failures"),
-              rb.get("n_significant_holm"), rb.get("gate_passed"), str(rb.get("tags")),
-              str(rb.get("model_id"))[:12]]}).astype(str)
+             "tags", "model"], "A": column(ra), "B": column(rb)})
     st.dataframe(side, hide_index=True)

@@ -273,7 +273,6 @@ def _autograd(model: AuditedModel, net: Any, x: np.ndarray, rule: int | str, ord
     z = network_inputs(model, x)
     tcols = torch.as_tensor(cols)
     every = np.array_equal(cols, np.arange(z.shape[1]))
-    tiu = (torch.as_tensor(iu[0]), torch.as_tensor(iu[1]))
     for s in range(0, n, batch):
         sl = slice(s, min(s + batch, n))
         zt = torch.from_numpy(z[sl]).requires_grad_(True)
@@ -283,35 +282,39 @@ def _autograd(model: AuditedModel, net: Any, x: np.ndarray, rule: int | str, ord
                 torch.full((len(zt),), int(rule), dtype=torch.int64)
             picked = out.gather(1, top[:, None])[:, 0]
             (g,) = torch.autograd.grad(picked.sum(), zt, create_graph=order == 2)
-            h = _hessian(zt, g, tcols) if order == 2 else None
+            h = _hessian(zt, g, tcols, triu) if order == 2 else None
         nodes[sl] = top.numpy()
         value[sl] = picked.detach().double().numpy()
-        grad[sl] = (g.detach() if every else g.detach()[:, tcols]).double().numpy() * inv
+        np.multiply((g.detach() if every else g.detach()[:, tcols]).numpy(), inv,
+                    out=grad[sl])
         if h is None:
             continue
         if triu:
-            second[sl] = h[:, tiu[0], tiu[1]].double().numpy() * factor[iu]
+            np.multiply(h.numpy(), factor[iu], out=second[sl])
         else:
-            second[sl] = h.double().numpy() * factor
+            np.multiply(h.numpy(), factor, out=second[sl])
     return nodes, value, grad, second
 
 
-def _hessian(zt: Any, g: Any, cols: Any) -> Any:
-    """Rows and columns ``cols`` of every event's Hessian ``(B, N, N)``: row j is the gradient
-    of Σ_b g_bj, one backward pass through the gradient's graph per input j."""
+def _hessian(zt: Any, g: Any, cols: Any, triu: bool) -> Any:
+    """Rows and columns ``cols`` of every event's Hessian, ``(B, N, N)``, or with ``triu`` its
+    upper triangle ``(B, N(N+1)/2)`` in ``numpy.triu_indices(N)`` order (row by row): row j is
+    the gradient of Σ_b g_bj, one backward pass through the gradient's graph per input j."""
     import torch
 
-    every = len(cols) == zt.shape[1] and bool((cols == torch.arange(len(cols))).all())
+    n = len(cols)
+    every = n == zt.shape[1] and bool((cols == torch.arange(n)).all())
     rows = []
-    for j in cols.tolist():
+    for k, j in enumerate(cols.tolist()):
         r = None
         if g.requires_grad:
             (r,) = torch.autograd.grad(g[:, j].sum(), zt, retain_graph=True, allow_unused=True)
         if r is None:
-            rows.append(torch.zeros((len(zt), len(cols)), dtype=zt.dtype))
-        else:
-            rows.append(r.detach() if every else r.detach()[:, cols])
-    return torch.stack(rows, dim=1)
+            r = torch.zeros((len(zt), n), dtype=zt.dtype)
+        elif not every:
+            r = r[:, cols]
+        rows.append(r.detach()[:, k:] if triu else r.detach())
+    return torch.cat(rows, dim=1) if triu else torch.stack(rows, dim=1)
 
 
 def _finite_differences(model: AuditedModel, x: np.ndarray, rule: int | str, order: int,
@@ -580,6 +583,8 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
                 continue
             for start in range(0, len(all_rows), blocks[o]):
                 rows = all_rows[start:start + blocks[o]]
+                if rows[-1] - rows[0] + 1 == len(rows):  # consecutive: views, no copies
+                    rows = slice(rows[0], rows[-1] + 1)
                 nodes, _, g, t2, method = _derivatives(model, xm[rows], rule, o, batch, sigma,
                                                        triu=True)
                 wr = wv[rows]
