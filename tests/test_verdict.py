@@ -194,7 +194,7 @@ def test_a_multivariate_finding_is_named_in_every_face(tmp_path, capsys):
         assert "every input at once" in face
         assert "c2st" in face and any(t in face for t in tracks)
     assert "mismodelled over every input at once" in out
-    assert re.search(r"multivariate tests \(every input at once\): c2st p < ", out)
+    assert re.search(r"multivariate tests \(every input at once\): c2st p \d", out)
     config = json.loads(query(db, "SELECT config_json FROM runs").iloc[0, 0])
     assert config["multivariate"] == ["c2st"]
 

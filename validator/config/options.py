@@ -272,8 +272,8 @@ def run_options() -> tuple[Option, ...]:
                     "(default: %(default)s)"),
         Option("multivariate_toys", kind="int", minimum=1, metavar="N",
                target="multivariate_toys",
-               help="permutations (c2st) and toys (nplm) per test (default: 49 each, "
-                    "p-values resolved to 1/50)"),
+               help="toys of nplm (default: 49, p-values resolved to 1/50) and permutations "
+                    "of c2st, a cross-check of its held-out rank test (default: none)"),
         Option("multivariate_time", kind="float", minimum=0.0, above=True, metavar="SECONDS",
                target="multivariate_time_s",
                help="time budget of each multivariate test: no permutation or toy starts "
