@@ -538,3 +538,24 @@ def test_large_n_kolmogorov_tail_follows_scipys_finite_n_law() -> None:
         assert _kolmogorov_sf(d, n) == pytest.approx(stats.kstwo.sf(d, n), rel=2e-2)
     d = 0.01
     assert _kolmogorov_sf(d, 5_000) == stats.kstwo.sf(d, 5_000)
+
+
+@pytest.mark.parametrize("scale", [1.04, 1.05])
+def test_a_strong_scale_shift_is_stored_as_strong_as_scipy_says(scale):
+    """A scale shift of 100k events, far beyond every toy: the stored KS p-value (the limit
+    law with the toys' scale) is within a factor 10 of scipy's ks_2samp on the same events,
+    not a bound 1/(1 + toys) that reads as marginal."""
+    from validator.stats.edf import edf_hist_tests
+
+    rng = np.random.default_rng(5)
+    n = 100_000
+    sim, data = rng.standard_normal(n), scale * rng.standard_normal(n)
+    edges = np.quantile(np.concatenate([sim, data]), np.linspace(0.0, 1.0, 1001))
+    edges[0], edges[-1] = edges[0] - 1.0, edges[-1] + 1.0
+    s = np.histogram(sim, edges)[0].astype(float)
+    d = np.histogram(data, edges)[0].astype(float)
+    reference = stats.ks_2samp(sim, data).pvalue
+    result = edf_hist_tests(d, s, float(n), sim_sumw2_bins=s, n_toys=300, rng=1,
+                            thresholds=(0.05 / 300,))["ks"]
+    assert result.details["n_toys_ge"] == 0 and not result.pvalue_is_bound
+    assert reference / 10 < result.pvalue < reference * 10, (result.pvalue, reference)

@@ -355,22 +355,27 @@ def test_sequential_toys_stop_each_statistic_at_its_own_hth_toy():
         assert shifted[name].n_toys == 500 and shifted[name].pvalue < 0.05
 
 
-def test_no_toy_reaching_the_observation_gives_a_marked_bound():
+def test_no_toy_reaching_the_observation_gives_the_limit_law_tail_or_a_marked_bound():
     rng = np.random.default_rng(6)
     xd, xs, ws, _ = capped(rng)
     d, s, s2 = histograms(xd + 0.3, xs, ws, False)
-    r = ks_hist(d, s, sim_sumw2_bins=s2, n_toys=200, rng=1)
+    # too few toys to fit the limit law's scale: a bound, marked as one
+    r = ks_hist(d, s, sim_sumw2_bins=s2, n_toys=50, rng=1)
     assert r.details["n_toys_ge"] == 0 and r.details["pvalue_is_bound"]
-    assert r.pvalue <= 1.0 / 201
+    assert r.pvalue <= 1.0 / 51
     assert r.details["pvalue_bound_from"] in ("toys", "gaussian_concentration")
     if "pvalue_is_bound" in {f.name for f in dataclasses.fields(GofResult)}:
         assert r.pvalue_is_bound
+    # enough toys, and the bound settles the decision: the limit law with the toys' scale
+    # says how strong
+    r = ks_hist(d, s, sim_sumw2_bins=s2, n_toys=200, rng=1, thresholds=(1e-3,))
+    assert r.details["n_toys_ge"] == 0 and not r.pvalue_is_bound
+    assert r.details["pvalue_from"] == "limit_law_tail" and r.pvalue < 1.0 / 201
     # Strongly failing: the concentration bound ends the toys below the smallest threshold.
     both = edf_hist_tests(d, s, sim_sumw2_bins=s2, n_toys=200, rng=1, max_toys=20_000,
                           thresholds=(0.05, 1e-5))
     for res in both.values():
         assert res.n_toys == 200
-        assert res.details["pvalue_bound_from"] == "gaussian_concentration"
         assert res.pvalue < 1e-5
 
 
