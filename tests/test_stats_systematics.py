@@ -385,7 +385,7 @@ def test_planted_shift_covered_by_a_systematic_passes_with_it_and_fails_without(
     plain = saturated(n, w, s2)
     assert plain.pvalue < 1e-4
     no_syst = saturated_syst(w, s2, n, rng=np.random.default_rng(1))
-    assert no_syst.pvalue_is_bound and no_syst.pvalue == pytest.approx(1 / 301)
+    assert no_syst.details["n_toys_reaching"] == 0 and no_syst.pvalue < 1 / 301
     with_syst = saturated_syst(w, s2, n, {"tilt": (up, down)}, rng=np.random.default_rng(1))
     assert with_syst.pvalue > 0.05 and with_syst.pvalue_method == "toys"
     assert with_syst.n_toys == 300 and with_syst.method == "saturated_syst"

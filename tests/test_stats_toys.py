@@ -223,17 +223,21 @@ def test_sequential_toys_of_the_tests_stop_only_above_alpha() -> None:
         assert shifted.details["toys_stop"] != "sequential" and shifted.n_toys >= 300
 
 
-def test_chi2_uw_and_saturated_report_a_bound_and_add_toys() -> None:
+def test_chi2_uw_and_saturated_beyond_every_toy_add_toys_then_extrapolate() -> None:
     p = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
     q = np.array([0.15, 0.2, 0.3, 0.2, 0.15])
     for test in (chi2_uw, saturated):
         fixed = test(5000 * q, 1000 * p, 10 * p, n_toys=200, rng=1)
-        assert fixed.pvalue_is_bound and fixed.pvalue == 1 / 201 and fixed.n_toys == 200
+        # beyond every toy: the chi2 law with the toys' scale, never below the analytic law
+        assert fixed.details["n_toys_reaching"] == 0 and fixed.n_toys == 200
+        assert not fixed.pvalue_is_bound and fixed.pvalue < 1 / 201
+        assert fixed.details["pvalue_from"] == "limit_law_tail"
+        assert fixed.pvalue >= fixed.details["pvalue_asymptotic"]
         # an open decision stops at max_toys; a bound above the smallest threshold goes on
         # (doubling) until it is below it: 200 -> 3200 toys, 1/3201 < 0.05/100
         more = test(5000 * q, 1000 * p, 10 * p, n_toys=200, rng=1, max_toys=3000,
                     thresholds=(0.05, 0.05 / 100))
-        assert more.pvalue_is_bound and more.n_toys == 3200 and more.pvalue == 1 / 3201
+        assert more.n_toys == 3200 and more.pvalue < 1 / 3201
         assert more.details["toys_stop"] == "max_toys"  # the decision at 5e-4 is still open
         assert more.details["n_toys_initial"] == 200
     # dependence too (a planted correlation: data correlated, simulation not)
@@ -244,7 +248,10 @@ def test_chi2_uw_and_saturated_report_a_bound_and_add_toys() -> None:
     p_sim = np.outer(p_data.sum(axis=1), p_data.sum(axis=0))
     res = dependence(5000 * p_data, 20000 * p_sim, 400 * p_sim, n_toys=100, rng=2,
                      max_toys=800, thresholds=(0.05, 0.0005))
-    assert res.pvalue_is_bound and res.n_toys == 3200 and res.pvalue == 1 / 3201
+    # the toys go on to settle the strictest decision, then the chi2 law with their scale
+    # says how far beyond them the observation lies
+    assert res.n_toys == 3200 and res.details["n_toys_reaching"] == 0
+    assert not res.pvalue_is_bound and res.pvalue < 1 / 3201
 
 
 # ---------------------------------------------------------------------------------------

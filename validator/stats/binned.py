@@ -849,6 +849,8 @@ def run_toys(
     thresholds: Sequence[float] = (),
     coarse_above: float | None = None,
     confidence: float = 0.999,
+    tail_ndf: float | None = None,
+    asymptotic: float | None = None,
 ) -> ToyOutcome:
     r"""Toy p-value with toys added until the decisions at the given thresholds are settled.
 
@@ -874,6 +876,13 @@ def run_toys(
       :data:`BOUND_RESOLUTION`, F = :data:`BOUND_MAX_FACTOR`), so that a statistic beyond
       every toy can settle the strictest decision (Holm's first threshold alpha/m of a run
       with a few thousand tests); an open decision near a threshold stops at ``max_toys``.
+
+    Where no toy reaches the observation and ``tail_ndf`` is given (a statistic whose limit
+    law is :math:`\chi^2_\nu` up to a scale), the p-value says how strong the effect is
+    instead of the bound :math:`1/(1+n)`: :func:`chi2_tail`, the :math:`\chi^2_\nu` law with
+    the toys' scale, never below the analytic ``asymptotic`` p-value
+    (``details['pvalue_from'] = 'limit_law_tail'``; every decision already settled by the
+    toys stays: under the null this happens with probability :math:`1/(1+n)`).
 
     Such sequential Monte Carlo tests keep their level when the final p-value is
     :math:`(1+k)/(1+n)` (A. C. A. Hope, J. R. Statist. Soc. B 30 (1968) 582; J. Besag and
@@ -942,4 +951,28 @@ def run_toys(
         "toys_stop": stop,
         "pvalue_interval": [lo, hi],
     }
-    return ToyOutcome(pvalue, bool(info["pvalue_is_bound"]), total, kept, n_failed, details)
+    if info["pvalue_is_bound"] and tail_ndf is not None and kept.size >= TAIL_MIN_TOYS:
+        tail = chi2_tail(observed, kept, tail_ndf, asymptotic)
+        if tail < pvalue:
+            pvalue = tail
+            details.update(pvalue_is_bound=False, pvalue_from="limit_law_tail")
+    return ToyOutcome(pvalue, bool(details["pvalue_is_bound"]), total, kept, n_failed,
+                      details)
+
+
+#: Toys below which no tail is fitted (the scale of the limit law from their mean).
+TAIL_MIN_TOYS = 100
+
+
+def chi2_tail(observed: float, toys: np.ndarray, ndf: float,
+              asymptotic: float | None = None) -> float:
+    r"""A p-value beyond every toy: the :math:`\chi^2_\nu` law with its scale fitted to the
+    toys (:math:`c = \langle t^*\rangle/\nu`, the law's mean being :math:`\nu`; the scaled
+    χ² of Satterthwaite, Biometrics 2 (1946) 110), never below the analytic ``asymptotic``
+    p-value. An estimate of how strong, not a bound."""
+    mean = float(np.mean(toys)) if toys.size else 0.0
+    if not (ndf > 0 and mean > 0 and observed > 0):
+        return 1.0
+    fitted = float(stats.chi2.sf(observed * ndf / mean, ndf))
+    return max(fitted, asymptotic if asymptotic is not None and np.isfinite(asymptotic)
+               else 0.0)

@@ -277,7 +277,7 @@ def chi2_uw(
 
         sim_law = SimToyLaw(tot_w * probb, w_all, s2_all, sim_count=cnt_all, sim_sumw3=s3_all)
         toys = run_toys(chi2, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
-                        coarse_above=coarse_above)
+                        coarse_above=coarse_above, tail_ndf=ndf, asymptotic=p_asym)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["toy_scheme"] = "compound_poisson" if cnt_all is not None else "scaled_poisson"

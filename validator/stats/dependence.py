@@ -622,7 +622,8 @@ def dependence(
             return np.where(good, x2_toy, np.nan)
 
         toys = run_toys(x2, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
-                        coarse_above=coarse_above)
+                        coarse_above=coarse_above, tail_ndf=ndf,
+                        asymptotic=details["pvalue_asymptotic"])
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["toy_scheme"] = "compound_poisson" if cnt is not None else "scaled_poisson"

@@ -581,7 +581,8 @@ def saturated(
             return out
 
         toys = run_toys(q, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
-                        coarse_above=coarse_above)
+                        coarse_above=coarse_above, tail_ndf=ndf if ndf >= 1 else None,
+                        asymptotic=float(stats.chi2.sf(q, ndf)) if ndf >= 1 else None)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["toy_scheme"] = "compound_poisson" if cnt is not None else "scaled_poisson"
