@@ -156,6 +156,13 @@ def _test_label(t: Mapping[str, Any]) -> str:
     return f"{feats}{cat} {t['method']}"
 
 
+def _place_label(t: Mapping[str, Any]) -> str:
+    """The feature or pair of a test, with its category (and network output for Taylor)."""
+    feats = t["feature_x"] if _null(t.get("feature_y")) else f"{t['feature_x']} × {t['feature_y']}"
+    cat = "" if t.get("category") == INCLUSIVE else f" [{t.get('category')}]"
+    return f"{feats}{cat}"
+
+
 def _listing(items: Sequence[str]) -> str:
     more = f" and {len(items) - N_NAMED} more" if len(items) > N_NAMED else ""
     return "; ".join(items[:N_NAMED]) + more
@@ -257,12 +264,18 @@ def _per_test(rule: PerTestRule, tables: Mapping[str, pd.DataFrame],
     parts = []
     if failed:
         failed.sort(key=lambda f: f[1])
+        # one item per feature or pair (its failing methods, its smallest p): a reviewer
+        # reads which inputs fail, not five tests of the same pair
+        groups: dict[str, list[tuple[Any, Any]]] = {}
+        for t, p, _ in failed:
+            groups.setdefault(_place_label(t), []).append((t, p))
         parts.append(f"{len(failed)} of {n_selected} tests fail ({label} < threshold and "
-                     "effect above floor): " + _listing([
-                         f"{_test_label(t)} {label} {format_p(p)}" + (
-                             "" if _null(t["effect_size"])
-                             else f" {t['effect_name']} {t['effect_size']:.3g}")
-                         for t, p, _ in failed]))
+                     f"effect above floor) in {len(groups)} features and pairs: " + _listing([
+                         f"{place} ({', '.join(t['method'] for t, _ in items)}) {label} "
+                         f"{format_p(items[0][1])}" + (
+                             "" if _null(items[0][0]["effect_size"]) else
+                             f" {items[0][0]['effect_name']} {items[0][0]['effect_size']:.3g}")
+                         for place, items in groups.items()]))
     if unrun:
         parts.append(f"{len(unrun)} required tests did not run: " + _listing(
             [f"{_test_label(t)} ({t['not_run_reason']})" for t in unrun]))
