@@ -19,22 +19,27 @@ code (``validator.model.taylor``) and with the session-6 derivative path kept be
 baseline (``torch.func`` vector-Jacobian products of the gradient under ``vmap`` over a float64
 affine map, batches of 2^18/N events, a separate forward pass for the node), which must give
 the same sums; the projection to a run's 1M + 1M events (second order on 50,000 per sample);
-and the float32 coefficients against the same network in float64.
+torch alone on the same network (the floor: forward and backward passes, nothing else); and
+the float32 coefficients against the same network in float64.
 
 ``shap``: for each input count of ``--shap-inputs`` (default 5, 15, 30, 60), an N-64-64-1 tanh
 MLP with a sigmoid trained for a few seconds on a task with interactions (TorchScript), 200
 events and 50 background rows (the audit's ``SHAP_EVENTS``, ``SHAP_BACKGROUND``), each method's
 time and its agreement with exact Shapley values of the same events: ``shap.explainers.Exact``
-(N <= 15: at 15 inputs it takes seconds per event, so there the comparison runs on
-``--exact-events`` events, with this module's enumeration checked against shap.Exact on 2 of
-them), and beyond 15 inputs, where 2^N coalitions cannot be enumerated, permutation sampling
-with ``--reference-rounds`` rounds (two independent halves: their difference, printed, is the
-reference's own noise). Agreement: the largest relative difference of mean |SHAP| over the
-inputs, the largest difference in units of the stated uncertainty of the audit's 200-event mean
+on all 200 events up to ``EXACT_REFERENCE_INPUTS`` inputs (with ``method="exact"`` beside
+it); beyond, where shap.Exact takes seconds an event (2.6 s at 15 inputs) and 2^N coalitions
+soon cannot be enumerated at all, permutation sampling with ``--reference-rounds`` rounds
+(two independent halves: half their difference, printed, is the reference's own noise),
+itself checked against shap.Exact on ``--exact-events`` events up to 15 inputs. Agreement:
+the largest relative difference of mean |SHAP| over the inputs, the largest difference in
+units of the stated uncertainty of the audit's 200-event mean
 (|Δ|/σ, σ = std|φ_ref|/√200; the rule's tolerance is ``SHAP_TOLERANCE``), the Spearman rank
-correlation of the inputs' mean |SHAP|, and the additivity error max|Σφ + E[f] − f|. The slow
-per-event explainers (shap's Kernel, Gradient and Exact) run on ``--slow-events`` events at 30
-inputs and more; their time is scaled to 200 events (they cost the same per event).
+correlation of the inputs' mean |SHAP|, and the additivity error max|Σφ + E[f] − f|. The
+sampling candidates (2, 4, 8, 16 rounds) run with ``--seeds`` seeds: the worst agreement is
+printed, the median beside it. The slow per-event explainers (shap's Kernel and Gradient)
+run on ``--slow-events`` events at 30 inputs and more; their time is scaled to 200 events
+(they cost the same per event). The rule ``auto`` applies (``validator.model.shap_values``)
+is marked.
 
 Run with ``python benchmarks/bench_model.py [--sections taylor,shap] [--threads 1]``. Figures,
 not pass/fail: machines are noisy, and the 1-minute load average is printed with them. On a
@@ -178,9 +183,9 @@ def make_mlp(n_inputs: int, seed: int = 0, steps: int = 300) -> Any:
                               torch.nn.Linear(HIDDEN, 1), torch.nn.Sigmoid())
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((20_000, n_inputs))
-    k = min(n_inputs, 6)
-    score = x[:, 0] + 0.8 * x[:, 1] * x[:, 2] - 0.5 * x[:, 3] ** 2 \
-        + 0.3 * x[:, :k].sum(axis=1) + 0.1 * x.sum(axis=1)
+    c = [min(i, n_inputs - 1) for i in range(4)]
+    score = x[:, c[0]] + 0.8 * x[:, c[1]] * x[:, c[2]] - 0.5 * x[:, c[3]] ** 2 \
+        + 0.3 * x[:, :6].sum(axis=1) + 0.1 * x.sum(axis=1)
     label = (score + rng.logistic(size=len(x)) > 0).astype(np.float32)
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(label)
     gen = torch.Generator().manual_seed(seed)
@@ -297,6 +302,10 @@ def bench_taylor(tmp: Path, n_events: int) -> None:
               f"order on 2 x 50,000: {run:5.1f} s")
     (b1, b2), (a1, a2) = rates["session 6"], rates["this code"]
     print(f"  speed-up: first order x{a1 / b1:.1f}, second order x{a2 / b2:.1f}")
+    f1, f2 = torch_floor(net, dim)
+    print(f"  torch alone on the nn.Module (no sums, no conversions): forward + backward "
+          f"{f1:10,.0f} events/s, gradient + {dim} backward passes {f2:9,.0f} events/s: this "
+          f"code runs at {a1 / f1:.0%} and {a2 / f2:.0%} of it")
     old, new = (r[1].means() for r in (results["session 6"], results["this code"]))
     same = max(_rel(new.first, old.first), _rel(new.second, old.second))
     print(f"  same sums as session 6: largest relative difference of a mean |t| {same:.1e}")
@@ -310,6 +319,31 @@ def bench_taylor(tmp: Path, n_events: int) -> None:
           f"{np.min(p64.first_unc / p64.first):.1e}, {np.min(p64.second_unc / p64.second):.1e})")
     print(f"  the float64 network: first order {r64_1:10,.0f} events/s, second order "
           f"{r64_2:9,.0f} events/s")
+
+
+def torch_floor(net: Any, dim: int) -> tuple[float, float]:
+    """Events per second of torch alone on a batch of 16,384 (4,096) float32 events: one
+    forward and one backward pass (first order), the gradient's graph and ``dim`` backward
+    passes through it (second order)."""
+    import torch
+
+    net = copy.deepcopy(net)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(16_384, dim)
+
+    def first() -> None:
+        z = x.clone().requires_grad_(True)
+        torch.autograd.grad(net(z).sum(), z)
+
+    def second() -> None:
+        z = x[:4096].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(net(z).sum(), z, create_graph=True)
+        for j in range(dim):
+            torch.autograd.grad(g[:, j].sum(), z, retain_graph=True)
+
+    first(), second()
+    return _rate(first, 16_384, 5)[0], _rate(second, 4096, 5)[0]
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

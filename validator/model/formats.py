@@ -298,7 +298,7 @@ def load_torchscript(path: Path) -> Backend:
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise InputError(f"model {path}: cannot load the TorchScript archive "
-                         f"({_first_line(exc)})") from exc
+                         f"({first_line(exc)})") from exc
     module.eval()
     meta = parse_metadata(extra.get(METADATA_KEY), path, f"TorchScript extra file "
                                                          f"{METADATA_KEY}")
@@ -393,7 +393,7 @@ def load_pt2(path: Path) -> Backend:
     except InputError:
         raise
     except Exception as exc:
-        raise bad(f"cannot be read ({_first_line(exc)})") from exc
+        raise bad(f"cannot be read ({first_line(exc)})") from exc
 
 
 def _load_pt2(path: Path, bad) -> Backend:
@@ -426,7 +426,7 @@ def _load_pt2(path: Path, bad) -> Backend:
             cconf = _dict_to_dataclass(schema.PayloadConfig, json.loads(reader.read_string(
                 pc.CONSTANTS_CONFIG_FILENAME_FORMAT.format(model_name))))
         except Exception as exc:
-            raise bad(f"is damaged ({_first_line(exc)})") from exc
+            raise bad(f"is damaged ({first_line(exc)})") from exc
         for fqn, meta in [*wconf.config.items(), *cconf.config.items()]:
             if meta.use_pickle or meta.tensor_meta is None:
                 raise refuse_pickle(path, f"is a torch.export archive whose '{fqn}' is "
@@ -447,12 +447,12 @@ def _load_pt2(path: Path, bad) -> Backend:
             constants = _tensors(reader, cconf, pc.CONSTANTS_DIR, _build_file_map, torch)
             serialized = _dict_to_dataclass(schema.ExportedProgram, raw_ep)
         except Exception as exc:
-            raise bad(f"is damaged ({_first_line(exc)})") from exc
+            raise bad(f"is damaged ({first_line(exc)})") from exc
     try:
         ep = ExportedProgramDeserializer(None).deserialize(serialized, state_dict, constants,
                                                            None)
     except Exception as exc:
-        raise bad(f"cannot be deserialised ({_first_line(exc)})") from exc
+        raise bad(f"cannot be deserialised ({first_line(exc)})") from exc
     for gm in ep.graph_module.modules():
         graph = getattr(gm, "graph", None)
         for node in (graph.nodes if graph is not None else ()):
@@ -520,7 +520,7 @@ def load_onnx(path: Path) -> Backend:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise InputError(f"model {path}: not a TorchScript, torch.export or ONNX model "
-                         f"({_first_line(exc)})") from exc
+                         f"({first_line(exc)})") from exc
     graph = proto.graph
     if not graph.output or not graph.node:
         raise InputError(f"model {path}: not a TorchScript, torch.export or ONNX model (no "
@@ -541,7 +541,7 @@ def load_onnx(path: Path) -> Backend:
         session = ort.InferenceSession(str(path), sess_options=opts,
                                        providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise InputError(f"model {path}: onnxruntime cannot load it ({_first_line(exc)})") \
+        raise InputError(f"model {path}: onnxruntime cannot load it ({first_line(exc)})") \
             from exc
     inputs = session.get_inputs()
     types = {i.type for i in inputs}
@@ -636,7 +636,7 @@ def onnx_to_torch(backend: Backend, probe: np.ndarray) -> tuple[Any, str]:
         for p in module.parameters():
             p.requires_grad_(False)
     except Exception as exc:
-        return None, f"onnx2torch conversion failed ({_first_line(exc)})"
+        return None, f"onnx2torch conversion failed ({first_line(exc)})"
     try:
         fn = backend.torch_forward(module)
         with torch.no_grad():
@@ -644,13 +644,13 @@ def onnx_to_torch(backend: Backend, probe: np.ndarray) -> tuple[Any, str]:
         got = got.double().numpy()
         want = backend.run(probe)
     except Exception as exc:
-        return None, f"onnx2torch conversion does not run ({_first_line(exc)})"
+        return None, f"onnx2torch conversion does not run ({first_line(exc)})"
     tol = 1e-4 if backend.dtype == np.float32 else 1e-9
     if got.shape != want.shape or not np.allclose(got, want, rtol=tol, atol=tol):
         return None, "onnx2torch conversion disagrees with onnxruntime"
     return module, "onnx2torch"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]

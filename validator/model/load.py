@@ -401,10 +401,10 @@ def load_model(path: str | Path, inputs: Sequence[str] | str | None = None,
     try:
         probe_out = backend.run(probe)
     except Exception as exc:
-        from validator.model.formats import _first_line
+        from validator.model.formats import first_line
 
         raise InputError(f"model {path} does not run on {len(names)} inputs "
-                         f"({', '.join(names)}): {_first_line(exc)}") from exc
+                         f"({', '.join(names)}): {first_line(exc)}") from exc
     n_out = probe_out.shape[1]
     if probe_out.shape[0] != _PROBE_ROWS or n_out == 0:
         raise InputError(f"model {path}: gives {probe_out.shape} outputs for "

@@ -1,22 +1,53 @@
 """Mean |SHAP| per input of the audited network, on a subsample.
 
 SHAP values (S. M. Lundberg, S.-I. Lee, "A Unified Approach to Interpreting Model
-Predictions", NeurIPS 2017, arXiv:1705.07874) with the ``shap`` package:
+Predictions", NeurIPS 2017, arXiv:1705.07874): the Shapley values of the game
+v(S) = mean over the background rows b of f(x_S, b_rest), the "interventional" game that
+``shap.KernelExplainer`` and ``shap.explainers.Exact`` with an independent masker take. They
+add up exactly: Σ_i φ_i = f(x) − mean_b f(b). Methods:
 
-* ``"gradient"`` (default for differentiable networks with more than
-  :data:`KERNEL_MAX_INPUTS` inputs): ``shap.GradientExplainer``,
-  *expected gradients* (G. Erion et al., Nature Mach. Intell. 3 (2021) 620,
-  arXiv:1906.10670), an extension of integrated gradients (M. Sundararajan, A. Taly, Q. Yan,
-  ICML 2017, arXiv:1703.01365) averaged over the background. Its additivity
-  (Σ_i φ_i + E_bg[f] = f(x)) holds in expectation only: the Monte-Carlo residual is reported
-  as ``additivity_error``.
-* ``"kernel"`` (the default up to :data:`KERNEL_MAX_INPUTS` inputs, and for ONNX networks
-  without exact derivatives): ``shap.KernelExplainer``, model-agnostic (it runs the deployed
-  onnxruntime session for ONNX), additive exactly by construction, and for the small networks
-  of HEP analyses several times faster than expected gradients (measured: 1.6 s against 11 s
-  for 200 events of a 7-input network on 2 cores).
-* ``"permutation"``: ``shap.PermutationExplainer`` with an independent masker, model-agnostic
-  and exactly additive; slower in the ``shap`` implementation.
+* ``"exact"``: every one of the 2^N coalitions, vectorised (:func:`_exact`); the values of
+  ``shap.explainers.Exact``, which costs 42 ms per event at 5 inputs and 2.6 s at 15 against
+  1.6 ms and 1.8 s here.
+* ``"sampling"``: permutation sampling (Castro et al. 2009, Štrumbelj & Kononenko 2014: the
+  "Shapley sampling values" of Lundberg & Lee), antithetic, vectorised (:func:`_sampling`):
+  unbiased, exactly additive, model-agnostic (it runs the deployed onnxruntime session for
+  ONNX, no derivative needed); ``nsamples`` permutations per event and background row.
+* ``"kernel"``: ``shap.KernelExplainer``, model-agnostic; it is exact while its 1000
+  coalitions cover all 2^N − 2 (N ≤ 9), and it is not beyond: its regularised regression
+  sets small inputs to 0 (measured at 15, 30 and 60 inputs: 9 to 20 stated uncertainties
+  off, an input's mean |SHAP| up to 100%).
+* ``"gradient"``: ``shap.GradientExplainer``, *expected gradients* (G. Erion et al., Nature
+  Mach. Intell. 3 (2021) 620, arXiv:1906.10670), integrated gradients (M. Sundararajan, A.
+  Taly, Q. Yan, ICML 2017, arXiv:1703.01365) averaged over the background: the
+  Aumann-Shapley attribution along straight paths, which is not the Shapley value of the
+  game once the network is not additive, and its additivity holds in expectation only (the
+  Monte-Carlo residual is ``additivity_error``).
+* ``"permutation"``: ``shap.PermutationExplainer`` with an independent masker, exactly
+  additive; the ``shap`` implementation, event by event.
+
+The rule of ``method="auto"`` (:func:`auto_method`), measured with
+``benchmarks/bench_model.py`` (``benchmarks/RESULTS.md``, issue 32): N-64-64-1 tanh networks
+trained on a task with interactions, 200 events, 50 background rows (the audit's), one torch
+thread of the shared 2-core machine, against exact Shapley values (shap.Exact up to 7 inputs,
+permutation sampling with 64 rounds beyond, checked against shap.Exact at 15). "Exact
+enough": every input's mean |SHAP| within :data:`SHAP_TOLERANCE` of its stated uncertainty
+(σ: the statistical uncertainty of the mean over the 200 events), worst of three seeds:
+
+    inputs   kernel (1000)      GradientExplainer   exact         sampling, 4 rounds
+    5        0.53 s   0.00σ     1.8 s   3.1σ        0.33 s  0     0.09 s  0.12σ
+    15       8.8-20 s 9.0σ      1.8 s   5.5σ        (350 s)       0.58 s  0.34σ
+    30       10-24 s  17σ       1.7 s   5.3σ        -             1.10 s  0.38σ
+    60       27 s     20σ       1.9 s   4.2σ        -             2.45 s  0.25σ
+
+(two runs of the benchmark: the same agreement, the kernel explainer's time moves most).
+No gradient-based method is exact enough: expected gradients without their Monte-Carlo noise
+(Gauss-Legendre along the path, every background row: 0.25-0.74 s) are 2.9 to 5.3σ off (mean
+|SHAP| 18% to 45%), the definition and not the noise. So ``auto`` takes, whatever the format
+and whether or not the network has derivatives: ``"kernel"`` up to :data:`KERNEL_MAX_INPUTS`,
+``"exact"`` up to :data:`EXACT_MAX_INPUTS`, ``"sampling"`` with :data:`SAMPLING_ROUNDS`
+rounds beyond (at 30 inputs 9 to 22 times faster than the kernel explainer it replaces,
+which was 17σ off).
 
 The base value is the mean output over the background (rows drawn from ``background``, or
 from ``x``). Use the same (simulation) background for simulation and data so both are
@@ -44,18 +75,27 @@ if TYPE_CHECKING:
 EXPLAINERS = {"exact": "validator.exact", "sampling": "validator.sampling",
               "gradient": "GradientExplainer", "kernel": "KernelExplainer",
               "permutation": "PermutationExplainer"}
-#: ``auto`` takes ``shap.KernelExplainer`` up to this many inputs (PROVISIONAL).
+#: ``auto`` takes ``shap.KernelExplainer`` up to this many inputs: there its 1000 coalitions
+#: are all 2^N − 2 and its values exact (measured: 9e-9 of shap.Exact's at 5 inputs, 0.53 s
+#: for 200 events); kept rather than ``"exact"`` (0.16 s at 4 inputs), which gives the same
+#: numbers, because tests/test_model.py and tests/test_model_audit.py expect this explainer
+#: for their 3- and 4-input networks.
 KERNEL_MAX_INPUTS = 4
-#: ``auto`` enumerates every coalition up to this many inputs (PROVISIONAL).
+#: ``auto`` enumerates every coalition up to this many inputs: no Monte-Carlo noise for
+#: 0.33 s per 200 events at 5 inputs (sampling: 0.09 s, 0.12σ); the cost doubles with every
+#: input (measured 0.58 s at 6, 1.2 s at 7, 2.4 s at 8) while sampling's stays near 0.15 s.
 EXACT_MAX_INPUTS = 5
-#: ``auto`` samples this many permutations per event and background row above (PROVISIONAL).
+#: ``auto`` samples this many permutations per event and background row beyond: the fewest
+#: within SHAP_TOLERANCE at every size measured (worst of three seeds: 0.12σ, 0.34σ, 0.38σ,
+#: 0.25σ at 5, 15, 30, 60 inputs); 2 rounds are not (0.47σ at 15, 0.72σ at 60 inputs).
 SAMPLING_ROUNDS = 4
 #: Exact enough: every input's mean |SHAP| within this fraction of its stated uncertainty
 #: (the statistical one of the audit's mean over its events) of the exact value; the error
 #: then adds at most 12% to the uncertainty in quadrature (sqrt(1 + 0.5²) = 1.12).
 SHAP_TOLERANCE = 0.5
-#: ``method="exact"`` refuses more inputs than this (2^N coalitions per event).
-EXACT_LIMIT = 20
+#: ``method="exact"`` refuses more inputs than this: 2^N coalitions per event (at 15 inputs,
+#: 1.8 s an event with 50 background rows; at 16, twice that).
+EXACT_LIMIT = 16
 #: Rows per call of the network in the exact and sampling estimators (a few tens of MiB).
 MAX_ROWS = 2**18
 
@@ -103,11 +143,13 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
 
     ``max_events``: the subsample size (a seeded draw without replacement when ``x`` has more
     finite events); ``background``: rows ``(m, N)`` for the base value (default: drawn from
-    ``x``), of which ``n_background`` are used; ``method``: ``"auto"`` (``"kernel"`` up to
-    :data:`KERNEL_MAX_INPUTS` inputs or without exact derivatives, else ``"gradient"``),
-    ``"gradient"``, ``"kernel"`` or ``"permutation"``;
-    ``nsamples``: samples per event (gradient: 200; kernel: 1000 coalitions; permutation: 2N+2
-    evaluations per permutation, 4 permutations by default).
+    ``x``), of which ``n_background`` are used; ``method``: ``"auto"`` (:func:`auto_method`:
+    the rule in the module docstring), ``"exact"``, ``"sampling"``, ``"kernel"``,
+    ``"gradient"`` or ``"permutation"``; ``nsamples``: sampling: permutations per event and
+    background row (:data:`SAMPLING_ROUNDS`); gradient: samples per event (200); kernel:
+    coalitions (1000); permutation: 2N+2 evaluations per permutation, 4 permutations by
+    default; exact: ignored (2^N). ``seed`` draws the subsample, the background and the
+    sampled permutations.
     """
     model._require_fixed()
     xm = model.matrix(x)
@@ -188,6 +230,20 @@ def _model_rows(model: AuditedModel, xs: np.ndarray, bg: np.ndarray
     return network_inputs(model, xs), network_inputs(model, bg), cols
 
 
+def _masked(zx: np.ndarray, zb: np.ndarray, take: np.ndarray, cols: np.ndarray
+            ) -> np.ndarray:
+    """Rows whose input k (model-space column ``cols[k]``) is the event's where ``take[..., k]``
+    and the background row's elsewhere (``zx``, ``zb`` broadcast against ``take``)."""
+    shape = (*take.shape[:-1], zb.shape[-1])
+    pts = np.empty(shape, dtype=zb.dtype)
+    pts[...] = zb
+    if np.array_equal(cols, np.arange(shape[-1])):  # every model input is a data input
+        np.copyto(pts, zx, where=take)
+    else:
+        pts[..., cols] = np.where(take, zx[..., cols], zb[..., cols])
+    return pts
+
+
 def _exact(model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
            max_rows: int = MAX_ROWS) -> tuple[np.ndarray, int]:
     """Shapley values by enumerating all 2^N coalitions S (Shapley 1953; Lundberg & Lee 2017,
@@ -203,15 +259,17 @@ def _exact(model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
     size = masks.sum(axis=1)
     weight = np.array([math.factorial(k) * math.factorial(dim - k - 1) / math.factorial(dim)
                        if k < dim else 0.0 for k in size])
-    per = max(1, max_rows // (len(bg) * n_sub))
+    per_sub = max(1, min(n_sub, max_rows // len(bg)))  # coalitions per call
+    per = max(1, max_rows // (len(bg) * per_sub))  # events per call
     v = np.zeros((n, n_sub, model.n_outputs))
     for s in range(0, n, per):
         e = len(zx[s:s + per])
-        pts = np.broadcast_to(zb[None, None], (e, n_sub, *zb.shape)).copy()  # (e, S, B, M)
-        pts[..., cols] = np.where(masks[None, :, None, :], zx[s:s + per, None, None, cols],
-                                  zb[None, None, :, cols])
-        out = model._backend.run(pts.reshape(-1, zb.shape[1]))
-        v[s:s + e] = out.reshape(e, n_sub, len(bg), -1).mean(axis=2)
+        for c in range(0, n_sub, per_sub):
+            k = len(masks[c:c + per_sub])
+            take = np.broadcast_to(masks[None, c:c + per_sub, None, :], (e, k, len(bg), dim))
+            pts = _masked(zx[s:s + e, None, None], zb[None, None], take, cols)  # (e, S, B, M)
+            out = model._backend.run(pts.reshape(-1, zb.shape[1]))
+            v[s:s + e, c:c + k] = out.reshape(e, k, len(bg), -1).mean(axis=2)
     phi = np.zeros((n, dim, model.n_outputs))
     index = np.arange(n_sub)
     for i in range(dim):
@@ -257,9 +315,7 @@ def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, 
             else:
                 rank = dim - 1 - rank
             take = rank[:, :, None, :] < steps[None, None, :, None]  # (e, B, N-1, N)
-            pts = np.broadcast_to(zb[None, :, None], (e, n_bg, dim - 1, zb.shape[1])).copy()
-            pts[..., cols] = np.where(take, zx[s:s + e, None, None, cols],
-                                      zb[None, :, None, cols])
+            pts = _masked(zx[s:s + e, None, None], zb[None, :, None], take, cols)
             out = model._backend.run(pts.reshape(-1, zb.shape[1]))
             chain = np.concatenate(
                 [np.broadcast_to(fb[None, :, None], (e, n_bg, 1, fb.shape[1])),

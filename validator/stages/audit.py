@@ -193,10 +193,10 @@ class AuditResult:
 def tested_groups(model: AuditedModel) -> list[int]:
     """Indices of the Taylor groups that are tested: the combined group of a multi-class
     network, every node otherwise."""
-    from validator.model.taylor import _groups
+    from validator.model.taylor import groups
 
-    groups = _groups(model)
-    return [len(groups) - 1] if model.kind == "multiclass" else list(range(len(groups)))
+    names = groups(model)
+    return [len(names) - 1] if model.kind == "multiclass" else list(range(len(names)))
 
 
 def node_label(model: AuditedModel, group: str) -> str:

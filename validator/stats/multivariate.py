@@ -91,7 +91,7 @@ so a difference that a nuisance within its constraint explains does not make t l
 Taylor coefficients ⟨|∂f/∂x_i|⟩ on the data events (Wunsch, Friese, Wagner, Quast,
 arXiv:1803.08782, as the network audit), raw and scaled to standardised inputs (× σ_i, the
 simulation's |w|-weighted standard deviation), with the audit's mergeable means
-(:class:`validator.model.taylor.AbsMeanSums`).
+(:class:`validator.stats.weighted_means.AbsMeanSums`).
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from validator.stats.result import GofResult
+from validator.stats.weighted_means import AbsMeanSums
 
 #: Hidden layers of the c2st classifier: enough to learn a three-input sign correlation on
 #: standardised inputs, small enough to train in about a second on 10^4 events on one core.
@@ -505,10 +506,8 @@ def taylor_attribution(net: Any, z: np.ndarray, sigma: np.ndarray, inputs: tuple
     """⟨|∂f/∂x_i|⟩ of ``net`` (a function of standardised inputs ``z = (x − μ)/σ``) over the
     events ``z`` (weights ``w``, default 1): raw (per unit of x_i: ∂f/∂z_i / σ_i) and scaled
     (∂f/∂z_i = t_i·σ_i), with the linearised uncertainty of the weighted mean
-    (:class:`validator.model.taylor.AbsMeanSums`)."""
+    (:class:`validator.stats.weighted_means.AbsMeanSums`)."""
     import torch
-
-    from validator.model.taylor import AbsMeanSums
 
     w = np.ones(len(z)) if w is None else np.asarray(w, dtype=float)
     zt = _tensor(z).requires_grad_(True)
