@@ -280,8 +280,9 @@ def plot_pull_map(hist: Hist2D, feature_x: str, feature_y: str, *,
     finite = pull[np.isfinite(pull)]
     vmax = max(PULL_MIN_RANGE, float(np.max(np.abs(finite), initial=0.0)))
     with mpl_style():
-        fig = new_figure((9, 7.5))
+        fig = new_figure((8.5, 7.5))
         ax = fig.subplots()
+        ax.set_box_aspect(1)  # square: a map, whatever the numbers of bins
         cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=NOT_RUN_COLOUR)
         mesh = ax.pcolormesh(np.arange(nx + 1), np.arange(ny + 1),
                              np.ma.masked_invalid(pull.T), cmap=cmap,
@@ -305,11 +306,24 @@ def plot_pull_map(hist: Hist2D, feature_x: str, feature_y: str, *,
         ax.set_xlabel(f"{feature_x} (equal-population bins)")
         ax.set_ylabel(f"{feature_y} (equal-population bins)")
         cat = f"  [{category}]" if category and category != "all" else ""
-        caption = _pvalue_caption(pvalues)
+        # a short title (the pair and its worst Holm p); every test's p-value is in the
+        # figure's caption (the reports), so the title never runs off the canvas
+        worst = min((p for p in (pvalues or {}).values() if np.isfinite(p)), default=None)
         ax.set_title(f"{feature_x} × {feature_y}{cat}" + (
-            "\n" + caption.replace("\n", "; ", 1).replace("\n", ", ") if caption else ""),
+            f"\nworst Holm p {format_p(worst)}" if worst is not None else ""),
             loc="left", fontsize="small")
     return fig
+
+
+def _neg_log10_label(p: float) -> str:
+    """-log10 p as a matrix cell shows it: one decimal below 10, none above, and a p-value
+    that underflowed (the cap of :func:`validator.results.format.neg_log10`) as a bound."""
+    value = neg_log10(p)
+    if value is None:
+        return ""
+    if value >= neg_log10(0.0):
+        return f"≥{value:.0f}"
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def pvalue_matrix(tests: Iterable[Mapping[str, Any]], features: Sequence[str], *,
@@ -373,7 +387,7 @@ def plot_pvalue_matrix(tests: Iterable[Mapping[str, Any]], features: Sequence[st
                 for j in range(n):
                     p = matrix[i, j]
                     if np.isfinite(p):
-                        ax.text(j + 0.5, i + 0.5, f"{neg_log10(p):.1f}",
+                        ax.text(j + 0.5, i + 0.5, _neg_log10_label(p),
                                 ha="center", va="center", fontsize="xx-small")
         index = {f: i for i, f in enumerate(features)}
         boxed = 0
