@@ -36,6 +36,10 @@ def small(tmp_path: Path) -> list[str]:
     "CREATE TABLE runs (a INT); INSERT INTO runs VALUES (1)",
     "CREATE TABLE measurements (x DOUBLE); INSERT INTO measurements VALUES (1.5)",
     "CREATE TABLE runs (run_id VARCHAR, a INT); CREATE TABLE tests (b INT)",
+    "CREATE SCHEMA s; CREATE TABLE s.t (x INT)",
+    "CREATE MACRO plus_one(a) AS a + 1",
+    "CREATE SEQUENCE ids",
+    "CREATE TYPE mood AS ENUM ('a', 'b')",
 ])
 def test_a_database_of_someone_else_is_never_touched(tmp_path, small, capsys, ddl):
     db = tmp_path / "mine.duckdb"
@@ -65,12 +69,20 @@ def test_merge_refuses_a_file_that_is_not_a_side_file(tmp_path, small, capsys):
     con.close()
     text = tmp_path / "notes.duckdb"
     text.write_text("not a database at all\n")
-    for side in (other, text):
+    second = tmp_path / "second.duckdb"  # a user's other validator database
+    assert main(["run", "--quiet", *small, "--db", str(second)]) == 0
+    same = tmp_path / "runs.x.pending.duckdb"
+    capsys.readouterr()
+    for side, why in ((other, "not a side file"), (text, "not a side file"),
+                      (second, "not a side file"), (db, "not a side file")):
         before, db_before = _sha(side), _sha(db)
         assert main(["merge", "--db", str(db), str(side)]) == 2
         err = capsys.readouterr().err
-        assert f"{side}: not a validator side file" in err and err.count("\n") == 1, err
+        assert f"{side}: {why}" in err and err.count("\n") == 1, err
         assert _sha(side) == before and _sha(db) == db_before
+    same.write_bytes(db.read_bytes())  # named like a side file, and the database itself
+    assert main(["merge", "--db", str(same), str(same)]) == 2
+    assert "is the database itself" in capsys.readouterr().err and same.exists()
 
 
 def test_a_missing_report_folder_is_made(tmp_path, small, capsys):
@@ -147,3 +159,23 @@ def test_the_wheel_runs_outside_the_repository(tmp_path, capsys):
         "versions_json"]) if "versions_json" in query(
         work / "wheel.duckdb", "SELECT * FROM runs").columns else {}
     assert not versions or "statsmodels" not in versions
+
+
+def test_output_paths_are_checked_before_any_event_is_read(tmp_path, small, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for option in ("--report", "--evidently-report"):
+        assert main(["run", "--quiet", *small, "--no-db", option, str(blocker / "r.out")]) == 2
+        err = capsys.readouterr().err
+        assert f"{option} {blocker / 'r.out'}: {blocker} is a file" in err, err
+    db = tmp_path / "r.duckdb"
+    assert main(["run", "--quiet", *small, "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert main(["report", "--db", str(db), "--out", str(blocker / "rep")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_a_selection_may_read_a_defined_column(tmp_path, small, capsys):
+    assert main(["run", "--quiet", *small, "--no-db", "--define", "a2=a * 2",
+                 "--sim-selection", "a2 > -1", "--data-selection", "a2 > -1"]) == 0
+    assert "validator run" in capsys.readouterr().out

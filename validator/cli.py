@@ -35,8 +35,7 @@ exit codes: 0 done, 1 a rule fails, 2 unusable input or command, 3 internal erro
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 already; keep it to one line
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_INPUT, f"validator: error: {message}\n")
+        self.exit(EXIT_INPUT, f"validator: error: {message} (see {self.prog} --help)\n")
 
 
 def _int_at_least(minimum: int):
@@ -166,9 +165,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         _apply_config(args, argv)
     rules = _gate_rules(args)  # a bad rules file is exit 2 before any event is read
     _check_report_path(args.report)
-    if args.evidently_report and Path(args.evidently_report).is_dir():
-        raise _usage(f"--evidently-report {args.evidently_report}: is a folder; give a file "
-                     "name (e.g. drift.html)")
+    _check_output_file("--evidently-report", args.evidently_report, "drift.html")
     config = run_config(vars(args), argv)
     console = _console()
     if args.quiet or not console.is_terminal:
@@ -204,18 +201,25 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _check_report_path(path: str | None) -> None:
     """Refuse, before any event is read, a --report path that cannot be written."""
+    _check_output_file("--report", path, "report.md")
+
+
+def _check_output_file(option: str, path: str | None, example: str) -> None:
+    """Refuse, before any event is read, an output file that cannot be written: a folder, a
+    file on the way, an unwritable folder (a missing folder is made when the file is
+    written)."""
     from pathlib import Path
 
     if path is None:
         return
     if Path(path).is_dir():
-        raise _usage(f"--report {path}: is a folder; give a file name (e.g. report.md)")
+        raise _usage(f"{option} {path}: is a folder; give a file name (e.g. {example})")
     folder = Path(path).resolve().parent
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise _usage(f"--report {path}: {existing} is a file, not a folder")
+        raise _usage(f"{option} {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK):
-        raise _usage(f"--report {path}: the folder {existing} is not writable")
+        raise _usage(f"{option} {path}: the folder {existing} is not writable")
 
 
 def _judge_after_run(rules: RulesFile, outcome: Any) -> Verdict:

@@ -115,12 +115,18 @@ class TransformChain:
         return [c for c in dict.fromkeys(needed) if c not in made]
 
     def apply(self, chunk: Chunk, label: str) -> Chunk:
-        """The chunk's selected, extended and blinded events (all columns kept)."""
-        if self.selection is not None:
+        """The chunk's selected, extended and blinded events (all columns kept). A selection
+        that reads a derived column (``--define``) is applied once the columns are made."""
+        early = self.selection is not None and not set(self.selection.columns) & set(
+            self.derived_names)
+        if early:
             keep = self.selection.mask(chunk, label)
             chunk = {c: v[keep] for c, v in chunk.items()}
         for derived in self.derived:
             chunk = {**chunk, **derived(chunk, label)}
+        if self.selection is not None and not early:
+            keep = self.selection.mask(chunk, label)
+            chunk = {c: v[keep] for c, v in chunk.items()}
         if self.blind is not None:
             inside = self.blind.mask(chunk, label)
             chunk = {c: v[~inside] for c, v in chunk.items()}

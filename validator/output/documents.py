@@ -390,8 +390,9 @@ def write_report(db: str | Path, run: str = "latest", out_dir: str | Path = "rep
     from validator.errors import InputError
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
+    existing = next(p for p in (out, *out.resolve().parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{out}: {existing} exists and is not a folder")
     try:
         import matplotlib  # noqa: F401
         import mplhep  # noqa: F401

@@ -36,6 +36,8 @@ class DatabaseBusy(Exception):
 
 
 _DUCKDB_MAGIC = b"DUCK"  # bytes 8-11 of every DuckDB database file
+#: How a side file's name ends (a run written beside a busy database, for validator merge).
+SIDE_SUFFIX = ".pending.duckdb"
 
 
 def _connect(path: Path, read_only: bool = False, wait_s: float = 15.0,
@@ -137,6 +139,43 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
         "table_name = ?", [table]).fetchall()}
 
 
+def _foreign_objects(con: duckdb.DuckDBPyConnection) -> str | None:
+    """What a file holds that validator never writes (a table or view outside ``main``, a
+    view, a sequence, a macro, a type), named; None for none."""
+    queries = (
+        ("table", "SELECT schema_name || '.' || table_name FROM duckdb_tables() "
+                  "WHERE NOT internal AND schema_name <> 'main'"),
+        ("view", "SELECT schema_name || '.' || view_name FROM duckdb_views() WHERE NOT internal"),
+        ("sequence", "SELECT sequence_name FROM duckdb_sequences()"),
+        ("macro", "SELECT function_name FROM duckdb_functions() WHERE NOT internal"),
+        ("type", "SELECT type_name FROM duckdb_types() WHERE NOT internal"),
+    )
+    for kind, sql in queries:
+        found = con.execute(sql).fetchall()
+        if found:
+            return f"the {kind} {found[0][0]}"
+    return None
+
+
+def _damage(con: duckdb.DuckDBPyConnection) -> str | None:
+    """What a file of today's schema lacks or holds differently (a table, a column, a column
+    type), named; None for an intact file. Nothing is written to a damaged file, nor read
+    from it as if it were intact."""
+    found = {(t, c): typ for t, c, typ in con.execute(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'main'").fetchall()}
+    tables = {t for t, _ in found}
+    for table, columns in SCHEMA.items():
+        if table not in tables:
+            return f"table '{table}' is missing"
+        for name, typ in columns:
+            if (table, name) not in found:
+                return f"table '{table}' has no column '{name}'"
+            if found[(table, name)] != typ:
+                return f"column {table}.{name} is {found[(table, name)]}, not {typ}"
+    return None
+
+
 def _schema_version(con: duckdb.DuckDBPyConnection, label: str = "the database") -> int:
     """The file's schema version: 0 for an empty file, 1 for release 0.1.0's files.
 
@@ -144,11 +183,23 @@ def _schema_version(con: duckdb.DuckDBPyConnection, label: str = "the database")
     a release-0.1.0 file) is a :class:`ForeignDatabase`: a user's own tables are never
     altered."""
     tables = _tables(con)
+    foreign = _foreign_objects(con)
+    if foreign:
+        raise ForeignDatabase(f"{label}: not a validator database (it holds {foreign}); "
+                              "choose another --db file")
     if not tables:
         return 0
     if "schema_info" in tables and {n for n, _ in SCHEMA["schema_info"]} <= _columns(
             con, "schema_info"):
-        return int(con.execute("SELECT max(version) FROM schema_info").fetchone()[0] or 0)
+        version = con.execute("SELECT max(version) FROM schema_info").fetchone()[0]
+        if version is None:
+            raise InputError(f"{label}: its schema_info is empty (a damaged validator "
+                             "database; restore the file or choose another --db)")
+        problem = _damage(con) if int(version) == SCHEMA_VERSION else None
+        if problem:
+            raise InputError(f"{label}: {problem} (a damaged validator database; restore the "
+                             "file or choose another --db)")
+        return int(version)
     if "schema_info" not in tables and all(
             table in tables and columns <= _columns(con, table)
             for table, columns in _V1_COLUMNS.items()):
@@ -293,7 +344,7 @@ def save_verdict(path: str | Path, run_id: str, rows: Sequence[Mapping[str, Any]
 def side_file_path(path: str | Path, run_id: str) -> Path:
     """Where a run goes when its database stays busy: beside it, named after the run."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.{run_id}.pending.duckdb")
+    return path.with_name(f"{path.stem}.{run_id}{SIDE_SUFFIX}")
 
 
 def save_run(rows: Mapping[str, Sequence[Mapping[str, Any]]], run_id: str, path: str | Path,
@@ -319,6 +370,11 @@ def merge_side_file(path: str | Path, side: str | Path, wait_s: float = 60.0) ->
     path, side = Path(path), Path(side)
     if not side.is_file():
         raise InputError(f"{side}: side file not found")
+    if not side.name.endswith(SIDE_SUFFIX):
+        raise InputError(f"{side}: not a side file (validator writes them as "
+                         f"NAME.RUN_ID{SIDE_SUFFIX} beside a busy database); nothing merged")
+    if path.exists() and path.resolve() == side.resolve():
+        raise InputError(f"{side}: is the database itself; nothing merged")
     check_database(path)
     with side.open("rb") as fh:
         if fh.read(12)[8:12] != _DUCKDB_MAGIC:
