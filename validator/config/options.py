@@ -282,7 +282,8 @@ def run_options() -> tuple[Option, ...]:
                help="write evidently's data-drift report (DataDriftPreset) on the "
                     "multivariate subsample; its per-column results are stored as tests kind "
                     "'evidently', outside the multiple-testing family"),
-        Option("tag", kind="repeat", metavar="KEY=VALUE", key="tags", file_type=dict[str, str],
+        Option("tag", kind="repeat", metavar="KEY=VALUE", key="tags",
+               file_type=dict[str, str | int | float],
                from_file=_tags, target="tags",
                help="a label stored with the run, e.g. era=2018B (repeatable; in a file "
                     "{era: 2018B}): the dashboard's history groups runs by tag"),

@@ -101,17 +101,21 @@ def junit_xml(verdict: Verdict) -> str:
 
 
 def check_output_path(path: str | Path) -> Path:
-    """Refuse, before any work, a JUnit path that cannot be written (a folder, no folder)."""
+    """Refuse, before any work, a JUnit path that cannot be written (a folder, a file on the
+    way); a missing folder is made when the file is written."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; --junit needs a file name")
-    if not path.resolve().parent.is_dir():
-        raise InputError(f"{path}: the folder {path.parent} does not exist")
+    folder = path.resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{path}: {existing} is a file, not a folder")
     return path
 
 
 def write_junit(verdict: Verdict, path: str | Path) -> Path:
     """Write the verdict's JUnit XML to ``path``."""
     path = check_output_path(path)
+    path.resolve().parent.mkdir(parents=True, exist_ok=True)
     path.write_text(junit_xml(verdict), encoding="utf-8")
     return path
