@@ -192,3 +192,12 @@ def test_v1_configuration_files_are_still_read(tmp_path):
     assert options["process_column"] == "p" and options["norm_unc"] == ["0.05"]
     assert options["syst"] == ["pu=wu"]
     assert options["toys"] == 10 and options["syst_toys"] == 20
+
+
+def test_a_v1_file_giving_a_setting_twice_is_refused(tmp_path):
+    from validator.errors import InputError
+
+    path = tmp_path / "old.yaml"
+    path.write_text("config_version: 1\nsyst_toys: 5\ntoys: {syst: 20}\n")
+    with pytest.raises(InputError, match="toys.syst: the same setting as syst_toys"):
+        load_run_file(path)

@@ -75,6 +75,8 @@ def upgrade_v1(data: dict[str, Any]) -> tuple[dict[str, Any],
             continue
         for name, item in value.items():
             key = V1_KEYS.get((section, name), f"{section}.{name}")  # unknown: refused
+            if key in out:
+                raise ValueError(f"{section}.{name}: the same setting as {key}, given twice")
             out[key] = item
             back[key] = (section, name)
     out["config_version"] = 2

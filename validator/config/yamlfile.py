@@ -143,7 +143,10 @@ def parse_yaml_model(text: str, model: type[Model], source: str, what: str,
     _key_lines(root, (), lines, source)
     in_file = _same_path
     if upgrade is not None:
-        data, in_file = upgrade(data)
+        try:
+            data, in_file = upgrade(data)
+        except ValueError as exc:
+            raise InputError(f"{source}: {exc}") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
