@@ -205,21 +205,12 @@ def _check_report_path(path: str | None) -> None:
 
 
 def _check_output_file(option: str, path: str | None, example: str) -> None:
-    """Refuse, before any event is read, an output file that cannot be written: a folder, a
-    file on the way, an unwritable folder (a missing folder is made when the file is
-    written)."""
-    from pathlib import Path
+    """Refuse, before any event is read, an output file that cannot be written."""
+    from validator.errors import output_file_problem
 
-    if path is None:
-        return
-    if Path(path).is_dir():
-        raise _usage(f"{option} {path}: is a folder; give a file name (e.g. {example})")
-    folder = Path(path).resolve().parent
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise _usage(f"{option} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK):
-        raise _usage(f"{option} {path}: the folder {existing} is not writable")
+    problem = output_file_problem(path, example) if path is not None else None
+    if problem:
+        raise _usage(f"{option} {path}: {problem}")
 
 
 def _judge_after_run(rules: RulesFile, outcome: Any) -> Verdict:

@@ -27,14 +27,14 @@ def database_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be shown (one line), or None for a validator database.
 
     Checks, without writing anything, what the one loader checks
-    (:func:`validator.results.tables.check_tables`): the file exists, is a DuckDB file of
+    (:func:`validator.results.store.check_readable`): the file exists, is a DuckDB file of
     validator's, and holds every table and column of its schema (a damaged database names
     what it lacks).
     """
-    from validator.results.tables import SUMMARY_TABLES, check_tables
+    from validator.results.store import check_readable
 
     try:
-        check_tables(path, (*SUMMARY_TABLES, "histograms"))
+        check_readable(path)
     except InputError as exc:
         return str(exc)
     return None

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from validator.errors import InputError
+from validator.errors import InputError, output_file_problem
 from validator.gate.judge import Verdict
 from validator.results.format import format_p
 
@@ -103,14 +103,10 @@ def junit_xml(verdict: Verdict) -> str:
 def check_output_path(path: str | Path) -> Path:
     """Refuse, before any work, a JUnit path that cannot be written (a folder, a file on the
     way); a missing folder is made when the file is written."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; --junit needs a file name")
-    folder = path.resolve().parent
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise InputError(f"{path}: {existing} is a file, not a folder")
-    return path
+    problem = output_file_problem(path, "gate.xml")
+    if problem:
+        raise InputError(f"{path}: {problem} (--junit)")
+    return Path(path)
 
 
 def write_junit(verdict: Verdict, path: str | Path) -> Path:

@@ -59,6 +59,12 @@ def _connect(path: Path, read_only: bool = False, wait_s: float = 15.0,
             raise InputError(f"{path}: not a usable DuckDB file ({_first_line(exc)})") from exc
 
 
+def _is_duckdb(path: Path) -> bool:
+    """Whether the file starts as every DuckDB database does."""
+    with path.open("rb") as fh:
+        return fh.read(12)[8:12] == _DUCKDB_MAGIC
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -86,12 +92,10 @@ def check_database(path: str | Path) -> None:
         raise InputError(f"{path}: not a regular file")
     if not _writable(path):
         raise InputError(f"{path}: the database file is not writable")
-    with path.open("rb") as fh:
-        header = fh.read(12)
-    if header and header[8:12] != _DUCKDB_MAGIC:
-        raise InputError(f"{path}: not a DuckDB database (choose another --db file)")
-    if not header:
+    if path.stat().st_size == 0:
         return
+    if not _is_duckdb(path):
+        raise InputError(f"{path}: not a DuckDB database (choose another --db file)")
     try:
         _file_version(path, wait_s=0)
     except DatabaseBusy:
@@ -376,9 +380,8 @@ def merge_side_file(path: str | Path, side: str | Path, wait_s: float = 60.0) ->
     if path.exists() and path.resolve() == side.resolve():
         raise InputError(f"{side}: is the database itself; nothing merged")
     check_database(path)
-    with side.open("rb") as fh:
-        if fh.read(12)[8:12] != _DUCKDB_MAGIC:
-            raise InputError(f"{side}: not a validator side file (not a DuckDB database)")
+    if not _is_duckdb(side):
+        raise InputError(f"{side}: not a validator side file (not a DuckDB database)")
     con = _connect(side, read_only=True, wait_s=wait_s)
     try:
         try:
@@ -443,9 +446,8 @@ def check_readable(path: str | Path) -> int:
     if not path.is_file():
         raise InputError(f"{path}: database not found" if not path.exists()
                          else f"{path}: not a database file")
-    with path.open("rb") as fh:
-        if fh.read(12)[8:12] != _DUCKDB_MAGIC:
-            raise InputError(f"{path}: not a DuckDB database")
+    if not _is_duckdb(path):
+        raise InputError(f"{path}: not a DuckDB database")
     try:
         return _file_version(path)
     except DatabaseBusy as exc:

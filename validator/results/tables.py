@@ -2,9 +2,9 @@
 run just finished, in memory (:func:`outcome_tables`), as the same DataFrames.
 
 A file of today's schema must hold every table and column of
-:data:`validator.results.schema.SCHEMA`: a missing one is an
-:class:`~validator.errors.InputError` naming it (a damaged database is never read as if the
-missing values were NULL). A file of an earlier schema (migrated when a
+:data:`validator.results.schema.SCHEMA` (:func:`validator.results.store.check_readable`): a
+missing one is an :class:`~validator.errors.InputError` naming it (a damaged database is
+never read as if the missing values were NULL). A file of an earlier schema (migrated when a
 run is next written to it) lacks what later versions added: those tables are empty and those
 columns NULL, as docs/schema.md documents.
 """
@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from validator.errors import InputError
 
 #: What the reading of a run reads (the terminal, ``show``, the gate, JUnit, the reports'
 #: text, the dashboard's overview): every run table but the histograms.
@@ -53,28 +51,6 @@ def _present(db: Path) -> dict[str, set[str]]:
     return out
 
 
-def check_tables(db: str | Path, tables: Iterable[str]) -> int:
-    """The file's schema version, once every table of ``tables`` and each of its columns is
-    there (today's schema); an :class:`InputError` names the first missing one."""
-    from validator.results.schema import SCHEMA_VERSION
-    from validator.results.store import check_readable
-
-    db = Path(db)
-    version = check_readable(db)
-    if version < SCHEMA_VERSION:
-        return version
-    present = _present(db)
-    for table in tables:
-        if table not in present:
-            raise InputError(f"{db}: table '{table}' is missing (a damaged validator database; "
-                             "re-run, or restore the file)")
-        missing = [c for c in _schema(table) if c not in present[table]]
-        if missing:
-            raise InputError(f"{db}: table '{table}' has no column '{missing[0]}' (a damaged "
-                             "validator database; re-run, or restore the file)")
-    return version
-
-
 def _complete(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     """A table of an earlier schema with today's columns (the added ones NULL)."""
     missing = [c for c in _schema(table) if c not in frame.columns]
@@ -91,8 +67,7 @@ def load_run_tables(db: str | Path, run: str = "latest", *,
 
     db = Path(db)
     names = list(dict.fromkeys([*tables, *(["histograms"] if histograms else [])]))
-    check_tables(db, names)
-    run_id = resolve_run(db, run)
+    run_id = resolve_run(db, run)  # checks the file (a damaged one names what it lacks)
     present = _present(db)
     out: dict[str, pd.DataFrame] = {}
     for table in names:

@@ -108,7 +108,12 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from validator.stats import compiled
-from validator.stats.binned import clopper_pearson, sequential_batches, sequential_stop
+from validator.stats.binned import (
+    TAIL_MIN_TOYS,
+    clopper_pearson,
+    sequential_batches,
+    sequential_stop,
+)
 from validator.stats.edf_kernel import edf_rows
 from validator.stats.result import GofResult
 
@@ -963,8 +968,6 @@ class _GaussianBound:
         return math.exp(-0.5 * (u / lip) ** 2)
 
 
-#: Toys below which no tail is fitted (the scale of the limit law from their mean).
-TAIL_MIN_TOYS = 100
 #: E[K] of Kolmogorov's limit law: sqrt(pi/2) ln 2 (Kolmogorov 1933; Marsaglia, Tsang & Wang,
 #: J. Stat. Softw. 8 (2003) 18).
 KOLMOGOROV_MEAN = math.sqrt(math.pi / 2.0) * math.log(2.0)
