@@ -13,7 +13,7 @@ from scipy import stats
 from validator.pipeline import RunConfig, run_validation
 from validator.stages.compare import CompareOptions
 from validator.stages.fill import N_GROUPS, Layout, accumulate
-from validator.stages.globaltest import _block, _pvalues, global_test
+from validator.stages.globaltest import _block, _pvalues, global_test, sign_flip_replicas
 from validator.stages.plan import ColumnProfile, PlanConfig, make_plan, uniform_keys
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
@@ -67,7 +67,8 @@ def test_the_global_pvalues_are_uniform_under_the_null():
     p_min, p_nfail = [], []
     for seed in range(60):
         layout, sims, datas = _accumulators(3_000, 0.0, seed)
-        g = global_test(layout, sims, datas, alpha=0.05, seed=seed, n_replicas=499)
+        g = global_test(sign_flip_replicas(layout, sims, datas, seed=seed, n_replicas=499),
+                        alpha=0.05)
         p_min.append(g.p_min)
         p_nfail.append(g.p_nfail)
     assert stats.kstest(p_min, "uniform").pvalue > 0.001
@@ -78,7 +79,7 @@ def test_the_global_pvalues_are_uniform_under_the_null():
 
 def test_a_planted_shift_is_found_by_the_global_test():
     layout, sims, datas = _accumulators(20_000, 0.05, 3)
-    g = global_test(layout, sims, datas, alpha=0.05, seed=1)
+    g = global_test(sign_flip_replicas(layout, sims, datas, seed=1), alpha=0.05)
     assert g.p_min <= 1 / (1 + g.n_replicas) + 1e-12
     assert g.min_pvalue < 1e-6
 

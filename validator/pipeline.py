@@ -67,7 +67,12 @@ from validator.stages.compare import (
     warm_in_background,
 )
 from validator.stages.fill import Accumulator, Layout, fill_sample
-from validator.stages.globaltest import GlobalResult, global_test
+from validator.stages.globaltest import (
+    GlobalResult,
+    global_test,
+    observed_pvalues,
+    sign_flip_replicas,
+)
 from validator.stages.multivariate import (
     SIM_RESERVOIR_FACTOR,
     EventReservoir,
@@ -466,11 +471,11 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     tested_syst = syst_inputs if syst_inputs is not None and (
         syst_inputs.rows.weights or syst_inputs.shapes or syst_inputs.norms) else None
     # the run-level test needs no worker: it runs here while the workers test
-    global_later = Later(lambda: global_test(layout, sim_acc, data_acc, config.alpha,
-                                             config.seed, config.compare.min_expected,
-                                             syst=tested_syst))
+    replicas_later = Later(lambda: sign_flip_replicas(layout, sim_acc, data_acc, config.seed,
+                                                      config.compare.min_expected,
+                                                      syst=tested_syst))
     records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress,
-                        config.alpha, syst=tested_syst, jobs=jobs, meanwhile=global_later)
+                        config.alpha, syst=tested_syst, jobs=jobs, meanwhile=replicas_later)
     effects = shape_changes(layout, sim_acc, tested_syst) if tested_syst is not None else []
     audit = None
     if model is not None:  # a test that involves a network output is an output test
@@ -490,7 +495,9 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
             time_budget_s=config.multivariate_time_s, evidently_report=config.evidently_report,
             n_toys=config.multivariate_toys, progress=progress)
         records.extend(multivariate.records)
-    global_result = global_later.result()
+    replicas = replicas_later.result()
+    global_result = global_test(replicas, config.alpha, observed_pvalues(records)) \
+        if replicas is not None else None
     pvalues = np.array([r.pvalue for r in records], dtype=float)
     reliable = np.array([r.reliable for r in records], dtype=bool)
     ran = np.array([r.result is not None for r in records], dtype=bool)

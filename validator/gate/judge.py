@@ -296,11 +296,9 @@ def _failure_count(rule: FailureCountRule, tables: Mapping[str, pd.DataFrame]) -
     alpha = rule.alpha if rule.alpha is not None else run_alpha
     source = rule.source
     has_global = not _null(run.get("p_global_nfail")) and math.isclose(alpha, run_alpha)
-    # under systematics the stored run-level test counts the nominal (stat-only) comparisons,
-    # not the family the per-test rules judge: count that family instead
     syst = bool((tests["method"] == SYST_METHOD).any())
-    if source == "auto":
-        source = "global" if has_global and not syst else "binomial"
+    if source == "auto":  # the run-level test is systematics-aware (stages.globaltest)
+        source = "global" if has_global else "binomial"
     # a count of failures is meaningful over the histogram tests; the network's Taylor
     # coefficients (strongly correlated among themselves) and the multivariate tests are
     # judged per test only

@@ -51,7 +51,8 @@ EVERY_INPUT = "*"
 #: Inputs named as driving a multivariate finding.
 N_ATTRIBUTION = 3
 #: What the stored run-level test covers, said in every face that shows it.
-RUN_LEVEL_FAMILY = ("the binned 1D and 2D histogram tests and the features' KS; not the "
+RUN_LEVEL_FAMILY = ("each 1D and 2D histogram's likelihood-ratio test (profiled under "
+                    "systematics) and each feature's KS, with the laws they used; not the "
                     "correlation, dependence, network and multivariate tests")
 
 
