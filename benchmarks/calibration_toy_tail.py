@@ -20,7 +20,7 @@ ratio stays within 1-5 down to 1e-4, but a small simulation with NLO-like weight
 toys with huge statistics (ratio 1e8 at 1e-4: ``dependence``, 10k simulated events in 64
 cells) and heavy weights give ratios of 10-120 at 1e-4 for every method. Toys cannot see
 a tail below 1/n, and no margin makes the extrapolation safe in general, so the toys stay
-the evidence (``validator.stats.binned.run_toys`` spends them only where a decision is open).
+the evidence (``validator.stats.toys.run_toys`` spends them only where a decision is open).
 
 Run: ``python benchmarks/calibration_toy_tail.py [--toys 100000] [--fit 300]``.
 """

@@ -21,12 +21,12 @@ from validator.stats.binned import (
     merge_histogram,
     merge_sparse_bins,
     sim_toys,
-    toy_pvalue,
 )
 from validator.stats.chi2 import chi2_uw
 from validator.stats.dependence import _null_fit, dependence, ipf
 from validator.stats.likelihood import saturated
 from validator.stats.result import GofResult
+from validator.stats.toys import toy_pvalue
 
 REFERENCE_DIR = Path(__file__).parents[1].parent / "shared" / "reference"
 

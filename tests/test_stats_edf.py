@@ -557,5 +557,5 @@ def test_a_strong_scale_shift_is_stored_as_strong_as_scipy_says(scale):
     reference = stats.ks_2samp(sim, data).pvalue
     result = edf_hist_tests(d, s, float(n), sim_sumw2_bins=s, n_toys=300, rng=1,
                             thresholds=(0.05 / 300,))["ks"]
-    assert result.details["n_toys_ge"] == 0 and not result.pvalue_is_bound
+    assert result.details["n_toys_reaching"] == 0 and not result.pvalue_is_bound
     assert reference / 10 < result.pvalue < reference * 10, (result.pvalue, reference)

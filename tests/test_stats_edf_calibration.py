@@ -292,10 +292,10 @@ def test_toy_pvalue_semantics_and_reproducibility():
     r2 = ks_hist(d, s, sim_sumw2_bins=s2, n_toys=300, rng=np.random.default_rng(5))
     assert r1.pvalue == r2.pvalue
     assert r1.pvalue_method == "toys" and r1.n_toys == 300
-    k = r1.details["n_toys_ge"]
+    k = r1.details["n_toys_reaching"]
     assert r1.pvalue == pytest.approx((1 + k) / 301)
     assert r1.details["pvalue_is_bound"] is (k == 0)
-    lo, hi = r1.details["pvalue_ci"]
+    lo, hi = r1.details["pvalue_interval"]
     assert lo <= k / 300 <= hi
     assert r1.details["pvalue_asymptotic"] == ks_hist(d, s, float(s2.sum())).pvalue
     assert r1.details["toy_variance"] == "per bin"
@@ -341,9 +341,9 @@ def test_sequential_toys_stop_each_statistic_at_its_own_hth_toy():
         assert fixed[name].pvalue > 0.1  # a histogram in agreement
         r = seq[name]
         # h = 25 (0.05 x 500) toys reached the observation, after L < 500 toys: p = h/L
-        assert r.details["toys_stop"] == "sequential" and r.details["n_toys_ge"] == 25
+        assert r.details["toys_stop"] == "sequential" and r.details["n_toys_reaching"] == 25
         assert r.n_toys < 500 and r.pvalue == 25 / r.n_toys
-        assert r.details["pvalue_ci"][0] < fixed[name].pvalue < r.details["pvalue_ci"][1]
+        assert r.details["pvalue_interval"][0] < fixed[name].pvalue < r.details["pvalue_interval"][1]
     # a planted shift keeps every toy, as without the early stop
     rng = np.random.default_rng(6)
     xd, xs, ws, _ = capped(rng)
@@ -361,7 +361,7 @@ def test_no_toy_reaching_the_observation_gives_the_limit_law_tail_or_a_marked_bo
     d, s, s2 = histograms(xd + 0.3, xs, ws, False)
     # too few toys to fit the limit law's scale: a bound, marked as one
     r = ks_hist(d, s, sim_sumw2_bins=s2, n_toys=50, rng=1)
-    assert r.details["n_toys_ge"] == 0 and r.details["pvalue_is_bound"]
+    assert r.details["n_toys_reaching"] == 0 and r.details["pvalue_is_bound"]
     assert r.pvalue <= 1.0 / 51
     assert r.details["pvalue_bound_from"] in ("toys", "gaussian_concentration")
     if "pvalue_is_bound" in {f.name for f in dataclasses.fields(GofResult)}:
@@ -369,7 +369,7 @@ def test_no_toy_reaching_the_observation_gives_the_limit_law_tail_or_a_marked_bo
     # enough toys, and the bound settles the decision: the limit law with the toys' scale
     # says how strong
     r = ks_hist(d, s, sim_sumw2_bins=s2, n_toys=200, rng=1, thresholds=(1e-3,))
-    assert r.details["n_toys_ge"] == 0 and not r.pvalue_is_bound
+    assert r.details["n_toys_reaching"] == 0 and not r.pvalue_is_bound
     assert r.details["pvalue_from"] == "limit_law_tail" and r.pvalue < 1.0 / 201
     # Strongly failing: the concentration bound ends the toys below the smallest threshold.
     both = edf_hist_tests(d, s, sim_sumw2_bins=s2, n_toys=200, rng=1, max_toys=20_000,

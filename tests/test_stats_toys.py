@@ -15,21 +15,24 @@ from scipy import stats
 
 from validator.stats.binned import (
     SimToyLaw,
-    clopper_pearson,
     merge_histogram,
     merge_histogram_rows,
     merge_sparse_bins,
     merge_sparse_bins_batched,
-    run_toys,
-    sequential_batches,
-    sequential_stop,
     sim_toys,
-    toy_pvalue,
     weight_quadrature,
 )
 from validator.stats.chi2 import chi2_uw
 from validator.stats.dependence import _nonnegative_table, dependence
 from validator.stats.likelihood import saturated
+from validator.stats.toys import (
+    ToyOptions,
+    clopper_pearson,
+    run_toys,
+    sequential_batches,
+    sequential_stop,
+    toy_pvalue,
+)
 
 # ---------------------------------------------------------------------------------------
 # event-level laws with heavy-tailed or signed weights (the truth of the toy tests)
@@ -103,38 +106,38 @@ def _chi2_draw(df: int, seed: int):
 def test_adaptive_toys_settle_or_spend_up_to_max_toys() -> None:
     # far from every threshold: settled after the first batch
     t = stats.chi2.isf(0.5, 5)
-    out = run_toys(t, _chi2_draw(5, 1), 500, max_toys=20000, thresholds=(0.05, 0.001))
+    out = run_toys(t, _chi2_draw(5, 1), ToyOptions(500, max_toys=20000, thresholds=(0.05, 0.001)))
     assert out.n_toys == 500 and out.details["toys_stop"] == "settled"
     # at the threshold itself the decision never settles: every toy up to max_toys is used
     # (batches double the total: 500, 1000, 2000, ..., 16000, then 20000), and the p-value is
     # the Monte Carlo estimate of the true 0.05 (binomial sd 0.0015 at 20000 toys)
     t = stats.chi2.isf(0.05, 5)
-    out = run_toys(t, _chi2_draw(5, 2), 500, max_toys=20000, thresholds=(0.05, 0.001))
+    out = run_toys(t, _chi2_draw(5, 2), ToyOptions(500, max_toys=20000, thresholds=(0.05, 0.001)))
     assert out.n_toys == 20000 and out.toys.size == 20000
     assert out.details["toys_stop"] == "max_toys"
     assert out.pvalue == pytest.approx(0.05, abs=4 * np.sqrt(0.05 * 0.95 / 20000))
     # beyond every toy: toys are added while the bound 1/(1+n) is above the smallest
     # threshold or that threshold is inside the interval [0, 1 - 0.0005^(1/n)]
     t = stats.chi2.isf(1e-9, 5)
-    out = run_toys(t, _chi2_draw(5, 3), 500, max_toys=20000, thresholds=(0.05, 1e-4))
+    out = run_toys(t, _chi2_draw(5, 3), ToyOptions(500, max_toys=20000, thresholds=(0.05, 1e-4)))
     assert out.pvalue_is_bound and out.n_toys == 20000 and out.pvalue == 1 / 20001
     assert out.details["toys_stop"] == "max_toys"
-    out = run_toys(t, _chi2_draw(5, 3), 500, max_toys=20000, thresholds=(0.05, 0.001))
+    out = run_toys(t, _chi2_draw(5, 3), ToyOptions(500, max_toys=20000, thresholds=(0.05, 0.001)))
     assert out.pvalue_is_bound and out.n_toys == 8000  # 1 - 0.0005^(1/8000) = 0.00095
     assert out.details["toys_stop"] == "settled"
     # a bound below the smallest threshold, with the threshold outside the interval, is enough:
     # at 500 toys 0.01 < 1 - 0.0005^(1/500) = 0.0151 (one more batch), at 1000 0.0076 < 0.01
-    out = run_toys(t, _chi2_draw(5, 3), 500, max_toys=20000, thresholds=(0.05, 0.01))
+    out = run_toys(t, _chi2_draw(5, 3), ToyOptions(500, max_toys=20000, thresholds=(0.05, 0.01)))
     assert out.pvalue_is_bound and out.n_toys == 1000
     assert out.details["toys_stop"] == "settled"
     # without thresholds (or max_toys) exactly n_toys, as before
-    assert run_toys(t, _chi2_draw(5, 3), 500, max_toys=20000).n_toys == 500
-    assert run_toys(t, _chi2_draw(5, 3), 500, thresholds=(0.05,)).n_toys == 500
+    assert run_toys(t, _chi2_draw(5, 3), ToyOptions(500, max_toys=20000)).n_toys == 500
+    assert run_toys(t, _chi2_draw(5, 3), ToyOptions(500, thresholds=(0.05,))).n_toys == 500
     # deterministic for a given generator
-    a = run_toys(stats.chi2.isf(0.05, 5), _chi2_draw(5, 9), 200, max_toys=5000,
-                 thresholds=(0.05,))
-    b = run_toys(stats.chi2.isf(0.05, 5), _chi2_draw(5, 9), 200, max_toys=5000,
-                 thresholds=(0.05,))
+    a = run_toys(stats.chi2.isf(0.05, 5), _chi2_draw(5, 9),
+                 ToyOptions(200, max_toys=5000, thresholds=(0.05,)))
+    b = run_toys(stats.chi2.isf(0.05, 5), _chi2_draw(5, 9),
+                 ToyOptions(200, max_toys=5000, thresholds=(0.05,)))
     assert (a.pvalue, a.n_toys) == (b.pvalue, b.n_toys)
 
 
@@ -144,8 +147,8 @@ def test_adaptive_toy_pvalue_keeps_its_level() -> None:
     rng = np.random.default_rng(11)
     n_rep, pvals, spent = 3000, [], []
     for i in range(n_rep):
-        out = run_toys(rng.chisquare(4), _chi2_draw(4, 1000 + i), 99, max_toys=1600,
-                       thresholds=(0.05, 0.01))
+        out = run_toys(rng.chisquare(4), _chi2_draw(4, 1000 + i),
+                       ToyOptions(99, max_toys=1600, thresholds=(0.05, 0.01)))
         pvals.append(out.pvalue)
         spent.append(out.n_toys)
     pvals = np.array(pvals)
@@ -178,11 +181,12 @@ def test_sequential_pvalue_is_exact_and_keeps_the_decisions_at_alpha() -> None:
     pvals, fixed, spent = [], [], []
     for i in range(n_rep):
         t = rng.chisquare(4)
-        out = run_toys(t, _chi2_draw(4, 5000 + i), n_toys, max_toys=1600,
-                       thresholds=(alpha / 100,), coarse_above=alpha)
+        out = run_toys(t, _chi2_draw(4, 5000 + i),
+                       ToyOptions(n_toys, max_toys=1600, thresholds=(alpha / 100,),
+                                  coarse_above=alpha))
         # the same toys without the early stop
-        same = run_toys(t, _chi2_draw(4, 5000 + i), n_toys, max_toys=1600,
-                        thresholds=(alpha / 100,))
+        same = run_toys(t, _chi2_draw(4, 5000 + i),
+                        ToyOptions(n_toys, max_toys=1600, thresholds=(alpha / 100,)))
         pvals.append(out.pvalue)
         fixed.append(same.pvalue)
         spent.append(out.n_toys)

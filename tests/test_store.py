@@ -88,3 +88,17 @@ def test_old_files_gain_new_columns(tmp_path):
     assert {c for c, _ in SCHEMA["tests"]} <= set(cols)
     write_run(db, _rows("new"))
     assert query(db, "SELECT count(*) AS n FROM tests")["n"][0] == 3
+
+
+def test_toy_detail_keys_of_an_earlier_schema_read_as_today(tmp_path):
+    """The EDF tests stored ``n_toys_ge``/``pvalue_ci`` before the one toy engine: the one
+    loader reads them as ``n_toys_reaching``/``pvalue_interval``."""
+    import json
+
+    from validator.results.tables import current_details
+
+    old = json.dumps({"n_toys_ge": 0, "pvalue_ci": [0.0, 0.01], "toys_stop": "fixed"})
+    assert json.loads(current_details(old)) == {
+        "n_toys_reaching": 0, "pvalue_interval": [0.0, 0.01], "toys_stop": "fixed"}
+    today = json.dumps({"n_toys_reaching": 3})
+    assert current_details(today) == today and current_details(None) is None

@@ -11,6 +11,7 @@ columns NULL, as docs/schema.md documents.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,28 @@ def load_run_tables(db: str | Path, run: str = "latest", *,
         if table == "histograms" and histograms == "report":
             sql += f" AND {REPORT_HISTOGRAMS}"
         out[table] = _complete(query(db, sql + ORDER.get(table, ""), [run_id]), table)
+    if "tests" in out and len(out["tests"]):
+        out["tests"]["details"] = out["tests"]["details"].map(current_details)
     return out
+
+
+#: Detail keys of the EDF tests' toys before the one toy engine (schema 3 and earlier) ->
+#: the keys every toy p-value stores now (validator.stats.toys).
+RENAMED_DETAIL_KEYS = {"n_toys_ge": "n_toys_reaching", "pvalue_ci": "pvalue_interval"}
+
+
+def current_details(details: Any) -> Any:
+    """A stored ``tests.details`` JSON with the keys of today's schema (a run of an earlier
+    release, or merged from its side file, reads like one of this release)."""
+    if not isinstance(details, str) or not any(k in details for k in RENAMED_DETAIL_KEYS):
+        return details
+    try:
+        parsed = json.loads(details)
+    except ValueError:
+        return details
+    if not isinstance(parsed, dict):
+        return details
+    return json.dumps({RENAMED_DETAIL_KEYS.get(k, k): v for k, v in parsed.items()})
 
 
 def tables_from_rows(rows: Mapping[str, Iterable[Mapping[str, Any]]],

@@ -70,7 +70,7 @@ class CompareOptions:
     Toy p-values start with the given number of toys and add more, up to ``max_toys``, while
     the decision at Holm's first threshold alpha/m is not settled by them; a statistic beyond
     every toy gets more, until alpha/m can be resolved
-    (:func:`validator.stats.binned.run_toys`).
+    (:func:`validator.stats.toys.run_toys`).
     """
 
     min_expected: float = 5.0
@@ -88,7 +88,7 @@ class ToyTargets:
     ``thresholds``: the decisions toys are added for until settled (Holm's first threshold
     alpha/m). ``coarse_above``: the run's alpha; a p-value above it only has to be known to be
     above it, so its toys stop at the h-th toy reaching the observation (Besag & Clifford's
-    sequential p-value, :func:`validator.stats.binned.sequential_stop`): a few dozen toys for
+    sequential p-value, :func:`validator.stats.toys.sequential_stop`): a few dozen toys for
     most tests of a run that agrees, and the same decisions at alpha as the full number.
     """
 

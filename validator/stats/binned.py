@@ -1,17 +1,14 @@
-"""Helpers shared by the binned tests: merging sparse bins and a binned effect size.
+"""Helpers shared by the binned tests: merging sparse bins, a binned effect size, the
+simulation's weight law for toys and the reliability rules (the toy engine itself is
+:mod:`validator.stats.toys`).
 
 All functions are pure (arrays in, arrays or floats out) and vectorised with numpy.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 from validator.stats.poisson_toys import poisson_toys
 
@@ -19,10 +16,7 @@ __all__ = [
     "MIN_SIM_ENTRIES",
     "MIN_VARIANCE_ENTRIES",
     "SimToyLaw",
-    "ToyOutcome",
     "as_histograms",
-    "check_toy_options",
-    "clopper_pearson",
     "effective_entries",
     "max_abs_ratio_deviation",
     "merge_histogram",
@@ -30,13 +24,8 @@ __all__ = [
     "merge_sparse_bins",
     "merge_sparse_bins_batched",
     "optional_sums",
-    "reaching",
-    "run_toys",
-    "sequential_batches",
-    "sequential_stop",
     "sim_toys",
     "small_simulation_reason",
-    "toy_pvalue",
     "variance_entries",
     "weight_quadrature",
 ]
@@ -694,285 +683,3 @@ def small_simulation_reason(n_data: float, sim_sumw: ArrayLike, sim_sumw2: Array
         why += (f" and a bin's variance rests on {smallest:.0f} effective entries "
                 f"(< {MIN_VARIANCE_ENTRIES:g})")
     return why + ": asymptotic p-value anti-conservative, use toys"
-
-
-def toy_pvalue(observed: float, toys: ArrayLike, n_failed: int = 0) -> tuple[float, dict]:
-    r"""p-value of an observed statistic from pseudo-experiments (large values are extreme).
-
-    :math:`p = (1 + \#\{t^* \ge t\} + n_\mathrm{failed}) / (1 + n_\mathrm{toys})` (Davison &
-    Hinkley, "Bootstrap methods and their application", 1997, sec. 4.2; B. V. North,
-    D. Curtis and P. C. Sham, Am. J. Hum. Genet. 71 (2002) 439), toys that could not be
-    evaluated counting as extreme. This p-value is valid (:math:`P(p \le \alpha) \le \alpha`
-    under the null) for any number of toys. When no toy reaches the observation it is
-    :math:`1/(1 + n_\mathrm{toys})`, and that is only a *bound*: nothing is claimed beyond what
-    the toys support (no tail is extrapolated). Add toys (:func:`run_toys`) where a smaller
-    p-value matters.
-
-    Parameters
-    ----------
-    observed:
-        The observed statistic.
-    toys:
-        Statistics of the toys that could be evaluated.
-    n_failed:
-        Number of toys that could not be evaluated.
-
-    Returns
-    -------
-    tuple
-        The p-value and details: ``n_toys_reaching`` (:math:`\#\{t^* \ge t\} +
-        n_\mathrm{failed}`) and ``pvalue_is_bound`` (``True`` when that is 0).
-    """
-    t = np.asarray(toys, dtype=float)
-    n_toys = t.size + n_failed
-    n_ge = int(np.sum(t >= observed)) + int(n_failed)
-    return float((1 + n_ge) / (1 + n_toys)), {
-        "n_toys_reaching": n_ge,
-        "pvalue_is_bound": n_ge == 0,
-    }
-
-
-def clopper_pearson(k: int, n: int, confidence: float = 0.999) -> tuple[float, float]:
-    """Clopper-Pearson (exact, central) interval of a binomial probability from k of n.
-
-    C. J. Clopper and E. S. Pearson, Biometrika 26 (1934) 404: the bounds are the
-    ``(1 - confidence)/2`` and ``(1 + confidence)/2`` quantiles of Beta(k, n - k + 1) and
-    Beta(k + 1, n - k), with 0 for ``k = 0`` and 1 for ``k = n``.
-    """
-    a = 0.5 * (1.0 - confidence)
-    lo = float(stats.beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
-    hi = float(stats.beta.ppf(1.0 - a, k + 1, n - k)) if k < n else 1.0
-    return lo, hi
-
-
-def check_toy_options(n_toys: int, max_toys: int | None, thresholds: Sequence[float]) -> None:
-    """Validate the toy arguments shared by the binned tests (raises ``ValueError``)."""
-    if n_toys < 0:
-        raise ValueError("n_toys must be >= 0")
-    if max_toys is not None and max_toys < 0:
-        raise ValueError("max_toys must be >= 0")
-    for a in thresholds:
-        if not 0.0 < float(a) < 1.0:
-            raise ValueError(f"thresholds must lie in (0, 1), got {a!r}")
-
-
-@dataclass(frozen=True)
-class ToyOutcome:
-    """What :func:`run_toys` returns.
-
-    ``toys`` are the statistics of the toys that could be evaluated (all batches),
-    ``n_toys`` the total drawn (evaluated or failed).
-    """
-
-    pvalue: float
-    pvalue_is_bound: bool
-    n_toys: int
-    toys: np.ndarray
-    n_failed: int
-    details: dict
-
-
-#: A toy p-value no toy reached, 1/(1 + n), is refined until it is this many times below the
-#: smallest threshold (see :func:`run_toys`).
-BOUND_RESOLUTION = 2.0
-#: ... but with at most this many times ``max_toys`` toys: each costs as much as any other,
-#: and a run with many large mismodellings would otherwise spend most of its time proving
-#: p-values far below anything the summary needs (100,000 toys by default: Holm's first
-#: threshold of a run of up to 2,500 tests).
-BOUND_MAX_FACTOR = 5
-
-
-#: Most toys drawn at once: a batch's arrays (toys x bins, a dozen of them for a pair's
-#: ``dependence``) stay within tens of MB however many toys a decision needs.
-TOY_BATCH_MAX = 8192
-
-
-#: Fewest toys reaching the observation at which :func:`run_toys` stops early (see
-#: :func:`sequential_stop`): the p-value above the coarse level is then known to about
-#: 1/sqrt(10), 30%, which is all such a p-value is used for.
-MIN_STOP_REACHING = 10
-
-
-def sequential_stop(n_toys: int, coarse_above: float | None,
-                    thresholds: Sequence[float] = ()) -> int | None:
-    r"""The number of toys reaching the observation, :math:`h`, at which toys may stop early.
-
-    Besag and Clifford's sequential Monte Carlo p-value (J. Besag and P. Clifford, Biometrika
-    78 (1991) 301): toys are drawn until :math:`h` of them reach the observation or ``n_toys``
-    have been drawn. Stopped at the :math:`L`-th toy, :math:`p = h/L`; otherwise :math:`p =
-    (1 + k)/(1 + n)` as without stopping. Both are exact p-values
-    (:math:`P(p \le u) \le u` under the null for every :math:`u`). A stopped p-value is at
-    least :math:`h/n_\mathrm{toys}`, so with :math:`h = \lceil a\, n_\mathrm{toys}\rceil`
-    (:math:`a` the larger of ``coarse_above`` and every threshold) every decision at or below
-    :math:`a` is the one the fixed ``n_toys`` would give: if :math:`h` toys reach the
-    observation early, at least :math:`h` reach it among all ``n_toys``, and then
-    :math:`(1+k)/(1+n_\mathrm{toys}) \ge h/n_\mathrm{toys} \ge a` as well. Only p-values
-    above :math:`a` are coarser, and they cost a few dozen toys instead of hundreds: under the
-    null (uniform :math:`p`) about :math:`h(1 + \ln(n_\mathrm{toys}/h))` on average.
-
-    Returns ``None`` (no early stop) without ``coarse_above``, or when :math:`h` would not be
-    below ``n_toys``.
-    """
-    if coarse_above is None or n_toys <= 0:
-        return None
-    level = max([float(coarse_above), *(float(a) for a in thresholds)])
-    h = max(MIN_STOP_REACHING, math.ceil(level * n_toys))
-    return h if h < n_toys else None
-
-
-def sequential_batches(n_toys: int, h: int | None) -> list[int]:
-    """Batch sizes of the first ``n_toys`` toys: one batch without early stopping; with it
-    ``2h`` toys first (enough for p above 1/2), then batches that double the total (each a
-    chance to stop), the last one capped at ``n_toys``. Fixed for given arguments, so the
-    toys, which each batch draws in one go, are too."""
-    if h is None:
-        return [n_toys] if n_toys > 0 else []
-    sizes, total = [], 0
-    while total < n_toys:
-        size = min(2 * h if total == 0 else total, n_toys - total)
-        sizes.append(size)
-        total += size
-    return sizes
-
-
-def reaching(toys: np.ndarray, observed: float) -> np.ndarray:
-    """Which toys reach the observation: ``t* >= t``, or not evaluable (NaN, conservative)."""
-    return ~(toys < observed)
-
-
-def run_toys(
-    observed: float,
-    draw: Callable[[int], np.ndarray],
-    n_toys: int,
-    *,
-    max_toys: int | None = None,
-    thresholds: Sequence[float] = (),
-    coarse_above: float | None = None,
-    confidence: float = 0.999,
-    tail_ndf: float | None = None,
-    asymptotic: float | None = None,
-) -> ToyOutcome:
-    r"""Toy p-value with toys added until the decisions at the given thresholds are settled.
-
-    ``draw(n)`` runs ``n`` more pseudo-experiments (from the caller's generator, so the whole
-    sequence is deterministic for a given seed) and returns their statistics in the order
-    drawn, ``nan`` for a toy that could not be evaluated (it counts as reaching the
-    observation: conservative). First ``n_toys`` are run, and the p-value is
-    :func:`toy_pvalue` (drawn at most :data:`TOY_BATCH_MAX` at a time, which bounds the
-    memory). With ``coarse_above`` they stop as soon as :math:`h` of them reach the
-    observation, :math:`p = h/L` after :math:`L` toys (:func:`sequential_stop`: only p-values
-    above ``coarse_above`` and every threshold stop early; every decision at those levels is
-    the fixed ``n_toys``' decision). Then, while fewer than ``max_toys`` have been run, more
-    are added in batches that double the total (the last one capped at ``max_toys``) as
-    long as
-
-    - a threshold :math:`\alpha` lies inside the ``confidence`` (99.9%) Clopper-Pearson
-      interval (:func:`clopper_pearson`) of the exceedance probability from
-      :math:`k = \#\{t^* \ge t\} + n_\mathrm{failed}` of :math:`n` toys, so that the decision
-      :math:`p < \alpha` is not settled; or
-    - no toy reached the observation (the p-value :math:`1/(1+n)` is a bound) and that bound
-      is above the smallest threshold: then up to the larger cap
-      :math:`\min(\lceil R/\alpha_\min\rceil, F\cdot\text{max\_toys})` (R =
-      :data:`BOUND_RESOLUTION`, F = :data:`BOUND_MAX_FACTOR`), so that a statistic beyond
-      every toy can settle the strictest decision (Holm's first threshold alpha/m of a run
-      with a few thousand tests); an open decision near a threshold stops at ``max_toys``.
-
-    Where no toy reaches the observation and ``tail_ndf`` is given (a statistic whose limit
-    law is :math:`\chi^2_\nu` up to a scale), the p-value says how strong the effect is
-    instead of the bound :math:`1/(1+n)`: :func:`chi2_tail`, the :math:`\chi^2_\nu` law with
-    the toys' scale, never below the analytic ``asymptotic`` p-value
-    (``details['pvalue_from'] = 'limit_law_tail'``; every decision already settled by the
-    toys stays: under the null this happens with probability :math:`1/(1+n)`).
-
-    Such sequential Monte Carlo tests keep their level when the final p-value is
-    :math:`(1+k)/(1+n)` (A. C. A. Hope, J. R. Statist. Soc. B 30 (1968) 582; J. Besag and
-    P. Clifford, Biometrika 78 (1991) 301; the stopping rule is that of A. Gandy, J. Am.
-    Statist. Assoc. 104 (2009) 1504, with a Clopper-Pearson interval in place of his
-    boundaries): the rule only decides how many toys to spend, where the decision is close.
-
-    Returns
-    -------
-    ToyOutcome
-        With ``details``: ``n_toys_reaching``, ``n_toys_initial``, ``toys_stop``
-        (``"fixed"``: no adaptive toys asked; ``"sequential"``: stopped early at the
-        :math:`h`-th toy reaching the observation; ``"settled"``: every threshold outside
-        the interval; ``"max_toys"``: the cap was reached with a decision still open or a
-        bound above the smallest threshold) and ``pvalue_interval`` (the Clopper-Pearson
-        interval of the last step).
-    """
-    batches: list[np.ndarray] = []
-    total = k = 0  # toys drawn, and those reaching the observation
-
-    def run(size: int) -> None:
-        nonlocal total, k
-        for start in range(0, size, TOY_BATCH_MAX):
-            t = np.asarray(draw(min(TOY_BATCH_MAX, size - start)), dtype=float)
-            batches.append(t)
-            total += t.size
-            k += int(np.sum(reaching(t, observed)))
-
-    h = sequential_stop(n_toys, coarse_above, thresholds)
-    for size in sequential_batches(n_toys, h):
-        run(size)
-        if h is not None and k >= h:
-            toys = np.concatenate(batches)
-            stop_at = int(np.flatnonzero(reaching(toys, observed))[h - 1]) + 1
-            toys = toys[:stop_at]
-            lo, hi = clopper_pearson(h, stop_at, confidence)
-            kept = toys[np.isfinite(toys)]
-            return ToyOutcome(h / stop_at, False, stop_at, kept, stop_at - kept.size, {
-                "n_toys_reaching": h, "pvalue_is_bound": False,
-                "n_toys_initial": int(n_toys), "toys_stop": "sequential",
-                "pvalue_interval": [lo, hi]})
-    adaptive = max_toys is not None and max_toys > n_toys and len(thresholds) > 0
-    stop = "fixed"
-    while True:
-        lo, hi = clopper_pearson(k, total, confidence) if total > 0 else (0.0, 1.0)
-        if not adaptive or total == 0:
-            break
-        open_decision = any(lo <= a <= hi for a in thresholds)
-        bound_above = k == 0 and 1.0 / (1.0 + total) > min(thresholds)
-        if not (open_decision or bound_above):
-            stop = "settled"
-            break
-        cap = max(max_toys, min(math.ceil(BOUND_RESOLUTION / min(thresholds)),
-                                BOUND_MAX_FACTOR * max_toys)) if bound_above else max_toys
-        if total >= cap:  # type: ignore[operator]
-            stop = "max_toys"
-            break
-        run(min(total, cap - total))  # type: ignore[operator]
-    toys = np.concatenate(batches) if batches else np.zeros(0)
-    kept = toys[np.isfinite(toys)]
-    n_failed = toys.size - kept.size
-    pvalue, info = toy_pvalue(observed, kept, n_failed)
-    details = {
-        **info,
-        "n_toys_initial": int(n_toys),
-        "toys_stop": stop,
-        "pvalue_interval": [lo, hi],
-    }
-    if info["pvalue_is_bound"] and tail_ndf is not None and kept.size >= TAIL_MIN_TOYS:
-        tail = chi2_tail(observed, kept, tail_ndf, asymptotic)
-        if tail < pvalue:
-            pvalue = tail
-            details.update(pvalue_is_bound=False, pvalue_from="limit_law_tail")
-    return ToyOutcome(pvalue, bool(details["pvalue_is_bound"]), total, kept, n_failed,
-                      details)
-
-
-#: Toys below which no tail is fitted (the scale of the limit law from their mean).
-TAIL_MIN_TOYS = 100
-
-
-def chi2_tail(observed: float, toys: np.ndarray, ndf: float,
-              asymptotic: float | None = None) -> float:
-    r"""A p-value beyond every toy: the :math:`\chi^2_\nu` law with its scale fitted to the
-    toys (:math:`c = \langle t^*\rangle/\nu`, the law's mean being :math:`\nu`; the scaled
-    χ² of Satterthwaite, Biometrics 2 (1946) 110), never below the analytic ``asymptotic``
-    p-value. An estimate of how strong, not a bound."""
-    mean = float(np.mean(toys)) if toys.size else 0.0
-    if not (ndf > 0 and mean > 0 and observed > 0):
-        return 1.0
-    fitted = float(stats.chi2.sf(observed * ndf / mean, ndf))
-    return max(fitted, asymptotic if asymptotic is not None and np.isfinite(asymptotic)
-               else 0.0)

@@ -16,15 +16,14 @@ from scipy import stats
 from validator.stats.binned import (
     SimToyLaw,
     as_histograms,
-    check_toy_options,
     effective_entries,
     max_abs_ratio_deviation,
     optional_sums,
-    run_toys,
     small_simulation_reason,
 )
 from validator.stats.poisson_toys import poisson_toys
 from validator.stats.result import GofResult
+from validator.stats.toys import ToyOptions, check_toy_options, chi2_tail_law, run_toys
 
 __all__ = ["chi2_uw"]
 
@@ -164,7 +163,7 @@ def chi2_uw(
     :math:`p = (1 + \#\{X^{2*} \ge X^2\})/(1 + n_\mathrm{toys})` (Davison & Hinkley,
     "Bootstrap methods and their application", 1997, sec. 4.2). When no toy reaches the
     observation that is a bound (``pvalue_is_bound``); with ``max_toys`` and ``thresholds``
-    toys are added while a decision is open (:func:`validator.stats.binned.run_toys`).
+    toys are added while a decision is open (:func:`validator.stats.toys.run_toys`).
 
     Parameters
     ----------
@@ -185,14 +184,14 @@ def chi2_uw(
         With ``thresholds``: up to this many toys in all, added in doubling batches while a
         threshold lies inside the 99.9% Clopper-Pearson interval of the toy p-value, or no toy
         reached the observation and :math:`1/(1+n)` is above the smallest threshold
-        (:func:`validator.stats.binned.run_toys`). ``None``: exactly ``n_toys``.
+        (:func:`validator.stats.toys.run_toys`). ``None``: exactly ``n_toys``.
     thresholds:
         Significance levels at which the p-value will be judged (e.g. ``alpha`` and Holm's
         first threshold ``alpha/m``).
     coarse_above:
         p-values above this level (and above every threshold) may be coarse: the toys stop
         at the h-th toy reaching the observation (Besag & Clifford's sequential p-value,
-        :func:`validator.stats.binned.sequential_stop`); decisions at that level and below
+        :func:`validator.stats.toys.sequential_stop`); decisions at that level and below
         are unchanged. ``None``: ``n_toys`` always.
     sim_count, sim_sumw3:
         Number of simulated events and sum of cubed weights per bin (same shape as
@@ -276,8 +275,10 @@ def chi2_uw(
             return chi2_toy
 
         sim_law = SimToyLaw(tot_w * probb, w_all, s2_all, sim_count=cnt_all, sim_sumw3=s3_all)
-        toys = run_toys(chi2, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
-                        coarse_above=coarse_above, tail_ndf=ndf, asymptotic=p_asym)
+        options = ToyOptions(n_toys, max_toys, tuple(thresholds), coarse_above)
+        law = chi2_tail_law(chi2, ndf,
+                            p_asym)
+        toys = run_toys(chi2, draw, options, tail=law)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["toy_scheme"] = "compound_poisson" if cnt_all is not None else "scaled_poisson"

@@ -20,16 +20,15 @@ from scipy import stats
 from validator.stats import compiled
 from validator.stats.binned import (
     SimToyLaw,
-    check_toy_options,
     merge_histogram_rows,
     merge_sparse_bins,
     merge_sparse_bins_batched,
     optional_sums,
-    run_toys,
 )
 from validator.stats.dependence_kernel import dependence_toys
 from validator.stats.poisson_toys import poisson_toys
 from validator.stats.result import GofResult
+from validator.stats.toys import ToyOptions, check_toy_options, chi2_tail_law, run_toys
 
 __all__ = ["DEPENDENCE_MIN_SIM_ENTRIES", "dependence", "ipf"]
 
@@ -426,7 +425,7 @@ def dependence(
        counts as at least as extreme (conservative; ``details["n_toys_not_raked"]``). When no
        toy reaches the observation the p-value is the bound :math:`1/(1+n_\mathrm{toys})`
        (``pvalue_is_bound``); with ``max_toys`` and ``thresholds`` toys are added while a
-       decision is open (:func:`validator.stats.binned.run_toys`).
+       decision is open (:func:`validator.stats.toys.run_toys`).
 
     Special cases: a cell without simulated events gets the variance of one event of mean
     weight, :math:`s^2 = \sum s^2 / \sum w` (as ROOT's ``Chi2Test`` "UW" does for an empty
@@ -453,14 +452,14 @@ def dependence(
     max_iter, tol:
         IPF controls (see :func:`ipf`).
     max_toys, thresholds:
-        Adaptive toys (:func:`validator.stats.binned.run_toys`): up to ``max_toys`` in all
+        Adaptive toys (:func:`validator.stats.toys.run_toys`): up to ``max_toys`` in all
         while a threshold lies inside the 99.9% Clopper-Pearson interval of the toy p-value or
         the p-value is a bound above the smallest threshold. ``None`` / ``()``: exactly
         ``n_toys``.
     coarse_above:
         p-values above this level (and above every threshold) may be coarse: the toys stop
         at the h-th toy reaching the observation (Besag & Clifford's sequential p-value,
-        :func:`validator.stats.binned.sequential_stop`); decisions at that level and below
+        :func:`validator.stats.toys.sequential_stop`); decisions at that level and below
         are unchanged. ``None``: ``n_toys`` always.
     sim_count, sim_sumw3:
         Number of simulated events and sum of cubed weights per cell (shape ``(nx, ny)``, both
@@ -621,9 +620,10 @@ def dependence(
                     pseudo=pseudo, max_iter=max_iter, tol=tol)
             return np.where(good, x2_toy, np.nan)
 
-        toys = run_toys(x2, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
-                        coarse_above=coarse_above, tail_ndf=ndf,
-                        asymptotic=details["pvalue_asymptotic"])
+        options = ToyOptions(n_toys, max_toys, tuple(thresholds), coarse_above)
+        law = chi2_tail_law(x2, ndf,
+                            details["pvalue_asymptotic"])
+        toys = run_toys(x2, draw, options, tail=law)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["toy_scheme"] = "compound_poisson" if cnt is not None else "scaled_poisson"

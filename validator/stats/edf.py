@@ -70,7 +70,8 @@ feature. Under H0 both histograms share a shape ``p``:
   and, for a bin without simulated event, ``σ_j² = W p̂_j u`` (Poisson events of the local
   weight). Without ``sim_sumw2_bins``: ``σ_j² = W p̂_j Σw²/Σw`` (weights independent of the
   feature; the global Kish model of the asymptotic p-value).
-* ``p = (1 + #{T* ≥ T})/(1 + n)``, adaptive in the number of toys (``_toy_pvalues``). When
+* ``p = (1 + #{T* ≥ T})/(1 + n)``, adaptive in the number of toys (the one engine,
+  :func:`validator.stats.toys.run_toy_columns`). When
   no toy reaches ``T``: the statistic's limit law with its scale fitted to the toys
   (:func:`limit_law_tail`; ``details["pvalue_from"] = "limit_law_tail"``), an estimate that
   says how strong a strong effect is (a x1.04 scale of 100k events: KS p 9.8e-8 where
@@ -108,14 +109,9 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 from validator.stats import compiled
-from validator.stats.binned import (
-    TAIL_MIN_TOYS,
-    clopper_pearson,
-    sequential_batches,
-    sequential_stop,
-)
 from validator.stats.edf_kernel import edf_rows
 from validator.stats.result import GofResult
+from validator.stats.toys import ToyOptions, check_toy_options, run_toy_columns
 
 __all__ = [
     "ad_hist",
@@ -392,7 +388,7 @@ def ks_hist(
         ``(0.05, 0.01, 1e-4)``); they only steer the number of toys.
     coarse_above : p-values above this level (and above every threshold) may be coarse: the
         toys stop at the h-th toy reaching the observation (Besag & Clifford's sequential
-        p-value, ``validator.stats.binned.sequential_stop``); ``details["toys_stop"]`` is then
+        p-value, ``validator.stats.toys.sequential_stop``); ``details["toys_stop"]`` is then
         ``"sequential"``. Decisions at that level and below are unchanged.
 
     With toys, ``details`` also holds ``n_toys_ge`` (toys with ``T* ≥ T``), ``pvalue_ci``
@@ -412,7 +408,7 @@ def ks_hist(
     inputs = _hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total,
                           sim_sumw2_bins)
     result = _ks_core(inputs.s, inputs.d, inputs.neff_s, inputs.neff_d)
-    _check_toy_args(n_toys, max_toys, thresholds)
+    check_toy_options(n_toys, max_toys, thresholds)
     if n_toys == 0:
         return result
     return _toy_results({"ks": result}, inputs, n_toys, rng, max_toys, thresholds,
@@ -732,7 +728,7 @@ def ad_hist(
     inputs = _hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total,
                           sim_sumw2_bins)
     result = _ad_core(inputs.s, inputs.d, inputs.neff_s, inputs.neff_d)
-    _check_toy_args(n_toys, max_toys, thresholds)
+    check_toy_options(n_toys, max_toys, thresholds)
     if n_toys == 0:
         return result
     return _toy_results({"ad": result}, inputs, n_toys, rng, max_toys, thresholds,
@@ -872,28 +868,6 @@ def _ad_rows(sim: np.ndarray, data: np.ndarray, neff_s: float, neff_d: float) ->
     return factor * np.sum(out, axis=1)
 
 
-def _needs_more_toys(k: int, n: int, thresholds: Sequence[float]) -> bool:
-    if not thresholds:
-        return False
-    lo, hi = clopper_pearson(k, n, TOY_CL)
-    if any(lo <= t <= hi for t in thresholds):
-        return True
-    return k == 0 and 1.0 / (1.0 + n) > min(thresholds)
-
-
-def _check_toy_args(n_toys, max_toys, thresholds) -> tuple[int, list[float]]:
-    if isinstance(n_toys, bool) or int(n_toys) != n_toys or n_toys < 0:
-        raise ValueError(f"n_toys must be a non-negative integer, got {n_toys!r}")
-    if max_toys is None:
-        max_toys = n_toys
-    if isinstance(max_toys, bool) or int(max_toys) != max_toys or max_toys < n_toys:
-        raise ValueError(f"max_toys must be an integer >= n_toys ({n_toys}), got {max_toys!r}")
-    ts = [float(t) for t in thresholds]
-    if not all(0.0 < t < 1.0 for t in ts):
-        raise ValueError(f"thresholds must lie in (0, 1), got {thresholds!r}")
-    return int(max_toys), ts
-
-
 #: The function of each statistic that is Lipschitz in the toys' Gaussian variables.
 _LIPSCHITZ_FORM = {"ks": np.positive, "ad": np.sqrt}
 
@@ -986,7 +960,7 @@ def limit_law_tail(name: str, observed: float, toy_mean: float) -> float:
     (⟨sqrt(A²)⟩ / E[sqrt(A∞²)])². Binned and weighted statistics follow these laws up to
     their scale, which the toys measure; beyond the toys the law's shape is extrapolated:
     an estimate (not a bound), used only where no toy reaches the observation, and never
-    below the analytic asymptotic p-value (:func:`_toy_pvalues`)."""
+    below the analytic asymptotic p-value (``_toy_results``)."""
     if not (toy_mean > 0 and observed > 0):
         return 1.0
     if name == "ks":
@@ -996,121 +970,16 @@ def limit_law_tail(name: str, observed: float, toy_mean: float) -> float:
     return 1.0
 
 
-def _toy_pvalues(observed: np.ndarray, names: list[str], statistics, model: _NullModel,
-                 bound: _GaussianBound, n_toys: int, max_toys: int, thresholds: list[float],
-                 gen: np.random.Generator, coarse_above: float | None = None,
-                 asymptotic: np.ndarray | None = None) -> list[dict]:
-    """Adaptive toy p-values of ``observed[i]`` (statistic ``names[i]``, large values extreme).
-
-    ``statistics(sim_rows, data_rows)`` returns one column per statistic. Per statistic,
-    ``p = (1 + #{T* ≥ T})/(1 + n)`` (Davison & Hinkley, *Bootstrap Methods and their
-    Application*, CUP 1997, §4.2; a toy whose statistic cannot be evaluated counts as
-    ``T* ≥ T``). With no toy at or above ``T`` this is a bound, ``1/(1 + n)`` or the smaller
-    Gaussian-concentration bound of ``_GaussianBound``, reported as a bound. With
-    ``coarse_above``, a statistic stops at its h-th toy reaching the observation, ``p = h/L``
-    after ``L`` toys (Besag & Clifford, Biometrika 78 (1991) 301;
-    :func:`validator.stats.binned.sequential_stop`), and the toys stop once every statistic
-    has. Toys are added in batches that double their number while, for some statistic, a
-    threshold lies inside the ``TOY_CL`` Clopper–Pearson interval of ``#{T* ≥ T}/n``, or the
-    p-value is a bound above the smallest threshold, up to ``max_toys``: a sequential
-    Monte-Carlo test in the spirit of Besag & Clifford (op. cit.) and Gandy (JASA 104 (2009)
-    1504), with a fixed-level interval instead of their boundaries.
-    """
-    # Values that differ from the observed only by rounding count as ties (T* ≥ T).
-    cut = observed - 1e-9 * np.abs(observed) - 1e-14
-    m_stat = observed.size
-    k = np.zeros(m_stat, dtype=np.int64)
-    s1, s2, n_ok = np.zeros(m_stat), np.zeros(m_stat), np.zeros(m_stat)
-    transforms = [_LIPSCHITZ_FORM[name] for name in names]
-    n = 0
-    stopped_at = np.zeros(m_stat, dtype=np.int64)  # L of a statistic stopped early, else 0
-    h = sequential_stop(n_toys, coarse_above, thresholds)
-    chunk = max(1, _TOY_CHUNK // max(model.p_hat.size, 1))
-
-    def concentration(i: int) -> float:
-        if k[i] > 0 or n_ok[i] < 2:
-            return 1.0
-        mean = s1[i] / n_ok[i]
-        sd = math.sqrt(max(s2[i] / n_ok[i] - mean * mean, 0.0) * n_ok[i] / (n_ok[i] - 1))
-        return bound.pvalue(names[i], float(observed[i]), mean, sd, int(n_ok[i]))
-
-    def tail(i: int) -> float:
-        """Beyond every toy: the statistic's limit law, its scale fitted to the toys."""
-        if k[i] > 0 or n_ok[i] < TAIL_MIN_TOYS:
-            return 1.0
-        return limit_law_tail(names[i], float(observed[i]), s1[i] / n_ok[i])
-
-    def needs_more(i: int) -> bool:
-        if stopped_at[i] or not _needs_more_toys(int(k[i]), n, thresholds):
-            return False
-        return not (k[i] == 0 and concentration(i) < min(thresholds))
-
-    def run(batch: int) -> None:
-        nonlocal n
-        done = 0
-        while done < batch:
-            m = min(chunk, batch - done)
-            data, sim = model.draw(m, gen)
-            with np.errstate(all="ignore"):
-                t = statistics(sim, data)
-                reach = ~(t < cut)  # NaN (e.g. Σw* ≤ 0) counts as extreme
-                for i, tr in enumerate(transforms):
-                    if stopped_at[i]:
-                        continue
-                    rows = m
-                    if h is not None and k[i] + int(np.sum(reach[:, i])) >= h:
-                        rows = int(np.flatnonzero(reach[:, i])[h - 1 - k[i]]) + 1
-                        stopped_at[i] = n + done + rows
-                    k[i] += int(np.sum(reach[:rows, i]))
-                    col = tr(t[:rows, i])
-                    col = col[np.isfinite(col)]
-                    s1[i] += float(np.sum(col))
-                    s2[i] += float(np.sum(col * col))
-                    n_ok[i] += col.size
-            done += m
-        n += batch
-
-    for batch in sequential_batches(n_toys, h):
-        run(batch)
-        if np.all(stopped_at > 0):
-            break
-    while n < max_toys and any(needs_more(i) for i in range(m_stat)):
-        run(min(n, max_toys - n))
-    out = []
-    for i in range(m_stat):
-        ki = int(k[i])
-        if stopped_at[i]:
-            n_i = int(stopped_at[i])
-            lo, hi = clopper_pearson(ki, n_i, TOY_CL)
-            out.append({"pvalue": ki / n_i, "n_toys": n_i, "n_toys_ge": ki,
-                        "pvalue_is_bound": False, "pvalue_bound_from": None,
-                        "pvalue_ci": [lo, hi], "toys_stop": "sequential"})
-            continue
-        lo, hi = clopper_pearson(ki, n, TOY_CL)
-        p, how = (1.0 + ki) / (1.0 + n), "toys"
-        is_bound = ki == 0
-        if ki == 0:
-            p_conc = concentration(i)
-            if p_conc < p:
-                p, how = p_conc, "gaussian_concentration"
-            # the limit law says how strong: with the toys' scale, or with the analytic
-            # (Kish) scale where that is larger; a discrete statistic (a boolean feature)
-            # fits a scale far too small (a null replica gave 5e-11), the analytic law is
-            # conservative for it
-            p_tail = max(tail(i), float(asymptotic[i])) if asymptotic is not None else 1.0
-            if p_tail < p:
-                p, how, is_bound = p_tail, "limit_law_tail", False
-        out.append({"pvalue": p, "n_toys": n, "n_toys_ge": ki, "pvalue_is_bound": is_bound,
-                    "pvalue_bound_from": how if ki == 0 else None, "pvalue_ci": [lo, hi],
-                    "toys_stop": "adaptive" if n > n_toys else "fixed"})
-    return out
-
-
 def _toy_results(results: dict[str, GofResult], inp: _HistInputs, n_toys: int, rng,
                  max_toys: int | None, thresholds: Sequence[float],
                  coarse_above: float | None = None) -> dict[str, GofResult]:
-    """Replace the asymptotic p-values of ``results`` (keys ``ks``, ``ad``) by toy ones."""
-    max_toys, ts = _check_toy_args(n_toys, max_toys, thresholds)
+    """Replace the asymptotic p-values of ``results`` (keys ``ks``, ``ad``) by toy ones, from
+    the one toy engine (:func:`validator.stats.toys.run_toy_columns`: both statistics of the
+    same toys). Beyond every toy: the Gaussian-concentration bound (``_GaussianBound``), or
+    the limit law with the toys' scale (:func:`limit_law_tail`), never below the analytic
+    asymptotic p-value: a discrete statistic (a boolean feature) fits a scale far too small
+    (a null replica gave 5e-11), the analytic law is conservative for it."""
+    options = ToyOptions(n_toys, max_toys, tuple(thresholds), coarse_above, TOY_CL)
     gen = np.random.default_rng(rng)
     model = _null_model(inp)
     names = list(results)
@@ -1123,25 +992,50 @@ def _toy_results(results: dict[str, GofResult], inp: _HistInputs, n_toys: int, r
             return np.stack([{"ks": ks, "ad": ad}[name] for name in names], axis=1)
         return np.stack([funcs[name](sim, data) for name in names], axis=1)
 
+    def draw(size: int) -> np.ndarray:
+        data, sim = model.draw(size, gen)
+        with np.errstate(all="ignore"):
+            return statistics(sim, data)
+
     d, s = inp.d[model.keep][None, :], inp.s[model.keep][None, :]
     observed = statistics(s, d)[0]
-    toys = _toy_pvalues(observed, names, statistics, model, _GaussianBound(model, inp),
-                        n_toys, max_toys, ts, gen, coarse_above,
-                        np.array([results[name].pvalue for name in names]))
+    gaussian = _GaussianBound(model, inp)
+
+    def lipschitz_toys(name: str, toys: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            t = _LIPSCHITZ_FORM[name](toys)
+        return t[np.isfinite(t)]
+
+    def bound_of(i: int):
+        def bound(toys: np.ndarray) -> float:
+            t = lipschitz_toys(names[i], toys)
+            if t.size < 2:
+                return 1.0
+            return gaussian.pvalue(names[i], float(observed[i]), float(t.mean()),
+                                   float(t.std(ddof=1)), t.size)
+        return bound
+
+    def tail_of(i: int):
+        asymptotic = float(results[names[i]].pvalue)
+
+        def tail(toys: np.ndarray) -> float:
+            t = lipschitz_toys(names[i], toys)
+            return max(limit_law_tail(names[i], float(observed[i]), float(t.mean())),
+                       asymptotic) if t.size else 1.0
+        return tail
+
+    toys = run_toy_columns(observed, draw, options,
+                           tails=[tail_of(i) for i in range(len(names))],
+                           bounds=[bound_of(i) for i in range(len(names))],
+                           batch_max=max(1, _TOY_CHUNK // max(model.p_hat.size, 1)))
     out = {}
     for name, toy in zip(names, toys, strict=True):
         result = results[name]
-        details = {**result.details, "pvalue_asymptotic": result.pvalue,
-                   "n_toys_ge": toy["n_toys_ge"], "pvalue_is_bound": toy["pvalue_is_bound"],
-                   "pvalue_ci": toy["pvalue_ci"], "toys_stop": toy["toys_stop"],
+        details = {**result.details, "pvalue_asymptotic": result.pvalue, **toy.details,
                    "toy_variance": "per bin" if inp.v is not None else "global Kish"}
-        if toy["pvalue_is_bound"]:
-            details["pvalue_bound_from"] = toy["pvalue_bound_from"]
-        elif toy["pvalue_bound_from"] == "limit_law_tail":
-            details["pvalue_from"] = "limit_law_tail"  # beyond every toy: limit_law_tail
         out[name] = dataclasses.replace(
-            result, pvalue=float(toy["pvalue"]), pvalue_method="toys", n_toys=toy["n_toys"],
-            details=details, pvalue_is_bound=toy["pvalue_is_bound"])
+            result, pvalue=float(toy.pvalue), pvalue_method="toys", n_toys=toy.n_toys,
+            details=details, pvalue_is_bound=toy.pvalue_is_bound)
     return out
 
 
@@ -1168,7 +1062,7 @@ def edf_hist_tests(
                           sim_sumw2_bins)
     results = {"ks": _ks_core(inputs.s, inputs.d, inputs.neff_s, inputs.neff_d),
                "ad": _ad_core(inputs.s, inputs.d, inputs.neff_s, inputs.neff_d)}
-    _check_toy_args(n_toys, max_toys, thresholds)
+    check_toy_options(n_toys, max_toys, thresholds)
     if n_toys == 0:
         return results
     return _toy_results(results, inputs, n_toys, rng, max_toys, thresholds,

@@ -32,15 +32,14 @@ from scipy import stats
 from validator.stats.binned import (
     SimToyLaw,
     as_histograms,
-    check_toy_options,
     effective_entries,
     max_abs_ratio_deviation,
     optional_sums,
-    run_toys,
     small_simulation_reason,
 )
 from validator.stats.poisson_toys import poisson_toys
 from validator.stats.result import GofResult
+from validator.stats.toys import ToyOptions, check_toy_options, chi2_tail_law, run_toys
 
 __all__ = ["saturated"]
 
@@ -427,12 +426,12 @@ def saturated(
     max_toys, thresholds:
         Adaptive toys: up to ``max_toys`` in all, added in doubling batches while a threshold
         lies inside the 99.9% Clopper-Pearson interval of the toy p-value or the p-value is a
-        bound above the smallest threshold (:func:`validator.stats.binned.run_toys`).
+        bound above the smallest threshold (:func:`validator.stats.toys.run_toys`).
         ``None`` / ``()``: exactly ``n_toys``.
     coarse_above:
         p-values above this level (and above every threshold) may be coarse: the toys stop
         at the h-th toy reaching the observation (Besag & Clifford's sequential p-value,
-        :func:`validator.stats.binned.sequential_stop`); decisions at that level and below
+        :func:`validator.stats.toys.sequential_stop`); decisions at that level and below
         are unchanged. ``None``: ``n_toys`` always.
     sim_count, sim_sumw3:
         Number of simulated events and sum of cubed weights per bin (same shape as
@@ -580,9 +579,10 @@ def saturated(
             out[ok] = q_toy
             return out
 
-        toys = run_toys(q, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
-                        coarse_above=coarse_above, tail_ndf=ndf if ndf >= 1 else None,
-                        asymptotic=float(stats.chi2.sf(q, ndf)) if ndf >= 1 else None)
+        options = ToyOptions(n_toys, max_toys, tuple(thresholds), coarse_above)
+        law = chi2_tail_law(q, ndf if ndf >= 1 else None,
+                            float(stats.chi2.sf(q, ndf)) if ndf >= 1 else None)
+        toys = run_toys(q, draw, options, tail=law)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["toy_scheme"] = "compound_poisson" if cnt is not None else "scaled_poisson"

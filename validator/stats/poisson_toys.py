@@ -20,7 +20,7 @@ Batches of fewer than :data:`TABLE_MIN_TOYS` toys use numpy's ``Generator.poisso
 before (the table would cost more than it saves), so the toys of a fixed number of toys,
 and every p-value resting on them, are unchanged; a batch of more takes one uniform number
 per toy and bin from the same generator. Both are fixed by the batch size, which the toys'
-schedule fixes (:func:`validator.stats.binned.run_toys`). The compiled table search
+schedule fixes (:func:`validator.stats.toys.run_toys`). The compiled table search
 (numba) and the numpy one give the same numbers bit for bit (the same sequential products
 and sums; ``tests/test_stats_toys.py``).
 """

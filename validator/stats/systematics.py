@@ -65,9 +65,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from validator.stats.binned import check_toy_options, max_abs_ratio_deviation, run_toys
+from validator.stats.binned import max_abs_ratio_deviation
 from validator.stats.poisson_toys import poisson_toys
 from validator.stats.result import GofResult
+from validator.stats.toys import ToyOptions, check_toy_options, chi2_tail_law, run_toys
 
 __all__ = [
     "BatchFit",
@@ -903,7 +904,7 @@ def saturated_syst(
     :math:`p = (1 + \#\{q^* \ge q\}) / (1 + n_\mathrm{toys})`, a bound when no toy reaches
     :math:`q` (``pvalue_is_bound``); toys whose fit fails count as reaching it. With
     ``max_toys`` and ``thresholds`` more toys are added while a decision at a threshold is
-    open (:func:`validator.stats.binned.run_toys`).
+    open (:func:`validator.stats.toys.run_toys`).
 
     Parameters
     ----------
@@ -943,7 +944,7 @@ def saturated_syst(
     coarse_above:
         p-values above this level (and above every threshold) may be coarse: the toys stop
         at the h-th toy reaching the observation (Besag & Clifford's sequential p-value,
-        :func:`validator.stats.binned.sequential_stop`); decisions at that level and below
+        :func:`validator.stats.toys.sequential_stop`); decisions at that level and below
         are unchanged. ``None``: ``n_toys`` always.
 
     Returns
@@ -956,7 +957,7 @@ def saturated_syst(
         Hessian uncertainty and pull :math:`(\hat\theta - 0)/1`), ``gamma_max_pull``
         (:math:`\max_i|\hat\gamma_i - 1|/\sigma_i`), ``constraint_total``,
         ``max_abs_ratio_dev_postfit``, ``pvalue_asymptotic``, ``fit_converged`` and the toy
-        details of :func:`~validator.stats.binned.run_toys`, ``multimodal``.
+        details of :func:`~validator.stats.toys.run_toys`, ``multimodal``.
 
     Raises
     ------
@@ -1086,9 +1087,10 @@ def saturated_syst(
                 q_all.append(q_chunk)
             return np.concatenate(q_all) if q_all else np.zeros(0)
 
-        toys = run_toys(q, draw, n_toys, max_toys=max_toys, thresholds=thresholds,
-                        coarse_above=coarse_above, tail_ndf=ndf if ndf >= 1 else None,
-                        asymptotic=float(stats.chi2.sf(q, ndf)) if ndf >= 1 else None)
+        options = ToyOptions(n_toys, max_toys, tuple(thresholds), coarse_above)
+        law = chi2_tail_law(q, ndf if ndf >= 1 else None,
+                            float(stats.chi2.sf(q, ndf)) if ndf >= 1 else None)
+        toys = run_toys(q, draw, options, tail=law)
         pvalue, pvalue_is_bound, n_toys_total = toys.pvalue, toys.pvalue_is_bound, toys.n_toys
         details.update(toys.details)
         details["n_toys_failed"] = toys.n_failed
