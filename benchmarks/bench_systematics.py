@@ -54,7 +54,7 @@ def _histogram(rng: np.random.Generator, n_bins: int, mismodelled: bool) -> dict
     nu = gamma * expected_counts(model, np.concatenate([[np.log(1 / weight)], theta])[None])[0]
     if mismodelled:
         nu = nu * (1.0 + 0.08 * x**3)
-    return {"sim_sumw": w, "sim_sumw2": s2, "data": rng.poisson(nu).astype(float),
+    return {"sim_sumw": w, "sim_sumw2": s2, "data_counts": rng.poisson(nu).astype(float),
             "variations": variations, "norm_uncertainties": norms,
             "process_names": ["sig", "bkg"]}
 

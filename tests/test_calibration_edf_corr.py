@@ -123,16 +123,16 @@ def run_tests(rng, *, rho_a=RHO_A, shift=0.0, coarse=True):
         out[f"ad_hist_{n_bins}"] = ad_hist(h_data, h_sim, sw2).pvalue
     s_sim, s2_sim, s_data = moment_sums(xs, ys, w), moment_sums(xs, ys, w**2), moment_sums(xd, yd)
     out["corr_pearson"] = corr_pearson(
-        s_sim, neff_s, s_data, N_DATA, sim_S2=s2_sim, data_S2=s_data
+        s_data, N_DATA, s_sim, neff_s, sim_S2=s2_sim, data_S2=s_data
     ).pvalue
-    out["corr_pearson_kish"] = corr_pearson(s_sim, neff_s, s_data, N_DATA).pvalue
+    out["corr_pearson_kish"] = corr_pearson(s_data, N_DATA, s_sim, neff_s).pvalue
     ex, ey = _inner_edges(xd, 100), _inner_edges(yd, 100)
     t_sim, t2_sim = _table(xs, ys, w, ex, ey), _table(xs, ys, w**2, ex, ey)
     t_data = _table(xd, yd, None, ex, ey)
     out["corr_spearman"] = corr_spearman(
-        t_sim, neff_s, t_data, N_DATA, sim_table_w2=t2_sim, data_table_w2=t_data
+        t_data, N_DATA, t_sim, neff_s, sim_table_w2=t2_sim, data_table_w2=t_data
     ).pvalue
-    out["corr_spearman_kish"] = corr_spearman(t_sim, neff_s, t_data, N_DATA).pvalue
+    out["corr_spearman_kish"] = corr_spearman(t_data, N_DATA, t_sim, neff_s).pvalue
     return out
 
 

@@ -206,7 +206,7 @@ def test_corr_pearson_result_fields():
     rng = np.random.default_rng(11)
     xs, ys = _bivariate_normal(rng, 8000, 0.5)
     xd, yd = _bivariate_normal(rng, 4000, 0.6)
-    res = corr_pearson(moment_sums(xs, ys), 8000, moment_sums(xd, yd), 4000)
+    res = corr_pearson(moment_sums(xd, yd), 4000, moment_sums(xs, ys), 8000)
     d = res.details
     assert res.method == "corr_pearson"
     assert res.effect_name == "delta_pearson"
@@ -224,7 +224,7 @@ def test_corr_spearman_result_fields_and_reliability():
     xs, ys = _bivariate_normal(rng, 5000, 0.5)
     xd, yd = _bivariate_normal(rng, 20, 0.5)
     ts, td = _quantile_table(xs, ys, n_bins=20), _quantile_table(xd, yd, n_bins=5)
-    res = corr_spearman(ts, 5000, td, 20)
+    res = corr_spearman(td, 20, ts, 5000)
     assert res.method == "corr_spearman"
     assert res.effect_name == "delta_spearman"
     assert not res.reliable  # n_eff < 30
@@ -232,5 +232,5 @@ def test_corr_spearman_result_fields_and_reliability():
     # A constant variable has no correlation: se not finite -> unreliable, p reported as 1.
     flat = np.zeros((3, 3))
     flat[1, :] = 10.0
-    res = corr_spearman(ts, 5000, flat, 30)
+    res = corr_spearman(flat, 30, ts, 5000)
     assert not res.reliable and res.pvalue == 1.0

@@ -97,7 +97,7 @@ def test_hand_a2_is_scipys_midrank_statistic():
         grid = np.unique(np.r_[a, b])
         hand.append(_a2_midrank(_ecdf(a, None, grid), _ecdf(b, None, grid), 300, 200))
         ref.append(_anderson_scipy(a, b).statistic)
-        assert ad_weighted(a, None, b).details["A2"] == pytest.approx(hand[-1], rel=1e-10)
+        assert ad_weighted(b, a, None).details["A2"] == pytest.approx(hand[-1], rel=1e-10)
     assert (hand[1] - 1.0) / (hand[0] - 1.0) == pytest.approx(ref[1] / ref[0], rel=1e-9)
 
 
@@ -111,7 +111,7 @@ def test_ks_unit_weights_matches_scipy_asymp(n1, n2):
     rng = np.random.default_rng(n1 + n2)
     a = rng.normal(size=n1)
     b = rng.normal(0.1, 1.1, size=n2)
-    res = ks_weighted(a, np.ones(n1), b)
+    res = ks_weighted(b, a, np.ones(n1))
     ref = stats.ks_2samp(b, a, method="asymp")
     assert isinstance(res, GofResult)
     assert res.method == "ks"
@@ -126,7 +126,7 @@ def test_ks_statistic_with_ties_matches_scipy_and_pvalue_is_corrected():
     rng = np.random.default_rng(11)
     a = np.round(rng.normal(size=1500), 1)
     b = np.round(rng.normal(0.05, 1.0, size=1200), 1)
-    res = ks_weighted(a, None, b)
+    res = ks_weighted(b, a, None)
     ref = stats.ks_2samp(b, a, method="asymp")
     assert res.statistic == pytest.approx(ref.statistic, abs=1e-12)
     # scipy ignores ties (conservative); the continuity correction lowers the p-value.
@@ -138,7 +138,7 @@ def test_ks_detects_planted_shift():
     rng = np.random.default_rng(3)
     x_sim = rng.normal(size=4000)
     w_sim = rng.choice([0.4, 1.6], size=4000)
-    res = ks_weighted(x_sim, w_sim, rng.normal(0.2, 1.0, size=3000))
+    res = ks_weighted(rng.normal(0.2, 1.0, size=3000), x_sim, w_sim)
     assert res.pvalue < 1e-4
     assert res.reliable
     # Data shifted up: F_sim > F_data, i.e. d_plus = max(F_sim − F_data) is the statistic;
@@ -160,7 +160,7 @@ def test_ad_unit_weights_statistic_matches_scipy(n1, n2, ties):
     b = rng.normal(0.15, 1.0, size=n2)
     if ties:
         a, b = np.round(a, 1), np.round(b, 1)
-    res = ad_weighted(a, None, b)
+    res = ad_weighted(b, a, None)
     ref = _anderson_scipy(a, b)
     assert res.method == "ad"
     assert res.statistic == pytest.approx(ref.statistic, rel=1e-10, abs=1e-10)
@@ -182,7 +182,7 @@ def test_ad_pvalue_agrees_with_scipy_table_inside_its_range():
         b = rng.normal(rng.uniform(0.0, 0.35), 1.0, size=n2)
         ref = _anderson_scipy(a, b)
         if 0.001 < ref.pvalue < 0.25:
-            ratios.append(ad_weighted(a, None, b).pvalue / ref.pvalue)
+            ratios.append(ad_weighted(b, a, None).pvalue / ref.pvalue)
             checked += 1
     ratios = np.array(ratios)
     assert checked > 50
@@ -192,7 +192,7 @@ def test_ad_pvalue_agrees_with_scipy_table_inside_its_range():
 def test_ad_constant_weight_equals_unit_weight():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=700), rng.normal(0.1, 1, size=500)
-    res = ad_weighted(a, np.full(a.size, 0.37), b)
+    res = ad_weighted(b, a, np.full(a.size, 0.37))
     # Reference: scipy on the unweighted samples (a constant weight has n_eff = n).
     ref = _anderson_scipy(a, b)
     assert res.details["n_eff_sim"] == pytest.approx(700.0, rel=1e-12)
@@ -208,7 +208,7 @@ def test_ad_detects_planted_shift_and_effect_size_is_stable():
     effects = []
     for n in (2000, 20000):
         x_sim = rng.normal(size=n)
-        res = ad_weighted(x_sim, np.full(n, 0.5), rng.normal(0.3, 1.0, size=n))
+        res = ad_weighted(rng.normal(0.3, 1.0, size=n), x_sim, np.full(n, 0.5))
         assert res.pvalue < 1e-6
         effects.append(res.effect_size)
     # A²/n_h estimates ∫(F1 − F2)²/(H(1 − H)) dH, which does not grow with n.
@@ -333,13 +333,13 @@ def test_wasserstein_matches_scipy():
     rng = np.random.default_rng(8)
     a, b = rng.normal(size=900), rng.exponential(size=700)
     wa = rng.uniform(0.1, 3.0, size=900)
-    assert wasserstein_weighted(a, None, b) == pytest.approx(
+    assert wasserstein_weighted(b, a, None) == pytest.approx(
         stats.wasserstein_distance(a, b), rel=1e-12
     )
-    assert wasserstein_weighted(a, wa, b) == pytest.approx(
+    assert wasserstein_weighted(b, a, wa) == pytest.approx(
         stats.wasserstein_distance(a, b, wa), rel=1e-12
     )
-    assert wasserstein_weighted(a, wa, b, normalise_by=2.0) == pytest.approx(
+    assert wasserstein_weighted(b, a, wa, normalise_by=2.0) == pytest.approx(
         stats.wasserstein_distance(a, b, wa) / 2.0, rel=1e-12
     )
 
@@ -366,12 +366,12 @@ def test_integer_weights_equal_replication_for_distance_statistics():
     k = rng.integers(1, 5, size=400)
     y = rng.normal(0.1, 1, size=300)
     rep = np.repeat(x, k)
-    r_w, r_rep = ks_weighted(x, k, y), ks_weighted(rep, None, y)
+    r_w, r_rep = ks_weighted(y, x, k), ks_weighted(y, rep, None)
     assert r_w.statistic == pytest.approx(r_rep.statistic, abs=1e-12)
     assert r_w.details["d_plus"] == pytest.approx(r_rep.details["d_plus"], abs=1e-12)
     assert r_w.details["d_minus"] == pytest.approx(r_rep.details["d_minus"], abs=1e-12)
     assert stats.ks_2samp(y, rep).statistic == pytest.approx(r_w.statistic, abs=1e-12)
-    assert wasserstein_weighted(x, k, y) == pytest.approx(
+    assert wasserstein_weighted(y, x, k) == pytest.approx(
         stats.wasserstein_distance(rep, y), rel=1e-12
     )
     # The sample size is Kish's: weight k counts less than k replicated events.
@@ -398,13 +398,13 @@ def test_hist_form_equals_array_form_on_binned_values(n_bins):
     centres, i_sim, w_sim, i_data, h_sim, h_data = _binned(rng, n_bins)
     sw2 = float(np.sum(w_sim**2))
     for f_arr, f_hist in ((ks_weighted, ks_hist), (ad_weighted, ad_hist)):
-        r_arr = f_arr(centres[i_sim], w_sim, centres[i_data])
+        r_arr = f_arr(centres[i_data], centres[i_sim], w_sim)
         r_hist = f_hist(h_data, h_sim, sw2)
         assert r_hist.statistic == pytest.approx(r_arr.statistic, rel=1e-10, abs=1e-12)
         assert r_hist.pvalue == pytest.approx(r_arr.pvalue, rel=1e-8, abs=1e-14)
         assert r_hist.details["n_eff_sim"] == pytest.approx(r_arr.details["n_eff_sim"])
     assert wasserstein_hist(h_data, h_sim, centres) == pytest.approx(
-        wasserstein_weighted(centres[i_sim], w_sim, centres[i_data]), rel=1e-10
+        wasserstein_weighted(centres[i_data], centres[i_sim], w_sim), rel=1e-10
     )
     # Unit-weight data given explicitly: Σw² = Σw.
     r_explicit = ks_hist(h_data, h_sim, sw2, data_sumw2_total=float(h_data.sum()))
@@ -429,7 +429,7 @@ def test_ks_with_negative_weights_is_the_sup_distance_of_the_weighted_ecdfs():
     f_sim_raw = _ecdf(x, w, grid)
     assert f_sim_raw.min() < 0.0  # the case the clipping is for
     diff = np.clip(f_sim_raw, 0.0, 1.0) - _ecdf(y, None, grid)
-    res = ks_weighted(x, w, y)
+    res = ks_weighted(y, x, w)
     assert res.details["d_plus"] == pytest.approx(max(diff.max(), 0.0), abs=1e-12)
     assert res.details["d_minus"] == pytest.approx(max(-diff.min(), 0.0), abs=1e-12)
     assert res.statistic == pytest.approx(np.abs(diff).max(), abs=1e-12)
@@ -447,7 +447,7 @@ def test_ad_with_negative_weights_is_the_midrank_formula_on_repaired_ecdfs():
     cdf_sim = _monotone(_ecdf(x, w, grid))
     n1, n2 = _kish(w), 300.0
     a2 = _a2_midrank(cdf_sim, _ecdf(y, None, grid), n1, n2)
-    res = ad_weighted(x, w, y)
+    res = ad_weighted(y, x, w)
     assert res.details["A2"] == pytest.approx(a2, rel=1e-10)
     assert res.effect_size == pytest.approx(a2 * (n1 + n2) / (n1 * n2), rel=1e-10)
 
@@ -457,8 +457,8 @@ def test_wasserstein_with_negative_weights_is_the_l1_distance_of_the_ecdfs():
     grid = np.union1d(x, y)
     diff = np.clip(_ecdf(x, w, grid), 0.0, 1.0) - _ecdf(y, None, grid)
     expected = np.sum(np.abs(diff[:-1]) * np.diff(grid))
-    assert wasserstein_weighted(x, w, y) == pytest.approx(expected, rel=1e-12)
-    assert wasserstein_weighted(x, w, y, normalise_by=2.0) == pytest.approx(expected / 2, rel=1e-12)
+    assert wasserstein_weighted(y, x, w) == pytest.approx(expected, rel=1e-12)
+    assert wasserstein_weighted(y, x, w, normalise_by=2.0) == pytest.approx(expected / 2, rel=1e-12)
 
 
 def test_hist_forms_with_a_negative_bin_match_hand_computation():
@@ -490,8 +490,8 @@ def test_negative_weight_null_gives_uniform_pvalues():
         x = rng.normal(size=2000)
         w = rng.choice([0.4, 1.6], size=2000) * np.where(rng.random(2000) < 0.1, -1.0, 1.0)
         y = rng.normal(size=800)
-        p_ks.append(ks_weighted(x, w, y).pvalue)
-        p_ad.append(ad_weighted(x, w, y).pvalue)
+        p_ks.append(ks_weighted(y, x, w).pvalue)
+        p_ad.append(ad_weighted(y, x, w).pvalue)
     assert stats.kstest(p_ks, "uniform").pvalue > 1e-4
     assert stats.kstest(p_ad, "uniform").pvalue > 1e-4
     # The false-positive rate at 5 % is in its binomial 99.9 % band.
@@ -502,16 +502,16 @@ def test_negative_weight_null_gives_uniform_pvalues():
 
 def test_small_samples_are_flagged_unreliable():
     rng = np.random.default_rng(13)
-    res = ks_weighted(rng.normal(size=10), None, rng.normal(size=12))
+    res = ks_weighted(rng.normal(size=12), rng.normal(size=10), None)
     assert not res.reliable
-    assert ad_weighted(rng.normal(size=10), None, rng.normal(size=12)).reliable is False
+    assert ad_weighted(rng.normal(size=12), rng.normal(size=10), None).reliable is False
 
 
 def test_invalid_inputs_raise():
     with pytest.raises(ValueError):
-        ks_weighted([1.0, np.nan], None, [1.0, 2.0])
+        ks_weighted([1.0, 2.0], [1.0, np.nan], None)
     with pytest.raises(ValueError):
-        ks_weighted([1.0, 2.0], [-1.0, -1.0], [1.0, 2.0])
+        ks_weighted([1.0, 2.0], [1.0, 2.0], [-1.0, -1.0])
     with pytest.raises(ValueError):
         ad_hist([1.0, 2.0], [1.0, 2.0, 3.0], 3.0)
     with pytest.raises(ValueError):

@@ -220,9 +220,10 @@ def test_postfit_uncertainties_match_the_hessian_of_pyhfs_likelihood() -> None:
                 for sign, si, sj in ((1, 1, 1), (-1, 1, -1), (-1, -1, 1), (1, -1, -1))
             ) / (4 * h * h)
     errors = np.sqrt(np.diag(2.0 * np.linalg.inv(hess)))
-    res = saturated_syst(np.stack([SIG, BKG]), np.stack([SIG_ERR**2, BKG_ERR**2]), DATA,
-                         {"jes": (np.stack([SIG_UP, BKG]), np.stack([SIG_DN, BKG]))},
-                         {"bkg": (BKG_LO, BKG_HI)}, process_names=["sig", "bkg"], n_toys=0)
+    res = saturated_syst(DATA, np.stack([SIG, BKG]), np.stack([SIG_ERR**2, BKG_ERR**2]),
+                         variations={"jes": (np.stack([SIG_UP, BKG]), np.stack([SIG_DN, BKG]))},
+                         norm_uncertainties={"bkg": (BKG_LO, BKG_HI)},
+                         process_names=["sig", "bkg"], n_toys=0)
     nuis = res.details["nuisances"]
     cfg = ref_model.config
     assert nuis["jes"]["error"] == pytest.approx(errors[cfg.par_slice("jes")][0], rel=1e-4)
@@ -265,7 +266,7 @@ def test_bb_lite_matches_scipy_minimisation_of_the_written_out_nll() -> None:
                             bounds=[(1e-3, None), (-5, 5)] + [(1e-3, None)] * w.size,
                             options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 20_000})
     ref = optimize.minimize(q, ref.x, method="BFGS", options={"gtol": 1e-10})
-    res = saturated_syst(w, s2, n, {"shape": (up, down)}, n_toys=0)
+    res = saturated_syst(n, w, s2, variations={"shape": (up, down)}, n_toys=0)
     assert res.statistic == pytest.approx(ref.fun, abs=1e-7)
     assert res.details["mu_hat"] == pytest.approx(ref.x[0], rel=1e-5)
     assert res.details["nuisances"]["shape"]["value"] == pytest.approx(ref.x[1], abs=1e-4)
@@ -280,7 +281,7 @@ def test_without_systematics_equals_saturated() -> None:
     s2 = w * rng.uniform(0.2, 3.0, 12)
     n = rng.poisson(0.3 * w).astype(float)
     ref = saturated(n, w, s2)
-    res = saturated_syst(w, s2, n, n_toys=0)
+    res = saturated_syst(n, w, s2, n_toys=0)
     assert res.statistic == pytest.approx(ref.statistic, rel=1e-9)
     assert res.details["mu_hat"] == pytest.approx(ref.details["mu_hat"], rel=1e-9)
     assert res.effect_size == ref.effect_size and res.ndf == ref.ndf
@@ -291,16 +292,16 @@ def test_one_sided_variation_is_mirrored() -> None:
     w = np.array([100.0, 200.0, 150.0, 80.0])
     up = w * np.array([1.1, 1.0, 0.95, 0.9])
     n = np.array([115.0, 190.0, 140.0, 70.0])
-    one = saturated_syst(w, w, n, {"s": (up, None)}, n_toys=0)
-    two = saturated_syst(w, w, n, {"s": (up, 2 * w - up)}, n_toys=0)
+    one = saturated_syst(n, w, w, variations={"s": (up, None)}, n_toys=0)
+    two = saturated_syst(n, w, w, variations={"s": (up, 2 * w - up)}, n_toys=0)
     assert one.statistic == pytest.approx(two.statistic, rel=1e-12)
 
 
 def test_normalisation_of_the_only_process_is_absorbed_by_the_free_mu() -> None:
     w = np.array([100.0, 200.0, 150.0, 80.0])
     n = np.array([115.0, 190.0, 140.0, 70.0])
-    plain = saturated_syst(w, w, n, n_toys=0)
-    normed = saturated_syst(w, w, n, norm_uncertainties={"process0": 0.1}, n_toys=0)
+    plain = saturated_syst(n, w, w, n_toys=0)
+    normed = saturated_syst(n, w, w, norm_uncertainties={"process0": 0.1}, n_toys=0)
     assert normed.statistic == pytest.approx(plain.statistic, abs=1e-9)
     assert normed.details["nuisances"]["process0"]["value"] == pytest.approx(0.0, abs=1e-6)
 
@@ -308,9 +309,9 @@ def test_normalisation_of_the_only_process_is_absorbed_by_the_free_mu() -> None:
 def test_process_normalisation_changes_the_shape() -> None:
     sig, bkg = np.array([10.0, 40.0, 80.0, 40.0]), np.array([80.0, 40.0, 10.0, 5.0])
     n = np.array([130.0, 95.0, 92.0, 47.0])  # more bkg-like than predicted
-    without = saturated_syst(np.stack([sig, bkg]), np.stack([sig, bkg]) * 0.01, n, n_toys=0,
+    without = saturated_syst(n, np.stack([sig, bkg]), np.stack([sig, bkg]) * 0.01, n_toys=0,
                              process_names=["sig", "bkg"])
-    with_norm = saturated_syst(np.stack([sig, bkg]), np.stack([sig, bkg]) * 0.01, n, n_toys=0,
+    with_norm = saturated_syst(n, np.stack([sig, bkg]), np.stack([sig, bkg]) * 0.01, n_toys=0,
                                process_names=["sig", "bkg"],
                                norm_uncertainties={"bkg": 0.3})
     assert with_norm.statistic < without.statistic
@@ -330,7 +331,7 @@ def test_double_well_is_found_and_flagged() -> None:
     n = np.array([625.0, 500, 460, 500])
     model = build_model(w, np.zeros(4), {"s": (up, down)})
     local = fit_batch(model, n[None], start=[[np.log(0.5), -1.0]])
-    res = saturated_syst(w, np.zeros(4), n, {"s": (up, down)}, n_toys=0)
+    res = saturated_syst(n, w, np.zeros(4), variations={"s": (up, down)}, n_toys=0)
     assert res.details["multimodal"] is True
     assert res.statistic < local.q[0] - 1.0
 
@@ -349,20 +350,20 @@ def test_double_well_is_found_and_flagged() -> None:
 def test_bad_inputs_are_refused() -> None:
     w = np.array([10.0, 20.0, 30.0])
     with pytest.raises(ValueError, match="shape"):
-        saturated_syst(w, w, [1, 2], n_toys=0)
+        saturated_syst([1, 2], w, w, n_toys=0)
     with pytest.raises(ValueError, match="unknown process"):
-        saturated_syst(w, w, [1, 2, 3], norm_uncertainties={"ttbar": 0.1}, n_toys=0)
+        saturated_syst([1, 2, 3], w, w, norm_uncertainties={"ttbar": 0.1}, n_toys=0)
     with pytest.raises(ValueError, match="merge sparse bins"):
-        saturated_syst([10.0, -1.0, 30.0], w, [1, 2, 3], n_toys=0)
+        saturated_syst([1, 2, 3], [10.0, -1.0, 30.0], w, n_toys=0)
     with pytest.raises(ValueError, match="variation"):
-        saturated_syst(w, w, [1, 2, 3], {"s": ([1.0, 2.0], None)}, n_toys=0)
+        saturated_syst([1, 2, 3], w, w, variations={"s": ([1.0, 2.0], None)}, n_toys=0)
     with pytest.raises(ValueError, match="empty"):
-        saturated_syst(w, w, [0, 0, 0], n_toys=0)
+        saturated_syst([0, 0, 0], w, w, n_toys=0)
     with pytest.raises(ValueError, match="variation"):  # 3 process rows for 2 processes
-        saturated_syst(np.stack([w, w]), np.stack([w, w]), [1, 2, 3],
-                       {"s": (np.stack([w, w, w]), None)}, n_toys=0)
+        saturated_syst([1, 2, 3], np.stack([w, w]), np.stack([w, w]),
+                       variations={"s": (np.stack([w, w, w]), None)}, n_toys=0)
     with pytest.raises(ValueError, match="rng"):
-        saturated_syst(w, w, [1, 2, 3], n_toys=10)
+        saturated_syst([1, 2, 3], w, w, n_toys=10)
 
 
 # ---------------------------------------------------------------------------------------
@@ -384,9 +385,10 @@ def test_planted_shift_covered_by_a_systematic_passes_with_it_and_fails_without(
     n = np.random.default_rng(7).poisson(truth).astype(float)
     plain = saturated(n, w, s2)
     assert plain.pvalue < 1e-4
-    no_syst = saturated_syst(w, s2, n, rng=np.random.default_rng(1))
+    no_syst = saturated_syst(n, w, s2, rng=np.random.default_rng(1))
     assert no_syst.details["n_toys_reaching"] == 0 and no_syst.pvalue < 1 / 301
-    with_syst = saturated_syst(w, s2, n, {"tilt": (up, down)}, rng=np.random.default_rng(1))
+    with_syst = saturated_syst(n, w, s2, variations={"tilt": (up, down)},
+                               rng=np.random.default_rng(1))
     assert with_syst.pvalue > 0.05 and with_syst.pvalue_method == "toys"
     assert with_syst.n_toys == 300 and with_syst.method == "saturated_syst"
     pull = with_syst.details["nuisances"]["tilt"]
@@ -397,12 +399,13 @@ def test_planted_shift_covered_by_a_systematic_passes_with_it_and_fails_without(
 def test_toys_are_deterministic_and_adaptive() -> None:
     w, s2, up, down = _tilt_case(10)
     n = np.random.default_rng(3).poisson(0.25 * w * (1 + 0.05 * np.linspace(-1, 1, 10)))
-    args = (w, s2, n, {"tilt": (up, down)})
-    a = saturated_syst(*args, rng=np.random.default_rng(5))
-    b = saturated_syst(*args, rng=np.random.default_rng(5))
+    args = (n, w, s2)
+    tilt = {"tilt": (up, down)}
+    a = saturated_syst(*args, variations=tilt, rng=np.random.default_rng(5))
+    b = saturated_syst(*args, variations=tilt, rng=np.random.default_rng(5))
     assert a.pvalue == b.pvalue and a.statistic == b.statistic
     # a p-value near the threshold asks for more toys (up to max_toys)
-    c = saturated_syst(*args, rng=np.random.default_rng(5), max_toys=2400,
+    c = saturated_syst(*args, variations=tilt, rng=np.random.default_rng(5), max_toys=2400,
                        thresholds=(a.pvalue,))
     assert c.n_toys > 300 and c.details["toys_stop"] in ("settled", "max_toys")
 
@@ -428,7 +431,8 @@ def _null_pvalues(n_rep: int, seed: int) -> np.ndarray:
         gamma = 1.0 + model.sigma_rel * rng.standard_normal(model.n_bins)
         nu = np.clip(gamma, 0.0, None) * _expected(model, theta)
         n = rng.poisson(nu).astype(float)
-        out[r] = saturated_syst(w, s2, n, variations, norms, process_names=["sig", "bkg"],
+        out[r] = saturated_syst(n, w, s2, variations=variations, norm_uncertainties=norms,
+                                process_names=["sig", "bkg"],
                                 rng=rng).pvalue
     return out
 

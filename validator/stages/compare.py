@@ -310,8 +310,9 @@ def syst_test(data: Hist, sim: Hist, syst: SystInputs, category: str,
         sumw2 = np.stack([merged(sim.sumw2[r].ravel()) for r in rows])
         names = list(syst.rows.processes)
     try:
-        return saturated_syst(sumw, sumw2, merged(d), variations, syst.norms or None,
-                              process_names=names, n_toys=options.syst_toys, rng=rng,
+        return saturated_syst(merged(d), sumw, sumw2, variations=variations,
+                              norm_uncertainties=syst.norms or None, process_names=names,
+                              n_toys=options.syst_toys, rng=rng,
                               **targets.toy_options(options.max_toys))
     except ValueError as exc:
         return f"the systematic fit cannot run: {exc}"
@@ -407,12 +408,12 @@ def _pair_tests(layout: Layout, p: int, sim: Accumulator, data: Accumulator,
         except ValueError as exc:  # fewer than two populated rows/columns once sparse cells go
             results["dependence"] = str(exc)
         results["corr_spearman"] = corr_spearman(
-            sim_table, n_eff_sim, table, n_eff_data,
+            table, n_eff_data, sim_table, n_eff_sim,
             sim_table_w2=sim_table_w2, data_table_w2=table)
     if n_eff_sim > 0 and n_eff_data > 0:
         results["corr_pearson"] = corr_pearson(
-            sim.moment_matrix(layout, i, j), n_eff_sim,
             data.moment_matrix(layout, i, j), n_eff_data,
+            sim.moment_matrix(layout, i, j), n_eff_sim,
             sim_S2=sim.moment_matrix(layout, i, j, squared=True),
             data_S2=data.moment_matrix(layout, i, j, squared=True))
     else:

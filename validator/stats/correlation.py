@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import special
 
 from validator.stats.result import GofResult
@@ -45,7 +46,7 @@ _A, _B = np.indices((_ORDER + 1, _ORDER + 1))
 _LOW = (_A + _B) <= _ORDER  # entries of S that are used
 
 
-def moment_sums(x, y, w=None) -> np.ndarray:
+def moment_sums(x: ArrayLike, y: ArrayLike, w: ArrayLike | None = None) -> np.ndarray:
     """Moment sums ``S[a, b] = Σ_i w_i x_i^a y_i^b`` for ``a + b ≤ 4`` as a (5, 5) array.
 
     Entries with ``a + b > 4`` are zero. ``w=None`` means unit weights; pass ``w**2`` to get the
@@ -261,13 +262,13 @@ def _neff_from(sumw: float, sumw2_total: float | None, n_eff: float) -> float:
 
 
 def corr_pearson(
-    sim_S: np.ndarray,
-    sim_neff: float,
     data_S: np.ndarray,
     data_neff: float,
+    sim_S: np.ndarray,
+    sim_neff: float,
     *,
-    sim_S2: np.ndarray | None = None,
     data_S2: np.ndarray | None = None,
+    sim_S2: np.ndarray | None = None,
 ) -> GofResult:
     """Compare the weighted Pearson correlation of a pair in simulation and data (``corr_pearson``).
 
@@ -286,13 +287,13 @@ def corr_pearson(
 
 
 def corr_spearman(
-    sim_table: np.ndarray,
-    sim_neff: float,
     data_table: np.ndarray,
     data_neff: float,
+    sim_table: np.ndarray,
+    sim_neff: float,
     *,
-    sim_table_w2: np.ndarray | None = None,
     data_table_w2: np.ndarray | None = None,
+    sim_table_w2: np.ndarray | None = None,
 ) -> GofResult:
     """Compare the Spearman rank correlation of a pair in simulation and data (``corr_spearman``).
 

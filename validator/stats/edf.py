@@ -322,7 +322,8 @@ def _ks_core(s: np.ndarray, d: np.ndarray, neff_s: float, neff_d: float) -> GofR
     )
 
 
-def ks_weighted(x_sim, w_sim, x_data, w_data=None) -> GofResult:
+def ks_weighted(x_data: ArrayLike, x_sim: ArrayLike, w_sim: ArrayLike | None, *,
+                w_data: ArrayLike | None = None) -> GofResult:
     """Two-sample Kolmogorov–Smirnov test between weighted simulation and data.
 
     Statistic ``D = sup_x |F_sim(x) − F_data(x)|`` over the pooled support, with the weighted
@@ -676,7 +677,8 @@ def _ad_core(s: np.ndarray, d: np.ndarray, neff_s: float, neff_d: float) -> GofR
     )
 
 
-def ad_weighted(x_sim, w_sim, x_data, w_data=None) -> GofResult:
+def ad_weighted(x_data: ArrayLike, x_sim: ArrayLike, w_sim: ArrayLike | None, *,
+                w_data: ArrayLike | None = None) -> GofResult:
     """Two-sample Anderson–Darling test between weighted simulation and data.
 
     Statistic: the k-sample Anderson–Darling statistic ``A²_akN`` for ties (midrank version) of
@@ -1087,7 +1089,8 @@ def _wasserstein_core(values, s, d, normalise_by):
     return w1
 
 
-def wasserstein_hist(data_counts, sim_sumw, positions, normalise_by: float | None = None) -> float:
+def wasserstein_hist(data_counts: ArrayLike, sim_sumw: ArrayLike, positions: ArrayLike, *,
+                     normalise_by: float | None = None) -> float:
     """First Wasserstein distance between the normalised data and simulation histograms.
 
     ``W1 = ∫ |F_sim(x) − F_data(x)| dx`` (Vallender 1974: W1 between distributions on the line is
@@ -1110,9 +1113,9 @@ def wasserstein_hist(data_counts, sim_sumw, positions, normalise_by: float | Non
     return _wasserstein_core(x[order], s[order], d[order], normalise_by)
 
 
-def wasserstein_weighted(
-    x_sim, w_sim, x_data, w_data=None, normalise_by: float | None = None
-) -> float:
+def wasserstein_weighted(x_data: ArrayLike, x_sim: ArrayLike, w_sim: ArrayLike | None, *,
+                         w_data: ArrayLike | None = None, normalise_by: float | None = None,
+                         ) -> float:
     """First Wasserstein distance between the weighted simulation and the data (array form).
 
     Same definition as ``wasserstein_hist``; equals ``scipy.stats.wasserstein_distance(x_sim,

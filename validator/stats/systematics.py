@@ -863,12 +863,12 @@ def q_unprofiled(
 
 
 def saturated_syst(
+    data_counts: ArrayLike,
     sim_sumw: ArrayLike,
     sim_sumw2: ArrayLike,
-    data: ArrayLike,
+    *,
     variations: Mapping[str, tuple[ArrayLike, ArrayLike | None]] | None = None,
     norm_uncertainties: Mapping[str, float | tuple[float, float]] | None = None,
-    *,
     process_names: Sequence[str] | None = None,
     mc_stat: bool = True,
     n_toys: int = DEFAULT_TOYS,
@@ -908,13 +908,13 @@ def saturated_syst(
 
     Parameters
     ----------
+    data_counts:
+        Data counts per bin, shape ``S`` (flattened).
     sim_sumw, sim_sumw2:
         Simulated :math:`\sum w` and :math:`\sum w^2` per bin, shape ``S`` (the shape of
-        ``data``: one process) or ``(P,) + S`` (``P`` processes, summed). Every kept bin needs a
-        positive total (merge sparse bins first). Bins empty in the data and in every
+        ``data_counts``: one process) or ``(P,) + S`` (``P`` processes, summed). Every kept bin
+        needs a positive total (merge sparse bins first). Bins empty in the data and in every
         template are dropped, as in :func:`~validator.stats.likelihood.saturated`.
-    data:
-        Data counts per bin, shape ``S`` (flattened).
     variations:
         Shape systematics: name -> ``(up, down)`` templates of the simulated :math:`\sum w`,
         shape ``S`` (of the total) or ``(P,) + S`` (per process, a row equal to the nominal
@@ -965,7 +965,7 @@ def saturated_syst(
         On mismatched shapes, negative or non-finite inputs, empty data, a kept bin with a
         non-positive simulated total, or a normalisation for an unknown process.
     """
-    n_in = np.asarray(data, dtype=float)
+    n_in = np.asarray(data_counts, dtype=float)
     w_in = np.asarray(sim_sumw, dtype=float)
     s2_in = np.asarray(sim_sumw2, dtype=float)
     if w_in.shape == n_in.shape:
