@@ -573,3 +573,24 @@ def test_shap_additivity_torch_and_onnx(tmp_path):
     assert grad.additivity_error < 0.25 * spread
     # both explainers agree on the ranking of the inputs
     assert np.argmax(grad.values[-1]) == np.argmax(res.values[-1])
+
+
+def test_a_bug_while_reading_a_model_is_not_called_bad_input(monkeypatch, tmp_path):
+    """Only what torch raises on an unreadable file makes the model bad input (exit 2); an
+    error of another kind is a bug and keeps its type (exit 3 with the traceback)."""
+    import torch
+
+    from validator.errors import InputError
+    from validator.model.formats import load_torchscript
+
+    path = tmp_path / "net.pt"
+    path.write_bytes(b"not a model")
+    with pytest.raises(InputError, match="cannot load the TorchScript archive"):
+        load_torchscript(path)
+
+    def buggy(*args, **kwargs):
+        raise TypeError("a bug in the reader")
+
+    monkeypatch.setattr(torch.jit, "load", buggy)
+    with pytest.raises(TypeError, match="a bug in the reader"):
+        load_torchscript(path)

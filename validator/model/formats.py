@@ -59,6 +59,31 @@ from validator.errors import InputError
 #: Name of the metadata document in TorchScript/torch.export extra files and ONNX metadata.
 METADATA_KEY = "validator.json"
 
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What the libraries reading a model file raise on a file they cannot read: torch's
+    RuntimeError, protobuf's DecodeError (onnx), onnxruntime's Fail, InvalidArgument,
+    InvalidProtobuf, InvalidGraph, NoSuchFile, NotImplemented and RuntimeException (plain
+    Exceptions), zip and JSON errors, a missing archive member (KeyError). Only these make a
+    model file unusable input (exit 2); anything else is a bug (exit 3, with its traceback)."""
+    errors: list[type[BaseException]] = [RuntimeError, ValueError, OSError, KeyError,
+                                         EOFError, zipfile.BadZipFile]
+    try:
+        from google.protobuf.message import Error as ProtobufError
+
+        errors.append(ProtobufError)
+    except ImportError:
+        pass
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+        errors.extend(getattr(ort_state, name) for name in (
+            "Fail", "InvalidArgument", "InvalidProtobuf", "InvalidGraph", "NoSuchFile",
+            "NotImplemented", "RuntimeException") if hasattr(ort_state, name))
+    except ImportError:
+        pass
+    return tuple(errors)
+
 #: What to do instead of pickling a model (appended to every refusal).
 EXPORT_HINT = ("export it instead with torch.jit.script(model) (or torch.jit.trace) + "
                "torch.jit.save, torch.export.export + torch.export.save (.pt2), or "
@@ -119,7 +144,7 @@ def _is_onnx(path: Path) -> bool:
         import onnx
 
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception:
+    except read_errors():
         return False
     return bool(proto.graph.node) and bool(proto.graph.output)
 
@@ -296,7 +321,7 @@ def load_torchscript(path: Path) -> Backend:
         with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:
+    except read_errors() as exc:
         raise InputError(f"model {path}: cannot load the TorchScript archive "
                          f"({first_line(exc)})") from exc
     module.eval()
@@ -392,7 +417,7 @@ def load_pt2(path: Path) -> Backend:
         return _load_pt2(path, bad)
     except InputError:
         raise
-    except Exception as exc:
+    except read_errors() as exc:
         raise bad(f"cannot be read ({first_line(exc)})") from exc
 
 
@@ -425,7 +450,7 @@ def _load_pt2(path: Path, bad) -> Backend:
                 pc.WEIGHTS_CONFIG_FILENAME_FORMAT.format(model_name))))
             cconf = _dict_to_dataclass(schema.PayloadConfig, json.loads(reader.read_string(
                 pc.CONSTANTS_CONFIG_FILENAME_FORMAT.format(model_name))))
-        except Exception as exc:
+        except read_errors() as exc:
             raise bad(f"is damaged ({first_line(exc)})") from exc
         for fqn, meta in [*wconf.config.items(), *cconf.config.items()]:
             if meta.use_pickle or meta.tensor_meta is None:
@@ -446,12 +471,12 @@ def _load_pt2(path: Path, bad) -> Backend:
             state_dict = _tensors(reader, wconf, pc.WEIGHTS_DIR, _build_file_map, torch)
             constants = _tensors(reader, cconf, pc.CONSTANTS_DIR, _build_file_map, torch)
             serialized = _dict_to_dataclass(schema.ExportedProgram, raw_ep)
-        except Exception as exc:
+        except read_errors() as exc:
             raise bad(f"is damaged ({first_line(exc)})") from exc
     try:
         ep = ExportedProgramDeserializer(None).deserialize(serialized, state_dict, constants,
                                                            None)
-    except Exception as exc:
+    except read_errors() as exc:
         raise bad(f"cannot be deserialised ({first_line(exc)})") from exc
     for gm in ep.graph_module.modules():
         graph = getattr(gm, "graph", None)
@@ -518,7 +543,7 @@ def load_onnx(path: Path) -> Backend:
                          "(pip install 'hep-validator[model]')") from exc
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
+    except read_errors() as exc:
         raise InputError(f"model {path}: not a TorchScript, torch.export or ONNX model "
                          f"({first_line(exc)})") from exc
     graph = proto.graph
@@ -540,7 +565,7 @@ def load_onnx(path: Path) -> Backend:
         opts.log_severity_level = 3
         session = ort.InferenceSession(str(path), sess_options=opts,
                                        providers=["CPUExecutionProvider"])
-    except Exception as exc:
+    except read_errors() as exc:
         raise InputError(f"model {path}: onnxruntime cannot load it ({first_line(exc)})") \
             from exc
     inputs = session.get_inputs()
@@ -600,7 +625,7 @@ def import_onnx2torch():
     except ImportError as exc:
         if "onnx2torch" in str(exc) and "torchvision" not in str(exc):
             raise
-    except Exception:  # torchvision raises RuntimeError when its C++ ops do not load
+    except (RuntimeError, OSError, AttributeError):  # torchvision's C++ ops do not load
         pass
     for name in [n for n in sys.modules if n.split(".")[0] == "onnx2torch"]:
         del sys.modules[name]  # a half-imported onnx2torch
@@ -635,7 +660,7 @@ def onnx_to_torch(backend: Backend, probe: np.ndarray) -> tuple[Any, str]:
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
-    except Exception as exc:
+    except Exception as exc:  # any failure of the converter: finite differences instead
         return None, f"onnx2torch conversion failed ({first_line(exc)})"
     try:
         fn = backend.torch_forward(module)
@@ -643,7 +668,7 @@ def onnx_to_torch(backend: Backend, probe: np.ndarray) -> tuple[Any, str]:
             got = fn(torch.from_numpy(np.ascontiguousarray(probe, dtype=backend.dtype)))
         got = got.double().numpy()
         want = backend.run(probe)
-    except Exception as exc:
+    except Exception as exc:  # any failure of the converted module: finite differences
         return None, f"onnx2torch conversion does not run ({first_line(exc)})"
     tol = 1e-4 if backend.dtype == np.float32 else 1e-9
     if got.shape != want.shape or not np.allclose(got, want, rtol=tol, atol=tol):

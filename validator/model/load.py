@@ -398,10 +398,11 @@ def load_model(path: str | Path, inputs: Sequence[str] | str | None = None,
 
     rng = np.random.default_rng(20180823)
     probe = rng.standard_normal((_PROBE_ROWS, len(names)))
+    from validator.model.formats import first_line, read_errors
+
     try:
         probe_out = backend.run(probe)
-    except Exception as exc:
-        from validator.model.formats import first_line
+    except read_errors() as exc:
 
         raise InputError(f"model {path} does not run on {len(names)} inputs "
                          f"({', '.join(names)}): {first_line(exc)}") from exc

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from validator.model.formats import read_errors
 from validator.stats.weighted_means import AbsMeanSums
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def _derivatives(model: AuditedModel, x: np.ndarray, rule: int | str, order: int
         try:
             return (*_autograd(model, net, x, rule, order, batch, triu),
                     model.derivative_method)
-        except Exception as exc:
+        except read_errors() as exc:
             if model.format != "onnx":  # ONNX: the conversion ran on the probe but not here
                 from validator.errors import InputError
 
