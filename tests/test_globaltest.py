@@ -13,7 +13,12 @@ from scipy import stats
 from validator.pipeline import RunConfig, run_validation
 from validator.stages.compare import CompareOptions
 from validator.stages.fill import N_GROUPS, Layout, accumulate
-from validator.stages.globaltest import _block, _pvalues, global_test, sign_flip_replicas
+from validator.stages.globaltest import (
+    global_test,
+    histogram_block,
+    linearised_pvalues,
+    sign_flip_replicas,
+)
 from validator.stages.plan import ColumnProfile, PlanConfig, make_plan, uniform_keys
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
@@ -28,8 +33,8 @@ def test_linearised_statistic_is_pearsons_chi2_with_free_normalisation():
     sim = np.array([300.0, 500.0, 550.0, 450.0, 200.0])
     groups = np.zeros((N_GROUPS, 5))
     groups[0] = data
-    block = _block("binned", data, sim, np.zeros(5), groups, np.zeros((N_GROUPS, 5)), 5.0)
-    p = _pvalues(block, block.residuals.sum(axis=0)[None, :])[0]
+    block = histogram_block("binned", data, sim, np.zeros(5), groups, np.zeros((N_GROUPS, 5)), 5.0)
+    p = linearised_pvalues(block, block.residuals.sum(axis=0)[None, :])[0]
     expected = sim / sim.sum() * data.sum()
     chi2 = stats.chisquare(data, expected)
     assert p == pytest.approx(chi2.pvalue, rel=1e-10)

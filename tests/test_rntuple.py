@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from validator.errors import InputError
-from validator.inputs.sources import _root_kind, iter_chunks, open_sample
+from validator.inputs.sources import iter_chunks, open_sample, root_kind
 
 uproot = pytest.importorskip("uproot", minversion="5.7")
 ak = pytest.importorskip("awkward")
@@ -224,7 +224,7 @@ def test_every_writable_field_type(tmp_path):
     ("std::map<int,float>", "other"), ("MyStruct", "other"), ("", "other"),
 ])
 def test_root_kind_names(typename, kind):
-    assert _root_kind(typename) == kind
+    assert root_kind(typename) == kind
 
 
 def test_several_clusters_and_a_chunk_across_them(tmp_path):

@@ -23,7 +23,7 @@ from validator.stats.binned import (
     sim_toys,
 )
 from validator.stats.chi2 import chi2_uw
-from validator.stats.dependence import _null_fit, dependence, ipf
+from validator.stats.dependence import dependence, ipf, null_fit
 from validator.stats.likelihood import saturated
 from validator.stats.result import GofResult
 from validator.stats.toys import toy_pvalue
@@ -973,7 +973,7 @@ def test_null_fit_has_the_data_marginals_and_a_common_structure() -> None:
     p = _copula_table(0.3, _EDGES, _EDGES)
     w, s2 = _weighted_sim(p, 8000, rng)
     n = rng.poisson(5000 * p).astype(float)
-    sim_null, data_null = _null_fit(n, w, s2)
+    sim_null, data_null = null_fit(n, w, s2)
     np.testing.assert_allclose(data_null.sum(axis=1), n.sum(axis=1), rtol=1e-8)
     np.testing.assert_allclose(data_null.sum(axis=0), n.sum(axis=0), rtol=1e-8)
     # data = a_i b_j theta: the ratio table has rank one (all its 2x2 log odds ratios vanish).
@@ -981,7 +981,7 @@ def test_null_fit_has_the_data_marginals_and_a_common_structure() -> None:
     np.testing.assert_allclose(lr[:-1, :-1] + lr[1:, 1:] - lr[:-1, 1:] - lr[1:, :-1], 0, atol=1e-8)
     # With a far larger simulation the common structure is the simulation itself.
     big_w, big_s2 = 1e4 * p, 1e-4 * p
-    sim_big, data_big = _null_fit(n, big_w, big_s2)
+    sim_big, data_big = null_fit(n, big_w, big_s2)
     np.testing.assert_allclose(sim_big, big_w, rtol=1e-3)
     np.testing.assert_allclose(data_big, ipf(big_w, n.sum(axis=1), n.sum(axis=0)), rtol=1e-3)
 
@@ -1026,10 +1026,10 @@ def _small_simulation_with_sparse_tail(tail_events: float) -> tuple:
 
 @pytest.mark.parametrize(("tail_events", "expect"), [(40.0, "merged"), (4000.0, "plain")])
 def test_small_simulation_merges_a_sparse_tail_for_its_asymptotics(tail_events, expect):
-    from validator.stages.compare import CompareOptions, ToyTargets, _binned_tests
+    from validator.stages.compare import CompareOptions, ToyTargets, binned_tests
 
     data, sim = _small_simulation_with_sparse_tail(tail_events)
-    out = _binned_tests(data, sim, CompareOptions(), lambda name: np.random.default_rng(1),
+    out = binned_tests(data, sim, CompareOptions(), lambda name: np.random.default_rng(1),
                         ToyTargets((0.05, 1e-5)))
     for name in ("chi2_uw", "saturated"):
         res = out[name]
@@ -1043,7 +1043,7 @@ def test_small_simulation_merges_a_sparse_tail_for_its_asymptotics(tail_events, 
 
 
 def test_small_simulation_with_too_many_sparse_bins_uses_toys():
-    from validator.stages.compare import CompareOptions, ToyTargets, _binned_tests
+    from validator.stages.compare import CompareOptions, ToyTargets, binned_tests
     from validator.stats.histogram import Hist
 
     # every bin has ~100 events: merging to 200 variance entries would halve the binning
@@ -1053,7 +1053,7 @@ def test_small_simulation_with_too_many_sparse_bins_uses_toys():
     data = Hist(edges, n[None], n[None], count=n, sumw3=n, sumw4=n)
     sim = Hist(edges, (2.5 * k)[None], (6.25 * k)[None], count=k, sumw3=2.5**3 * k,
                sumw4=2.5**4 * k)
-    out = _binned_tests(data, sim, CompareOptions(small_sample_toys=50, max_toys=None),
+    out = binned_tests(data, sim, CompareOptions(small_sample_toys=50, max_toys=None),
                         lambda name: np.random.default_rng(1), ToyTargets())
     for name in ("chi2_uw", "saturated"):
         assert out[name].pvalue_method == "toys"

@@ -152,7 +152,7 @@ def test_toy_batch_same_as_numpy(min_sim_entries, pseudo, max_iter) -> None:
     data, w, w2, _, _ = _tables(2, 60, 1000, 6, 0.1)
     nx, ny = data.shape
     order = dep._snake_order(nx, ny)
-    sim_null, data_null = dep._null_fit(data, w, w2)
+    sim_null, data_null = dep.null_fit(data, w, w2)
     labels = dep._cell_groups(data_null, w, w2, order, 5.0, min_sim_entries)
     gen = np.random.default_rng(1)
     size = 1000

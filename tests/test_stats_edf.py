@@ -10,12 +10,12 @@ import pytest
 from scipy import integrate, special, stats
 
 from validator.stats.edf import (
-    _ad_discrete_sf,
-    _ad_inf_sf_asymptotic,
-    _ad_sigma,
+    ad_discrete_sf,
     ad_hist,
     ad_inf_cdf,
     ad_inf_sf,
+    ad_inf_sf_asymptotic,
+    ad_sigma,
     ad_weighted,
     ks_hist,
     ks_weighted,
@@ -297,7 +297,7 @@ def test_adinf_upper_tail_matches_conditional_monte_carlo():
     assert np.all(np.diff(got) < 0)
     # The expansion alone also agrees with the series where both are accurate.
     for v in (10.0, 12.0, 15.0):
-        assert _ad_inf_sf_asymptotic(v) == pytest.approx(1.0 - ad_inf_cdf(v), rel=1e-4)
+        assert ad_inf_sf_asymptotic(v) == pytest.approx(1.0 - ad_inf_cdf(v), rel=1e-4)
 
 
 def test_ad_discrete_limit_matches_monte_carlo():
@@ -315,13 +315,13 @@ def test_ad_discrete_limit_matches_monte_carlo():
     for a in (0.5, 1.5, 3.0, 5.0):
         p_mc = np.mean(q > a)
         sd = math.sqrt(p_mc * (1 - p_mc) / n)
-        assert _ad_discrete_sf(a, pooled) == pytest.approx(p_mc, abs=4 * sd + 1e-4)
+        assert ad_discrete_sf(a, pooled) == pytest.approx(p_mc, abs=4 * sd + 1e-4)
 
 
 def test_ad_discrete_limit_tends_to_adinf_for_fine_grids():
     pooled = np.full(100, 0.01)
     for a in (0.5, 1.0, 2.5, 4.0):
-        assert _ad_discrete_sf(a, pooled) == pytest.approx(ad_inf_sf(a), rel=0.06)
+        assert ad_discrete_sf(a, pooled) == pytest.approx(ad_inf_sf(a), rel=0.06)
 
 
 # ------------------------------------------------------------------------------------------
@@ -519,8 +519,8 @@ def test_invalid_inputs_raise():
 
 
 def test_ad_sigma_large_n_branch_is_continuous():
-    sigma_exact = _ad_sigma(np.array([400_000.0, 599_999.0]))
-    sigma_limit = _ad_sigma(np.array([400_000.0, 600_003.0]))
+    sigma_exact = ad_sigma(np.array([400_000.0, 599_999.0]))
+    sigma_limit = ad_sigma(np.array([400_000.0, 600_003.0]))
     assert sigma_limit == pytest.approx(sigma_exact, rel=1e-5)
     assert sigma_limit == pytest.approx(math.sqrt(2 * (math.pi**2 - 9) / 3), rel=1e-5)
 
@@ -528,16 +528,16 @@ def test_ad_sigma_large_n_branch_is_continuous():
 def test_large_n_kolmogorov_tail_follows_scipys_finite_n_law() -> None:
     # Stephens' corrected limit law replaces scipy's slow exact Smirnov sum above n = 1e5:
     # within 2e-3 (relative) where decisions are taken, 2% in the far tail.
-    from validator.stats.edf import KS_LIMIT_LAW_MIN_N, _kolmogorov_sf
+    from validator.stats.edf import KS_LIMIT_LAW_MIN_N, kolmogorov_sf
 
     for n in (KS_LIMIT_LAW_MIN_N + 1, 361_128):
         for p in (0.3, 0.05, 0.01, 1e-3):
             d = stats.kstwobign.isf(p) / np.sqrt(n)
-            assert _kolmogorov_sf(d, n) == pytest.approx(stats.kstwo.sf(d, n), rel=2e-3)
+            assert kolmogorov_sf(d, n) == pytest.approx(stats.kstwo.sf(d, n), rel=2e-3)
         d = stats.kstwobign.isf(1e-12) / np.sqrt(n)
-        assert _kolmogorov_sf(d, n) == pytest.approx(stats.kstwo.sf(d, n), rel=2e-2)
+        assert kolmogorov_sf(d, n) == pytest.approx(stats.kstwo.sf(d, n), rel=2e-2)
     d = 0.01
-    assert _kolmogorov_sf(d, 5_000) == stats.kstwo.sf(d, 5_000)
+    assert kolmogorov_sf(d, 5_000) == stats.kstwo.sf(d, 5_000)
 
 
 @pytest.mark.parametrize("scale", [1.04, 1.05])

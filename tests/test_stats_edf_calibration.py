@@ -384,12 +384,12 @@ def test_no_toy_reaching_the_observation_gives_the_limit_law_tail_or_a_marked_bo
 def test_gaussian_bound_is_conservative(name):
     """Where used (no toy reaches T) the concentration bound is above the toys' own tail."""
     d, s, s2 = replica(name, np.random.default_rng(8))
-    inp = edf._hist_inputs(d, s, None, None, s2)
-    model = edf._null_model(inp)
-    bound = edf._GaussianBound(model, inp)
+    inp = edf.hist_inputs(d, s, None, None, s2)
+    model = edf.null_model(inp)
+    bound = edf.GaussianBound(model, inp)
     data, sim = model.draw(10_000, np.random.default_rng(1))
-    for stat, t, form in (("ks", edf._ks_rows(sim, data), np.asarray),
-                          ("ad", edf._ad_rows(sim, data, inp.neff_s, inp.neff_d), np.sqrt)):
+    for stat, t, form in (("ks", edf.ks_rows(sim, data), np.asarray),
+                          ("ad", edf.ad_rows(sim, data, inp.neff_s, inp.neff_d), np.sqrt)):
         first = form(t[:500])
         for level in (1e-2, 1e-3):
             observed = float(np.quantile(t, 1.0 - level))
@@ -529,8 +529,8 @@ def test_compiled_toy_statistics_equal_numpys(monkeypatch):
     sim[::2, 100:104] = -30.0  # every other row with negative bins
     sim[:, 290:] = 0.0
     ks, ad = edf_rows(sim, data, 9000.0, 16000.0)
-    np.testing.assert_allclose(ks, edf._ks_rows(sim, data), rtol=1e-12)
-    np.testing.assert_allclose(ad, edf._ad_rows(sim, data, 9000.0, 16000.0), rtol=1e-11)
+    np.testing.assert_allclose(ks, edf.ks_rows(sim, data), rtol=1e-12)
+    np.testing.assert_allclose(ad, edf.ad_rows(sim, data, 9000.0, 16000.0), rtol=1e-11)
     d, s, s2 = _fixed_histograms()
     compiled = edf_hist_tests(d, s, sim_sumw2_bins=s2, n_toys=300, rng=5)
     monkeypatch.setattr(kernels, "HAVE_NUMBA", False)

@@ -23,7 +23,7 @@ from validator.stats.binned import (
     weight_quadrature,
 )
 from validator.stats.chi2 import chi2_uw
-from validator.stats.dependence import _nonnegative_table, dependence
+from validator.stats.dependence import dependence, nonnegative_table
 from validator.stats.likelihood import saturated
 from validator.stats.toys import (
     ToyOptions,
@@ -475,7 +475,7 @@ def test_nonnegative_table_keeps_each_groups_signed_sum() -> None:
     w = rng.normal(1.0, 2.0, size=(3, 4, 5))  # a batch of 3 tables, many negative cells
     order = np.arange(20)
     labels = np.repeat(np.arange(5), 4)
-    t = _nonnegative_table(w, order, labels)
+    t = nonnegative_table(w, order, labels)
     assert np.all(t >= 0)
     w_g = merge_histogram(w.reshape(3, 20), labels)
     np.testing.assert_allclose(merge_histogram(t.reshape(3, 20), labels),
@@ -630,9 +630,9 @@ RATES = [0.0, 1e-3, 0.5, 3.0, 7.5, 42.0, 1e3, 1.23e4, 2.5e5]
 
 @pytest.mark.parametrize("lam", [r for r in RATES if r > 0])
 def test_poisson_table_is_the_distribution_function(lam: float) -> None:
-    from validator.stats.poisson_toys import _table_numpy
+    from validator.stats.poisson_toys import poisson_table_numpy
 
-    first, cdf = _table_numpy(lam)
+    first, cdf = poisson_table_numpy(lam)
     k = first + np.arange(cdf.size)
     np.testing.assert_allclose(cdf / cdf[-1], stats.poisson.cdf(k, lam), rtol=0, atol=1e-12)
     # the mass left out on either side is below 1e-15

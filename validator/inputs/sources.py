@@ -338,7 +338,7 @@ _ROOT_WRAPPER = re.compile(r"^(std::)?(optional|atomic|unique_ptr)<(?P<inner>.*)
 _ROOT_CARDINALITY = re.compile(r"^(ROOT::)?(Experimental::)?RNTupleCardinality<.*>$")
 
 
-def _root_kind(typename: str) -> str:
+def root_kind(typename: str) -> str:
     """The kind (see ``COLUMN_KINDS``) of a TTree leaf or RNTuple field, from its type name.
 
     TTree names (``Float_t``, ``int32_t``, ``float[]``) and RNTuple names (``std::uint32_t``,
@@ -353,7 +353,7 @@ def _root_kind(typename: str) -> str:
         return "jagged"
     wrapped = _ROOT_WRAPPER.match(name)
     if wrapped:
-        inner = _root_kind(wrapped["inner"])
+        inner = root_kind(wrapped["inner"])
         return inner if inner in NUMERIC_KINDS else "other"
     if name in _ROOT_BOOLS:
         return "bool"
@@ -464,7 +464,7 @@ def read_schema(source: Source) -> tuple[dict[str, str], int]:
             raise InputError(f"{source.path}: not a readable CSV file ({_short(exc)})") from exc
         return kinds, n_rows
     tree = _root_tree(source)
-    kinds = {name: _root_kind(typename) for name, typename in tree.typenames().items()}
+    kinds = {name: root_kind(typename) for name, typename in tree.typenames().items()}
     return kinds, int(tree.num_entries)
 
 

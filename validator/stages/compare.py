@@ -173,7 +173,7 @@ def test_rng(seed: int, category: str, method: str, feature_x: str,
 Outcome = GofResult | str  # a result, or the reason the test could not run
 
 
-def _binned_tests(data: Hist, sim: Hist, options: CompareOptions,
+def binned_tests(data: Hist, sim: Hist, options: CompareOptions,
                   rng: Callable[[str], np.random.Generator],
                   targets: ToyTargets) -> dict[str, Outcome]:
     """``chi2_uw`` and ``saturated`` on a histogram, sparse bins merged first.
@@ -224,7 +224,7 @@ def _variance_groups(d: np.ndarray, s: np.ndarray, s2: np.ndarray, s4: np.ndarra
     """Coarser groups on which every bin's variance estimate rests on enough entries, where
     the plan's merged bins (``plan_bins``) fail the small-simulation rule
     (:func:`~validator.stats.binned.small_simulation_reason`) and the coarser binning keeps
-    most of the resolution (see :func:`_binned_tests`); else ``None``."""
+    most of the resolution (see :func:`binned_tests`); else ``None``."""
     if s4 is None or small_simulation_reason(float(d.sum()), plan_bins["sim_sumw"],
                                              plan_bins["sim_sumw2"], plan_bins["sim_sumw4"],
                                              plan_bins["data_counts"]) is None:
@@ -384,7 +384,7 @@ def _pair_tests(layout: Layout, p: int, sim: Accumulator, data: Accumulator,
     """2D histogram, dependence and correlation tests of pair ``p``."""
     i, j = layout.plan.pairs[p]
     hd, hs = data.hist_2d(layout, p), sim.hist_2d(layout, p)
-    results = _binned_tests(hd, hs, options, rng, targets)
+    results = binned_tests(hd, hs, options, rng, targets)
     table, sim_table, sim_table_w2 = hd.values, hs.values, hs.variances
     rows_used = int((table.sum(axis=1) > 0).sum())
     cols_used = int((table.sum(axis=0) > 0).sum())
@@ -476,7 +476,7 @@ def _group_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, categor
             return test_rng(seed, category, method, name)
 
         hd, hs = data.hist_1d(layout, k), sim.hist_1d(layout, k)
-        outcomes = {**_binned_tests(hd, hs, options, rng, targets),
+        outcomes = {**binned_tests(hd, hs, options, rng, targets),
                     **_edf_tests(layout, k, sim, data, options, rng("ks+ad"), targets)}
         if with_invalid[k]:
             outcomes[INVALID_FRACTION] = invalid_fraction(layout, k, sim, data, options,

@@ -134,7 +134,7 @@ class Replicas:
 
 
 @dataclass
-class _Block:
+class Block:
     """One histogram's group residuals, merged into its test groups."""
 
     kind: str  # "binned" or "ks"
@@ -145,9 +145,9 @@ class _Block:
     shift_down: np.ndarray | None = None  # (K, M) per unit θ_k < 0 (log-normal: κ^θ − 1)
 
 
-def _block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
+def histogram_block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
            data_groups: np.ndarray, sim_groups: np.ndarray, min_expected: float,
-           deltas: tuple[np.ndarray, np.ndarray] | None = None) -> _Block | None:
+           deltas: tuple[np.ndarray, np.ndarray] | None = None) -> Block | None:
     """One histogram's block; ``deltas``: (up − nominal, nominal − down) of each nuisance,
     ``(K, bins)`` each, in simulated Σw."""
     total_d, total_s = data.sum(), sim.sum()
@@ -174,17 +174,17 @@ def _block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
     share = np.clip(expected[keep], 0.0, None)
     share = share / share.sum() if share.sum() > 0 else np.full(keep.sum(), 1 / keep.sum())
     if deltas is None:
-        return _Block(kind, residuals, variance[keep], share)
-    return _Block(kind, residuals, variance[keep], share, ratio * deltas[0][:, keep],
+        return Block(kind, residuals, variance[keep], share)
+    return Block(kind, residuals, variance[keep], share, ratio * deltas[0][:, keep],
                   ratio * deltas[1][:, keep])
 
 
-def _law(block: _Block) -> tuple[str, int]:
+def _law(block: Block) -> tuple[str, int]:
     """The null law of a block's linearised statistic: (kind, degrees of freedom)."""
     return (block.kind, len(block.variance) - 1 if block.kind == "binned" else 0)
 
 
-def _statistics(block: _Block, r: np.ndarray) -> np.ndarray:
+def _statistics(block: Block, r: np.ndarray) -> np.ndarray:
     """Linearised statistic of each row of residual vectors ``r`` (n, M): Pearson's X² for a
     binned block, the standardised maximum cumulative residual for a KS-type one."""
     centred = r - r.sum(axis=1, keepdims=True) * block.share  # the normalisation is free
@@ -194,7 +194,7 @@ def _statistics(block: _Block, r: np.ndarray) -> np.ndarray:
     return np.max(np.abs(np.cumsum(centred, axis=1)), axis=1) / np.sqrt(block.variance.sum())
 
 
-def _replica_statistics(block: _Block, signs: np.ndarray, up: np.ndarray, down: np.ndarray,
+def _replica_statistics(block: Block, signs: np.ndarray, up: np.ndarray, down: np.ndarray,
                         ) -> np.ndarray:
     """:func:`_statistics` of every replica, the residual ``signs @ residuals`` (+ the
     nuisances' shifts). Both the residual and its centring are linear in the replica's
@@ -220,7 +220,7 @@ def _sf(law: tuple[str, int], statistic: np.ndarray) -> np.ndarray:
     return stats.chi2.sf(statistic, ndf) if kind == "binned" else stats.kstwobign.sf(statistic)
 
 
-def _pvalues(block: _Block, r: np.ndarray) -> np.ndarray:
+def linearised_pvalues(block: Block, r: np.ndarray) -> np.ndarray:
     """Linearised p-value of each row of residual vectors ``r`` (n, M)."""
     return _sf(_law(block), _statistics(block, r))
 
@@ -259,23 +259,23 @@ def _deltas(field: str, lo: int, hi: int, category: str, sim: Accumulator,
 
 def _blocks(layout: Layout, sim: Accumulator, data: Accumulator, min_expected: float,
             category: str = "", syst: SystInputs | None = None,
-            ) -> list[tuple[BlockKey, _Block]]:
+            ) -> list[tuple[BlockKey, Block]]:
     names = layout.plan.feature_names
     blocks = []
     for k in range(layout.n_features):
         lo, hi = layout.offsets_1d[k], layout.offsets_1d[k + 1]
-        blocks.append((BlockKey(category, names[k], None, "binned"), _block(
+        blocks.append((BlockKey(category, names[k], None, "binned"), histogram_block(
             "binned", data.h1_sumw[0, lo:hi], sim.h1_sumw[0, lo:hi], sim.h1_sumw2[0, lo:hi],
             data.group_h1[:, lo:hi], sim.group_h1[:, lo:hi], min_expected,
             _deltas("h1_sumw", lo, hi, category, sim, syst))))
         lo, hi = layout.offsets_fine[k], layout.offsets_fine[k + 1]
-        blocks.append((BlockKey(category, names[k], None, "ks"), _block(
+        blocks.append((BlockKey(category, names[k], None, "ks"), histogram_block(
             "ks", data.fine_sumw[0, lo:hi], sim.fine_sumw[0, lo:hi], sim.fine_sumw2[0, lo:hi],
             data.group_fine[:, lo:hi], sim.group_fine[:, lo:hi], min_expected,
             _deltas("fine_sumw", lo, hi, category, sim, syst))))
     for p, (i, j) in enumerate(layout.plan.pairs):
         lo, hi = layout.offsets_2d[p], layout.offsets_2d[p + 1]
-        blocks.append((BlockKey(category, names[i], names[j], "binned"), _block(
+        blocks.append((BlockKey(category, names[i], names[j], "binned"), histogram_block(
             "binned", data.h2_sumw[0, lo:hi], sim.h2_sumw[0, lo:hi], sim.h2_sumw2[0, lo:hi],
             data.group_h2[:, lo:hi], sim.group_h2[:, lo:hi], min_expected,
             _deltas("h2_sumw", lo, hi, category, sim, syst))))
@@ -328,7 +328,7 @@ def sign_flip_replicas(layout: Layout, sims: dict[str, Accumulator],
     linearised = np.empty(len(blocks))
     for t, (key, block) in enumerate(blocks):
         law = _law(block)
-        linearised[t] = _pvalues(block, block.residuals.sum(axis=0)[None, :])[0]
+        linearised[t] = linearised_pvalues(block, block.residuals.sum(axis=0)[None, :])[0]
         flips_only = replace(block, shift_up=None, shift_down=None)
         reference = _sf(law, _replica_statistics(flips_only, signs, up, down))
         if block.shift_up is None or key.kind == "binned":

@@ -234,7 +234,7 @@ def _cell_groups(
     )
 
 
-def _nonnegative_table(w: np.ndarray, order: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def nonnegative_table(w: np.ndarray, order: np.ndarray, labels: np.ndarray) -> np.ndarray:
     r"""The simulated tables (batched, ``(..., nx, ny)``) made non-negative for raking,
     keeping every merged group's signed sum of weights.
 
@@ -258,7 +258,7 @@ def _nonnegative_table(w: np.ndarray, order: np.ndarray, labels: np.ndarray) -> 
     return out.reshape(shape)
 
 
-def _null_fit(
+def null_fit(
     n: np.ndarray, w: np.ndarray, s2: np.ndarray, n_iter: int = 200, tol: float = 1e-10
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""Fit data and simulation jointly under the null "same dependence, free marginals".
@@ -339,7 +339,7 @@ def _toy_statistics_numpy(
             min_sim_entries,
         )
     s2_toy, _ = _fill_empty_cells(w_toy, s2_toy)
-    t_toy = _nonnegative_table(w_toy, order, labels_toy) + pseudo
+    t_toy = nonnegative_table(w_toy, order, labels_toy) + pseudo
     rows_toy, cols_toy = n_toy.sum(axis=2), n_toy.sum(axis=1)
     a_toy, r_toy, c_toy, conv_toy, _ = _ipf_batched(t_toy, rows_toy, cols_toy, max_iter, tol)
     retry = ~conv_toy
@@ -393,7 +393,7 @@ def dependence(
        to zero would raise each group by the clipped amount (a bias of the order of the
        fluctuation where positive and negative weights cancel), so instead, within each group,
        negative cells are set to zero and the group's positive cells scaled so that the
-       group keeps its signed sum of weights (:func:`_nonnegative_table`; a group with a
+       group keeps its signed sum of weights (:func:`nonnegative_table`; a group with a
        non-positive sum gets zero). The toys are treated the same way, with the same groups.
     4. That table :math:`t_{ij}` is raked to the data's row and column sums by IPF
        (:func:`ipf`): :math:`A_{ij} = r_i c_j t_{ij}`, and
@@ -407,7 +407,7 @@ def dependence(
     5. Its nominal number of degrees of freedom, :math:`(n_x-1)(n_y-1)` less the number of
        merges, is only approximate (the simulation fluctuates and is raked), so the p-value is
        calibrated by a parametric bootstrap under the null, fitted to data and simulation
-       jointly (:func:`_null_fit`: a common dependence structure :math:`\theta_{ij}` with free
+       jointly (:func:`null_fit`: a common dependence structure :math:`\theta_{ij}` with free
        marginals; its simulation part counts a negative cell as empty): data toys
        :math:`n^*_{ij} \sim \mathrm{Poisson}(a_i b_j\theta_{ij})`, simulation toys
        :math:`(w^*_{ij}, s^{2*}_{ij})` with mean :math:`\theta_{ij}` from
@@ -539,10 +539,10 @@ def dependence(
     # not on the raked table itself: the grouping is then the same for the observation and
     # every toy, and not selected on the observation's own fluctuations. A group also needs
     # enough equivalent simulated entries (see merge_sparse_bins).
-    sim_null, data_null = _null_fit(n, w, s2_raw)
+    sim_null, data_null = null_fit(n, w, s2_raw)
     labels = _cell_groups(data_null, w, s2_raw, order, min_expected, min_sim_entries)
     n_groups = int(labels.max()) + 1
-    t = _nonnegative_table(w, order, labels)
+    t = nonnegative_table(w, order, labels)
 
     row_t, col_t = n.sum(axis=1), n.sum(axis=0)
     pseudo = 0.0

@@ -49,7 +49,7 @@ def _dependence_toys_py(n_toy: np.ndarray, w_toy: np.ndarray, s2_toy: np.ndarray
     2. empty simulated cells get the variance of one event of mean weight
        (:func:`~validator.stats.dependence._fill_empty_cells`);
     3. the non-negative table, each group keeping its signed sum of weights
-       (:func:`~validator.stats.dependence._nonnegative_table`), plus ``pseudo``;
+       (:func:`~validator.stats.dependence.nonnegative_table`), plus ``pseudo``;
     4. IPF to the toy's marginals (:func:`~validator.stats.dependence._ipf_batched`: rows
        then columns per sweep, a zero row or column keeps factor 1, converged when every
        row sum is within ``tol`` x total after a sweep, at most ``max_iter`` sweeps); a toy

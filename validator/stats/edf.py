@@ -38,7 +38,7 @@ large share of the events (see ``tests/test_calibration_edf_corr.py``):
   observed (``_tie_shift``); zero without ties.
 * AD: the midrank statistic already accounts for ties in its mean; for few distinct values
   (≤ ``DISCRETE_MAX_VALUES`` holding ≥ 5 events each on average) its p-value comes from the
-  exact discrete limit (``_ad_discrete_sf``) instead of A∞², whose tail is then too light.
+  exact discrete limit (``ad_discrete_sf``) instead of A∞², whose tail is then too light.
 
 Limits of the asymptotic p-values (measured in ``tests/test_stats_edf_calibration.py``, 2000
 data events, false-positive rate at 5% / 1%):
@@ -78,7 +78,7 @@ feature. Under H0 both histograms share a shape ``p``:
   scipy's ``ks_2samp`` gives 9.3e-8 on the same events), or the analytic asymptotic
   p-value where that is larger (a discrete statistic); else an upper bound
   (``details["pvalue_is_bound"]``): ``1/(1 + n)``, or the smaller bound of Gaussian
-  concentration (``_GaussianBound``), conservative by a factor 30 to 1000 (measured). Every
+  concentration (``GaussianBound``), conservative by a factor 30 to 1000 (measured). Every
   decision at a threshold is the toys' (the tail is used only below ``1/(1 + n)``).
 
 Why this model. Alternatives measured on the same null replicas, each against the exact
@@ -190,7 +190,7 @@ def _pool(x_sim, w_sim, x_data, w_data):
 
 
 @dataclasses.dataclass(frozen=True)
-class _HistInputs:
+class HistInputs:
     d: np.ndarray  # data per bin
     s: np.ndarray  # simulation Σw per bin
     v: np.ndarray | None  # simulation Σw² per bin, if given
@@ -200,7 +200,7 @@ class _HistInputs:
     data_unit: bool  # unit-weight data (Σw² = Σw)
 
 
-def _hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total, sim_sumw2_bins=None):
+def hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total, sim_sumw2_bins=None):
     d = _check_array("data_counts", data_counts)
     s = _check_array("sim_sumw", sim_sumw)
     if d.shape != s.shape:
@@ -223,7 +223,7 @@ def _hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total, sim_s
     neff_s = _kish(np.sum(s), sim_sumw2_total)
     # Unit-weight data: Σw² = Σw.
     neff_d = _kish(np.sum(d), np.sum(d) if data_sumw2_total is None else data_sumw2_total)
-    return _HistInputs(d, s, v, neff_s, neff_d, float(sim_sumw2_total), data_sumw2_total is None)
+    return HistInputs(d, s, v, neff_s, neff_d, float(sim_sumw2_total), data_sumw2_total is None)
 
 
 def _cdf_clipped(c: np.ndarray) -> np.ndarray:
@@ -279,7 +279,7 @@ def _tie_shift(s: np.ndarray, d: np.ndarray, neff_s: float, neff_d: float) -> fl
 KS_LIMIT_LAW_MIN_N = 100_000
 
 
-def _kolmogorov_sf(d: float, n: int) -> float:
+def kolmogorov_sf(d: float, n: int) -> float:
     r"""P(D_n >= d) of the two-sided one-sample Kolmogorov statistic: scipy's ``kstwo`` up to
     :data:`KS_LIMIT_LAW_MIN_N`, beyond it the limit law at :math:`d(\sqrt n + 0.12 +
     0.11/\sqrt n)` (M. A. Stephens, J. R. Statist. Soc. B 32 (1970) 115)."""
@@ -301,7 +301,7 @@ def _ks_core(s: np.ndarray, d: np.ndarray, neff_s: float, neff_d: float) -> GofR
     # (scipy.stats.kstwo, Simard & L'Ecuyer 2011) at the rounded n1 n2/(n1 + n2); for ties the
     # statistic is first shifted by the continuity correction.
     n_round = max(round(en), 1)
-    pvalue = float(np.clip(_kolmogorov_sf(stat + shift / math.sqrt(en), n_round), 0.0, 1.0))
+    pvalue = float(np.clip(kolmogorov_sf(stat + shift / math.sqrt(en), n_round), 0.0, 1.0))
     return GofResult(
         method="ks",
         statistic=stat,
@@ -406,7 +406,7 @@ def ks_hist(
     ``sim_sumw2_bins``. The statistic does not depend on the p-value method. To run KS and AD
     on the same toys (half the cost), use ``edf_hist_tests``.
     """
-    inputs = _hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total,
+    inputs = hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total,
                           sim_sumw2_bins)
     result = _ks_core(inputs.s, inputs.d, inputs.neff_s, inputs.neff_d)
     check_toy_options(n_toys, max_toys, thresholds)
@@ -487,7 +487,7 @@ _TAIL_COEF = (
 _TAIL_SWITCH = 18.0
 
 
-def _ad_inf_sf_asymptotic(z: float) -> float:
+def ad_inf_sf_asymptotic(z: float) -> float:
     series = sum(c * z ** (-k) for k, c in enumerate(_TAIL_COEF))
     return math.sqrt(3.0 / (math.pi * z)) * math.exp(-z) * series
 
@@ -504,7 +504,7 @@ def ad_inf_sf(z: float) -> float:
         return math.nan
     if z < _TAIL_SWITCH:
         return min(max(1.0 - ad_inf_cdf(z), 0.0), 1.0)
-    return _ad_inf_sf_asymptotic(z)
+    return ad_inf_sf_asymptotic(z)
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,7 +512,7 @@ def ad_inf_sf(z: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _ad_sigma(n_i: np.ndarray) -> float:
+def ad_sigma(n_i: np.ndarray) -> float:
     """σ_N of A²_kN under H0 (exact variance of Scholz & Stephens 1987), as scipy computes it.
 
     ``h = Σ_{i=1}^{N−1} 1/i`` and ``g = Σ_{i=1}^{N−2} Σ_{j=i+1}^{N−1} 1/((N−i) j)`` are summed as
@@ -585,7 +585,7 @@ def _imhof_sf(x: float, lam: np.ndarray) -> float:
     return float(min(max(0.5 + (v0 + v1 - v2) / math.pi, 0.0), 1.0))
 
 
-def _ad_discrete_sf(a2: float, pooled: np.ndarray) -> float:
+def ad_discrete_sf(a2: float, pooled: np.ndarray) -> float:
     """Upper tail of the limit of the midrank A² (k = 2) for a parent with masses ``pooled``.
 
     With ties at m distinct values of pooled probabilities π_j, √n_h(F_sim − F_data) at the
@@ -649,13 +649,13 @@ def _ad_core(s: np.ndarray, d: np.ndarray, neff_s: float, neff_d: float) -> GofR
             reliable=False,
             details=details,
         )
-    sigma = _ad_sigma(n_i) if n_total > 3.5 else math.nan
+    sigma = ad_sigma(n_i) if n_total > 3.5 else math.nan
     t_stat = (a2 - 1.0) / sigma if np.isfinite(sigma) else math.nan
     pooled = lj[lj > 0] / np.sum(lj)
     coarse = pooled.size <= DISCRETE_MAX_VALUES and n_total * float(np.sum(pooled**2)) >= 5.0
     if coarse:
         # Few distinct values holding many events each: the limit is the discrete one.
-        pvalue = _ad_discrete_sf(a2, pooled)
+        pvalue = ad_discrete_sf(a2, pooled)
         details["limit"] = "discrete"
     else:
         # Variance-matched asymptotic p-value: map T back to the scale of A∞² (mean 1,
@@ -696,7 +696,7 @@ def ad_weighted(x_data: ArrayLike, x_sim: ArrayLike, w_sim: ArrayLike | None, *,
     A² for large samples and is the scale on which scipy's (clipped, interpolated) table of
     Scholz & Stephens is defined. For few distinct values holding many events each (coarse bins,
     discrete features) the p-value is instead ``P(Q > A²)`` for the exact discrete limit ``Q`` of
-    the midrank statistic (``_ad_discrete_sf``); ``details["limit"]`` says which was used.
+    the midrank statistic (``ad_discrete_sf``); ``details["limit"]`` says which was used.
 
     Effect size: ``A²/n_h`` with ``n_h = n1 n2/(n1 + n2)`` (``effect_name="ad_distance"``), which
     estimates ``∫ (F_sim − F_data)² / (H(1 − H)) dH`` and does not grow with the sample size.
@@ -727,7 +727,7 @@ def ad_hist(
     p-value is that of ``A²`` (``details["A2"]``; the reported standardised ``statistic`` is a
     fixed increasing function of it), computed on every toy with the observed effective sizes.
     """
-    inputs = _hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total,
+    inputs = hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total,
                           sim_sumw2_bins)
     result = _ad_core(inputs.s, inputs.d, inputs.neff_s, inputs.neff_d)
     check_toy_options(n_toys, max_toys, thresholds)
@@ -748,7 +748,7 @@ _TOY_CHUNK = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
-class _NullModel:
+class NullModel:
     """H0 law of the fine histogram (module notes, "Toy p-values").
 
     Data toys ~ Multinomial(``n_data``, ``p_hat``); simulation toys ``beta + sigma·z`` per bin,
@@ -789,7 +789,7 @@ def _local_weight(s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.where(ok, u_ok, np.maximum(u_ok[left], u_ok[right]))
 
 
-def _null_model(inp: _HistInputs) -> _NullModel:
+def null_model(inp: HistInputs) -> NullModel:
     """Estimate the common shape p̂ and the laws of the toys (see the module notes)."""
     d, s = inp.d, inp.s
     w_tot, d_tot = float(np.sum(s)), float(np.sum(d))
@@ -802,7 +802,7 @@ def _null_model(inp: _HistInputs) -> _NullModel:
         keep = p_hat > 0
         p_hat = p_hat[keep] / np.sum(p_hat[keep])
         var = (inp.sim_sumw2_total / w_tot) * w_tot * p_hat
-        return _NullModel(keep, p_hat, n_data, w_tot * p_hat, np.sqrt(var))
+        return NullModel(keep, p_hat, n_data, w_tot * p_hat, np.sqrt(var))
     v = inp.v
     u_loc = _local_weight(s, v)
     # Maximum-likelihood shape for Poisson data and a Gaussian simulation of known variance
@@ -818,10 +818,10 @@ def _null_model(inp: _HistInputs) -> _NullModel:
     # The bin's own Σw²; a bin without simulated event: Poisson variance β·u of events of the
     # local weight u.
     var = np.where(v > 0, v, beta * u_loc)
-    return _NullModel(keep, p_hat, n_data, beta, np.sqrt(var))
+    return NullModel(keep, p_hat, n_data, beta, np.sqrt(var))
 
 
-def _ks_rows(sim: np.ndarray, data: np.ndarray) -> np.ndarray:
+def ks_rows(sim: np.ndarray, data: np.ndarray) -> np.ndarray:
     """KS distance of each row pair (as ``_ks_core``), rows = toys."""
     fs = np.cumsum(sim, axis=1, dtype=float)
     fs /= fs[:, -1:].copy()
@@ -846,7 +846,7 @@ def _monotone_rows(c: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ad_rows(sim: np.ndarray, data: np.ndarray, neff_s: float, neff_d: float) -> np.ndarray:
+def ad_rows(sim: np.ndarray, data: np.ndarray, neff_s: float, neff_d: float) -> np.ndarray:
     """Midrank two-sample ``A²`` of each row pair (as ``_ad_core``, same effective sizes)."""
     n_total = neff_s + neff_d
     fs = _monotone_rows(sim)
@@ -874,7 +874,7 @@ def _ad_rows(sim: np.ndarray, data: np.ndarray, neff_s: float, neff_d: float) ->
 _LIPSCHITZ_FORM = {"ks": np.positive, "ad": np.sqrt}
 
 
-class _GaussianBound:
+class GaussianBound:
     """Upper bound of a toy p-value far beyond the toys, from Gaussian concentration.
 
     Linearised, the toys' ECDF difference at the bin edges is a Gaussian vector
@@ -891,7 +891,7 @@ class _GaussianBound:
     smaller, still conservative bound than ``1/(1 + n)``: no tail is fitted.
     """
 
-    def __init__(self, model: _NullModel, inp: _HistInputs):
+    def __init__(self, model: NullModel, inp: HistInputs):
         w_tot = float(np.sum(inp.s))
         p = model.p_hat
         kappa = (model.sigma / w_tot) ** 2 + p / model.n_data
@@ -900,7 +900,7 @@ class _GaussianBound:
         k_cum = np.cumsum(kappa)
         var_z = (1.0 - f) ** 2 * k_cum + f**2 * (k_cum[-1] - k_cum)
         self.lip = {"ks": math.sqrt(float(np.max(var_z)))}
-        # Anderson–Darling weights at the null shape (see _ad_rows):
+        # Anderson–Darling weights at the null shape (see ad_rows):
         # A² = Σ c_j X_j², c_j = (N − 1) n_s n_d p_j / (N² h_j), h_j = L_j R_j + p_j (L_j + R_j)/4.
         n_s, n_d = inp.neff_s, inp.neff_d
         n_tot = n_s + n_d
@@ -972,21 +972,21 @@ def limit_law_tail(name: str, observed: float, toy_mean: float) -> float:
     return 1.0
 
 
-def _toy_results(results: dict[str, GofResult], inp: _HistInputs, n_toys: int, rng,
+def _toy_results(results: dict[str, GofResult], inp: HistInputs, n_toys: int, rng,
                  max_toys: int | None, thresholds: Sequence[float],
                  coarse_above: float | None = None) -> dict[str, GofResult]:
     """Replace the asymptotic p-values of ``results`` (keys ``ks``, ``ad``) by toy ones, from
     the one toy engine (:func:`validator.stats.toys.run_toy_columns`: both statistics of the
-    same toys). Beyond every toy: the Gaussian-concentration bound (``_GaussianBound``), or
+    same toys). Beyond every toy: the Gaussian-concentration bound (``GaussianBound``), or
     the limit law with the toys' scale (:func:`limit_law_tail`), never below the analytic
     asymptotic p-value: a discrete statistic (a boolean feature) fits a scale far too small
     (a null replica gave 5e-11), the analytic law is conservative for it."""
     options = ToyOptions(n_toys, max_toys, tuple(thresholds), coarse_above, TOY_CL)
     gen = np.random.default_rng(rng)
-    model = _null_model(inp)
+    model = null_model(inp)
     names = list(results)
-    funcs = {"ks": _ks_rows,
-             "ad": lambda sim, data: _ad_rows(sim, data, inp.neff_s, inp.neff_d)}
+    funcs = {"ks": ks_rows,
+             "ad": lambda sim, data: ad_rows(sim, data, inp.neff_s, inp.neff_d)}
 
     def statistics(sim, data):
         if compiled.HAVE_NUMBA:  # both in one compiled pass (edf_kernel), the same to rounding
@@ -1001,7 +1001,7 @@ def _toy_results(results: dict[str, GofResult], inp: _HistInputs, n_toys: int, r
 
     d, s = inp.d[model.keep][None, :], inp.s[model.keep][None, :]
     observed = statistics(s, d)[0]
-    gaussian = _GaussianBound(model, inp)
+    gaussian = GaussianBound(model, inp)
 
     def lipschitz_toys(name: str, toys: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
@@ -1060,7 +1060,7 @@ def edf_hist_tests(
     is most of the cost) are shared; adaptive toys continue while either test needs them, so
     both report the same ``n_toys``. Without toys this equals calling the two functions.
     """
-    inputs = _hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total,
+    inputs = hist_inputs(data_counts, sim_sumw, sim_sumw2_total, data_sumw2_total,
                           sim_sumw2_bins)
     results = {"ks": _ks_core(inputs.s, inputs.d, inputs.neff_s, inputs.neff_d),
                "ad": _ad_core(inputs.s, inputs.d, inputs.neff_s, inputs.neff_d)}

@@ -2,7 +2,7 @@
 
 A toy of :func:`validator.stats.edf.edf_hist_tests` is a pair of rows over the fine bins
 (1000 for a continuous feature). With numpy, batched over the toys
-(:func:`validator.stats.edf._ks_rows`, :func:`validator.stats.edf._ad_rows`, kept as the
+(:func:`validator.stats.edf.ks_rows`, :func:`validator.stats.edf.ad_rows`, kept as the
 reference and the path without numba), each statistic is a dozen array passes over the
 batch: about 30 µs a toy for KS and 85 µs for AD on 1000 bins, more than drawing the toy.
 :func:`edf_rows` computes both in two passes per toy over row-sized work arrays: about 10 µs.
@@ -21,7 +21,7 @@ __all__ = ["edf_rows"]
 
 def _edf_rows_py(sim: np.ndarray, data: np.ndarray, neff_s: float, neff_d: float,
                  out_ks: np.ndarray, out_ad: np.ndarray) -> None:
-    """KS distance and midrank ``A²`` of each row pair, as ``_ks_rows`` and ``_ad_rows``."""
+    """KS distance and midrank ``A²`` of each row pair, as ``ks_rows`` and ``ad_rows``."""
     n_rows, n_bins = sim.shape
     n_total = neff_s + neff_d
     factor = (n_total - 1.0) / n_total**2 * (1.0 / neff_s + 1.0 / neff_d)

@@ -49,7 +49,7 @@ def _mode_term(lam: float) -> tuple[int, float]:
     return m, math.exp(m * math.log(lam) - lam - math.lgamma(m + 1.0))
 
 
-def _table_numpy(lam: float) -> tuple[int, np.ndarray]:
+def poisson_table_numpy(lam: float) -> tuple[int, np.ndarray]:
     """(first k, cumulative sums) of rate ``lam`` > 0, as :func:`_draw_compiled` builds them."""
     m, pm = _mode_term(lam)
     cut = pm * TAIL_CUT
@@ -71,7 +71,7 @@ def _draw_numpy(lam: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
         if lam[c] == 0.0:
             out[:, c] = 0.0
             continue
-        first, cdf = _table_numpy(float(lam[c]))
+        first, cdf = poisson_table_numpy(float(lam[c]))
         k = np.searchsorted(cdf, u[:, c] * cdf[-1], side="right")
         out[:, c] = first + np.minimum(k, cdf.size - 1)
 
