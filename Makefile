@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # together in constraints.txt: the CPU build of torch, no nvidia-* package.
 CONSTRAINTS := constraints.txt
 
-.PHONY: install browser test test-fast demo lint bench clean check-cpu layout
+.PHONY: install browser test test-fast demo lint bench clean check-cpu layout gallery
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ demo: install $(MET_VARIATIONS)
 # README's layout block, written from the package (docs/layout.py).
 layout: install
 	$(PY) docs/layout.py >/dev/null
+
+# docs/gallery.md and docs/gallery/*.png: each figure type once, from a run of the sample
+# analysis (docs/gallery.py; about 2.5 minutes).
+gallery: install $(MET_VARIATIONS)
+	$(PY) docs/gallery.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -15,7 +15,24 @@ several parquet files (made once, cached outside the repository: benchmarks/scal
   subsample, scaled linearly to N.
 - **growth**: the run with 10, 20, 30, 50 features at 1M events.
 
-Run: `python benchmarks/bench_scale.py [--sizes 1M,3M,10M] [--growth] [--repeat K] [--json F]`.
+Configurations (``--configs``, comma-separated; ``plain`` by default):
+
+- **plain**: the run above.
+- **audited**: the run a pre-unblinding gate executes: the network audited (a 30-64-64-1 tanh
+  MLP with a sigmoid, TorchScript, trained for a few seconds in this script on standard-normal
+  events and saved with its input names and a scaler taken from the simulation's first file;
+  nothing is downloaded), the two weight systematics of the simulation
+  (``scale_data.SYSTEMATICS`` as ``--syst NAME=UP:DOWN``) and the network's output blinded
+  (``--blind "output > 0.9"``).
+- **multivariate**: the audited run with ``--multivariate c2st,nplm`` at its default
+  subsample (timed at the first size only: its cost does not grow with N).
+
+Within a trial the floor and every configuration run one after the other, so the ratios of
+one trial share the machine's state. ``--floor-bins 10``: the floor bins into 10 quantile bins
+per column (the issue-32 definition) instead of the 1000 fine bins.
+
+Run: `python benchmarks/bench_scale.py [--sizes 1M,3M,10M] [--growth] [--repeat K] [--json F]
+[--configs plain,audited,multivariate] [--floor-bins 10]`.
 Figures, not pass/fail: the machine may be shared (the load average is printed); with
 ``--repeat K`` the floor and the run alternate K times and the median ratio is printed with
 its range.
@@ -64,7 +81,7 @@ def _load() -> str:
 # ------------------------------------------------------------------------------- the floor
 
 
-def floor(paths: list[str], columns: list[str]) -> tuple[float, float]:
+def floor(paths: list[str], columns: list[str], bins: int = FLOOR_BINS) -> tuple[float, float]:
     """Seconds for one pyarrow read of every file plus one searchsorted pass per column, and
     for the read alone (as numpy arrays)."""
     import pyarrow.parquet as pq
@@ -82,7 +99,7 @@ def floor(paths: list[str], columns: list[str]) -> tuple[float, float]:
         for c in columns:
             x = table[c].to_numpy()
             if c not in edges:  # quantile edges from the first file (the plan's role)
-                edges[c] = np.quantile(x[:100_000], np.linspace(0, 1, FLOOR_BINS + 1))
+                edges[c] = np.quantile(x[:100_000], np.linspace(0, 1, bins + 1))
             np.searchsorted(edges[c], x)
     return time.perf_counter() - t0, read
 
@@ -112,9 +129,17 @@ def _child(spec: str) -> None:
         now = time.perf_counter() - t0
         stamps.setdefault(stage.split()[0], [now, now])[1] = now
 
+    extra: dict = {}
+    if args.get("model"):
+        from validator.stages.systematics import Systematics
+
+        extra = {"model": args["model"], "blind": args["blind"],
+                 "systematics": Systematics.parse(args["syst"]),
+                 "multivariate": tuple(args.get("multivariate") or ())}
     outcome = run_validation(RunConfig(sim=args["sim"], data=args["data"], weight="weight",
                                        features=args["features"], db=None,
-                                       jobs=args["jobs"], engine=args["engine"]), progress)
+                                       jobs=args["jobs"], engine=args["engine"], **extra),
+                             progress)
     total = time.perf_counter() - t0
     # a stage runs from the previous stage's last progress call to its own last one (the
     # first includes opening the files; "finish" is the global test, summary and store)
@@ -131,12 +156,14 @@ def _child(spec: str) -> None:
 
 
 def run(sim: list[str], data: list[str], features: list[str], jobs: int | None,
-        engine: str = "local") -> dict:
-    """Time the run in a child process; peak memory and CPU of it and its workers."""
+        engine: str = "local", audit: dict | None = None) -> dict:
+    """Time the run in a child process; peak memory and CPU of it and its workers.
+    ``audit``: the audited configuration's options (``model``, ``syst``, ``blind``,
+    ``multivariate``; :func:`audited_options`)."""
     import psutil
 
     spec = json.dumps({"sim": sim, "data": data, "features": features, "jobs": jobs,
-                       "engine": engine})
+                       "engine": engine, **(audit or {})})
     t0 = time.perf_counter()
     child = subprocess.Popen([sys.executable, __file__, "--child", spec],
                              stdout=subprocess.PIPE, text=True)
@@ -178,6 +205,52 @@ def run(sim: list[str], data: list[str], features: list[str], jobs: int | None,
     result.update(wall=wall, cpu=max(own, polled) / wall,
                   peak_rss_mib=usage.ru_maxrss / 1024, peak_total_mib=peak_total / 2**20)
     return result
+
+
+# ------------------------------------------------------------------------ the audited run
+
+#: The audited configuration's blinded region: the network's most signal-like events.
+BLIND = "output > 0.9"
+#: The configurations a trial can run (module docstring).
+CONFIGS = ("plain", "audited", "multivariate")
+#: The learned tests of the ``multivariate`` configuration, at their default subsample.
+MULTIVARIATE = ("c2st", "nplm")
+
+
+def audit_network(sim: list[str], columns: list[str], cache: Path) -> Path:
+    """The audited network over ``columns`` (made once per input count, kept in ``cache``):
+    an N-64-64-1 tanh MLP with a sigmoid (``bench_model.make_mlp``: trained for a few seconds
+    on standard-normal events with interactions), TorchScript, saved with its input names
+    and a scaler (mean and standard deviation of each input in the simulation's first file)
+    in ``validator.json``."""
+    path = cache / f"net_{len(columns)}-64-64-1.pt"
+    if path.exists():
+        return path
+    import pyarrow.parquet as pq
+    import torch
+    from bench_model import make_mlp
+
+    table = pq.read_table(sim[0], columns=columns)
+    scaler = {}
+    for c in columns:
+        x = table[c].to_numpy().astype(np.float64)
+        scaler[c] = {"offset": float(x.mean()), "scale": float(x.std() or 1.0)}
+    meta = {"inputs": list(columns), "scaler": scaler, "kind": "binary"}
+    tmp = path.with_suffix(".tmp")
+    torch.jit.save(torch.jit.script(make_mlp(len(columns))), str(tmp),
+                   _extra_files={"validator.json": json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def audited_options(config: str, sim: list[str], columns: list[str], cache: Path
+                    ) -> dict | None:
+    """The run's extra options for ``config`` (None for the plain run)."""
+    if config == "plain":
+        return None
+    syst = [f"{name}={up}:{down}" for name, (up, down) in scale_data.SYSTEMATICS.items()]
+    return {"model": str(audit_network(sim, columns, cache)), "syst": syst, "blind": BLIND,
+            "multivariate": list(MULTIVARIATE) if config == "multivariate" else []}
 
 
 # ------------------------------------------------------------------------------- the others
@@ -239,6 +312,11 @@ def main() -> None:
     parser.add_argument("--no-compare", action="store_true", help="skip evidently and naive")
     parser.add_argument("--cache", type=Path, default=scale_data.DEFAULT_CACHE)
     parser.add_argument("--json", type=Path, help="append the rows as JSON lines here")
+    parser.add_argument("--configs", default="plain",
+                        help="comma-separated: plain, audited, multivariate (module docstring)")
+    parser.add_argument("--floor-bins", type=int, default=FLOOR_BINS,
+                        help=f"quantile bins of the floor's binning pass (default {FLOOR_BINS}; "
+                             "10: the issue-32 floor)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="floor and run alternated this many times per point; the median "
                              "ratio is printed with its range (a shared machine's speed "
@@ -254,45 +332,66 @@ def main() -> None:
     points = [(_parse_size(s), args.features, args.features) for s in args.sizes.split(",")]
     if args.growth:
         points += [(1_000_000, 50, k) for k in (10, 20, 30, 50)]
-    for n, n_files_features, n_features in points:
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"--configs: unknown {unknown[0]} (one of {', '.join(CONFIGS)})")
+    for index, (n, n_files_features, n_features) in enumerate(points):
         sim, data = scale_data.samples(n, n_files_features, args.cache)
         columns = scale_data.feature_names(n_features)
+        # the learned tests' cost does not grow with N: timed at the first size only
+        here = [c for c in configs if c != "multivariate" or index == 0]
+        options = {c: audited_options(c, sim, columns, args.cache) for c in here}
         load_before = _load()
-        trials = []  # (floor, read, run result), the floor measured right before its run
+        # per trial: the floor, then every configuration (their ratios share the machine)
+        trials: list[tuple[float, float, dict[str, dict]]] = []
         for _ in range(max(args.repeat, 1)):
-            fl, read = floor(sim + data, columns)
-            trials.append((fl, read, run(sim, data, columns, args.jobs, args.engine)))
-        ratios = [t[2]["wall"] / t[0] for t in trials]
-        # the trial of the median ratio stands for the point (its stages, memory, CPU)
-        fl, read, res = trials[int(np.argsort(ratios)[(len(ratios) - 1) // 2])]
-        row = {"n": n, "features": n_features, "pairs": res["n_pairs"], "tests": res["n_tests"],
-               "run_s": res["wall"], "floor_s": fl, "read_s": read, "ratio": res["wall"] / fl,
-               "ratios": ratios, "runs_s": [t[2]["wall"] for t in trials],
-               "floors_s": [t[0] for t in trials],
-               "stages": res["stages"], "cpu": res["cpu"], "peak_rss_mib": res["peak_rss_mib"],
-               "peak_total_mib": max(t[2]["peak_total_mib"] for t in trials),
-               "load": f"{load_before} -> {_load()}"}
-        if not args.no_compare and n_features == args.features and n_files_features == \
-                args.features:
-            m = min(n, EVIDENTLY_EVENTS)
-            row["evidently_s"] = evidently_time(sim, data, columns, m) * n / m
-            m = min(n, NAIVE_EVENTS)
-            row["naive_s"] = naive_time(sim, data, columns, m) * n / m
-        rows.append(row)
-        stages = ", ".join(f"{k} {v[1] - v[0]:.1f}" for k, v in res["stages"].items())
-        print(f"N={n:,} F={n_features}: run {res['wall']:.1f} s ({res['n_tests']:,} tests, "
-              f"{1e3 * res['wall'] / res['n_tests']:.1f} ms/test), floor {fl:.1f} s (read "
-              f"{read:.1f} s), ratio "
-              f"{row['ratio']:.1f}{_spread(ratios)}; stages: {stages}; "
-              f"CPU {res['cpu']:.2f} cores; peak RSS "
-              f"{res['peak_rss_mib']:.0f} MiB (largest process), {res['peak_total_mib']:.0f} MiB "
-              f"(all, PSS); evidently {row.get('evidently_s', float('nan')):.1f} s "
-              f"({1e3 * row.get('evidently_s', float('nan')) / n_features:.0f} ms/test, 1D "
-              f"only), naive {row.get('naive_s', float('nan')):.1f} s; load {row['load']}",
-              flush=True)
-        if args.json:
-            with args.json.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            fl, read = floor(sim + data, columns, args.floor_bins)
+            trials.append((fl, read, {c: run(sim, data, columns, args.jobs, args.engine,
+                                             options[c]) for c in here}))
+        for config in here:
+            rows.append(_report(n, n_features, config, trials, load_before, args.floor_bins))
+            if config == "plain" and not args.no_compare and n_features == args.features \
+                    and n_files_features == args.features:
+                m = min(n, EVIDENTLY_EVENTS)
+                rows[-1]["evidently_s"] = evidently_time(sim, data, columns, m) * n / m
+                m = min(n, NAIVE_EVENTS)
+                rows[-1]["naive_s"] = naive_time(sim, data, columns, m) * n / m
+                print(f"  evidently {rows[-1]['evidently_s']:.1f} s "
+                      f"({1e3 * rows[-1]['evidently_s'] / n_features:.0f} ms/test, 1D only), "
+                      f"naive {rows[-1]['naive_s']:.1f} s", flush=True)
+            if args.json:
+                with args.json.open("a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
+
+
+def _report(n: int, n_features: int, config: str,
+            trials: list[tuple[float, float, dict[str, dict]]], load_before: str,
+            floor_bins: int) -> dict:
+    """One configuration's row (every trial, the median ratio's trial standing for the
+    point), printed."""
+    ratios = [t[2][config]["wall"] / t[0] for t in trials]
+    # the trial of the median ratio stands for the point (its stages, memory, CPU)
+    fl, read, results = trials[int(np.argsort(ratios)[(len(ratios) - 1) // 2])]
+    res = results[config]
+    row = {"n": n, "features": n_features, "config": config, "floor_bins": floor_bins,
+           "pairs": res["n_pairs"], "tests": res["n_tests"],
+           "run_s": res["wall"], "floor_s": fl, "read_s": read, "ratio": res["wall"] / fl,
+           "ratios": ratios, "runs_s": [t[2][config]["wall"] for t in trials],
+           "floors_s": [t[0] for t in trials],
+           "stages": res["stages"], "cpu": res["cpu"], "peak_rss_mib": res["peak_rss_mib"],
+           "peak_total_mib": max(t[2][config]["peak_total_mib"] for t in trials),
+           "peaks_total_mib": [t[2][config]["peak_total_mib"] for t in trials],
+           "load": f"{load_before} -> {_load()}"}
+    stages = ", ".join(f"{k} {v[1] - v[0]:.1f}" for k, v in res["stages"].items())
+    every = "; ".join(f"{t[2][config]['wall']:.1f}/{t[0]:.1f}" for t in trials)
+    print(f"N={n:,} F={n_features} {config}: run {res['wall']:.1f} s ({res['n_tests']:,} "
+          f"tests, {1e3 * res['wall'] / res['n_tests']:.1f} ms/test), floor {fl:.1f} s "
+          f"({floor_bins} bins; read {read:.1f} s), ratio {row['ratio']:.1f}{_spread(ratios)}; "
+          f"trials run/floor {every}; stages: {stages}; CPU {res['cpu']:.2f} cores; peak RSS "
+          f"{res['peak_rss_mib']:.0f} MiB (largest process), {row['peak_total_mib']:.0f} MiB "
+          f"(all, PSS, largest of the trials); load {row['load']}", flush=True)
+    return row
 
 
 if __name__ == "__main__":

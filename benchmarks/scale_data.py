@@ -63,6 +63,21 @@ def _write(path: Path, cols: dict[str, np.ndarray]) -> None:
     tmp.replace(path)  # a half-written file is never mistaken for a cached one
 
 
+#: The simulation's weight systematics (NAME -> up, down columns): two smooth reweightings,
+#: each a few percent, as ``--syst NAME=UP:DOWN`` (the audited configuration of bench_scale.py).
+SYSTEMATICS = {"scale": ("w_scale_up", "w_scale_dn"), "pdf": ("w_pdf_up", "w_pdf_dn")}
+
+
+def systematic_weights(w: np.ndarray, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The up/down weight columns of :data:`SYSTEMATICS` for nominal weights ``w``: a 4% shape
+    change along the first feature and a 2% one along the second (signs kept)."""
+    a = 0.04 * np.tanh((cols["f00"] - 50.0) / 10.0)
+    b = 0.02 * np.tanh(cols["f01"] / 20.0 - 1.0)
+    (au, ad), (bu, bd) = SYSTEMATICS.values()
+    return {au: (w * (1 + a)).astype(np.float32), ad: (w * (1 - a)).astype(np.float32),
+            bu: (w * (1 + b)).astype(np.float32), bd: (w * (1 - b)).astype(np.float32)}
+
+
 def samples(n: int, n_features: int = 30, cache: Path = DEFAULT_CACHE, seed: int = 1,
             ) -> tuple[list[str], list[str]]:
     """Paths of the simulated and data files for ``n`` events each (made if not cached)."""
@@ -83,5 +98,6 @@ def samples(n: int, n_features: int = 30, cache: Path = DEFAULT_CACHE, seed: int
                 w = rng.gamma(4.0, 0.25, size).astype(np.float32)
                 w[rng.random(size) < NEGATIVE_FRACTION] *= -1.0
                 cols["weight"] = w
+                cols.update(systematic_weights(w, cols))
             _write(path, cols)
     return paths["sim"], paths["data"]

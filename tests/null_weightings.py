@@ -5,7 +5,8 @@ simulation law equals the data law exactly: every test of a run on them is a nul
 p-values must be uniform whatever the weights look like. The weightings are the ones analyses
 meet (issue 14): importance sampling, HT-sliced samples, NLO ±1 weights whose negative fraction
 depends on the kinematics, a simulation smaller than the data, and features with spikes, caps,
-sentinels, booleans and counts.
+sentinels, booleans and counts; and (issue 31) importance weights rising x1000 into a tail the
+simulation undersamples (``importance_tail``: there the simulation holds few, heavy events).
 
 The law
 -------
@@ -37,7 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ from scipy.special import ndtr, ndtri
 __all__ = [
     "HT_SLICE_EDGES",
     "HT_SLICE_WEIGHTS",
+    "IMPORTANCE_TAIL_RATE",
+    "IMPORTANCE_TAIL_U_MAX",
     "IMPORTANCE_U_MAX",
     "NLO_NEG_RANGE",
     "PLAIN_NEG_FRACTION",
@@ -66,7 +69,9 @@ __all__ = [
 
 #: Simulated events per data event, per scenario: the simulation's effective size (Σw)²/Σw²
 #: is then 1.0-1.7 × n_data (measured: importance 1.67, ht_slices 1.22, nlo 1.00, spiky 1.16,
-#: plain 1.65), except ``small_sim``: 0.31 × n_data, on purpose.
+#: plain 1.65, importance_tail 0.92 by the law, 0.86-0.95 measured at 12k-100k data events),
+#: except ``small_sim``: 0.31 × n_data, on purpose.
+#: New scenarios go at the end: a scenario's position seeds its replicas.
 SIM_PER_DATA: dict[str, float] = {
     "importance": 2.0,
     "ht_slices": 4.0,
@@ -74,12 +79,17 @@ SIM_PER_DATA: dict[str, float] = {
     "small_sim": 0.49,
     "spiky": 2.0,
     "plain": 2.0,
+    "importance_tail": 10.0,
 }
 SCENARIOS: tuple[str, ...] = tuple(SIM_PER_DATA)
 
 #: ``importance``: u is truncated to [0, IMPORTANCE_U_MAX] in both samples, where the weight
 #: p/q has fallen by a factor 1000 from its value at u = 0 (see :func:`_importance`).
 IMPORTANCE_U_MAX = 1.5 * math.log(6.0 * (1000.0 * 2.0 / 3.0 - 0.5))
+#: ``importance_tail``: the simulation draws u ~ Exp(rate IMPORTANCE_TAIL_RATE) on [0, T], the
+#: data u ~ Exp(1) on [0, T]; the weight p/q ∝ e^{(rate - 1) u} rises x1000 from u = 0 to T.
+IMPORTANCE_TAIL_RATE = 3.0
+IMPORTANCE_TAIL_U_MAX = math.log(1000.0) / (IMPORTANCE_TAIL_RATE - 1.0)
 #: ``ht_slices``: slice edges in u (ht = 100 + 100 u) and the weight of each slice relative to
 #: the last one: x300 ... x1.
 HT_SLICE_EDGES = (0.0, 0.7, 2.0, 3.5, 5.5, math.inf)
@@ -158,6 +168,29 @@ def _importance(rs: np.random.Generator, rd: np.random.Generator, n_sim: int, n_
     q = (0.5 * np.exp(-u_sim) + np.exp(-u_sim / 3.0) / 6.0) / (m1 + m2)
     u_data = _trunc_exp(rd, n_data, 1.0, t)
     return _given_u(rs, u_sim), p / q, _given_u(rd, u_data)
+
+
+def _importance_tail(rs: np.random.Generator, rd: np.random.Generator, n_sim: int, n_data: int,
+                     ) -> Draw:
+    """Importance weights up to x1000 in the upper tail of ht, which the simulation undersamples.
+
+    Data law: u ~ p_T(u) = e^{-u} / (1 - e^{-T}) on [0, T], T = ``IMPORTANCE_TAIL_U_MAX``.
+    Simulation: u ~ q_T(u) = λ e^{-λu} / (1 - e^{-λT}) on [0, T], λ = ``IMPORTANCE_TAIL_RATE``
+    = 3 (a steeper fall), by inverting its truncated CDF; the rest of the event from
+    r(rest | u) in both. Weight w(u) = p_T(u) / q_T(u) ∝ e^{(λ-1)u}: 1 at u = 0, 1000 at
+    u = T = ln(1000) / 2. Null: E_q[w 1_A] = ∫∫ p_T(u) r(rest|u) 1_A = P_p(A), as for
+    ``importance``. The rare simulated events of the tail carry the large weights: above
+    u = ln(100) / 2 (weights x100 to x1000) the data hold 7 % of their events, the simulation
+    0.1 % of its events (per 10k data events: 700 data events, 100 of the 100k simulated
+    ones). Kish size:
+    n_sim / ∫ p_T²/q_T = n_sim 3 (1 - e^{-T})² / ((e^T - 1)(1 - e^{-3T})) = n_sim / 10.9, i.e.
+    0.92 n_data; the fourth moment of w, ∝ ∫ e^{5u}, is dominated by the tail.
+    """
+    t, lam = IMPORTANCE_TAIL_U_MAX, IMPORTANCE_TAIL_RATE
+    u_sim = _trunc_exp(rs, n_sim, 1.0 / lam, t)
+    w = np.exp((lam - 1.0) * u_sim)  # p_T / q_T up to a constant (the scale is set later)
+    u_data = _trunc_exp(rd, n_data, 1.0, t)
+    return _given_u(rs, u_sim), w, _given_u(rd, u_data)
 
 
 def _slice_fractions() -> np.ndarray:
@@ -254,7 +287,10 @@ def _spiky_features(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
       copula) and P(met = cap) = P(E ≥ ln 10) = 10 % exactly;
     - ``eta ~ N(0, s(u)²)`` except -999 (a sentinel) in 5 % of events, independently;
     - ``tight``: a boolean, true with probability 0.04 if iso = 0 and 0.015 otherwise:
-      0.6·0.04 + 0.4·0.015 = 3 % true (97/3).
+      0.6·0.04 + 0.4·0.015 = 3 % true (97/3);
+    - ``ntrk``: 0 with probability 0.4 (a spike of exact zeros), else Poisson(6 + 3u) (counts,
+      more at high HT; about 30 distinct values, so it is binned as a continuous feature whose
+      quantiles tie on integers): issue 31's spiky feature.
     """
     u = rng.exponential(1.0, n)
     njet = (2 + rng.poisson(0.3 + 0.4 * u)).astype(np.int32)
@@ -265,8 +301,9 @@ def _spiky_features(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     eta = rng.normal(0.0, 1.0, n) * 1.4 / np.sqrt(1.0 + 0.2 * u)
     eta = np.where(rng.random(n) < 0.05, -999.0, eta)
     tight = rng.random(n) < np.where(spike, 0.04, 0.015)
+    ntrk = np.where(rng.random(n) < 0.4, 0, rng.poisson(6.0 + 3.0 * u)).astype(np.int32)
     return {"ht": 100.0 + 100.0 * u, "njet": njet, "iso": iso, "met": met, "eta": eta,
-            "tight": tight}
+            "tight": tight, "ntrk": ntrk}
 
 
 def _spiky(rs: np.random.Generator, rd: np.random.Generator, n_sim: int, n_data: int) -> Draw:
@@ -288,6 +325,7 @@ _GENERATORS: dict[str, Callable[..., Draw]] = {
     "small_sim": _small_sim,
     "spiky": _spiky,
     "plain": _plain,
+    "importance_tail": _importance_tail,
 }
 
 
@@ -316,13 +354,28 @@ def make_null(scenario: str, n_data: int, seed: int) -> tuple[pl.DataFrame, pl.D
 REPLICA_SEED = 14_000
 
 #: One record of a run: kind, method, feature_x, feature_y, p-value (NaN when the test did
-#: not run), reliable, pvalue_method (None when the test did not run).
-Row = tuple[str, str, str, "str | None", float, bool, "str | None"]
+#: not run), reliable, pvalue_method (None when the test did not run); then, for diagnosis,
+#: statistic, ndf, n_toys (NaN / None where none) and a few of the result's details
+#: (:data:`ROW_DETAILS`: why it was unreliable, the asymptotic p-value beside a toy one, ...).
+Row = tuple[str, str, str, "str | None", float, bool, "str | None", float, "float | None",
+            "int | None", dict]
+
+#: The result details a :data:`Row` keeps (scalars only; the rest is left out to keep the
+#: per-replica files small).
+ROW_DETAILS = ("unreliable_reason", "pvalue_asymptotic", "pvalue_is_bound", "toys_stop",
+               "toy_scheme", "toy_variance", "n_bins_used", "min_expected",
+               "n_groups_before_variance_merge", "sim_effective_entries", "limit", "n_values",
+               "n_toys_reaching", "pvalue_from", "not_run_reason")
 
 
 @dataclass(frozen=True)
 class ReplicaResult:
-    """What one null replica gave: every record of the run, and the run's summary figures."""
+    """What one null replica gave: every record of the run, and the run's summary figures.
+
+    ``p_global_min`` and ``p_global_nfail`` are the run-level test's p-values (the run
+    summary's ``runs.p_global_min`` / ``runs.p_global_nfail``; NaN when the run has none),
+    ``global_info`` the rest of that result (tests in its family, failures, smallest p).
+    """
 
     scenario: str
     n_data: int
@@ -331,36 +384,93 @@ class ReplicaResult:
     p_uniformity: float
     p_binomial: float
     seconds: float
+    p_global_min: float = math.nan
+    p_global_nfail: float = math.nan
+    global_info: dict = field(default_factory=dict)
+    n_eff_sim: float = math.nan
 
     def pvalues(self, kind: str, method: str) -> np.ndarray:
         """The p-values of the reliable tests of (kind, method) that ran."""
         return np.array([r[4] for r in self.rows
                          if r[0] == kind and r[1] == method and r[5] and np.isfinite(r[4])])
 
+    def to_json(self) -> dict:
+        """A JSON-able dict (NaN as null); :meth:`from_json` reads it back."""
+        def clean(x):
+            if isinstance(x, float) and not math.isfinite(x):
+                return None
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            return x
+        return clean(asdict(self))
+
+    @classmethod
+    def from_json(cls, d: dict) -> ReplicaResult:
+        def num(x):
+            return math.nan if x is None else float(x)
+        rows = [(r[0], r[1], r[2], r[3], num(r[4]), bool(r[5]), r[6], num(r[7]),
+                 r[8], r[9], r[10] or {}) for r in d["rows"]]
+        return cls(d["scenario"], int(d["n_data"]), int(d["replica"]), rows,
+                   num(d["p_uniformity"]), num(d["p_binomial"]), num(d["seconds"]),
+                   num(d.get("p_global_min")), num(d.get("p_global_nfail")),
+                   d.get("global_info") or {}, num(d.get("n_eff_sim")))
+
+
+def _scalar(x):
+    """A JSON-able scalar of a result detail, or None."""
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x)
+    if isinstance(x, str):
+        return x
+    return None
+
 
 def run_replica(task: tuple[str, int, int]) -> ReplicaResult:
-    """The whole chain (``run_validation``, no database) on replica (scenario, n_data, r)."""
+    """The whole chain (``run_validation``, no database, one process) on replica
+    (scenario, n_data, r)."""
     from validator.pipeline import RunConfig, run_validation
 
     scenario, n_data, replica = task
     seed = REPLICA_SEED + replica
     t0 = time.perf_counter()
     sim, data = make_null(scenario, n_data, seed)
+    w = sim["weight"].to_numpy()
+    n_eff_sim = float(w.sum() ** 2 / np.sum(w**2))
     with tempfile.TemporaryDirectory(prefix="null-") as tmp:
         sim_path, data_path = Path(tmp) / "sim.parquet", Path(tmp) / "data.parquet"
         sim.write_parquet(sim_path)
         data.write_parquet(data_path)
         outcome = run_validation(RunConfig(sim=[str(sim_path)], data=[str(data_path)],
-                                           weight="weight", db=None, seed=seed))
+                                           weight="weight", db=None, seed=seed, jobs=1))
     rows: list[Row] = []
     for rec in outcome.records:
         res = rec.result
-        rows.append((rec.kind, rec.method, rec.feature_x, rec.feature_y,
-                     float(res.pvalue) if res is not None else math.nan,
-                     bool(res is not None and res.reliable),
-                     res.pvalue_method if res is not None else None))
+        if res is None:
+            rows.append((rec.kind, rec.method, rec.feature_x, rec.feature_y, math.nan, False,
+                         None, math.nan, None, None, {"not_run_reason": rec.not_run_reason}))
+            continue
+        details = {k: _scalar(res.details[k]) for k in ROW_DETAILS if k in res.details}
+        rows.append((rec.kind, rec.method, rec.feature_x, rec.feature_y, float(res.pvalue),
+                     bool(res.reliable), res.pvalue_method, float(res.statistic),
+                     None if res.ndf is None else float(res.ndf),
+                     None if res.n_toys is None else int(res.n_toys), details))
+    g = outcome.global_result
+    p_min = p_nfail = math.nan
+    info: dict = {}
+    if g is not None:
+        p_min = float(getattr(g, "p_min", math.nan))
+        p_nfail = float(getattr(g, "p_nfail", math.nan))
+        info = {k: _scalar(v) for k, v in vars(g).items()
+                if k not in ("p_min", "p_nfail") and _scalar(v) is not None}
     return ReplicaResult(scenario, n_data, replica, rows, float(outcome.summary.p_uniformity),
-                         float(outcome.summary.p_binomial), time.perf_counter() - t0)
+                         float(outcome.summary.p_binomial), time.perf_counter() - t0,
+                         p_min, p_nfail, info, n_eff_sim)
 
 
 def run_replicas(tasks: Sequence[tuple[str, int, int]], workers: int = 1) -> list[ReplicaResult]:

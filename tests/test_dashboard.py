@@ -265,8 +265,8 @@ def test_every_figure_downloads_as_png_and_pdf(stored):
         "pull map": lambda: figures.plot_pull_map(pair, "lep1_iso", "lep2_iso"),
     }
     for name, make in makers.items():
-        assert common._figure_bytes(make, "png")[:8] == b"\x89PNG\r\n\x1a\n", name
-        assert common._figure_bytes(make, "pdf")[:5] == b"%PDF-", name
+        assert common.figure_bytes(make, "png")[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert common.figure_bytes(make, "pdf")[:5] == b"%PDF-", name
 
 
 # ------------------------------------------------------------------ what a run lacks
@@ -474,6 +474,56 @@ def test_end_to_end_server_in_headless_chromium(stored, tmp_path):
     finally:
         _stop(server)
         log.close()
+
+
+#: What the History page's plotly figures hold, read in the browser: each trace's name,
+#: mode and y values (the graph divs' ``data``), and the legend and point labels drawn.
+PLOTLY_TRACES = """JSON.stringify({
+  traces: Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(
+    g => (g.data || []).map(t => ({name: t.name, mode: t.mode, y: Array.from(t.y || [])}))),
+  texts: Array.from(document.querySelectorAll('.legendtext, .textpoint')).map(
+    e => e.textContent)})"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make browser)")
+def test_history_draws_p_zero_as_capped_markers_not_a_flat_line(tmp_path):
+    """Two runs whose smallest p-values underflowed (p = 0): the History page's worst
+    p-values are labelled ▲ markers at the cap, and no line runs along -log10 p = 300."""
+    pytest.importorskip("websockets")
+    import json
+
+    rows = _synthetic_rows(2, 200, start=80)
+    for t in rows["tests"]:
+        if t["test_id"] < 3:
+            t.update(pvalue=0.0, p_holm=0.0, p_bh=0.0, passed=False)
+    db = tmp_path / "zeros.duckdb"
+    write_run(db, rows)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "validator.cli", "dashboard", "--db",
+                               str(db), "--port", str(port)], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(url, server)
+        with Browser(tmp_path / "profile", width=1440, height=1400) as browser:
+            text = browser.load(url + "history", ["worst p-values", "drawn at the cap"],
+                                timeout=150)
+            assert "< 1e-300" in text  # the table's smallest p, by the one formatter
+            time.sleep(2)  # let plotly draw
+            found = json.loads(browser.call("Runtime.evaluate", expression=PLOTLY_TRACES,
+                                            returnByValue=True)["result"]["value"])
+    finally:
+        _stop(server)
+        log.close()
+    worst = {t["name"]: t for t in found["traces"] if str(t["name"]).startswith("smallest p")}
+    assert worst, found
+    for name in ("smallest p", "smallest p (Holm)"):
+        line = worst[name]
+        assert all(y is None for y in line["y"]), line  # no point on the line at the cap
+        capped = worst[f"{name}: bound ▲"]
+        assert "markers" in capped["mode"] and capped["y"] == [300.0, 300.0], capped
+    assert sum("< 1e-300" in t for t in found["texts"]) >= 2, found["texts"]
 
 
 def _stop(server: subprocess.Popen) -> None:

@@ -50,6 +50,24 @@ def test_no_private_name_is_imported_across_modules():
     assert not found, found
 
 
+def test_tests_use_public_names_only():
+    """A test reads the package as a user does: no ``from validator... import _name``, no
+    ``module._name`` of a validator module imported by the test."""
+    found = []
+    for path in (REPO / "tests").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        aliases = {alias.asname or alias.name for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                       "validator") for alias in node.names}
+        found += [f"{path.name}: from {m} import {n}" for m, n in _imports(path)
+                  if n and n.startswith("_") and not n.startswith("__")]
+        found += [f"{path.name}: {node.value.id}.{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id in aliases and node.attr.startswith("_")
+                  and not node.attr.startswith("__")]
+    assert not found, found
+
+
 def test_stats_imports_nothing_above_it():
     above = [f"{path.relative_to(REPO)}: {module}" for path in (PACKAGE / "stats").rglob("*.py")
              for module, _ in _imports(path)

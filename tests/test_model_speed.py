@@ -179,7 +179,7 @@ def test_exact_enumeration_equals_shap_exact(tmp_path):
     np.testing.assert_allclose(res.per_event, reference, rtol=0, atol=1e-7)
     assert res.additivity_error < 1e-6
     # the coalitions split over calls of the network (2 per call): the same values
-    chunked, _ = shap_values._exact(model, xs, bg, max_rows=2 * len(bg))
+    chunked, _ = shap_values.exact_shap(model, xs, bg, max_rows=2 * len(bg))
     np.testing.assert_allclose(chunked, reference, rtol=0, atol=1e-7)
 
     pnn = load_model(save_ts(Parametric(), tmp_path / "p.pt", {"inputs": [*NAMES, "mass"]}),

@@ -70,6 +70,15 @@ SAMPLES: dict[str, tuple[list[str], str]] = {
     "multivariate_time": (["--multivariate-time", "12.5"], "multivariate_time: 12.5"),
     "evidently_report": (["--evidently-report", "/x/e.html"], "evidently_report: /x/e.html"),
     "tag": (["--tag", "era=2018B", "--tag", "y=1"], "tags: {era: 2018B, y: '1'}"),
+    "apply": (["--apply", "/x/corrections.json"], "apply: /x/corrections.json"),
+    "apply_half": (["--apply", "/x/c.json", "--apply-half", "training"],
+                   "apply: /x/c.json\napply_half: training"),
+    "display": (["--display", "met:label=$p_T^{miss}$", "--display", "met:unit=GeV",
+                 "--display", "met:logy=true", "--display", "m_ll:range=50,130"],
+                "display: {met: {label: '$p_T^{miss}$', unit: GeV, logy: true}, "
+                "m_ll: {range: [50, 130]}}"),
+    "experiment_label": (["--experiment-label", "text=Private Work", "--experiment-label",
+                          "com=13.6"], "experiment_label: {text: Private Work, com: 13.6}"),
     "top": (["--top", "4"], "top: 4"),
     "quiet": (["--quiet"], "quiet: true"),
 }

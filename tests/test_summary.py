@@ -61,14 +61,14 @@ def test_tests_that_did_not_run_are_counted_apart():
 def test_multivariate_tests_are_adjusted_as_their_own_family():
     from statsmodels.stats.multitest import multipletests
 
-    from validator.pipeline import _adjusted_by_family
+    from validator.results.summary import adjusted_by_family
 
     rng = np.random.default_rng(3)
     p = rng.uniform(0, 1, 300)
     p[[5, 299]] = 0.02, 0.01  # two permutation p-values at their resolution
     kinds = ["1d"] * 298 + ["multivariate"] * 2
     kinds[5], kinds[298] = "multivariate", "2d"
-    holm, bh = _adjusted_by_family(p, kinds)
+    holm, bh = adjusted_by_family(p, kinds)
     mv = np.array([k == "multivariate" for k in kinds])
     np.testing.assert_allclose(holm[~mv], multipletests(p[~mv], method="holm")[1])
     np.testing.assert_allclose(bh[~mv], multipletests(p[~mv], method="fdr_bh")[1])

@@ -1,7 +1,8 @@
 """validator: input-space validation and model monitoring for machine learning in HEP.
 
 The folders follow the data's way: ``inputs`` (read, select, derive, blind), ``stages``
-(plan, fill, compare, the run-level test, systematics, the network audit, multivariate tests),
+(plan, fill, compare, the run-level test, systematics, the network audit, multivariate tests,
+corrections),
 ``engine`` (where the work runs), ``stats`` (pure statistics), ``model`` (the audited
 network), ``results`` (the store and the one reading of a run), ``gate`` (rules, judge,
 JUnit), ``output`` (terminal, documents, figures), ``dashboard``, ``config`` (the options).
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["RunConfig", "__version__", "run_validation"]
+__all__ = ["RunConfig", "__version__", "correct", "run_validation"]
 
 
 def __getattr__(name: str):  # lazy: `import validator` stays cheap for the CLI's --help
@@ -20,4 +21,8 @@ def __getattr__(name: str):  # lazy: `import validator` stays cheap for the CLI'
         from validator import pipeline
 
         return getattr(pipeline, name)
+    if name == "correct":  # validator correct from a notebook (validator.stages.correct)
+        from validator.stages.correct import correct
+
+        return correct
     raise AttributeError(name)

@@ -137,6 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", default="127.0.0.1",
                       help="address to bind (default: %(default)s, this machine only)")
     sub.add_parser("config-schema", help="print the JSON schema of run configuration files")
+
+    corr = sub.add_parser(
+        "correct", help="derive reweighting corrections of a failing run (correctionlib)",
+        description="Derive corrections of the simulation for the inputs a stored run finds "
+                    "mismodelled, on the training half of its events, and write them as a "
+                    "correctionlib CorrectionSet; close them with 'validator run ... --apply "
+                    "FILE' (the held-out half).",
+        epilog="exit codes: 0 written, 2 unusable database, run, inputs or output, 3 internal "
+               "error", formatter_class=argparse.RawDescriptionHelpFormatter)
+    corr.add_argument("--db", default="validation.duckdb", metavar="PATH",
+                      help="DuckDB file holding the run (default: %(default)s)")
+    corr.add_argument("--run", default="latest", metavar="ID",
+                      help="run id (or a unique prefix), or 'latest' (default)")
+    corr.add_argument("--out", required=True, metavar="JSON",
+                      help="the correctionlib file to write, e.g. corrections.json")
+    corr.add_argument("--method", choices=("binned", "classifier"), default="binned",
+                      help="binned 1D/2D ratios of the failing inputs (default), or a "
+                           "classifier's density ratio over every input")
+    corr.add_argument("--features", metavar="COL,...",
+                      help="also correct these features (binned), failing or not")
+    corr.add_argument("--seed", type=int, metavar="N",
+                      help="seed of the classifier (default: the run's)")
     return parser
 
 
@@ -411,6 +433,28 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
                 server.kill()
 
 
+def _cmd_correct(args: argparse.Namespace) -> int:
+    from validator.errors import output_file_problem
+    from validator.results.store import check_database, save_corrections
+    from validator.stages.correct import correction_row, derive_corrections, write_corrections
+
+    problem = output_file_problem(args.out, "corrections.json")
+    if problem:
+        raise _usage(f"--out {args.out}: {problem}")
+    check_database(args.db)
+    features = [f.strip() for f in (args.features or "").split(",") if f.strip()]
+    result = derive_corrections(args.db, args.run, args.method, features=features,
+                                seed=args.seed)
+    if result.corrections or result.events is not None:
+        write_corrections(result, args.out)
+        save_corrections(args.db, [correction_row(result)])
+    for line in result.summary_lines():
+        print(line)
+    if result.files:
+        print(f"recorded in {args.db} (table corrections)")
+    return EXIT_OK
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from validator.results.store import merge_side_file
 
@@ -440,7 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "gate": lambda: _cmd_gate(args), "rules-schema": _cmd_rules_schema,
                 "config-schema": _cmd_config_schema,
                 "report": lambda: _cmd_report(args),
-                "dashboard": lambda: _cmd_dashboard(args)}
+                "dashboard": lambda: _cmd_dashboard(args),
+                "correct": lambda: _cmd_correct(args)}
     try:
         return commands[args.command]()
     except (InputError, _UsageError) as exc:

@@ -28,6 +28,7 @@ from validator.config.defaults import (
     DEFAULT_SEED,
     MULTIVARIATE_EVENTS,
 )
+from validator.config.display import with_branch_titles
 from validator.engine.pool import (
     FillTask,
     Later,
@@ -39,13 +40,13 @@ from validator.engine.pool import (
     worth_workers,
 )
 from validator.errors import InputError
-from validator.inputs.sources import Sample, Selection, open_sample
+from validator.inputs.sources import Sample, Selection, column_titles, open_sample
 from validator.inputs.transform import INCLUSIVE, Reader, TransformChain, parse_definitions
 from validator.results.summary import (
     DECISIVE,
     Findings,
     RunSummary,
-    adjust_pvalues,
+    adjusted_by_family,
     summarise,
     verdict_roles,
 )
@@ -143,7 +144,13 @@ class RunConfig:
     scheduler: str | None = None  # the Dask scheduler's address; None: a local cluster
     db_wait_s: float = DEFAULT_DB_WAIT_S
     tags: dict[str, str] = field(default_factory=dict)
+    # how features are drawn ({feature: {label, unit, logx, logy, range}}) and the figures'
+    # experiment label (validator.config.display); stored with the run for its report
+    display: dict[str, dict[str, Any]] = field(default_factory=dict)
+    experiment_label: dict[str, Any] | None = None
     command: str | None = None
+    apply: str | None = None  # a correction file of validator correct (a closure run)
+    apply_half: str = "held-out"  # held-out | training | all (validator.stages.correct)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON values (stored with the run)."""
@@ -199,6 +206,7 @@ class RunOutcome:
     syst: SystInputs | None = None  # the systematics' rows and shape-variation accumulators
     syst_effects: list[dict[str, Any]] = field(default_factory=list)
     multivariate: MultivariateResult | None = None  # learned tests, evidently, attributions
+    correction: dict[str, Any] | None = None  # the correction applied (--apply), described
     db: Path | None = None  # where the run was stored
     side_file: Path | None = None  # where it went when the database stayed busy
 
@@ -267,7 +275,7 @@ def _identical_note(sims: dict[str, Accumulator], datas: dict[str, Accumulator])
 
 def _systematic_inputs(config: RunConfig, syst: Systematics, rows: VariationRows,
                        layout: Layout, columns: list[str],
-                       chain: Callable[[str | None, str], TransformChain],
+                       chain: Callable[..., TransformChain],
                        progress: Progress | None) -> SystInputs:
     """The shape variations' accumulators (their files read through the simulation's chain
     and filled in the nominal binning) and the processes' normalisation uncertainties."""
@@ -287,7 +295,7 @@ def _systematic_inputs(config: RunConfig, syst: Systematics, rows: VariationRows
                                  "columns)")
             keys = event_key_columns(sample)
             reader = Reader(sample, list(dict.fromkeys(columns + keys)), config.chunk_rows,
-                            chain(config.sim_selection, "--sim-selection"))
+                            chain(config.sim_selection, "--sim-selection", sample=sample))
             sides.append(fill_sample(reader, layout, config.category, progress, config.seed))
         shapes[v.name] = (sides[0], sides[1])
     norms = syst.process_norms(rows.processes) if syst.process_column else {}
@@ -309,6 +317,56 @@ def _multivariate_reservoirs(config: RunConfig, plan: Plan, model: Any, syst: An
     n = config.multivariate_events
     return (EventReservoir(inputs, n * SIM_RESERVOIR_FACTOR, config.seed, extra),
             EventReservoir(inputs, n, config.seed + 1))
+
+
+def _load_correction(config: RunConfig) -> Any:
+    """The correction file of a closure run (``--apply``), or None."""
+    if not config.apply:
+        return None
+    from validator.stages.correct import APPLY_HALVES, load_corrections
+
+    if config.apply_half not in APPLY_HALVES:
+        raise InputError(f"--apply-half {config.apply_half}: one of {', '.join(APPLY_HALVES)}")
+    return load_corrections(config.apply)
+
+
+def _with_correction_systematics(syst: Systematics | None, correction: Any) -> Systematics:
+    """The run's systematics plus one weight variation per applied correction (its ±1σ)."""
+    from validator.stages.systematics import WeightVariation
+
+    base = syst if syst is not None else Systematics()
+    taken = set(base.names)
+    added = []
+    for name in correction.syst_names:
+        if name in taken:
+            raise InputError(f"--apply {correction.path}: a systematic is already called "
+                             f"'{name}'")
+        up, down = correction.columns(name)
+        added.append(WeightVariation(name, up, down))
+    return replace(base, weights=(*base.weights, *added))
+
+
+def _closure_steps(config: RunConfig, correction: Any, sim: Sample
+                   ) -> Callable[[Sample, bool], tuple[Any, Any]]:
+    """A closure run's steps of a sample's chain: (its half filter, the simulation's
+    reweighting); (None, None) without ``--apply``."""
+    if correction is None:
+        return lambda sample, is_sim: (None, None)
+    from validator.stages.correct import HalfFilter, corrector_for
+
+    salt = int(correction.metadata.get("split", {}).get("salt", 0))
+    made = {n for d in parse_definitions(config.defines) for n in d.names}
+    missing = [c for c in correction.inputs if not sim.has(c) and c not in made]
+    if missing:
+        raise InputError(f"{sim.sources[0].label}: --apply {correction.path}: no column "
+                         f"'{missing[0]}' (an input of the correction)")
+
+    def steps(sample: Sample, is_sim: bool) -> tuple[Any, Any]:
+        split = HalfFilter.of(sample, config.apply_half, salt) \
+            if config.apply_half != "all" else None
+        return split, corrector_for(correction, sample) if is_sim else None
+
+    return steps
 
 
 def _column_roles(config: RunConfig, syst: Systematics | None) -> list[str]:
@@ -345,25 +403,6 @@ def _collectors(*collectors: Any) -> tuple[Any, ...]:
     return tuple(c for c in collectors if c is not None)
 
 
-#: Test kinds adjusted as a family of their own: a multivariate test is itself one omnibus
-#: test of the whole input space (its permutation p-value resolves 1/(1 + n) ≈ 0.02, which
-#: Holm over thousands of binned tests could never let through, however large the effect).
-OWN_FAMILY_KINDS = ("multivariate",)
-
-
-def _adjusted_by_family(pvalues: np.ndarray, kinds: Sequence[str]
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Holm and BH p-values, over the run's tests and, apart, over each kind of
-    :data:`OWN_FAMILY_KINDS`."""
-    kinds_arr = np.asarray(kinds, dtype=object)
-    p_holm, p_bh = np.full(len(pvalues), np.nan), np.full(len(pvalues), np.nan)
-    apart = np.isin(kinds_arr, OWN_FAMILY_KINDS)
-    for family in [~apart, *(kinds_arr == k for k in OWN_FAMILY_KINDS)]:
-        if family.any():
-            p_holm[family], p_bh[family] = adjust_pvalues(pvalues[family])
-    return p_holm, p_bh
-
-
 def _test_dicts(records: Sequence[TestRecord], p_holm: np.ndarray) -> list[dict[str, Any]]:
     """The fields of the tests that criticality reads, before the rows are stored."""
     return [{"test_id": t, "category": r.category, "kind": r.kind, "method": r.method,
@@ -393,27 +432,38 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         store.check_database(config.db)  # before any work: a finished run must have a home
     sim = open_sample("sim", config.sim, config.weight)
     data = open_sample("data", config.data, None)
+    titles = {**column_titles(data), **column_titles(sim)}
+    if titles:  # ROOT branch titles: the default axis labels, stored with the run
+        config = replace(config, display=with_branch_titles(config.display, titles))
     _check_weighting(sim, config)
     _check_distinct_inputs(sim, data, config)
     definitions = parse_definitions(config.defines)
     model = _load_model(config, sim, data)
     syst = config.systematics
+    correction = _load_correction(config)
+    if correction is not None:
+        syst = _with_correction_systematics(syst, correction)
     if syst is not None and syst.empty and not syst.process_column:
         syst = None
     points = model.grid() if model else ()
     derived = (*definitions, *points)
     derived_names = [n for d in derived for n in d.names]
-    if syst is not None:
-        syst.check_columns(sim, derived_names)
+    if syst is not None:  # a closure run's correction makes its variations' columns
+        made_weights = [c for n in correction.syst_names for c in correction.columns(n)] \
+            if correction is not None else []
+        syst.check_columns(sim, [*derived_names, *made_weights])
     blind = Selection.parse(config.blind, "--blind") if config.blind else None
 
     roles = _column_roles(config, syst)
     data_derived = _derived_for(data, derived, roles)
 
-    def chain(selection: str | None, option: str,
-              made: tuple[Any, ...] = derived) -> TransformChain:
+    closure = _closure_steps(config, correction, sim)
+
+    def chain(selection: str | None, option: str, made: tuple[Any, ...] = derived,
+              sample: Sample = sim) -> TransformChain:
+        split, reweight = closure(sample, sample is not data)
         return TransformChain(selection=Selection.parse(selection, option) if selection else None,
-                              derived=made, blind=blind)
+                              derived=made, blind=blind, split=split, reweight=reweight)
 
     features = config.features
     if features and points:  # the network's outputs are tested whatever inputs are chosen
@@ -429,7 +479,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     sim_reader = Reader(sim, list(dict.fromkeys(sim_columns + sim_keys)), config.chunk_rows,
                         chain(config.sim_selection, "--sim-selection"))
     data_reader = Reader(data, list(dict.fromkeys(columns + data_keys)), config.chunk_rows,
-                         chain(config.data_selection, "--data-selection", data_derived))
+                         chain(config.data_selection, "--data-selection", data_derived, data))
     jobs = config.jobs if config.jobs is not None else default_jobs()
     with WorkerPool(jobs) as pool:
         if worth_workers(max(sim.n_rows, 0) + max(data.n_rows, 0)):
@@ -501,7 +551,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     pvalues = np.array([r.pvalue for r in records], dtype=float)
     reliable = np.array([r.reliable for r in records], dtype=bool)
     ran = np.array([r.result is not None for r in records], dtype=bool)
-    p_holm, p_bh = _adjusted_by_family(pvalues, [r.kind for r in records])
+    p_holm, p_bh = adjusted_by_family(pvalues, [r.kind for r in records])
     summary = summarise(pvalues, reliable, config.alpha, adjusted=(p_holm, p_bh))
     # an unreliable test is never reported as a confident failure; one that did not run is
     # neither passed nor failed
@@ -535,6 +585,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         model=model.describe() if model is not None else None, audit=audit,
         criticality=criticality, syst=syst_inputs, syst_effects=effects,
         multivariate=multivariate,
+        correction=correction.describe(config.apply_half) if correction is not None else None,
     )
     if config.db:
         outcome.db, outcome.side_file = store.save_run(run_rows(outcome), outcome.run_id,

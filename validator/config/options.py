@@ -34,8 +34,19 @@ from validator.config.defaults import (
     MAX_BINS,
     MULTIVARIATE_EVENTS,
 )
+from validator.config.display import (
+    ExperimentLabelSpec,
+    FeatureDisplaySpec,
+    display_texts,
+    experiment_label_texts,
+    parse_display,
+    parse_experiment_label,
+)
 from validator.errors import InputError
 
+#: The halves of a closure run (``--apply-half``; validator.stages.correct.APPLY_HALVES, a
+#: test checks they agree).
+APPLY_HALVES = ("held-out", "training", "all")
 #: The models' kinds (what the network outputs).
 MODEL_KINDS = ("binary", "multiclass", "regression")
 ENGINES = ("local", "dask")
@@ -282,11 +293,32 @@ def run_options() -> tuple[Option, ...]:
                help="write evidently's data-drift report (DataDriftPreset) on the "
                     "multivariate subsample; its per-column results are stored as tests kind "
                     "'evidently', outside the multiple-testing family"),
+        Option("apply", kind="path", metavar="JSON", target="apply",
+               help="a closure run: multiply the simulation's weights by the corrections of "
+                    "validator correct (its up/down variations are weight systematics "
+                    "corr_NAME), on the held-out half of the events by default"),
+        Option("apply_half", kind="choice", choices=APPLY_HALVES, default="held-out",
+               target="apply_half",
+               help="with --apply: the events the closure run keeps: held-out (default: the "
+                    "half the correction was not derived on), training (to see overfitting "
+                    "beside it) or all"),
         Option("tag", kind="repeat", metavar="KEY=VALUE", key="tags",
                file_type=dict[str, str | int | float],
                from_file=_tags, target="tags",
                help="a label stored with the run, e.g. era=2018B (repeatable; in a file "
                     "{era: 2018B}): the dashboard's history groups runs by tag"),
+        Option("display", kind="repeat", metavar="FEATURE:KEY=VALUE", target="display",
+               file_type=dict[str, FeatureDisplaySpec] | list[str], from_file=display_texts,
+               help="how a feature is drawn: label (mathtext), unit, logx, logy, range, e.g. "
+                    "met:label='$p_T^{miss}$' met:unit=GeV met:logy=true m_ll:range=50,130 "
+                    "(repeatable; in a file {met: {label: ..., unit: GeV}}); a ROOT branch's "
+                    "title is the default label; stored with the run"),
+        Option("experiment_label", kind="repeat", metavar="KEY=VALUE",
+               target="experiment_label", file_type=ExperimentLabelSpec | list[str],
+               from_file=experiment_label_texts,
+               help="the experiment label of every figure (mplhep): experiment, text, data, "
+                    "lumi (fb^-1), com (TeV), year, e.g. text='Private Work' com=13.6 "
+                    "(repeatable; in a file {experiment: CMS, text: Private Work})"),
         Option("top", kind="int", minimum=1, default=15, metavar="N",
                help="features and pairs listed in the summary (default: %(default)s)"),
         Option("quiet", kind="flag", help="no progress bar"),
@@ -447,6 +479,8 @@ def _converters() -> dict[str, Callable[[Any], Any]]:
         "model_param": _parse_model_params,
         "tag": parse_tags,
         "multivariate": _multivariate,
+        "display": parse_display,
+        "experiment_label": parse_experiment_label,
     }
 
 
@@ -465,6 +499,8 @@ def run_config(values: dict[str, Any], argv: Sequence[str] = ()) -> Any:
             raise UsageError(f"--{required} is required (on the command line or in --config)")
     if values.get("scheduler") and values.get("engine") != "dask":
         raise UsageError("--scheduler: needs --engine dask")
+    if values.get("apply_half") not in (None, "held-out") and not values.get("apply"):
+        raise UsageError("--apply-half: needs --apply")
     converters = _converters()
     fields: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {"plan": {}, "compare": {}}

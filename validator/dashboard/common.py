@@ -66,7 +66,7 @@ def download_csv(frame: pd.DataFrame, name: str, key: str, label: str = "CSV") -
                        on_click="ignore", icon=":material/download:")
 
 
-def _figure_bytes(make: Callable[[], Any], fmt: str) -> bytes:
+def figure_bytes(make: Callable[[], Any], fmt: str) -> bytes:
     from validator.output.figures import PNG_DPI, close_figure
 
     fig = make()
@@ -96,10 +96,10 @@ def download_figure(make: Callable[[], Any], name: str, key: str) -> None:
                    "'hep-validator[hist]'")
         return
     row = st.container(horizontal=True)
-    row.download_button("PNG", lambda: _figure_bytes(make, "png"),
+    row.download_button("PNG", lambda: figure_bytes(make, "png"),
                         file_name=f"{slug(name)}.png", mime="image/png", key=f"{key}-png",
                         on_click="ignore", icon=":material/download:")
-    row.download_button("PDF", lambda: _figure_bytes(make, "pdf"),
+    row.download_button("PDF", lambda: figure_bytes(make, "pdf"),
                         file_name=f"{slug(name)}.pdf", mime="application/pdf",
                         key=f"{key}-pdf", on_click="ignore", icon=":material/download:")
 
@@ -114,15 +114,33 @@ def plotly_available() -> bool:
 
 
 def show_figure(interactive: Callable[[], Any] | None, static: Callable[[], Any] | None,
-                name: str, key: str) -> None:
+                name: str, key: str, *, fit: bool = False, select: bool = False) -> Any:
     """Show a figure: the plotly version when plotly is installed, else the matplotlib one as
-    an image; then its PNG/PDF downloads (from the matplotlib version)."""
+    an image; then its PNG/PDF downloads (from the matplotlib version).
+
+    ``fit``: the figure keeps the width it sets (a square matrix sized to its cells, not
+    stretched into grey margins). ``select``: clicking a point reruns the page and the
+    selection is returned (Streamlit's ``on_select``; None otherwise)."""
+    event = None
     if interactive is not None and plotly_available():
-        st.plotly_chart(interactive(), key=f"{key}-chart", config={"displaylogo": False})
+        event = st.plotly_chart(interactive(), key=f"{key}-chart",
+                                config={"displaylogo": False},
+                                width="content" if fit else "stretch",
+                                on_select="rerun" if select else "ignore",
+                                selection_mode="points")
     elif static is not None and matplotlib_available():
-        st.image(_figure_bytes(static, "png"))
+        st.image(figure_bytes(static, "png"))
     if static is not None:
         download_figure(static, name, key)
+    return event if select else None
+
+
+def selected_points(event: Any) -> list[dict[str, Any]]:
+    """The points of a plotly selection event (:func:`show_figure` with ``select``)."""
+    try:
+        return list(event["selection"]["points"])
+    except (KeyError, TypeError):
+        return []
 
 
 def table(frame: pd.DataFrame, name: str, key: str, *, page_rows: int = PAGE_ROWS,

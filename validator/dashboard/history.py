@@ -4,13 +4,14 @@ with the tests that newly fail or newly pass."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from validator.dashboard import common, data, plots, static
-from validator.results.format import neg_log10
+from validator.results.format import UNDERFLOW, format_p, neg_log10
 
 #: Tests of two runs are the same test when these agree.
 MATCH = ["category", "kind", "method", "feature_x", "feature_y", "node"]
@@ -75,6 +76,26 @@ def _neglog(p: Any) -> float:
     return float("nan") if value is None else value
 
 
+def _flag(value: Any) -> bool:
+    return bool(value) if value is not None and not pd.isna(value) else False
+
+
+def worst_points(pvalues: Sequence[Any], is_bound: Sequence[Any] | None = None,
+                 ) -> tuple[list[float], list[str | None]]:
+    """-log10 of each run's smallest p-value, and for each None (an exact p) or the label
+    of a bound: an underflowed p (0 or below 1e-300) sits at the cap -log10 1e-300 = 300
+    and is labelled ``p < 1e-300``; a toy bound (``pvalue_is_bound``) at its value, labelled
+    ``p < 1.0e-04`` (the one formatter, :func:`validator.results.format.format_p`)."""
+    values, marks = [], []
+    flags = list(is_bound) if is_bound is not None else [False] * len(pvalues)
+    for p, b in zip(pvalues, flags, strict=True):
+        values.append(_neglog(p))
+        bound = _flag(b)
+        underflow = p is not None and not pd.isna(p) and float(p) < UNDERFLOW
+        marks.append(format_p(p, bound=bound) if (underflow or bound) else None)
+    return values, marks
+
+
 def render() -> None:
     """Draw the History page."""
     db = common.db()
@@ -111,11 +132,13 @@ def render() -> None:
         "tests": runs["n_tests"].to_numpy(), "failed": runs["n_failed"].to_numpy(),
         "expected": runs["n_expected_failures"].to_numpy(),
         "significant (Holm)": runs["n_significant_holm"].to_numpy(),
-        "smallest p": runs["min_p"].to_numpy(), "smallest p (Holm)": runs["min_p_holm"].to_numpy(),
+        "smallest p": [format_p(p, bound=_flag(b)) for p, b in
+                       zip(runs["min_p"], runs["min_p_is_bound"], strict=True)],
+        "smallest p (Holm)": [format_p(p, bound=_flag(b)) for p, b in
+                              zip(runs["min_p_holm"], runs["min_p_holm_is_bound"],
+                                  strict=True)],
         "gate passed": runs["gate_passed"].to_numpy()})
-    common.table(overview, f"history_{model[:12]}", "hi-runs", column_config={
-        "smallest p": st.column_config.NumberColumn(format="%.3e"),
-        "smallest p (Holm)": st.column_config.NumberColumn(format="%.3e")})
+    common.table(overview, f"history_{model[:12]}", "hi-runs")
     left, right = st.columns(2)
     fails = {"failed": [float(v) for v in overview["failed"]],
              "expected": [float(v) for v in overview["expected"]],
@@ -124,12 +147,21 @@ def render() -> None:
         common.show_figure(lambda: plots.lines_figure(x, fails, "tests", "failures per run"),
                            lambda: static.lines(x, fails, "tests", "failures per run"),
                            "history_failures", "hi-fails")
-    worst = {"smallest p": [_neglog(p) for p in overview["smallest p"]],
-             "smallest p (Holm)": [_neglog(p) for p in overview["smallest p (Holm)"]]}
+    worst: dict[str, list[float]] = {}
+    marks: dict[str, list[str | None]] = {}
+    for name, column, flag in (("smallest p", "min_p", "min_p_is_bound"),
+                               ("smallest p (Holm)", "min_p_holm", "min_p_holm_is_bound")):
+        worst[name], marks[name] = worst_points(list(runs[column]), list(runs[flag]))
     with right:
-        common.show_figure(lambda: plots.lines_figure(x, worst, "−log10 p", "worst p-values"),
-                           lambda: static.lines(x, worst, "−log10 p", "worst p-values"),
-                           "history_worst_p", "hi-worst")
+        common.show_figure(
+            lambda: plots.lines_figure(x, worst, "−log10 p", "worst p-values", bounds=marks),
+            lambda: static.lines(x, worst, "−log10 p", "worst p-values", bounds=marks),
+            "history_worst_p", "hi-worst")
+        n_bounds = sum(m is not None for v in marks.values() for m in v)
+        if n_bounds:
+            st.caption(f"▲ {n_bounds} bounds: a p-value that underflowed (p < 1e-300) is "
+                       "drawn at the cap −log10 p = 300, a toy bound at its bound; the true "
+                       "−log10 p is at least the marker")
     if model != NO_MODEL:
         imp = data.model_importances(db, model)
         imp = imp[(imp["method"] == "taylor") & (imp["sample"] == "data")

@@ -25,7 +25,9 @@ def pick(label: str, options: list[str], key: str, wanted: str | None) -> str:
 
 
 def static_feature(nominal: dict[str, Any], variations: list[dict[str, Any]], feature: str,
-                    category: str, pvalues: dict[str, float]) -> Any:
+                    category: str, pvalues: dict[str, float], display: Any = None) -> Any:
+    """The report's figure of a feature (``display``: the run's
+    :class:`~validator.config.display.RunDisplay`, its labels and experiment label)."""
     from validator.output import figures
     from validator.output.documents import syst_band
 
@@ -36,7 +38,9 @@ def static_feature(nominal: dict[str, Any], variations: list[dict[str, Any]], fe
     systs = {str(v["variation"]): figures.as_array(v["sim_sumw"]) for v in variations
              if not str(v.get("variation", "")).startswith("process:")}
     return figures.plot_feature(procs or sim, counts, feature, pvalues=pvalues,
-                                category=category, syst=syst_band(sim.sumw, systs))
+                                category=category, syst=syst_band(sim.sumw, systs),
+                                display=display.of(feature) if display else None,
+                                experiment=display.experiment if display else None)
 
 
 def nuisance_pulls(tests: pd.DataFrame) -> list[dict[str, Any]]:
@@ -94,9 +98,15 @@ def render() -> None:
         title = feature + (f" [{category}]" if category != "all" else "") + (
             "  ·  p (Holm): " + ", ".join(f"{m} {common.fmt_p(p)}" for m, p in pvalues.items())
             if pvalues else "")
+        display = data.reading(db, run_id).display  # labels, units, scales of the run
+        shown = display.of(feature)
         common.show_figure(
-            lambda: plots.feature_figure(nominal, variations, feature, title=title),
-            lambda: static_feature(nominal, variations, feature, category, pvalues),
+            lambda: plots.feature_figure(nominal, variations, feature, title=title,
+                                         xtitle=plots.plotly_label(shown.axis_label(feature)),
+                                         log_y=shown.logy, log_x=bool(shown.logx),
+                                         x_range=shown.range),
+            lambda: static_feature(nominal, variations, feature, category, pvalues,
+                                   display=display),
             name, "in-fig")
         bands = plots.feature_bands(nominal, variations)
         st.caption(f"simulation normalised to data (k = {bands['k']:.4f}); band: statistical "

@@ -146,7 +146,7 @@ def render() -> None:
                 lambda: static.matrix(mat, inputs, title=f"second-order Taylor, {sample}, "
                                       f"node {node}", label="⟨|t_ij|⟩·σ_i·σ_j",
                                       diverging=diverging),
-                f"taylor2_{sample.replace(' ', '')}_{tag}_{run_id}", "mo-t2")
+                f"taylor2_{sample.replace(' ', '')}_{tag}_{run_id}", "mo-t2", fit=True)
         else:
             st.caption("no second-order coefficient stored")
         st.subheader("SHAP")

@@ -24,12 +24,15 @@ from validator.output.figures import (
     PROCESS_COLOURS,
     PULL_MIN_RANGE,
     Hist2D,
+    edge_labels,
     pull_values,
 )
 
 #: Central 68.3 % of a Poisson count (Garwood), as ``mplhep.error_estimation``.
 _ONE_SIGMA = 0.5 * (1 - math.erf(1 / math.sqrt(2)))
 _BAND = "rgba(80, 80, 80, 0.35)"
+#: A square heatmap's cells (pixels), and the bounds of the map's side.
+HEATMAP_CELL_PX, HEATMAP_MIN_PX, HEATMAP_MAX_PX = 32, 240, 900
 
 
 def _go():
@@ -94,10 +97,39 @@ def feature_bands(nominal: Mapping[str, Any], variations: Sequence[Mapping[str, 
             "overflow": (float(data[-1]), float(nom[-1]))}
 
 
+def plotly_label(text: str) -> str:
+    """A matplotlib mathtext label for plotly: plotly renders LaTeX only when the whole
+    label is one ``$...$`` (MathJax), so a mixed label (``$p_T^{miss}$ [GeV]``) becomes one
+    math string with the words in ``\\text{}``."""
+    if text.count("$") < 2:
+        return text
+    parts = text.split("$")
+    out = []
+    for k, part in enumerate(parts):
+        if k % 2:
+            out.append(part)
+        elif part:
+            out.append(r"\text{" + part.replace("{", "").replace("}", "") + "}")
+    return "$" + "".join(out) + "$"
+
+
+def auto_log_y(values: Sequence[np.ndarray]) -> bool:
+    """The y axis is logarithmic when the contents span more than two decades
+    (:func:`validator.output.figures.auto_log`, the reports' rule)."""
+    from validator.output.figures import auto_log
+
+    return auto_log(list(values))
+
+
 def feature_figure(nominal: Mapping[str, Any], variations: Sequence[Mapping[str, Any]],
-                   feature: str, *, title: str | None = None) -> Any:
+                   feature: str, *, title: str | None = None, xtitle: str | None = None,
+                   log_y: bool | None = None, log_x: bool = False,
+                   x_range: tuple[float, float] | None = None) -> Any:
     """Simulation (stacked by process when stored) vs data in the ``plot`` binning, the
-    simulation's statistical (and systematic) band, and the data/simulation ratio panel."""
+    simulation's statistical (and systematic) band, and the data/simulation ratio panel.
+    ``xtitle``, ``log_y`` (None: automatic, beyond two decades), ``log_x`` and ``x_range``
+    come from the run's display settings (:mod:`validator.config.display`); the legend sits
+    outside the axes, to the right, where it hides no bin."""
     from plotly.subplots import make_subplots
 
     go = _go()
@@ -151,13 +183,20 @@ def feature_figure(nominal: Mapping[str, Any], variations: Sequence[Mapping[str,
     half = float(np.clip(1.3 * dev, 0.2, 1.0))
     notes = [f"{name}: data {dd:.0f}, sim {ss:.1f}" for name, (dd, ss) in
              (("underflow", b["underflow"]), ("overflow", b["overflow"])) if dd or ss]
-    fig.update_yaxes(title_text="Events / bin", row=1, col=1)
+    logy = auto_log_y([sim, d]) if log_y is None else bool(log_y)
+    fig.update_yaxes(title_text="Events / bin", type="log" if logy else "linear", row=1,
+                     col=1)
     fig.update_yaxes(title_text="Data / Sim.", range=[1 - half, 1 + half], row=2, col=1)
-    fig.update_xaxes(title_text=feature, range=[edges[0], edges[-1]], row=2, col=1)
+    lo_x, hi_x = x_range or (edges[0], edges[-1])
+    logx = log_x and lo_x > 0
+    fig.update_xaxes(type="log" if logx else "linear", row=1, col=1)
+    fig.update_xaxes(title_text=xtitle or feature, type="log" if logx else "linear",
+                     range=[math.log10(lo_x), math.log10(hi_x)] if logx else [lo_x, hi_x],
+                     row=2, col=1)
     fig.update_layout(title={"text": (title or feature) + (
         "<br><sup>" + "; ".join(notes) + "</sup>" if notes else "")},
         height=560, margin={"t": 70, "b": 40, "l": 60, "r": 20},
-        legend={"x": 0.99, "xanchor": "right", "y": 0.99, "bgcolor": "rgba(255,255,255,0.7)"})
+        legend={"x": 1.01, "xanchor": "left", "y": 1.0, "yanchor": "top"})
     return fig
 
 
@@ -171,9 +210,13 @@ def matrix_classes(matrix: np.ndarray) -> np.ndarray:
 
 def pvalue_matrix_figure(matrix: np.ndarray, features: Sequence[str], *,
                          important: Sequence[tuple[str, str]] = (), value_name: str = "p",
-                         effect: bool = False, title: str = "") -> Any:
+                         effect: bool = False, title: str = "",
+                         bounds: np.ndarray | None = None) -> Any:
     """The red/yellow/green matrix of :func:`validator.output.figures.pvalue_matrix` (p-values), or
-    effect sizes on a continuous scale (``effect``); important pairs boxed in black."""
+    effect sizes on a continuous scale (``effect``); important pairs boxed in black.
+    ``bounds`` (:func:`validator.output.figures.matrix_cells`): cells whose p is an upper
+    bound, written as one by :func:`validator.results.format.format_p` (``< 1.0e-04``) and
+    coloured by the bound. Clicking a cell selects its pair (the Pairs page)."""
     go = _go()
     n = len(features)
     labels = list(features)
@@ -190,8 +233,13 @@ def pvalue_matrix_figure(matrix: np.ndarray, features: Sequence[str], *,
         colorbar = {"tickvals": [1 / 3, 1, 5 / 3], "ticktext": [
             f"p < {P_RED:g}", f"{P_RED:g} ≤ p < {P_GREEN:g}", f"p ≥ {P_GREEN:g}"]}
         zmin, zmax = 0, 2
-    text = np.where(np.isfinite(matrix), np.vectorize(lambda v: f"{v:.3g}")(
-        np.nan_to_num(matrix)), "not run")
+    from validator.results.format import format_p
+
+    flags = bounds if bounds is not None else np.zeros(matrix.shape, dtype=bool)
+    text = np.array([[("not run" if not np.isfinite(matrix[i, j]) else
+                       f"{matrix[i, j]:.3g}" if effect else
+                       format_p(matrix[i, j], bound=bool(flags[i, j])))
+                      for j in range(n)] for i in range(n)], dtype=object)
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(n)), y=list(range(n)), colorscale=colorscale, zmin=zmin, zmax=zmax,
         colorbar=colorbar, xgap=1, ygap=1, customdata=np.array(
@@ -233,9 +281,9 @@ def pull_map_figure(hist: Hist2D, feature_x: str, feature_y: str, title: str = "
     fig.update_layout(
         title={"text": title or f"{feature_x} × {feature_y}: (data − k·sim) / σ"}, height=520,
         xaxis={"title": f"{feature_x} (equal-population bins)", "tickvals": list(range(nx + 1)),
-               "ticktext": [f"{e:.3g}" for e in hist.edges_x], "showgrid": False},
+               "ticktext": edge_labels(hist.edges_x), "showgrid": False},
         yaxis={"title": f"{feature_y} (equal-population bins)", "tickvals": list(range(ny + 1)),
-               "ticktext": [f"{e:.3g}" for e in hist.edges_y], "showgrid": False},
+               "ticktext": edge_labels(hist.edges_y), "showgrid": False},
         plot_bgcolor=NOT_RUN_COLOUR, margin={"t": 50})
     return fig
 
@@ -297,10 +345,17 @@ def heatmap_figure(matrix: np.ndarray, labels: Sequence[str], *, title: str = ""
     fig = go.Figure(go.Heatmap(z=matrix, x=list(labels), y=list(labels), xgap=1, ygap=1,
                                colorbar={"title": value_name},
                                hovertemplate="%{y} × %{x}: %{z:.4g}<extra></extra>", **kwargs))
-    size = min(max(420, 28 * n + 200), 1000)
-    fig.update_layout(title={"text": title}, height=size, plot_bgcolor=NOT_RUN_COLOUR,
-                      yaxis={"autorange": "reversed", "scaleanchor": "x"},
-                      xaxis={"tickangle": -60}, margin={"t": 50})
+    # sized to its content: HEATMAP_CELL_PX per cell, room for the longest label and the
+    # colour bar, so the square map is not centred in a stretched, grey canvas
+    cells = min(max(HEATMAP_MIN_PX, HEATMAP_CELL_PX * n), HEATMAP_MAX_PX)
+    labels_px = 7 * max((len(str(v)) for v in labels), default=1) + 20
+    fig.update_layout(title={"text": title}, height=cells + labels_px + 70,
+                      width=cells + labels_px + 120, autosize=False,
+                      plot_bgcolor=NOT_RUN_COLOUR,
+                      yaxis={"autorange": "reversed", "scaleanchor": "x",
+                             "constrain": "domain"},
+                      xaxis={"tickangle": -60, "constrain": "domain"},
+                      margin={"t": 50, "l": 10, "r": 10, "b": 10})
     return fig
 
 
@@ -326,13 +381,31 @@ def pulls_figure(names: Sequence[str], values: Sequence[float], errors: Sequence
 
 
 def lines_figure(x: Sequence[str], series: Mapping[str, Sequence[float]], ytitle: str,
-                 title: str = "", log_y: bool = False) -> Any:
-    """Lines with markers over runs (x: the run labels in order)."""
+                 title: str = "", log_y: bool = False,
+                 bounds: Mapping[str, Sequence[str | None]] | None = None) -> Any:
+    """Lines with markers over runs (x: the run labels in order).
+
+    ``bounds``: per series, for each run None (an exact value) or the label of a bound (e.g.
+    ``p < 1e-300``, the cap of an underflowed p-value): such a point is drawn as a ▲ marker
+    with its label, apart from the line, which joins only the exact values (a run of p = 0
+    is no flat line at the cap but a row of labelled markers)."""
     go = _go()
     fig = go.Figure()
     for n, (name, values) in enumerate(series.items()):
-        fig.add_trace(go.Scatter(x=list(x), y=list(values), mode="lines+markers", name=name,
-                                 line={"color": PROCESS_COLOURS[n % len(PROCESS_COLOURS)]}))
+        colour = PROCESS_COLOURS[n % len(PROCESS_COLOURS)]
+        marks = list((bounds or {}).get(name) or [None] * len(values))
+        exact = [None if m is not None else v for v, m in zip(values, marks, strict=True)]
+        fig.add_trace(go.Scatter(x=list(x), y=exact, mode="lines+markers", name=name,
+                                 line={"color": colour}, connectgaps=False))
+        capped = [i for i, m in enumerate(marks) if m is not None]
+        if capped:
+            fig.add_trace(go.Scatter(
+                x=[x[i] for i in capped], y=[values[i] for i in capped],
+                mode="markers+text", name=f"{name}: bound ▲",
+                text=[marks[i] for i in capped], textposition="bottom center",
+                marker={"symbol": "triangle-up", "size": 13, "color": colour,
+                        "line": {"color": "black", "width": 1}},
+                hovertemplate="%{x}: %{text}<extra></extra>"))
     fig.update_layout(title={"text": title}, height=360, yaxis={"title": ytitle,
                                                                 "type": "log" if log_y
                                                                 else "linear"},

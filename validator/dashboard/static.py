@@ -65,10 +65,11 @@ def matrix(values: np.ndarray, labels: Sequence[str], *, title: str = "", label:
     from matplotlib.colors import TwoSlopeNorm
 
     n = len(labels)
-    size = min(max(6.0, 0.45 * n + 3), 24.0)
+    size = min(max(8.0, 0.8 * n), 24.0)  # the map's side: a written number fits its cell
+    cell_font = min(9.0, 72 * size / max(n, 1) / 4.0)
     finite = values[np.isfinite(values)]
     with mpl_style():
-        fig = new_figure((size + 1.5, size))
+        fig = new_figure((size + 3.0, size + 1.5))
         ax = fig.subplots()
         if diverging:
             vmax = float(np.max(np.abs(finite), initial=1e-12))
@@ -82,7 +83,7 @@ def matrix(values: np.ndarray, labels: Sequence[str], *, title: str = "", label:
                 for j in range(n):
                     if np.isfinite(values[i, j]):
                         ax.text(j + 0.5, i + 0.5, f"{values[i, j]:.2g}", ha="center",
-                                va="center", fontsize="xx-small", color="0.1")
+                                va="center", fontsize=cell_font, color="0.1")
         ticks = np.arange(n) + 0.5
         ax.set_xticks(ticks, list(labels), rotation=90, fontsize="x-small")
         ax.set_yticks(ticks, list(labels), fontsize="x-small")
@@ -98,7 +99,7 @@ def pulls(names: Sequence[str], values: Sequence[float], errors: Sequence[float]
     """Post-fit nuisance parameters with ±1σ (green) and ±2σ (yellow) bands."""
     y = np.arange(len(names))
     with mpl_style():
-        fig = new_figure((8, 2 + 0.45 * len(names)))
+        fig = new_figure((11, 3.5 + 0.7 * len(names)))
         ax = fig.subplots()
         ax.axvspan(-2, 2, color="#fdd835", alpha=0.5)
         ax.axvspan(-1, 1, color="#2e9e44", alpha=0.4)
@@ -112,15 +113,30 @@ def pulls(names: Sequence[str], values: Sequence[float], errors: Sequence[float]
 
 
 def lines(x: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str,
-          title: str = "", log_y: bool = False) -> Any:
-    """Lines with markers over runs."""
+          title: str = "", log_y: bool = False,
+          bounds: Mapping[str, Sequence[str | None]] | None = None) -> Any:
+    """Lines with markers over runs; ``bounds`` as in
+    :func:`validator.dashboard.plots.lines_figure` (a bound is a labelled ▲, off the
+    line)."""
     with mpl_style():
-        fig = new_figure((10, 6))
+        fig = new_figure((12, 8))
         ax = fig.subplots()
         pos = np.arange(len(x))
         for k, (name, values) in enumerate(series.items()):
-            ax.plot(pos, np.asarray(values, dtype=float), marker="o", label=name,
-                    color=PROCESS_COLOURS[k % len(PROCESS_COLOURS)])
+            colour = PROCESS_COLOURS[k % len(PROCESS_COLOURS)]
+            marks = list((bounds or {}).get(name) or [None] * len(values))
+            vals = np.asarray(values, dtype=float)
+            exact = np.where([m is None for m in marks], vals, np.nan)
+            ax.plot(pos, exact, marker="o", label=name, color=colour)
+            capped = [i for i, m in enumerate(marks) if m is not None]
+            if capped:
+                ax.plot(pos[capped], vals[capped], linestyle="none", marker="^",
+                        markersize=12, color=colour, markeredgecolor="black",
+                        label=f"{name}: bound")
+                for i in capped:
+                    ax.annotate(marks[i], (pos[i], vals[i]), xytext=(0, -14),
+                                textcoords="offset points", ha="center", va="top",
+                                fontsize="xx-small")
         ax.set_xticks(pos, list(x), rotation=45, ha="right", fontsize="x-small")
         ax.minorticks_off()
         if log_y:

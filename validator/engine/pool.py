@@ -19,6 +19,12 @@ groups and reservoir keys are hashes of (file, row), so they do not depend on th
   the two merged accumulators come back. Without a scheduler address a
   ``distributed.LocalCluster`` with ``LOCAL_CLUSTER_WORKERS`` worker processes is started.
 
+The network's outputs are evaluated once: the scan's readers record them per chunk, each
+partition's come back with its scan and are kept on the sample's reader
+(:meth:`~validator.inputs.transform.Reader.keep`), and each fill item is sent its partition's
+values with it (never the whole sample's), which its reader takes instead of running the
+network again (:mod:`validator.inputs.transform`).
+
 What else a fill pass gathers (the network audit's sums, the multivariate subsample) comes
 from *collectors* (:class:`Collector`): each partition's chunks give states that add with
 ``+``, carried with the partition's accumulators along the same tree, so they too are the
@@ -39,7 +45,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from validator.inputs.sources import Partition, sample_partitions
@@ -165,15 +171,24 @@ class FillTask:
     def name(self) -> str:
         return self.reader.sample.name
 
-    def fill(self, partition: Partition) -> Filled:
-        """The accumulators and the collectors' states of one partition."""
+    def light(self) -> FillTask:
+        """This task without its reader's kept values (sent to a worker with each item: the
+        item's partition's values travel beside it)."""
+        reader = self.reader.without_kept()
+        return self if reader is self.reader else replace(self, reader=reader)
+
+    def fill(self, partition: Partition, replay: list[dict[str, Any]] | None = None
+             ) -> Filled:
+        """The accumulators and the collectors' states of one partition (``replay``: its
+        derived values from the scan, default those the task's reader keeps)."""
         states: list[Any] = [None] * len(self.collectors)
 
         def observe(chunk: dict[str, Any], weights: Any) -> None:
             for i, collector in enumerate(self.collectors):
                 states[i] = _add_states(states[i], collector.collect(chunk, weights))
 
-        per_category = fill_sample(self.reader.part(partition), self.layout, self.category,
+        per_category = fill_sample(self.reader.part(partition, replay), self.layout,
+                                   self.category,
                                    None, self.seed,
                                    observe=observe if self.collectors else None,
                                    variations=self.variations)
@@ -436,8 +451,10 @@ def _fill_local(tasks: Sequence[FillTask], parts: list[list[Partition]], jobs: i
     done = [0] * len(tasks)
     sequential = jobs <= 1 or not _worth_workers(tasks)
 
+    light = [task.light() for task in tasks]
     results = (tasks[t].fill(p) for t, p in items) if sequential \
-        else clean_map(_fill_remote, [(tasks[t], p) for t, p in items], jobs, pool)
+        else clean_map(_fill_remote, [(light[t], p, tasks[t].reader.kept_for(p))
+                                      for t, p in items], jobs, pool)
     for (t, partition), result in zip(items, results, strict=True):
         trees[t].push(result)
         done[t] += _rows(partition, tasks[t])
@@ -479,7 +496,8 @@ def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
         else clean_map(_scan_remote, [(tasks[t], p) for t, p in items], jobs, pool)
     totals: list[ScanPart | None] = [None] * len(tasks)
     done = [0] * len(tasks)
-    for (t, partition), part in zip(items, results, strict=True):
+    for (t, partition), (part, derived) in zip(items, results, strict=True):
+        tasks[t].reader.keep(partition, derived)
         totals[t] = part if totals[t] is None else totals[t] + part
         done[t] += _rows(partition, tasks[t])
         if progress:
@@ -490,10 +508,17 @@ def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
             for task, total in zip(tasks, totals, strict=True)]
 
 
-def _scan_remote(task: ScanTask, partition: Partition, whole: bool = False) -> ScanPart:
-    """One partition's planning pass (``whole``: the partition is the whole sample)."""
+def _scan_remote(task: ScanTask, partition: Partition, whole: bool = False
+                 ) -> tuple[ScanPart, list[dict[str, Any]] | None]:
+    """One partition's planning pass (``whole``: the partition is the whole sample), and the
+    derived values its reader recorded for the fill (None: nothing worth keeping)."""
     reader = task.reader if whole else task.reader.part(partition)
-    return scan_part(reader, task.columns, task.seed, task.key_cols, task.observe)
+    reader.record = reader.records
+    try:
+        part = scan_part(reader, task.columns, task.seed, task.key_cols, task.observe)
+        return part, reader.recorded
+    finally:
+        reader.record, reader.recorded = False, None
 
 
 def dask_client(scheduler: str | None) -> tuple[Any, Any]:
@@ -522,9 +547,10 @@ def dask_client(scheduler: str | None) -> tuple[Any, Any]:
     return Client(cluster), cluster
 
 
-def _fill_remote(task: FillTask, partition: Partition) -> Filled:
+def _fill_remote(task: FillTask, partition: Partition,
+                 replay: list[dict[str, Any]] | None = None) -> Filled:
     _worker_init()
-    return task.fill(partition)
+    return task.fill(partition, replay)
 
 
 def _fill_dask(tasks: Sequence[FillTask], parts: list[list[Partition]],
@@ -535,8 +561,9 @@ def _fill_dask(tasks: Sequence[FillTask], parts: list[list[Partition]],
     try:
         leaves, merged = [], []
         for task, task_parts in zip(tasks, parts, strict=True):
-            remote = client.scatter(task, broadcast=True)
-            futures = [client.submit(_fill_remote, remote, p, pure=False) for p in task_parts]
+            remote = client.scatter(task.light(), broadcast=True)
+            futures = [client.submit(_fill_remote, remote, p, task.reader.kept_for(p),
+                                     pure=False) for p in task_parts]
             tree: OrderedTree[Any] = OrderedTree(
                 lambda a, b: client.submit(merge_filled, a, b, pure=False))
             for future in futures:
@@ -575,6 +602,10 @@ def fill_samples(tasks: Sequence[FillTask], *, jobs: int | None = None, engine: 
     parts = [sample_partitions(t.reader.sample, t.reader.chunk_rows) for t in tasks]
     for task in tasks:
         task.layout.prepared()
-    if engine == "dask":
-        return _fill_dask(tasks, parts, scheduler, progress)
-    return _fill_local(tasks, parts, jobs, progress, pool)
+    try:
+        if engine == "dask":
+            return _fill_dask(tasks, parts, scheduler, progress)
+        return _fill_local(tasks, parts, jobs, progress, pool)
+    finally:
+        for task in tasks:  # the scan's derived values are used once
+            task.reader.kept = None

@@ -468,6 +468,29 @@ def read_schema(source: Source) -> tuple[dict[str, str], int]:
     return kinds, int(tree.num_entries)
 
 
+def column_titles(sample: Sample) -> dict[str, str]:
+    """The titles of a sample's ROOT branches (uproot ``TBranch.title``), by column, where a
+    file has one; RNTuple fields have a ``description`` instead (read alike). Parquet and
+    CSV columns have none. The first file giving a column a non-empty title names it.
+    :func:`validator.config.display.title_label` decides which are axis labels."""
+    out: dict[str, str] = {}
+    for source in sample.sources:
+        if source.format != "root":
+            continue
+        tree = _root_tree(source)
+        for name in tree.keys(recursive=False) if hasattr(tree, "keys") else ():
+            if name in out or name not in sample.columns:
+                continue
+            try:
+                branch = tree[name]
+            except read_errors():
+                continue
+            title = getattr(branch, "title", None) or getattr(branch, "description", None)
+            if isinstance(title, str) and title.strip():
+                out[name] = title.strip()
+    return out
+
+
 def open_sample(name: str, specs: Sequence[str], weight: str | None = None) -> Sample:
     """Open the files of one sample and check they can be used together.
 

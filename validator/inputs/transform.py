@@ -11,9 +11,23 @@ Every pass over a sample (the planning scan and the fill) reads chunks through o
 3. **blinding**: events inside the blinded region (``--blind EXPR``, which may use derived
    columns such as a network output) are removed from data *and* simulation here, before any
    quantile, histogram or number is computed or stored.
+4. **reweighting** (``--apply corrections.json``, the simulation only): the event weight is
+   multiplied by the corrections' factors, and their up/down weights are added as columns
+   (weight systematics); see :mod:`validator.stages.correct`.
+
+Before all of them, a closure run keeps one **half** of the events (``split``: a hash of the
+event's file and row, :class:`validator.stages.correct.HalfFilter`).
 
 The chunk's ``_file`` and ``_entry`` columns (the event's file and row in it) travel through
 the chain: they key the planning reservoir, so the binning does not depend on chunking.
+
+The audited network's outputs are evaluated once per event, in the scan: a :class:`Reader`
+records them per chunk (``record``: every derived column but a ``--define``, which is
+cheaper to compute again than to keep), the engine keeps them per partition
+(:attr:`Reader.kept`) and the fill's reader of that partition takes them back (``replay``)
+instead of running the network again. Both passes read a partition's chunks identically, so
+the values are the same floats (kept as float32 where that is exact: a float32 network's
+outputs); a chunk whose event count does not match is evaluated again.
 
 Also here: the weights of a chunk (nominal first, then variations) and its category labels.
 """
@@ -21,7 +35,7 @@ Also here: the weights of a chunk (nominal first, then variations) and its categ
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -47,6 +61,24 @@ class DerivedColumns(Protocol):
     def inputs(self) -> tuple[str, ...]: ...
 
     def __call__(self, chunk: Chunk, label: str) -> dict[str, np.ndarray]: ...
+
+
+class EventSplit(Protocol):
+    """Which events a run keeps (one half of a deterministic split)."""
+
+    def mask(self, chunk: Chunk, label: str) -> np.ndarray: ...
+
+
+class Reweighting(Protocol):
+    """Multiplies the weight column and adds weight-variation columns (``names``)."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def inputs(self) -> tuple[str, ...]: ...
+
+    def apply(self, chunk: Chunk, label: str) -> Chunk: ...
 
 
 @dataclass(frozen=True)
@@ -101,36 +133,79 @@ class TransformChain:
     selection: Selection | None = None
     derived: tuple[DerivedColumns, ...] = ()
     blind: Selection | None = None
+    split: EventSplit | None = None
+    reweight: Reweighting | None = None
 
     @property
     def derived_names(self) -> list[str]:
-        return [n for d in self.derived for n in d.names]
+        made = [n for d in self.derived for n in d.names]
+        return made + (list(self.reweight.names) if self.reweight is not None else [])
 
     def columns_read(self) -> list[str]:
         """Columns the chain itself needs from the file (besides the features)."""
         made = set(self.derived_names)
         needed = [*(self.selection.columns if self.selection else ()),
                   *(c for d in self.derived for c in d.inputs),
-                  *(self.blind.columns if self.blind else ())]
+                  *(self.blind.columns if self.blind else ()),
+                  *(self.reweight.inputs if self.reweight is not None else ())]
         return [c for c in dict.fromkeys(needed) if c not in made]
 
-    def apply(self, chunk: Chunk, label: str) -> Chunk:
-        """The chunk's selected, extended and blinded events (all columns kept). A selection
-        that reads a derived column (``--define``) is applied once the columns are made."""
+    def apply(self, chunk: Chunk, label: str, reuse: Chunk | None = None,
+              keep: Chunk | None = None) -> Chunk:
+        """The chunk's selected, extended, blinded (and reweighted) events (all columns
+        kept). A selection that reads a derived column (``--define``) is applied once the
+        columns are made.
+
+        ``reuse``: values of derived columns already made for this chunk (by an earlier
+        pass), taken instead of computing them; ``keep``: a dict that receives the values of
+        the derived columns worth keeping (:func:`reusable`) that were computed."""
+        if self.split is not None:
+            in_half = self.split.mask(chunk, label)
+            chunk = {c: v[in_half] for c, v in chunk.items()}
         early = self.selection is not None and not set(self.selection.columns) & set(
             self.derived_names)
         if early:
-            keep = self.selection.mask(chunk, label)
-            chunk = {c: v[keep] for c, v in chunk.items()}
+            selected = self.selection.mask(chunk, label)
+            chunk = {c: v[selected] for c, v in chunk.items()}
         for derived in self.derived:
-            chunk = {**chunk, **derived(chunk, label)}
+            values = _reused(derived, reuse, len(chunk[ENTRY])) if reuse else None
+            if values is None:
+                values = derived(chunk, label)
+                if keep is not None and reusable(derived):
+                    keep.update({c: _compact(v) for c, v in values.items()})
+            chunk = {**chunk, **values}
         if self.selection is not None and not early:
-            keep = self.selection.mask(chunk, label)
-            chunk = {c: v[keep] for c, v in chunk.items()}
+            selected = self.selection.mask(chunk, label)
+            chunk = {c: v[selected] for c, v in chunk.items()}
         if self.blind is not None:
             inside = self.blind.mask(chunk, label)
             chunk = {c: v[~inside] for c, v in chunk.items()}
+        if self.reweight is not None:
+            chunk = self.reweight.apply(chunk, label)
         return chunk
+
+
+def reusable(derived: DerivedColumns) -> bool:
+    """Whether a pass keeps a derived column's values for the next one: every derived
+    column but a ``--define`` (a SQL expression, cheaper to compute again than to keep)."""
+    return not isinstance(derived, Definition)
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """``values`` as float32 when that is exact (a float32 network's outputs), else as
+    they are."""
+    if values.dtype != np.float64:
+        return values
+    small = values.astype(np.float32)
+    return small if np.array_equal(small, values, equal_nan=True) else values
+
+
+def _reused(derived: DerivedColumns, reuse: Chunk, n: int) -> dict[str, np.ndarray] | None:
+    """``derived``'s values from ``reuse`` (float64 again), or None when a name is missing
+    or an array's length is not the chunk's."""
+    if not all(c in reuse and len(reuse[c]) == n for c in derived.names):
+        return None
+    return {c: reuse[c].astype(np.float64) for c in derived.names}
 
 
 @dataclass
@@ -139,6 +214,12 @@ class Reader:
 
     A sample that fits in one chunk is read (and transformed) only once. A reader restricted
     to a ``partition`` (:meth:`part`) reads only that part of one file.
+
+    Derived values from one pass to the next (module docstring): with ``record`` set, an
+    iteration leaves the values it computed of each chunk in ``recorded``, in chunk order;
+    ``replay`` gives a partition's reader the values of its chunks to reuse; ``kept`` holds,
+    on a whole sample's reader, the recorded values per partition (:meth:`keep`), which
+    :meth:`part` hands to each partition's reader.
     """
 
     sample: Sample
@@ -147,15 +228,43 @@ class Reader:
     chain: TransformChain = field(default_factory=TransformChain)
     _cache: list[Chunk] | None = None
     partition: Partition | None = None
+    replay: list[Chunk] | None = None
+    record: bool = False
+    recorded: list[Chunk] | None = None
+    kept: dict[tuple[int, int], list[Chunk]] | None = None
 
-    def part(self, partition: Partition) -> Reader:
+    def keep(self, partition: Partition, values: list[Chunk] | None) -> None:
+        """Keep a partition's recorded derived values for its next pass (:meth:`part`)."""
+        if values is not None and any(values):
+            if self.kept is None:
+                self.kept = {}
+            self.kept[(partition.file, partition.start)] = values
+
+    def kept_for(self, partition: Partition) -> list[Chunk] | None:
+        """The derived values kept for ``partition`` (None: none kept)."""
+        return self.kept.get((partition.file, partition.start)) if self.kept else None
+
+    def without_kept(self) -> Reader:
+        """This reader without the kept values (what is sent to a worker with a task: each
+        partition's values travel with that partition alone)."""
+        return replace(self, kept=None, recorded=None) if self.kept or self.recorded \
+            else self
+
+    @property
+    def records(self) -> bool:
+        """Whether an iteration would record anything (a derived column worth keeping)."""
+        return any(reusable(d) for d in self.chain.derived)
+
+    def part(self, partition: Partition, replay: list[Chunk] | None = None) -> Reader:
         """The same reader restricted to one partition (see ``sample_partitions``); a sample
         read whole into the cache (one file, one chunk) is that partition: it is not read
-        again."""
+        again. ``replay``: the partition's derived values from an earlier pass (default: those
+        this reader keeps for it)."""
         return Reader(self.sample, self.columns, self.chunk_rows, self.chain,
                       self._cache if self.partition is None and self._cache is not None
                       and self.sample.n_rows <= self.chunk_rows
-                      and len(self.sample.sources) == 1 else None, partition)
+                      and len(self.sample.sources) == 1 else None, partition,
+                      replay=replay if replay is not None else self.kept_for(partition))
 
     def __iter__(self):
         from validator.inputs.sources import iter_chunks
@@ -168,12 +277,20 @@ class Reader:
         keep = list(dict.fromkeys([*self.columns, FILE, ENTRY,
                                    *([self.sample.weight] if self.sample.weight else [])]))
 
+        recorded: list[Chunk] | None = [] if self.record and self.records else None
+        self.recorded = recorded
+        replay = self.replay or []
+
         def chunks():
-            for raw in iter_chunks(self.sample, [*to_read, FILE, ENTRY], self.chunk_rows,
-                                   partition=self.partition):
+            for k, raw in enumerate(iter_chunks(self.sample, [*to_read, FILE, ENTRY],
+                                                self.chunk_rows, partition=self.partition)):
                 label = self.sample.sources[int(raw[FILE][0])].label if len(raw[FILE]) \
                     else self.sample.sources[0].label
-                out = self.chain.apply(raw, label)
+                made: Chunk | None = {} if recorded is not None else None
+                out = self.chain.apply(raw, label, reuse=replay[k] if k < len(replay) else None,
+                                       keep=made)
+                if recorded is not None:
+                    recorded.append(made)
                 yield {c: out[c] for c in keep}
 
         if self.partition is None and self.sample.n_rows <= self.chunk_rows:

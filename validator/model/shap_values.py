@@ -6,7 +6,7 @@ v(S) = mean over the background rows b of f(x_S, b_rest), the "interventional" g
 ``shap.KernelExplainer`` and ``shap.explainers.Exact`` with an independent masker take. They
 add up exactly: Σ_i φ_i = f(x) − mean_b f(b). Methods:
 
-* ``"exact"``: every one of the 2^N coalitions, vectorised (:func:`_exact`); the values of
+* ``"exact"``: every one of the 2^N coalitions, vectorised (:func:`exact_shap`); the values of
   ``shap.explainers.Exact``, which costs 42 ms per event at 5 inputs and 2.6 s at 15 against
   1.6 ms and 1.8 s here.
 * ``"sampling"``: permutation sampling (Castro et al. 2009, Štrumbelj & Kononenko 2014: the
@@ -51,7 +51,25 @@ which was 17σ off).
 
 The base value is the mean output over the background (rows drawn from ``background``, or
 from ``x``). Use the same (simulation) background for simulation and data so both are
-measured from the same base. Averages: ⟨|φ_i|⟩ per group with the weighted mean and
+measured from the same base.
+
+**A weighted background** (``background_weights``, a simulation's signed weights): the rows
+are drawn with probability proportional to |w|, with replacement, and each keeps the sign of
+its weight, s_b; the game is v(S) = Σ_b s_b f(x_S, b_rest) / Σ_b s_b, so the base value
+Σ_b s_b f(b) / Σ_b s_b estimates the weighted expectation E_w[f] = Σ w f / Σ w that the
+efficiency property Σ_i φ_i = f(x) − E[f] refers to (a draw ignoring the weights estimates
+the unweighted mean instead, and counts a negative-weight event as a positive one). Shapley
+values are linear in the game, so φ against the whole background is the s-weighted
+combination of φ against each row, exactly additive still.
+
+**The background's uncertainty**: over repeated draws of 50 rows an input's mean |SHAP| moves
+by 20-30% (issue 31), more than the events' statistical uncertainty. The background rows are
+split into :data:`BACKGROUND_GROUPS` groups (the signs spread evenly over them), φ is
+computed per group in the same network calls, and the delete-a-group jackknife of each mean
+|SHAP| (B. Efron, C. Stein, Ann. Statist. 9 (1981) 586) is its variance from the background
+draw; the stored uncertainty adds it to the events' in quadrature (``ShapResult``:
+``event_uncertainties``, ``background_uncertainties``). No extra network evaluation: the
+cost is that of one background. Averages: ⟨|φ_i|⟩ per group with the weighted mean and
 linearised variance of :class:`validator.model.taylor.AbsMeanSums` (signed weights); groups as
 for the Taylor coefficients (a multi-class network: node c on the events whose highest output
 is c, and ``all``, each event at its highest node).
@@ -98,6 +116,11 @@ SHAP_TOLERANCE = 0.5
 EXACT_LIMIT = 16
 #: Rows per call of the network in the exact and sampling estimators (a few tens of MiB).
 MAX_ROWS = 2**18
+#: Groups the background rows are split into for its jackknife uncertainty (module
+#: docstring): 5 groups of 10 rows with the audit's 50.
+BACKGROUND_GROUPS = 5
+#: Draws of a signed background tried before giving up when its signs sum to <= 0.
+BACKGROUND_TRIES = 20
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,10 @@ class ShapResult:
     ``base_values``: ``(C,)`` (mean output over the background); ``per_event``: the SHAP
     values ``(n, N, C)`` of the subsample, ``outputs`` ``(n, C)``; ``additivity_error``: the
     largest |Σφ + base − f| over events and nodes; ``explainer``: the ``shap`` class used.
+    ``uncertainties`` is ``event_uncertainties`` (the events' statistical uncertainty) and
+    ``background_uncertainties`` (the background draw's, a jackknife over
+    ``background_groups`` groups; 0 with one group) added in quadrature;
+    ``background_weighted``: the rows were drawn by |w| with their signs kept.
     """
 
     inputs: tuple[str, ...]
@@ -124,12 +151,21 @@ class ShapResult:
     n_background: int
     nsamples: int
     sums: AbsMeanSums
+    event_uncertainties: np.ndarray | None = None
+    background_uncertainties: np.ndarray | None = None
+    background_groups: int = 1
+    background_weighted: bool = False
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per (group, input): ``node``, ``feature_x``, ``value``, ``uncertainty``,
         ``n_events``, ``sum_weights``."""
+        def part(values: np.ndarray | None, g: int, i: int) -> float | None:
+            return None if values is None else float(values[g, i])
+
         return [{"node": group, "feature_x": fx, "value": float(self.values[g, i]),
                  "uncertainty": float(self.uncertainties[g, i]),
+                 "uncertainty_events": part(self.event_uncertainties, g, i),
+                 "uncertainty_background": part(self.background_uncertainties, g, i),
                  "n_events": int(self.n_events[g]), "sum_weights": float(self.sum_weights[g])}
                 for g, group in enumerate(self.groups) for i, fx in enumerate(self.inputs)]
 
@@ -137,7 +173,9 @@ class ShapResult:
 def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
                     w: np.ndarray | None = None, background: np.ndarray | None = None,
                     method: str = "auto", max_events: int = 300, n_background: int = 50,
-                    nsamples: int | None = None, seed: int = 0) -> ShapResult:
+                    nsamples: int | None = None, seed: int = 0,
+                    background_weights: np.ndarray | None = None,
+                    background_groups: int = BACKGROUND_GROUPS) -> ShapResult:
     """Mean |SHAP| per input on (a subsample of) ``x`` (a chunk or an array
     ``(n, len(model.inputs))``), weights ``w`` (None: unweighted).
 
@@ -149,7 +187,9 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
     background row (:data:`SAMPLING_ROUNDS`); gradient: samples per event (200); kernel:
     coalitions (1000); permutation: 2N+2 evaluations per permutation, 4 permutations by
     default; exact: ignored (2^N). ``seed`` draws the subsample, the background and the
-    sampled permutations.
+    sampled permutations. ``background_weights``: the background's (signed) weights: rows
+    drawn by |w| with their signs kept (module docstring); ``background_groups``: groups of
+    the background's jackknife uncertainty (1: none).
     """
     model._require_fixed()
     xm = model.matrix(x)
@@ -160,15 +200,14 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
     if len(good) > max_events:
         good = np.sort(rng.choice(good, max_events, replace=False))
     xs, ws = xm[good], wv[good]
-    bg = xm[np.isfinite(xm).all(axis=1)] if background is None \
-        else np.asarray(background, dtype=float)
-    bg = bg[np.isfinite(bg).all(axis=1)]
-    if len(bg) > n_background:
-        bg = bg[np.sort(rng.choice(len(bg), n_background, replace=False))]
+    bg, signs = _background(xm, background, background_weights, n_background, rng)
     if len(bg) == 0 or len(xs) == 0:
         raise ValueError("SHAP needs finite events and background rows")
+    groups_of = _groups(signs, background_groups)
     if method == "auto":
         method = auto_method(dim)
+        if method == "kernel" and (signs < 0).any():  # shap's explainers take no signs;
+            method = "exact"  # at these sizes the kernel explainer's values are exact anyway
     if method not in EXPLAINERS:
         raise ValueError(f"method must be auto, {', '.join(EXPLAINERS)}; not {method!r}")
     if method == "exact" and dim > EXACT_LIMIT:
@@ -176,26 +215,84 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
                          f"'sampling' beyond {EXACT_LIMIT} inputs")
 
     outputs = model.evaluate(xs)
-    base = model.evaluate(bg).mean(axis=0)
+    a = signs / signs.sum()  # each row's share of the game (1/B for an unweighted draw)
+    base = a @ model.evaluate(bg)
+    share = np.zeros((len(bg), groups_of.max() + 1))  # (B, K): a_b in its group's column
+    share[np.arange(len(bg)), groups_of] = a
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if method == "exact":
-            phi, ns = _exact(model, xs, bg)
+            parts, ns = exact_shap(model, xs, bg, share)
         elif method == "sampling":
-            phi, ns = _sampling(model, xs, bg, nsamples or SAMPLING_ROUNDS, seed)
-        elif method == "gradient":
-            phi, ns = _gradient(model, xs, bg, nsamples or 200, seed)
-        elif method == "kernel":
-            phi, ns = _kernel(model, xs, bg, nsamples or 1000, seed)
+            parts, ns = _sampling(model, xs, bg, nsamples or SAMPLING_ROUNDS, seed, share)
         else:
-            phi, ns = _permutation(model, xs, bg, nsamples or 4 * (2 * dim + 2), seed)
+            parts, ns = _per_group(method, model, xs, bg, signs, groups_of, nsamples, seed)
+    phi = parts.sum(axis=2)  # (n, N, C): against the whole background
     additivity = float(np.max(np.abs(phi.sum(axis=1) + base[None, :] - outputs)))
 
     names = groups(model)
-    sums = AbsMeanSums.zeros(len(names), dim)
+    sums = _abs_sums(model, names, outputs, ws, phi)
+    mean, unc = sums.means()
+    unc_bg = _jackknife(model, names, outputs, ws, parts, share)
+    return ShapResult(inputs=model.inputs, groups=names, values=mean,
+                      uncertainties=np.hypot(unc, unc_bg), n_events=sums.n.copy(),
+                      sum_weights=sums.sw.copy(), base_values=base, per_event=phi,
+                      outputs=outputs, additivity_error=additivity,
+                      explainer=EXPLAINERS[method], n_background=len(bg), nsamples=ns,
+                      sums=sums, event_uncertainties=unc, background_uncertainties=unc_bg,
+                      background_groups=share.shape[1],
+                      background_weighted=background_weights is not None)
+
+
+def _background(xm: np.ndarray, background: np.ndarray | None,
+                weights: np.ndarray | None, n_background: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The background rows and their signs: without weights a draw without replacement
+    (every sign +1); with weights ``n_background`` rows drawn by |w| with replacement, each
+    with its weight's sign, redrawn while the signs sum to <= 0 (module docstring)."""
+    bg = xm if background is None else np.asarray(background, dtype=float)
+    finite = np.isfinite(bg).all(axis=1)
+    if weights is None:
+        bg = bg[finite]
+        if len(bg) > n_background:
+            bg = bg[np.sort(rng.choice(len(bg), n_background, replace=False))]
+        return bg, np.ones(len(bg))
+    w = np.asarray(weights, dtype=float).reshape(-1)
+    if len(w) != len(bg):
+        raise ValueError(f"background_weights has {len(w)} values for {len(bg)} rows")
+    finite &= np.isfinite(w) & (w != 0)
+    bg, w = bg[finite], w[finite]
+    if len(bg) == 0:
+        return bg, w
+    p = np.abs(w) / np.abs(w).sum()
+    for _ in range(BACKGROUND_TRIES):
+        rows = np.sort(rng.choice(len(bg), n_background, replace=True, p=p))
+        signs = np.sign(w[rows])
+        if signs.sum() > 0:
+            return bg[rows], signs
+    raise ValueError(f"the background's signed weights sum to <= 0 in {BACKGROUND_TRIES} "
+                     f"draws of {n_background} rows: more background rows are needed")
+
+
+def _groups(signs: np.ndarray, k: int) -> np.ndarray:
+    """Each background row's group (``k`` groups at most, at least two rows each): the
+    negative rows dealt out first, then the positive ones, so that every group's signs sum
+    alike; one group when a group's would be <= 0."""
+    k = max(1, min(int(k), len(signs) // 2))
+    order = np.argsort(signs, kind="stable")  # negative rows first
+    group = np.empty(len(signs), dtype=int)
+    group[order] = np.arange(len(signs)) % k
+    sums = np.bincount(group, weights=signs, minlength=k)
+    return group if (sums > 0).all() else np.zeros(len(signs), dtype=int)
+
+
+def _abs_sums(model: AuditedModel, names: tuple[str, ...], outputs: np.ndarray,
+              ws: np.ndarray, phi: np.ndarray) -> AbsMeanSums:
+    """The mean |φ| sums per group of events (module docstring)."""
+    sums = AbsMeanSums.zeros(len(names), phi.shape[1])
     if model.kind == "multiclass":
         top = outputs.argmax(axis=1)
-        own = phi[np.arange(len(xs)), :, top]
+        own = phi[np.arange(len(phi)), :, top]
         for c in range(model.n_outputs):
             sel = top == c
             sums.add(c, ws[sel], own[sel])
@@ -203,12 +300,23 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
     else:
         for c in range(model.n_outputs):
             sums.add(c, ws, phi[:, :, c])
-    mean, unc = sums.means()
-    return ShapResult(inputs=model.inputs, groups=names, values=mean, uncertainties=unc,
-                      n_events=sums.n.copy(), sum_weights=sums.sw.copy(), base_values=base,
-                      per_event=phi, outputs=outputs, additivity_error=additivity,
-                      explainer=EXPLAINERS[method], n_background=len(bg), nsamples=ns,
-                      sums=sums)
+    return sums
+
+
+def _jackknife(model: AuditedModel, names: tuple[str, ...], outputs: np.ndarray,
+               ws: np.ndarray, parts: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """The delete-a-group jackknife standard deviation of each mean |φ| from the background
+    draw: ``parts`` ``(n, N, K, C)`` is each group's share of φ, ``share`` ``(B, K)`` the
+    rows' shares; without group k, φ is renormalised to the other groups' rows."""
+    k = parts.shape[2]
+    if k < 2:
+        return np.zeros((len(names), parts.shape[1]))
+    total = parts.sum(axis=2)
+    kept = 1.0 - share.sum(axis=0)  # the game's weight left without each group (Σ a = 1)
+    values = np.stack([_abs_sums(model, names, outputs, ws,
+                                 (total - parts[:, :, g]) / kept[g]).means()[0]
+                       for g in range(k)])
+    return np.sqrt((k - 1) / k * ((values - values.mean(axis=0)) ** 2).sum(axis=0))
 
 
 def auto_method(n_inputs: int) -> str:
@@ -244,14 +352,21 @@ def _masked(zx: np.ndarray, zb: np.ndarray, take: np.ndarray, cols: np.ndarray
     return pts
 
 
-def _exact(model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
-           max_rows: int = MAX_ROWS) -> tuple[np.ndarray, int]:
+def exact_shap(model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
+           share: np.ndarray | None = None, max_rows: int = MAX_ROWS) -> tuple[np.ndarray, int]:
     """Shapley values by enumerating all 2^N coalitions S (Shapley 1953; Lundberg & Lee 2017,
     eq. 8): v(S) = mean over the background of f(x_S, b_rest), and
     φ_i = Σ_{S ∌ i} |S|!(N−|S|−1)!/N! (v(S ∪ {i}) − v(S)). The same numbers as
     ``shap.explainers.Exact`` with an independent masker on the same background (to the
     float32 rounding of the outputs, whose last bits depend on the batch a row is evaluated
-    in; ``tests/test_model_speed.py``), evaluated in batches of ``max_rows`` rows."""
+    in; ``tests/test_model_speed.py``), evaluated in batches of ``max_rows`` rows. The mean
+    over the background is the ``share``-weighted sum ``(B, K)`` per group of rows: φ comes
+    back per group, ``(n, N, K, C)``, its sum over K the values against the whole background
+    (without ``share``: the plain mean, φ ``(n, N, C)``).
+    """
+    if share is None:
+        phi, ns = exact_shap(model, xs, bg, np.full((len(bg), 1), 1.0 / len(bg)), max_rows)
+        return phi[:, :, 0], ns
     n, dim = xs.shape
     zx, zb, cols = _model_rows(model, xs, bg)
     n_sub = 1 << dim
@@ -261,26 +376,28 @@ def _exact(model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
                        if k < dim else 0.0 for k in size])
     per_sub = max(1, min(n_sub, max_rows // len(bg)))  # coalitions per call
     per = max(1, max_rows // (len(bg) * per_sub))  # events per call
-    v = np.zeros((n, n_sub, model.n_outputs))
+    n_groups = share.shape[1]
+    phi = np.zeros((n, dim, n_groups, model.n_outputs))
+    index = np.arange(n_sub)
     for s in range(0, n, per):
         e = len(zx[s:s + per])
+        v = np.zeros((e, n_sub, n_groups, model.n_outputs))
         for c in range(0, n_sub, per_sub):
             k = len(masks[c:c + per_sub])
             take = np.broadcast_to(masks[None, c:c + per_sub, None, :], (e, k, len(bg), dim))
             pts = _masked(zx[s:s + e, None, None], zb[None, None], take, cols)  # (e, S, B, M)
             out = model._backend.run(pts.reshape(-1, zb.shape[1]))
-            v[s:s + e, c:c + k] = out.reshape(e, k, len(bg), -1).mean(axis=2)
-    phi = np.zeros((n, dim, model.n_outputs))
-    index = np.arange(n_sub)
-    for i in range(dim):
-        without = index[~masks[:, i]]
-        phi[:, i] = np.einsum("esc,s->ec", v[:, without | (1 << i)] - v[:, without],
-                              weight[without])
+            v[:, c:c + k] = np.einsum("esbc,bg->esgc", out.reshape(e, k, len(bg), -1), share)
+        for i in range(dim):
+            without = index[~masks[:, i]]
+            phi[s:s + e, i] = np.einsum("esgc,s->egc", v[:, without | (1 << i)]
+                                        - v[:, without], weight[without])
     return phi, n_sub
 
 
 def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, seed: int,
-              max_rows: int = MAX_ROWS) -> tuple[np.ndarray, int]:
+              share: np.ndarray | None = None, max_rows: int = MAX_ROWS
+              ) -> tuple[np.ndarray, int]:
     """Shapley values by sampling permutations (Castro, Gómez, Tejada, Comput. Oper. Res. 36
     (2009) 1726; Štrumbelj & Kononenko, Knowl. Inf. Syst. 41 (2014) 647: "Shapley sampling
     values" in Lundberg & Lee 2017), vectorised.
@@ -293,15 +410,22 @@ def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, 
     permutation is the previous one reversed (antithetic pairs: R. Mitchell et al., JMLR 23
     (2022) 1, arXiv:2104.12199), every (event, background row) draws its own. Each chain
     costs N − 1 evaluations (f(b) and f(x) are shared), all chains of a batch of events run
-    in one call of the network."""
+    in one call of the network. The mean over the background rows is the ``share``-weighted
+    sum per group (``(B, K)``, as :func:`exact_shap`): φ comes back per group, ``(n, N, K, C)``
+    (without ``share``: the plain mean, ``(n, N, C)``)."""
+    if share is None:
+        phi, ns = _sampling(model, xs, bg, rounds, seed,
+                            np.full((len(bg), 1), 1.0 / len(bg)), max_rows)
+        return phi[:, :, 0], ns
     n, dim = xs.shape
     n_bg = len(bg)
     zx, zb, cols = _model_rows(model, xs, bg)
     fx = model._backend.run(zx)  # (n, C)
     fb = model._backend.run(zb)  # (B, C)
-    phi = np.zeros((n, dim, model.n_outputs))
+    n_groups = share.shape[1]
+    phi = np.zeros((n, dim, n_groups, model.n_outputs))
     if dim == 1:
-        phi[:, 0] = fx - fb.mean(axis=0)
+        phi[:, 0] = fx[:, None] * share.sum(axis=0)[None, :, None] - (share.T @ fb)[None]
         return phi, rounds
     rng = np.random.default_rng([seed, 0x5A3B])
     steps = np.arange(1, dim)  # p_k for k = 1..N-1 take the first k inputs of π from x
@@ -322,8 +446,35 @@ def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, 
                  out.reshape(e, n_bg, dim - 1, -1),
                  np.broadcast_to(fx[s:s + e, None, None], (e, n_bg, 1, fx.shape[1]))], axis=2)
             step = np.diff(chain, axis=2)  # (e, B, N, C): step k adds input π_k
-            phi[s:s + e] += np.take_along_axis(step, rank[..., None], axis=2).mean(axis=1)
+            phi[s:s + e] += np.einsum("ebnc,bg->engc",
+                                      np.take_along_axis(step, rank[..., None], axis=2), share)
     return phi / rounds, rounds
+
+
+def _per_group(method: str, model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
+               signs: np.ndarray, groups_of: np.ndarray, nsamples: int | None, seed: int
+               ) -> tuple[np.ndarray, int]:
+    """shap's explainers on each group of background rows, their values weighted by the
+    group's share of the signs: ``(n, N, K, C)`` as :func:`exact_shap`. They take no signed
+    background weights, so they refuse a background with negative signs (``auto`` takes
+    ``exact`` instead of ``kernel`` there)."""
+    dim = xs.shape[1]
+    if (signs < 0).any():
+        raise ValueError(f"method={method!r} takes no signed background weights: use "
+                         "'exact' or 'sampling'")
+    parts = []
+    ns = 0
+    for g in range(groups_of.max() + 1):
+        rows = groups_of == g
+        gb, gs = bg[rows], signs[rows]  # every sign +1 here
+        if method == "gradient":
+            phi, ns = _gradient(model, xs, gb, nsamples or 200, seed)
+        elif method == "kernel":
+            phi, ns = _kernel(model, xs, gb, nsamples or 1000, seed)
+        else:
+            phi, ns = _permutation(model, xs, gb, nsamples or 4 * (2 * dim + 2), seed)
+        parts.append(phi * (gs.sum() / signs.sum()))
+    return np.stack(parts, axis=2), ns
 
 
 def _as_3d(values: Any, n: int, dim: int) -> np.ndarray:

@@ -173,6 +173,14 @@ def _pvalues_of(tests: list[dict[str, Any]], category: str, x: str, y: str | Non
     return out
 
 
+def _bounds_of(tests: list[dict[str, Any]], category: str, x: str, y: str | None,
+               ) -> dict[str, bool]:
+    from validator.results.reading import test_key
+
+    return {t["method"]: bool(t.get("pvalue_is_bound") or False) for t in tests
+            if test_key(t) == (category, x, y)}
+
+
 def _worst(found: list[Problem], pairs: bool, top: int, available: set) -> list[Problem]:
     chosen = [p for p in found if (p.feature_y is not None) == pairs and p.key in available
               and math.isfinite(p.pvalue)]
@@ -189,6 +197,7 @@ def iter_figures(reading: RunReading, top: int = DEFAULT_TOP,
     tables = reading.tables
     tests = records(tables["tests"])
     found = reading.problems
+    display = reading.display
     hists: dict[tuple, Mapping[str, Any]] = {}
     processes: dict[tuple, dict[str, Any]] = {}
     variations: dict[tuple, dict[str, np.ndarray]] = {}
@@ -210,7 +219,8 @@ def iter_figures(reading: RunReading, top: int = DEFAULT_TOP,
             sim = processes[p.key]
         pv = _pvalues_of(tests, *p.key)
         fig = figures.plot_feature(sim, data, p.feature_x, pvalues=pv, category=p.category,
-                                   syst=band)
+                                   syst=band, display=display.of(p.feature_x),
+                                   experiment=display.experiment)
         yield ReportFigure(
             _stem("feature", p.feature_x, p.category if p.category != INCLUSIVE else ""),
             p.name, "simulation (normalised to data) vs data; p (Holm): "
@@ -218,12 +228,18 @@ def iter_figures(reading: RunReading, top: int = DEFAULT_TOP,
     for p in _worst(found, True, top, set(hists)):
         pv = _pvalues_of(tests, *p.key)
         fig = figures.plot_pull_map(figures.hist2d_from_row(hists[p.key]), p.feature_x,
-                                    p.feature_y, pvalues=pv, category=p.category)
+                                    p.feature_y, pvalues=pv, category=p.category,
+                                    display_x=display.of(p.feature_x),
+                                    display_y=display.of(p.feature_y or ""),
+                                    experiment=display.experiment,
+                                    bounds=_bounds_of(tests, *p.key))
         yield ReportFigure(
             _stem("pull", p.feature_x, "vs", p.feature_y or "",
                   p.category if p.category != INCLUSIVE else ""),
-            p.name, "pull (data − k·sim)/sqrt(data + k²·Σw²), k = N_data/Σw; p (Holm): "
-            + ", ".join(f"{m} {format_p(v)}" for m, v in pv.items()), p.key), fig
+            p.name, "pull (data − k·sim)/sqrt(data + k²·Σw²), k = N_data/Σw, over "
+            "equal-population bins; p (Holm): " + ", ".join(
+                f"{m} {format_p(v, bound=_bounds_of(tests, *p.key).get(m, False))}"
+                for m, v in pv.items()), p.key), fig
     feats = [r["feature"] for r in records(tables["features"]) if r["category"] == INCLUSIVE]
     if len(feats) >= 2 and any(t.get("feature_y") is not None for t in tests):
         crit = records(tables.get("criticality"))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from validator.config.display import RunDisplay, run_display
 from validator.results.format import format_p
 from validator.results.summary import (
     DECISIVE,
@@ -410,6 +411,12 @@ class RunReading:
     @property
     def run_id(self) -> str:
         return str(self.run["run_id"])
+
+    @property
+    def display(self) -> RunDisplay:
+        """How the run's features are drawn (labels, units, scales) and the figures'
+        experiment label, from its stored configuration."""
+        return run_display(self.run.get("config_json"))
 
     @property
     def significant(self) -> list[Problem]:

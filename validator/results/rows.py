@@ -140,7 +140,22 @@ def run_rows(outcome: RunOutcome, with_histograms: bool = True,
     return {"runs": runs, "features": features, "tests": test_rows(outcome),
             "histograms": histograms, "skipped_columns": skipped, "models": models,
             "importances": importances, "criticality": criticality,
-            "syst_effects": effects}
+            "syst_effects": effects, "corrections": closure_rows(outcome)}
+
+
+def closure_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
+    """The ``corrections`` row of a closure run (``validator run --apply``): the correction
+    applied (its file's sha256, its source run) and the half of the events the run kept."""
+    described = getattr(outcome, "correction", None)
+    if not described:
+        return []
+    return [{"run_id": outcome.run_id, "role": "closure", "name": described["name"],
+             "source_run_id": described.get("source_run_id"), "sha256": described["sha256"],
+             "path": described.get("path"), "method": described.get("method"),
+             "features": list(described.get("features") or []),
+             "corrections": list(described.get("systematics") or []),
+             "derived_on": described.get("derived_on"), "half": described.get("half"),
+             "created_at": outcome.finished_at, "details": None}]
 
 
 def _variation_rows(outcome: RunOutcome, run_id: str, category: str, k: int

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Version of the schema this release writes. 1: release 0.1.0 (no ``schema_info`` table).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: table -> ordered (column, DuckDB type). Adding a column here migrates existing files.
 SCHEMA: dict[str, list[tuple[str, str]]] = {
@@ -91,13 +91,20 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("rule_kind", "VARCHAR"), ("passed", "BOOLEAN"), ("reason", "VARCHAR"),
         ("details", "VARCHAR"),
     ],
+    "corrections": [
+        ("run_id", "VARCHAR"), ("role", "VARCHAR"), ("name", "VARCHAR"),
+        ("source_run_id", "VARCHAR"), ("sha256", "VARCHAR"), ("path", "VARCHAR"),
+        ("method", "VARCHAR"), ("features", "VARCHAR[]"), ("corrections", "VARCHAR[]"),
+        ("derived_on", "VARCHAR"), ("half", "VARCHAR"), ("created_at", "TIMESTAMP"),
+        ("details", "VARCHAR"),
+    ],
     "schema_info": [
         ("version", "INTEGER"), ("applied_at", "TIMESTAMP"), ("tool_version", "VARCHAR"),
     ],
 }
 #: Tables holding one run's rows (``schema_info`` describes the file).
 RUN_TABLES = ("runs", "features", "tests", "histograms", "skipped_columns", "models",
-              "importances", "criticality", "gate_results", "syst_effects")
+              "importances", "criticality", "gate_results", "syst_effects", "corrections")
 
 #: The arrow type of each DuckDB column type (the rows are written as arrow tables).
 ARROW_TYPES = {

@@ -241,8 +241,14 @@ def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
     _add_missing(con)
 
 
+def _migrate_3_to_4(con: duckdb.DuckDBPyConnection) -> None:
+    """4 added the ``corrections`` table (``validator correct`` and the closure runs of
+    ``validator run --apply``)."""
+    _add_missing(con)
+
+
 #: ``_MIGRATIONS[v]`` turns a version-v file into version v + 1.
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -343,6 +349,23 @@ def save_verdict(path: str | Path, run_id: str, rows: Sequence[Mapping[str, Any]
 
     _write_tables(path, {"gate_results": _arrow_table("gate_results", rows)}, wait_s,
                   what="verdict", check=run_exists, then=mark_run)
+
+
+def save_corrections(path: str | Path, rows: Sequence[Mapping[str, Any]],
+                     wait_s: float = 60.0) -> None:
+    """Add ``corrections`` rows of a derived correction (``validator correct``; the source
+    run must be in the file) in one transaction."""
+    path = Path(path)
+    sources = sorted({str(r["source_run_id"]) for r in rows})
+
+    def runs_exist(con: duckdb.DuckDBPyConnection) -> None:
+        for run_id in sources:
+            if not con.execute("SELECT count(*) FROM runs WHERE run_id = ?",
+                               [run_id]).fetchall()[0][0]:
+                raise InputError(f"{path}: no run {run_id} (the correction's source)")
+
+    _write_tables(path, {"corrections": _arrow_table("corrections", rows)}, wait_s,
+                  what="correction", check=runs_exist)
 
 
 def side_file_path(path: str | Path, run_id: str) -> Path:

@@ -11,7 +11,7 @@ uniformity figures are indicative, not exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,25 @@ def adjust_pvalues(pvalues: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         holm_p[ok] = holm(clipped)
         bh_p[ok] = benjamini_hochberg(clipped)
     return holm_p, bh_p
+
+
+#: Test kinds adjusted as a family of their own: a multivariate test is itself one omnibus
+#: test of the whole input space (its permutation p-value resolves 1/(1 + n) ≈ 0.02, which
+#: Holm over thousands of binned tests could never let through, however large the effect).
+OWN_FAMILY_KINDS = ("multivariate",)
+
+
+def adjusted_by_family(pvalues: np.ndarray, kinds: Sequence[str]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Holm and BH p-values, over the run's tests and, apart, over each kind of
+    :data:`OWN_FAMILY_KINDS`."""
+    kinds_arr = np.asarray(kinds, dtype=object)
+    p_holm, p_bh = np.full(len(pvalues), np.nan), np.full(len(pvalues), np.nan)
+    apart = np.isin(kinds_arr, OWN_FAMILY_KINDS)
+    for family in [~apart, *(kinds_arr == k for k in OWN_FAMILY_KINDS)]:
+        if family.any():
+            p_holm[family], p_bh[family] = adjust_pvalues(pvalues[family])
+    return p_holm, p_bh
 
 
 def summarise(pvalues: np.ndarray, reliable: np.ndarray, alpha: float = 0.05,

@@ -220,16 +220,23 @@ def model_list(db: str | Path) -> pd.DataFrame:
 
 def model_runs(db: str | Path, model_id: str | None) -> pd.DataFrame:
     """The runs of one model (``None``: runs without a model), oldest first, with the
-    smallest reliable p-value and Holm p-value of each (``min_p``, ``min_p_holm``)."""
+    smallest reliable p-value and Holm p-value of each (``min_p``, ``min_p_holm``) and
+    whether each is an upper bound (``min_p_is_bound``, ``min_p_holm_is_bound``)."""
     from validator.results.store import query
 
     where = "r.model_id = ?" if model_id is not None else "r.model_id IS NULL"
     params = [model_id] if model_id is not None else []
-    have = table_columns(db).get("runs", set())
+    present = table_columns(db)
+    have = present.get("runs", set())
     cols = ", ".join(f'r."{c}"' for c in RUN_LIST_COLUMNS if c in have)
+    # whether each smallest p is an upper bound (a file of release 0.1.0 has no such flag)
+    bound = "pvalue_is_bound" if "pvalue_is_bound" in present.get("tests", set()) else "false"
     frame = query(
-        db, f"SELECT {cols}, t.min_p, t.min_p_holm FROM runs r LEFT JOIN ("
-            "SELECT run_id, min(pvalue) AS min_p, min(p_holm) AS min_p_holm FROM tests "
+        db, f"SELECT {cols}, t.min_p, t.min_p_holm, t.min_p_is_bound, t.min_p_holm_is_bound "
+            "FROM runs r LEFT JOIN ("
+            "SELECT run_id, min(pvalue) AS min_p, min(p_holm) AS min_p_holm, "
+            f"arg_min(coalesce({bound}, false), pvalue) AS min_p_is_bound, "
+            f"arg_min(coalesce({bound}, false), p_holm) AS min_p_holm_is_bound FROM tests "
             "WHERE reliable AND pvalue IS NOT NULL AND kind <> 'taylor' GROUP BY run_id) t "
             f"ON r.run_id = t.run_id WHERE {where} ORDER BY r.started_at, r.run_id", params)
     return _complete(frame, "runs")

@@ -316,14 +316,22 @@ def _shap_rows(model: AuditedModel, sim: AuditSums, data: AuditSums, seed: int,
     rows: list[dict[str, Any]] = []
     results = {}
     for sample, sums, w in (("sim", sim, sim.w), ("data", data, None)):
+        # the background: simulated rows drawn by |w|, signs kept (its base is E_w[f])
         res = shap_importance(model, sums.x, w, background=sim.x, max_events=shap_events,
-                              n_background=SHAP_BACKGROUND, seed=seed)
+                              n_background=SHAP_BACKGROUND, seed=seed,
+                              background_weights=sim.w)
         results[sample] = res
         details = {"explainer": res.explainer, "n_background": res.n_background,
+                   "background_draw": "by |w|, sign kept" if res.background_weighted
+                   else "uniform", "background_groups": res.background_groups,
                    "nsamples": res.nsamples, "additivity_error": res.additivity_error,
                    "base_values": res.base_values.tolist()}
         for row in res.rows():
-            rows.append(_importance_row(model, sample, "shap", row, details))
+            # n_events (its column): the events explained; n_background: the rows of the
+            # background; the uncertainty: both samples' parts in quadrature, each stored
+            rows.append(_importance_row(model, sample, "shap", row, {
+                **details, "uncertainty_events": row["uncertainty_events"],
+                "uncertainty_background": row["uncertainty_background"]}))
     g = tested_groups(model)[0]
     corr = _spearman(results["sim"].values[g], results["data"].values[g])
     note = None

@@ -1,0 +1,90 @@
+"""The audited network is evaluated once per event: the scan keeps its outputs per partition
+and the fill reuses them (validator.inputs.transform, validator.engine.pool), with the same
+results as evaluating it again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_frames
+from test_model import save_ts
+
+from validator.inputs import transform
+from validator.inputs.sources import open_sample, sample_partitions
+from validator.inputs.transform import Reader, TransformChain
+from validator.model import load_model
+from validator.model.load import AuditedModel
+from validator.pipeline import RunConfig, run_validation
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
+
+
+class Tanh(torch.nn.Module):
+    """A float32 network: its outputs are kept as float32, exactly."""
+
+    def forward(self, x):
+        return torch.sigmoid(x[:, 0] + 0.5 * torch.tanh(x[:, 1] * x[:, 2]))
+
+
+@pytest.fixture
+def files(tmp_path):
+    sim, data = make_frames(n_sim=12_000, n_data=8_000, shift=0.1)
+    s, d = tmp_path / "sim.parquet", tmp_path / "data.parquet"
+    sim.write_parquet(s, row_group_size=4_000)
+    data.write_parquet(d, row_group_size=4_000)
+    model = save_ts(Tanh(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
+    return s, d, model
+
+
+def _config(s, d, model, **kw):
+    return RunConfig(sim=[str(s)], data=[str(d)], weight="weight", features=["a", "b", "c"],
+                     model=str(model), db=None, shap_events=40, chunk_rows=3_000,
+                     blind="output > 0.8", jobs=1, **kw)
+
+
+def _rows(outcome):
+    return [(r.kind, r.method, r.feature_x, r.feature_y, r.pvalue,
+             r.result.statistic if r.result is not None else None) for r in outcome.records]
+
+
+def test_the_network_runs_once_per_event_with_the_same_results(files, monkeypatch):
+    s, d, model = files
+    evaluated = []
+    call = AuditedModel.__call__
+
+    def counting(self, chunk, label):
+        evaluated.append(len(next(iter(chunk.values()))))
+        return call(self, chunk, label)
+
+    monkeypatch.setattr(AuditedModel, "__call__", counting)
+    once = run_validation(_config(s, d, model))
+    assert sum(evaluated) == 12_000 + 8_000  # every event once: the scan's outputs reused
+    evaluated.clear()
+    monkeypatch.setattr(transform, "reusable", lambda derived: False)
+    twice = run_validation(_config(s, d, model))
+    assert sum(evaluated) == 2 * (12_000 + 8_000)
+    assert _rows(once) == _rows(twice)  # the same floats: every p-value bit for bit
+    assert once.audit.importances == twice.audit.importances
+
+
+def test_a_reader_replays_the_recorded_outputs_and_evaluates_a_chunk_that_differs(files):
+    s, _, model_path = files
+    model = load_model(str(model_path))
+    sample = open_sample("sim", [str(s)], "weight")
+    reader = Reader(sample, ["a", "b", "c", "output"], 3_000, TransformChain(derived=(model,)))
+    partition = sample_partitions(sample, 3_000)[1]
+    scan = reader.part(partition)
+    scan.record = True
+    first = [c["output"] for c in scan]
+    kept = scan.recorded
+    assert len(kept) == len(first) and all(k["output"].dtype == np.float32 for k in kept)
+    reader.keep(partition, kept)
+    again = [c["output"] for c in reader.part(partition)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    # a kept chunk whose length does not match is evaluated again, not misaligned
+    wrong = [{"output": k["output"][:-1]} for k in kept]
+    fixed = [c["output"] for c in reader.part(partition, replay=wrong)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, fixed, strict=True))
+    # the values a worker is sent with the task stay behind
+    assert reader.without_kept().kept is None and reader.kept is not None
