@@ -27,6 +27,7 @@ from validator.stats.dependence import dependence, nonnegative_table
 from validator.stats.likelihood import saturated
 from validator.stats.toys import (
     ToyOptions,
+    chi2_tail_law,
     clopper_pearson,
     run_toys,
     sequential_batches,
@@ -683,3 +684,17 @@ def test_poisson_toys_below_the_table_size_are_numpys_and_compiled_equals_numpy(
     assert many.shape == (3000, 2, 3)
     with pytest.raises(ValueError, match="finite and non-negative"):
         module.poisson_toys(np.random.default_rng(3), np.array([1.0, -1.0]), 3000)
+
+
+def test_a_statistic_far_beyond_every_toy_settles_with_its_limit_law():
+    """No toy reaches a χ²_5 statistic of 200: the limit law puts it far below the
+    threshold, so the toys stop at the first n_toys instead of refining the bound; without
+    a tail the bound is refined with up to 5 x max_toys toys."""
+    observed = 200.0
+    options = ToyOptions(500, max_toys=20000, thresholds=(0.05, 1e-5))
+    tail = chi2_tail_law(observed, 5, float(stats.chi2.sf(observed, 5)))
+    fast = run_toys(observed, _chi2_draw(5, 11), options, tail=tail)
+    assert fast.n_toys == 500 and fast.details["toys_stop"] == "settled"
+    assert not fast.pvalue_is_bound and fast.pvalue < 1e-5 / 100
+    slow = run_toys(observed, _chi2_draw(5, 11), options)
+    assert slow.n_toys > 20000 and slow.pvalue_is_bound

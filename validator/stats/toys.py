@@ -26,6 +26,7 @@ __all__ = [
     "BOUND_RESOLUTION",
     "MIN_STOP_REACHING",
     "TAIL_MIN_TOYS",
+    "TAIL_SETTLES_FACTOR",
     "TOY_BATCH_MAX",
     "ToyOptions",
     "ToyOutcome",
@@ -247,7 +248,9 @@ def run_toys(
       :math:`\min(\lceil R/\alpha_\min\rceil, F\cdot\text{max\_toys})` (R =
       :data:`BOUND_RESOLUTION`, F = :data:`BOUND_MAX_FACTOR`), so that a statistic beyond
       every toy can settle the strictest decision (Holm's first threshold alpha/m of a run
-      with a few thousand tests); an open decision near a threshold stops at ``max_toys``.
+      with a few thousand tests), unless the limit law (``tail``) already puts the
+      statistic :data:`TAIL_SETTLES_FACTOR` times below it; an open decision near a
+      threshold stops at ``max_toys``.
 
     Where no toy reaches the observation and ``tail`` is given (``tail(toys)``: a p-value
     from the statistic's limit law with its scale fitted to at least :data:`TAIL_MIN_TOYS`
@@ -334,7 +337,18 @@ def run_toy_columns(
         return float(bounds[i](kept)) if kept.size >= 2 else 1.0
 
     def settled_by_bound(i: int) -> bool:
-        return k[i] == 0 and bound(i) < min(thresholds)
+        """No toy reaches the observation, and a conservative bound or the limit law's
+        estimate (far below: :data:`TAIL_SETTLES_FACTOR`) puts it below every threshold."""
+        if k[i] > 0:
+            return False
+        if bound(i) < min(thresholds):
+            return True
+        if tails[i] is None:
+            return False
+        kept = toys_of(i)
+        kept = kept[np.isfinite(kept)]
+        return kept.size >= TAIL_MIN_TOYS and \
+            float(tails[i](kept)) < min(thresholds) / TAIL_SETTLES_FACTOR
 
     def open_decision(i: int) -> bool:
         lo, hi = clopper_pearson(int(k[i]), total, options.confidence)
@@ -396,6 +410,12 @@ def run_toy_columns(
     return out
 
 
+#: A statistic beyond every toy whose limit-law estimate (never below the analytic asymptotic
+#: p-value) lies this many times below the smallest threshold settles its decision: no more
+#: toys are drawn to turn the bound 1/(1 + n) into one below the threshold. A strongly
+#: mismodelled histogram under systematics otherwise draws up to BOUND_MAX_FACTOR x max_toys
+#: toys, each a profile fit (measured: most of an audited run's time).
+TAIL_SETTLES_FACTOR = 100.0
 #: Toys below which no tail is fitted (the scale of the limit law from their mean).
 TAIL_MIN_TOYS = 100
 
