@@ -277,3 +277,37 @@ def test_classifier_removes_a_three_variable_effect_on_the_held_out_half(tmp_pat
     found = reading.findings
     assert not (found.features or found.correlations or found.pairs_other
                 or found.multivariate)
+
+
+def test_the_gate_requires_a_passing_held_out_closure(met_case, tmp_path, capsys):
+    """A run that applies the correction to all events passes a closure rule because its
+    held-out closure run passed its gate; a correction without one fails it."""
+    import pandas as pd
+
+    from validator.gate.judge import judge
+    from validator.gate.rules import load_rules
+
+    rules = tmp_path / "use.yaml"
+    rules.write_text("rules_version: 1\nname: use\nrules:\n"
+                     "  - kind: closure\n    name: corrections-closed\n")
+    assert met_case["closure"]["held-out"][0] == 0
+    code = _run(met_case["sim"], met_case["data"], met_case["db"], "--apply",
+                str(met_case["out"]), "--apply-half", "all", "--rules", str(rules))
+    out = capsys.readouterr().out
+    held_out = met_case["closure"]["held-out"][1]
+    assert code == 0, out
+    assert f"held-out closure run {held_out} passed" in out
+
+    spec = load_rules(rules)
+    run = pd.DataFrame([{"run_id": "r", "alpha": 0.05}])
+    applied = pd.DataFrame([{"run_id": "r", "role": "closure", "name": "met",
+                             "sha256": "ab" * 32, "half": "all"}])
+    none = pd.DataFrame(columns=["run_id", "sha256", "half", "gate_passed"])
+    failed = pd.DataFrame([{"run_id": "c", "sha256": "ab" * 32, "half": "held-out",
+                            "gate_passed": False}])
+    for closures, why in ((none, "no passing held-out closure"),
+                          (failed, "none passed its gate"), (None, "not at hand")):
+        tables = {"runs": run, "corrections": applied, "closure_runs": closures}
+        verdict = judge(tables, spec)
+        assert not verdict.passed and why in verdict.rules[0].reason, verdict.rules[0].reason
+    assert judge({"runs": run}, spec).passed  # no correction applied: nothing to close

@@ -36,7 +36,7 @@ def test_the_shipped_rules_load():
     assert per_test.effect_floors["delta_pearson"] == 0.05
     unblinding = load_rules(RULES / "unblinding.yaml")
     kinds = {r.kind for r in unblinding.rules}
-    assert kinds == {"per_test", "failure_count", "uniformity", "coverage", "importance",
+    assert kinds == {"per_test", "failure_count", "uniformity", "coverage", "importance", "closure",
                      "run_config"}
     config = next(r for r in unblinding.rules if isinstance(r, RunConfigRule))
     assert config.require_systematics and config.require_toys and config.require_model \

@@ -29,6 +29,7 @@ from scipy import stats
 from validator.errors import InputError
 from validator.gate.rules import (
     ALL,
+    ClosureRule,
     CoverageRule,
     FailureCountRule,
     ImportanceRule,
@@ -52,7 +53,8 @@ P_LABELS = {"raw": "p", "holm": "Holm p", "bh": "BH p"}
 #: Test kinds whose failures a ``failure_count`` (and a recomputed ``uniformity``) counts.
 COUNTED_KINDS = ("1d", "2d", "corr", "output")
 #: Tables :func:`judge` reads (histograms are never needed).
-GATE_TABLES = ("runs", "features", "tests", "skipped_columns", "models", "criticality")
+GATE_TABLES = ("runs", "features", "tests", "skipped_columns", "models", "criticality",
+               "corrections")
 
 
 @dataclass(frozen=True)
@@ -538,6 +540,44 @@ def _run_config(rule: RunConfigRule, tables: Mapping[str, pd.DataFrame]) -> Rule
                        details, rule.severity)
 
 
+def _closure(rule: ClosureRule, tables: Mapping[str, pd.DataFrame]) -> RuleVerdict:
+    """Every correction the run applies has a closure run on ``rule.half`` whose gate passed
+    (``closure_runs``: the other runs that applied the same file, by its sha256, as the one
+    loader gives them); the run that is itself such a closure is judged by the other rules."""
+    applied = _table(tables, "corrections")
+    if len(applied):
+        applied = applied[applied["role"] == "closure"]
+    if not len(applied):
+        return RuleVerdict(rule.name, rule.kind, True, "the run applies no correction", {},
+                           rule.severity)
+    closures = tables.get("closure_runs")
+    closed, missing = [], []
+    for _, c in applied.iterrows():
+        if c["half"] == rule.half:
+            closed.append(f"{c['name']}: this run is its {rule.half} closure")
+            continue
+        runs = closures[(closures["sha256"] == c["sha256"]) & (closures["half"] == rule.half)] \
+            if closures is not None and len(closures) else closures
+        passing = [] if runs is None else [
+            r for r, ok in zip(runs["run_id"], runs["gate_passed"], strict=True)
+            if not _null(ok) and bool(ok)]
+        if passing:
+            closed.append(f"{c['name']}: {rule.half} closure run {passing[-1]} passed")
+        elif closures is None:
+            missing.append(f"{c['name']}: the runs of the database are not at hand (a run "
+                           "not stored: judge it with 'validator gate --db')")
+        else:
+            tried = "" if runs is None or not len(runs) else \
+                f" ({len(runs)} {rule.half} closure run(s), none passed its gate)"
+            missing.append(f"{c['name']} (sha256 {str(c['sha256'])[:12]}): no passing "
+                           f"{rule.half} closure{tried}")
+    details = {"closed": closed, "missing": missing}
+    if missing:
+        return RuleVerdict(rule.name, rule.kind, False, "; ".join(missing), details,
+                           rule.severity)
+    return RuleVerdict(rule.name, rule.kind, True, "; ".join(closed), details, rule.severity)
+
+
 def judge(tables: Mapping[str, pd.DataFrame], rules: RulesFile) -> Verdict:
     """Judge one run's tables against the rules; recomputes no test.
 
@@ -560,6 +600,8 @@ def judge(tables: Mapping[str, pd.DataFrame], rules: RulesFile) -> Verdict:
             verdicts.append(_importance(rule, tables))
         elif isinstance(rule, RunConfigRule):
             verdicts.append(_run_config(rule, tables))
+        elif isinstance(rule, ClosureRule):
+            verdicts.append(_closure(rule, tables))
         else:  # pragma: no cover - the discriminated union admits no other kind
             raise TypeError(f"unknown rule kind {type(rule).__name__}")
     seen: set[int] = set()

@@ -182,9 +182,20 @@ class RunConfigRule(_Rule):
     require_blinding: bool = Field(False, description="a blinded region was set (--blind)")
 
 
+class ClosureRule(_Rule):
+    """A run that applies a correction (``validator run --apply``) uses it only once the
+    correction has closed: a closure run on the events it was not derived from passed its
+    gate (``validator correct``; the ``corrections`` table links them)."""
+
+    kind: Literal["closure"]
+    half: Literal["held-out", "training"] = Field(
+        "held-out", description="the half a closure run must have kept (held-out: events "
+                                "the correction was not derived from)")
+
+
 Rule = Annotated[
     PerTestRule | FailureCountRule | UniformityRule | CoverageRule | ImportanceRule
-    | RunConfigRule,
+    | RunConfigRule | ClosureRule,
     Field(discriminator="kind"),
 ]
 

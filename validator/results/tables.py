@@ -21,7 +21,7 @@ import pandas as pd
 #: What the reading of a run reads (the terminal, ``show``, the gate, JUnit, the reports'
 #: text, the dashboard's overview): every run table but the histograms.
 SUMMARY_TABLES = ("runs", "features", "tests", "skipped_columns", "models", "criticality",
-                  "gate_results", "syst_effects", "importances")
+                  "gate_results", "syst_effects", "importances", "corrections")
 #: The histograms a report's figures need: the plotting 1D and the test 2D binnings.
 REPORT_HISTOGRAMS = ("((binning = 'plot' AND feature_y IS NULL) OR "
                      "(binning = 'test' AND feature_y IS NOT NULL))")
@@ -79,9 +79,27 @@ def load_run_tables(db: str | Path, run: str = "latest", *,
         if table == "histograms" and histograms == "report":
             sql += f" AND {REPORT_HISTOGRAMS}"
         out[table] = _complete(query(db, sql + ORDER.get(table, ""), [run_id]), table)
+    if "corrections" in out:
+        out["closure_runs"] = _closure_runs(db, run_id, out["corrections"])
     if "tests" in out and len(out["tests"]):
         out["tests"]["details"] = out["tests"]["details"].map(current_details)
     return out
+
+
+def _closure_runs(db: Path, run_id: str, corrections: pd.DataFrame) -> pd.DataFrame:
+    """The other runs that applied the corrections this run applies (same file, by its
+    sha256), with the half they kept and whether their gate passed."""
+    from validator.results.store import query
+
+    shas = sorted({str(s) for s in corrections.get("sha256", []) if isinstance(s, str)})
+    columns = ["run_id", "sha256", "half", "gate_passed", "finished_at"]
+    if not shas:
+        return pd.DataFrame(columns=columns)
+    marks = ", ".join("?" for _ in shas)
+    return query(db, "SELECT c.run_id, c.sha256, c.half, r.gate_passed, r.finished_at "
+                     "FROM corrections c JOIN runs r USING (run_id) WHERE c.role = 'closure' "
+                     f"AND c.run_id <> ? AND c.sha256 IN ({marks}) ORDER BY r.finished_at",
+                 [run_id, *shas])
 
 
 #: Detail keys of the EDF tests' toys before the one toy engine (schema 3 and earlier) ->
