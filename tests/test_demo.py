@@ -124,3 +124,48 @@ def test_met_scale_systematic_covers_the_planted_met_through_the_config(tmp_path
     run = query(db, "SELECT tags, n_global_nuisances FROM runs").iloc[0]
     assert sorted(run["tags"]) == ["campaign=toy", "era=sample"]
     assert run["n_global_nuisances"] == 3  # met_scale and two process normalisations
+
+
+#: The sample analysis's p-values before the session-8 restructuring (commit 092b756: the
+#: toy engines unified, the statistics' calling convention, the stage folders), as `make
+#: demo` stored them.
+PREVIOUS_RELEASE = Path(__file__).resolve().parent / "data" / "demo_pvalues_092b756.json"
+#: p-values allowed to differ from that run, with the reason.
+CHANGED_SINCE_PREVIOUS: dict[tuple[str, str, str, str | None], str] = {}
+
+
+def test_the_sample_analysis_gives_the_previous_releases_pvalues(tmp_path):
+    """Every p-value of the sample analysis (sample_data/analysis.yaml, as make demo runs it)
+    equals the stored run of commit 092b756 to floating-point rounding (the one toy engine
+    sums a tail's scale in another order: 1.7e-18 agrees to 1e-12), except those listed in
+    CHANGED_SINCE_PREVIOUS with their reason."""
+    import json
+
+    import polars as pl
+
+    from validator.cli import main
+    from validator.results.store import query
+
+    generate = load_sample_generator()
+    up, down = generate.met_scale_variations(pl.read_parquet(SAMPLE_DIR / "sim.parquet"))
+    up.write_parquet(tmp_path / "up.parquet")
+    down.write_parquet(tmp_path / "down.parquet")
+    db = tmp_path / "demo.duckdb"
+    assert main(["run", "--quiet", "--config", str(SAMPLE_DIR / "analysis.yaml"),
+                 "--syst-file", f"met_scale={tmp_path / 'up.parquet'}:"
+                                f"{tmp_path / 'down.parquet'}", "--db", str(db)]) == 0
+    now = {(c, m, x, y): p for c, m, x, y, p in query(
+        db, "SELECT category, method, feature_x, feature_y, pvalue FROM tests").itertuples(
+            index=False)}
+    before = {tuple(r[:4]): r[4] for r in json.loads(PREVIOUS_RELEASE.read_text())["tests"]}
+    assert set(now) == set(before)
+    changed = []
+    for key, p in before.items():
+        q = now[key]
+        if p is None or q is None or q != q:
+            same = (p is None) == (q is None or q != q)
+        else:
+            same = q == pytest.approx(p, rel=1e-9, abs=1e-300)
+        if not same and key not in CHANGED_SINCE_PREVIOUS:
+            changed.append((key, p, q))
+    assert not changed, changed
