@@ -15,6 +15,7 @@ database of 20 runs × 1,000 tests opens at once. ``VALIDATOR_UPDATE_SCREENSHOT=
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -427,35 +428,25 @@ def test_end_to_end_server_in_headless_chromium(stored, tmp_path):
     pytest.importorskip("websockets")
     db = _copy(stored, tmp_path)
     before = _digest(db)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "validator.cli", "dashboard", "--db",
-                               str(db), "--port", str(port)], stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_healthy(url, server)
-        with Browser(tmp_path / "profile", width=1440, height=1250) as browser:
-            text = browser.load(url, ["Worst problems", "1. lep1_iso × lep2_iso",
-                                      "gate FAILED", "p-values vs uniform"], timeout=150)
-            assert "covered by the systematics" in text
-            time.sleep(2)  # let the plotly figures finish drawing
-            shot = browser.screenshot(tmp_path / "dashboard.png")
-            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            if os.environ.get("VALIDATOR_UPDATE_SCREENSHOT"):
-                shutil.copy(shot, REPO / "docs" / "dashboard.png")
-            text = browser.load(url + "model", ["Criticality", "first-order Taylor"],
-                                timeout=120)
-            assert "sample_data/classifier.onnx" in text or "classifier.onnx" in text
-            browser.load(url + "history", ["Two runs side by side", "newly fails"],
-                         timeout=120)
-            assert _digest(db) == before  # served and queried: not a byte changed
-            # a writer gets the file while the server runs
-            write_run(db, _synthetic_rows(1, 200, start=60), wait_s=5)
-            browser.load(url, ["run (3 in the database"], timeout=120)
-    finally:
-        _stop(server)
-        log.close()
+    with _dashboard_server(db, tmp_path) as url, \
+            Browser(tmp_path / "profile", width=1440, height=1250) as browser:
+        text = browser.load(url, ["Worst problems", "1. lep1_iso × lep2_iso",
+                                  "gate FAILED", "p-values vs uniform"], timeout=150)
+        assert "covered by the systematics" in text
+        time.sleep(2)  # let the plotly figures finish drawing
+        shot = browser.screenshot(tmp_path / "dashboard.png")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if os.environ.get("VALIDATOR_UPDATE_SCREENSHOT"):
+            shutil.copy(shot, REPO / "docs" / "dashboard.png")
+        text = browser.load(url + "model", ["Criticality", "first-order Taylor"],
+                            timeout=120)
+        assert "sample_data/classifier.onnx" in text or "classifier.onnx" in text
+        browser.load(url + "history", ["Two runs side by side", "newly fails"],
+                     timeout=120)
+        assert _digest(db) == before  # served and queried: not a byte changed
+        # a writer gets the file while the server runs
+        write_run(db, _synthetic_rows(1, 200, start=60), wait_s=5)
+        browser.load(url, ["run (3 in the database"], timeout=120)
     # the repository's entry serves the same pages, and says when a link names no run
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -498,24 +489,14 @@ def test_history_draws_p_zero_as_capped_markers_not_a_flat_line(tmp_path):
             t.update(pvalue=0.0, p_holm=0.0, p_bh=0.0, passed=False)
     db = tmp_path / "zeros.duckdb"
     write_run(db, rows)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "validator.cli", "dashboard", "--db",
-                               str(db), "--port", str(port)], stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_healthy(url, server)
-        with Browser(tmp_path / "profile", width=1440, height=1400) as browser:
-            text = browser.load(url + "history", ["worst p-values", "drawn at the cap"],
-                                timeout=150)
-            assert "< 1e-300" in text  # the table's smallest p, by the one formatter
-            time.sleep(2)  # let plotly draw
-            found = json.loads(browser.call("Runtime.evaluate", expression=PLOTLY_TRACES,
-                                            returnByValue=True)["result"]["value"])
-    finally:
-        _stop(server)
-        log.close()
+    with _dashboard_server(db, tmp_path) as url, \
+            Browser(tmp_path / "profile", width=1440, height=1400) as browser:
+        text = browser.load(url + "history", ["worst p-values", "drawn at the cap"],
+                            timeout=150)
+        assert "< 1e-300" in text  # the table's smallest p, by the one formatter
+        time.sleep(2)  # let plotly draw
+        found = json.loads(browser.call("Runtime.evaluate", expression=PLOTLY_TRACES,
+                                        returnByValue=True)["result"]["value"])
     worst = {t["name"]: t for t in found["traces"] if str(t["name"]).startswith("smallest p")}
     assert worst, found
     for name in ("smallest p", "smallest p (Holm)"):
@@ -524,6 +505,22 @@ def test_history_draws_p_zero_as_capped_markers_not_a_flat_line(tmp_path):
         capped = worst[f"{name}: bound ▲"]
         assert "markers" in capped["mode"] and capped["y"] == [300.0, 300.0], capped
     assert sum("< 1e-300" in t for t in found["texts"]) >= 2, found["texts"]
+
+
+@contextlib.contextmanager
+def _dashboard_server(db: Path, tmp_path: Path):
+    """``validator dashboard --db DB`` on a free port, healthy; yields its URL."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with (tmp_path / f"server-{port}.log").open("w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "validator.cli", "dashboard", "--db",
+                                   str(db), "--port", str(port)], stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_healthy(url, server)
+            yield url
+        finally:
+            _stop(server)
 
 
 def _stop(server: subprocess.Popen) -> None:

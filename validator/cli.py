@@ -54,6 +54,14 @@ def _int_at_least(minimum: int):
 _positive_int = _int_at_least(1)
 
 
+def _stored_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--db`` and ``--run``: which stored run a command reads."""
+    parser.add_argument("--db", default="validation.duckdb", metavar="PATH",
+                        help="DuckDB file holding the run (default: %(default)s)")
+    parser.add_argument("--run", default="latest", metavar="ID",
+                        help="run id (or a unique prefix), or 'latest' (default)")
+
+
 def _int_between(minimum: int, maximum: int):
     at_least = _int_at_least(minimum)
 
@@ -117,10 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog="exit codes: 0 every rule passes, 1 a rule fails, 2 unusable "
                                  "rules, database or run, 3 internal error",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    gate.add_argument("--db", default="validation.duckdb", metavar="PATH",
-                      help="DuckDB file holding the run (default: %(default)s)")
-    gate.add_argument("--run", default="latest", metavar="ID",
-                      help="run id (or a unique prefix), or 'latest' (default)")
+    _stored_run_arguments(gate)
     gate.add_argument("--rules", required=True, metavar="YAML",
                       help="rules file, e.g. rules/default.yaml")
     gate.add_argument("--junit", metavar="XML", help="also write the verdict as JUnit XML")
@@ -146,10 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "FILE' (the held-out half).",
         epilog="exit codes: 0 written, 2 unusable database, run, inputs or output, 3 internal "
                "error", formatter_class=argparse.RawDescriptionHelpFormatter)
-    corr.add_argument("--db", default="validation.duckdb", metavar="PATH",
-                      help="DuckDB file holding the run (default: %(default)s)")
-    corr.add_argument("--run", default="latest", metavar="ID",
-                      help="run id (or a unique prefix), or 'latest' (default)")
+    _stored_run_arguments(corr)
     corr.add_argument("--out", required=True, metavar="JSON",
                       help="the correctionlib file to write, e.g. corrections.json")
     corr.add_argument("--method", choices=("binned", "classifier"), default="binned",
