@@ -311,3 +311,29 @@ def test_the_gate_requires_a_passing_held_out_closure(met_case, tmp_path, capsys
         verdict = judge(tables, spec)
         assert not verdict.passed and why in verdict.rules[0].reason, verdict.rules[0].reason
     assert judge({"runs": run}, spec).passed  # no correction applied: nothing to close
+
+
+def test_history_shows_run_correction_and_closures(met_case, monkeypatch):
+    """The loader links source run -> correction -> closure runs, and the dashboard's History
+    page shows them."""
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from validator.dashboard.common import PAGE_FILES
+    from validator.results.tables import correction_chains
+
+    chains = correction_chains(met_case["db"])
+    closures = chains.dropna(subset=["closure_run_id"])
+    assert set(chains["source_run_id"]) == {met_case["source"]}
+    held_out = closures[closures["half"] == "held-out"]
+    assert list(held_out["closure_run_id"]) == [met_case["closure"]["held-out"][1]]
+    assert bool(held_out["gate_passed"].iloc[0])
+    monkeypatch.setenv("VALIDATOR_DB", str(met_case["db"]))
+    at = AppTest.from_file(str(REPO / "validator" / "dashboard" / "app.py"),
+                           default_timeout=180)
+    at.run()
+    at.switch_page(PAGE_FILES["history"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("run → correction → closure" in s.value for s in at.subheader)
+    shown = next(d.value for d in at.dataframe if "closure_run_id" in d.value.columns)
+    assert met_case["closure"]["held-out"][1] in set(shown["closure_run_id"])

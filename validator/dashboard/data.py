@@ -179,6 +179,11 @@ def model_runs(db: str | Path, model_id: str | None) -> pd.DataFrame:
     return _read("model_runs", db, model_id)
 
 
+def correction_chains(db: str | Path) -> pd.DataFrame:
+    """Run -> correction -> closure runs (:func:`validator.results.tables.correction_chains`)."""
+    return _read("correction_chains", db)
+
+
 def model_importances(db: str | Path, model_id: str) -> pd.DataFrame:
     """First-order importances of one model in every run."""
     return _read("model_importances", db, model_id)

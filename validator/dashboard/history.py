@@ -183,6 +183,17 @@ def render() -> None:
                 lambda: static.lines(xs, series, "⟨|t_i|⟩·σ_i (data)",
                                      f"the 8 most important inputs, node {node}"),
                 "history_importances", "hi-imp")
+    chains = data.correction_chains(db)
+    if len(chains):
+        st.subheader("Corrections: run → correction → closure runs")
+        st.dataframe(chains.assign(
+            sha256=[str(s)[:12] for s in chains["sha256"]],
+            gate=["passed" if g is True or g == 1 else "failed" if g is False or g == 0
+                  else "—" for g in chains["gate_passed"]]).drop(columns="gate_passed"),
+            hide_index=True)
+        st.caption("validator correct derives a correction on the training half of a run's "
+                   "events; a closure run (validator run --apply) tests it on the held-out "
+                   "half; the gate's closure rule asks for a passing held-out closure")
     st.subheader("Two runs side by side")
     ids = list(runs["run_id"]) if len(runs) >= 2 else list(runs_all["run_id"])
     if len(ids) < 2:

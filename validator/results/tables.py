@@ -236,6 +236,25 @@ def model_list(db: str | Path) -> pd.DataFrame:
                      "ORDER BY last_added DESC")
 
 
+def correction_chains(db: str | Path) -> pd.DataFrame:
+    """Run -> correction -> closure runs (``validator correct`` and ``run --apply``), one row
+    per (correction, closure run), oldest correction first: the source run, the correction's
+    name, method and file (sha256), and each closure run with the half it kept and whether
+    its gate passed (no closure yet: a row with NULL closure). Empty for a database without
+    the ``corrections`` table (schema 3 and earlier)."""
+    from validator.results.store import query
+
+    columns = ["source_run_id", "correction", "method", "sha256", "created_at",
+               "closure_run_id", "half", "gate_passed"]
+    if "corrections" not in table_columns(db):
+        return pd.DataFrame(columns=columns)
+    return query(db, "SELECT d.source_run_id, d.name AS correction, d.method, d.sha256, "
+                     "d.created_at, c.run_id AS closure_run_id, c.half, r.gate_passed "
+                     "FROM corrections d LEFT JOIN corrections c ON c.role = 'closure' "
+                     "AND c.sha256 = d.sha256 LEFT JOIN runs r ON r.run_id = c.run_id "
+                     "WHERE d.role = 'derived' ORDER BY d.created_at, r.finished_at")
+
+
 def model_runs(db: str | Path, model_id: str | None) -> pd.DataFrame:
     """The runs of one model (``None``: runs without a model), oldest first, with the
     smallest reliable p-value and Holm p-value of each (``min_p``, ``min_p_holm``) and
