@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from validator.config.display import (
+from validator.config.file import load_run_file
+from validator.config.options import run_config
+from validator.errors import InputError
+from validator.output import figures
+from validator.pipeline import run_validation
+from validator.results.display import (
     FeatureDisplay,
     parse_display,
     run_display,
     title_label,
     with_branch_titles,
 )
-from validator.config.file import load_run_file
-from validator.config.options import run_config
-from validator.errors import InputError
-from validator.output import figures
-from validator.pipeline import run_validation
 from validator.results.reading import read_run
 from validator.results.store import query
 from validator.results.tables import load_run_tables

@@ -238,12 +238,12 @@ def test_chi2_uw_and_saturated_beyond_every_toy_add_toys_then_extrapolate() -> N
         assert not fixed.pvalue_is_bound and fixed.pvalue < 1 / 201
         assert fixed.details["pvalue_from"] == "limit_law_tail"
         assert fixed.pvalue >= fixed.details["pvalue_asymptotic"]
-        # an open decision stops at max_toys; a bound above the smallest threshold goes on
-        # (doubling) until it is below it: 200 -> 3200 toys, 1/3201 < 0.05/100
+        # far beyond the strictest threshold by the limit law (TAIL_SETTLES_FACTOR): settled
+        # with the first toys, no bound refinement
         more = test(5000 * q, 1000 * p, 10 * p, n_toys=200, rng=1, max_toys=3000,
                     thresholds=(0.05, 0.05 / 100))
-        assert more.n_toys == 3200 and more.pvalue < 1 / 3201
-        assert more.details["toys_stop"] == "max_toys"  # the decision at 5e-4 is still open
+        assert more.n_toys == 200 and more.pvalue < 0.05 / 100 / 100
+        assert more.details["toys_stop"] == "settled"
         assert more.details["n_toys_initial"] == 200
     # dependence too (a planted correlation: data correlated, simulation not)
     edges = np.r_[-9.0, np.linspace(-1.5, 1.5, 6), 9.0]
@@ -253,10 +253,11 @@ def test_chi2_uw_and_saturated_beyond_every_toy_add_toys_then_extrapolate() -> N
     p_sim = np.outer(p_data.sum(axis=1), p_data.sum(axis=0))
     res = dependence(5000 * p_data, 20000 * p_sim, 400 * p_sim, n_toys=100, rng=2,
                      max_toys=800, thresholds=(0.05, 0.0005))
-    # the toys go on to settle the strictest decision, then the chi2 law with their scale
-    # says how far beyond them the observation lies
-    assert res.n_toys == 3200 and res.details["n_toys_reaching"] == 0
-    assert not res.pvalue_is_bound and res.pvalue < 1 / 3201
+    # the chi2 law with the first toys' scale puts it far below the strictest decision:
+    # settled there, and says how far beyond them the observation lies
+    assert res.n_toys == 100 and res.details["n_toys_reaching"] == 0
+    assert res.details["toys_stop"] == "settled"
+    assert not res.pvalue_is_bound and res.pvalue < 0.0005 / 100
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,12 +17,9 @@ __all__ = ["RunConfig", "__version__", "correct", "run_validation"]
 
 
 def __getattr__(name: str):  # lazy: `import validator` stays cheap for the CLI's --help
-    if name in ("RunConfig", "run_validation"):
+    # validator.correct: validator correct from a notebook (validator.stages.correct)
+    if name in ("RunConfig", "run_validation", "correct"):
         from validator import pipeline
 
         return getattr(pipeline, name)
-    if name == "correct":  # validator correct from a notebook (validator.stages.correct)
-        from validator.stages.correct import correct
-
-        return correct
     raise AttributeError(name)

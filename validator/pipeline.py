@@ -13,7 +13,7 @@ from __future__ import annotations
 import platform
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -22,13 +22,7 @@ from typing import Any
 import numpy as np
 
 from validator import __version__
-from validator.config.defaults import (
-    DEFAULT_CHUNK_ROWS,
-    DEFAULT_DB_WAIT_S,
-    DEFAULT_SEED,
-    MULTIVARIATE_EVENTS,
-)
-from validator.config.display import with_branch_titles
+from validator.config.run import RunConfig
 from validator.engine.pool import (
     FillTask,
     Later,
@@ -36,12 +30,19 @@ from validator.engine.pool import (
     WorkerPool,
     default_jobs,
     fill_samples,
+    fork_map,
     scan_samples,
     worth_workers,
 )
 from validator.errors import InputError
-from validator.inputs.sources import Sample, Selection, column_titles, open_sample
+from validator.inputs.sources import (
+    Sample,
+    Selection,
+    column_titles,
+    open_sample,
+)
 from validator.inputs.transform import INCLUSIVE, Reader, TransformChain, parse_definitions
+from validator.results.display import with_branch_titles
 from validator.results.summary import (
     DECISIVE,
     Findings,
@@ -51,15 +52,12 @@ from validator.results.summary import (
     verdict_roles,
 )
 from validator.stages.audit import (
-    SECOND_ORDER_EVENTS,
-    SHAP_EVENTS,
     AuditResult,
     ModelAudit,
     audit_results,
     criticality_rows,
 )
 from validator.stages.compare import (
-    CompareOptions,
     SystInputs,
     TestRecord,
     run_tests,
@@ -67,6 +65,7 @@ from validator.stages.compare import (
     untested_categories,
     warm_in_background,
 )
+from validator.stages.correct import correct as correct  # validator.correct (notebooks)
 from validator.stages.fill import Accumulator, Layout, fill_sample
 from validator.stages.globaltest import (
     GlobalResult,
@@ -83,7 +82,6 @@ from validator.stages.multivariate import (
 )
 from validator.stages.plan import (
     Plan,
-    PlanConfig,
     event_key_columns,
     make_plan,
     select_features,
@@ -98,71 +96,6 @@ KEY_PACKAGES = ("numpy", "scipy", "pyarrow", "polars", "duckdb", "uproot",
                 "awkward")
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What to compare and how: the whole effective configuration of a run.
-
-    ``defines`` are ``NAME=EXPR`` derived columns; ``blind`` a SQL condition whose events are
-    removed from both samples before anything is computed. ``unweighted`` acknowledges that
-    a simulation with a weight-like column is compared unweighted.
-    """
-
-    sim: Sequence[str]
-    data: Sequence[str]
-    weight: str | None = None
-    features: Sequence[str] | None = None
-    category: str | None = None
-    db: str | Path | None = "validation.duckdb"
-    alpha: float = 0.05
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-    plan: PlanConfig = field(default_factory=PlanConfig)
-    compare: CompareOptions = field(default_factory=CompareOptions)
-    seed: int = DEFAULT_SEED
-    sim_selection: str | None = None
-    data_selection: str | None = None
-    exclude: Sequence[str] = ()
-    defines: Sequence[str] = ()
-    blind: str | None = None
-    unweighted: bool = False
-    model: str | None = None
-    model_inputs: Sequence[str] | None = None
-    model_scaler: str | None = None
-    model_kind: str | None = None
-    model_params: dict[str, list[float]] | None = None
-    systematics: Systematics | None = None
-    shap_events: int = SHAP_EVENTS
-    second_order_events: int = SECOND_ORDER_EVENTS
-    multivariate: Sequence[str] = ()  # c2st, nplm (validator.stages.multivariate)
-    multivariate_events: int = MULTIVARIATE_EVENTS  # data events; the simulation 5x as many
-    multivariate_time_s: float | None = None  # per test; None: the default budget
-    multivariate_toys: int | None = None  # permutations / toys per test; None: the defaults
-    evidently_report: str | None = None  # evidently's drift report (HTML) on the subsample
-    jobs: int | None = None  # processes for the fill and the tests; None: every core
-    engine: str = "local"  # local | dask (validator.engine.pool)
-    scheduler: str | None = None  # the Dask scheduler's address; None: a local cluster
-    db_wait_s: float = DEFAULT_DB_WAIT_S
-    tags: dict[str, str] = field(default_factory=dict)
-    # how features are drawn ({feature: {label, unit, logx, logy, range}}) and the figures'
-    # experiment label (validator.config.display); stored with the run for its report
-    display: dict[str, dict[str, Any]] = field(default_factory=dict)
-    experiment_label: dict[str, Any] | None = None
-    command: str | None = None
-    apply: str | None = None  # a correction file of validator correct (a closure run)
-    apply_half: str = "held-out"  # held-out | training | all (validator.stages.correct)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain JSON values (stored with the run)."""
-        raw = asdict(self)
-        raw["sim"], raw["data"] = list(self.sim), list(self.data)
-        raw["db"] = str(self.db) if self.db else None
-        for key in ("features", "exclude", "defines", "model_inputs", "multivariate"):
-            raw[key] = list(raw[key]) if raw[key] is not None else None
-        syst = self.systematics
-        raw["systematics"] = syst.to_dict() if syst is not None and not syst.empty else None
-        raw["process_column"] = syst.process_column if syst is not None else None
-        return raw
 
 
 def package_versions() -> dict[str, str]:
@@ -525,7 +458,8 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                                                       config.compare.min_expected,
                                                       syst=tested_syst))
     records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress,
-                        config.alpha, syst=tested_syst, jobs=jobs, meanwhile=replicas_later)
+                        config.alpha, syst=tested_syst, jobs=jobs, meanwhile=replicas_later,
+                        parallel_map=fork_map)
     effects = shape_changes(layout, sim_acc, tested_syst) if tested_syst is not None else []
     audit = None
     if model is not None:  # a test that involves a network output is an output test

@@ -12,5 +12,3 @@ DEFAULT_DB_WAIT_S = 60.0
 #: permutations and the nplm toys (49 each) then take about 40 s and 50 s on the sample data on
 #: two shared cores (``benchmarks/bench_multivariate.py``).
 MULTIVARIATE_EVENTS = 20_000
-#: Rows read at a time: bounds the memory; the results do not depend on it.
-DEFAULT_CHUNK_ROWS = 250_000

@@ -2,11 +2,11 @@
 
 Each :class:`Option` says its name, its value's type and bounds, its default, its help, its
 command-line flag, its key in a run configuration file and where it goes in
-:class:`~validator.pipeline.RunConfig`. From this one table are built:
+:class:`~validator.config.run.RunConfig`. From this one table are built:
 
 - the ``run`` subcommand's argparse arguments (:func:`add_run_arguments`),
 - the configuration file's pydantic model and its JSON schema (:mod:`validator.config.file`),
-- the :class:`~validator.pipeline.RunConfig` of a run (:func:`run_config`).
+- the :class:`~validator.config.run.RunConfig` of a run (:func:`run_config`).
 
 A configuration key is the flag's name with ``_`` for ``-`` (``--syst-toys`` -> ``syst_toys``),
 except the repeatable flags that read as mappings in YAML (``--tag`` -> ``tags``,
@@ -28,13 +28,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from validator.config.defaults import (
-    DEFAULT_CHUNK_ROWS,
     DEFAULT_DB_WAIT_S,
     DEFAULT_SEED,
     MAX_BINS,
     MULTIVARIATE_EVENTS,
 )
-from validator.config.display import (
+from validator.errors import InputError
+from validator.inputs.sources import DEFAULT_CHUNK_ROWS
+from validator.results.display import (
     ExperimentLabelSpec,
     FeatureDisplaySpec,
     display_texts,
@@ -42,7 +43,6 @@ from validator.config.display import (
     parse_display,
     parse_experiment_label,
 )
-from validator.errors import InputError
 
 #: The halves of a closure run (``--apply-half``; validator.stages.correct.APPLY_HALVES, a
 #: test checks they agree).
@@ -85,7 +85,7 @@ class Option:
     ``flag`` (a switch), ``choice``, or ``repeat`` (a repeatable flag; its file form is
     ``file_type``, turned into the flag's texts by ``from_file``).
     ``minimum``/``maximum`` bound numbers (``above``: strictly above ``minimum``).
-    ``target``: the :class:`~validator.pipeline.RunConfig` field it sets (dotted for a nested
+    ``target``: the :class:`~validator.config.run.RunConfig` field it sets (dotted for a nested
     one, e.g. ``plan.n_bins``); None for the options of the command itself (``--quiet``).
     """
 
@@ -485,11 +485,11 @@ def _converters() -> dict[str, Callable[[Any], Any]]:
 
 
 def run_config(values: dict[str, Any], argv: Sequence[str] = ()) -> Any:
-    """The :class:`~validator.pipeline.RunConfig` of the options' values (argparse
+    """The :class:`~validator.config.run.RunConfig` of the options' values (argparse
     destinations, command-line forms), checked: a wrong value is a :class:`UsageError`."""
     from dataclasses import replace
 
-    from validator.pipeline import RunConfig
+    from validator.config.run import RunConfig
     from validator.stages.compare import CompareOptions
     from validator.stages.plan import PlanConfig
     from validator.stages.systematics import Systematics

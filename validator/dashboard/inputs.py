@@ -27,7 +27,7 @@ def pick(label: str, options: list[str], key: str, wanted: str | None) -> str:
 def static_feature(nominal: dict[str, Any], variations: list[dict[str, Any]], feature: str,
                     category: str, pvalues: dict[str, float], display: Any = None) -> Any:
     """The report's figure of a feature (``display``: the run's
-    :class:`~validator.config.display.RunDisplay`, its labels and experiment label)."""
+    :class:`~validator.results.display.RunDisplay`, its labels and experiment label)."""
     from validator.output import figures
     from validator.output.documents import syst_band
 

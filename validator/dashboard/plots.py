@@ -128,7 +128,7 @@ def feature_figure(nominal: Mapping[str, Any], variations: Sequence[Mapping[str,
     """Simulation (stacked by process when stored) vs data in the ``plot`` binning, the
     simulation's statistical (and systematic) band, and the data/simulation ratio panel.
     ``xtitle``, ``log_y`` (None: automatic, beyond two decades), ``log_x`` and ``x_range``
-    come from the run's display settings (:mod:`validator.config.display`); the legend sits
+    come from the run's display settings (:mod:`validator.results.display`); the legend sits
     outside the axes, to the right, where it hides no bin."""
     from plotly.subplots import make_subplots
 

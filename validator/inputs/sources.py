@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from validator.config.defaults import DEFAULT_CHUNK_ROWS
 from validator.errors import InputError
+
+#: Rows read at a time: bounds the memory; the results do not depend on it.
+DEFAULT_CHUNK_ROWS = 250_000
 
 
 def read_errors() -> tuple[type[BaseException], ...]:
@@ -472,7 +474,7 @@ def column_titles(sample: Sample) -> dict[str, str]:
     """The titles of a sample's ROOT branches (uproot ``TBranch.title``), by column, where a
     file has one; RNTuple fields have a ``description`` instead (read alike). Parquet and
     CSV columns have none. The first file giving a column a non-empty title names it.
-    :func:`validator.config.display.title_label` decides which are axis labels."""
+    :func:`validator.results.display.title_label` decides which are axis labels."""
     out: dict[str, str] = {}
     for source in sample.sources:
         if source.format != "root":

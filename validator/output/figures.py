@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from mplhep.error_estimation import poisson_interval
 
-from validator.config.display import ExperimentLabel, FeatureDisplay
+from validator.results.display import ExperimentLabel, FeatureDisplay
 from validator.results.format import format_p, neg_log10
 
 #: p-value colour thresholds of the matrix (CMS/KIT convention): green p >= P_GREEN (no

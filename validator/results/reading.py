@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from validator.config.display import RunDisplay, run_display
+from validator.results.display import RunDisplay, run_display
 from validator.results.format import format_p
 from validator.results.summary import (
     DECISIVE,

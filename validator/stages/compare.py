@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -514,11 +514,26 @@ def warm_in_background(jobs: int) -> threading.Thread | None:
     return thread
 
 
+#: ``(fn, n, jobs, batch, meanwhile) -> fn(0), ..., fn(n - 1)`` in order: how the tests of a
+#: run are spread over processes (:func:`validator.engine.pool.fork_map`).
+ParallelMap = Callable[[Callable[[int], Any], int, int, int, Callable[[], Any] | None],
+                       Iterable[Any]]
+
+
+def serial_map(fn: Callable[[int], Any], n: int, jobs: int = 1, batch: int = 1,
+               meanwhile: Callable[[], Any] | None = None) -> Iterator[Any]:
+    """:data:`ParallelMap` in this process: ``meanwhile()`` first, then ``fn(i)`` in order."""
+    if meanwhile is not None:
+        meanwhile()
+    return (fn(i) for i in range(n))
+
+
 def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Accumulator],
               options: CompareOptions, seed: int,
               progress: Callable[[str, int, int], None] | None = None,
               alpha: float = 0.05, syst: SystInputs | None = None, jobs: int = 1,
-              meanwhile: Callable[[], Any] | None = None) -> list[TestRecord]:
+              meanwhile: Callable[[], Any] | None = None,
+              parallel_map: ParallelMap | None = None) -> list[TestRecord]:
     """Every planned test of every category, in the order of :func:`planned_methods`.
 
     A category present in one sample only (or with Σw ≤ 0) gets every planned test with the
@@ -526,11 +541,12 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     Holm's first threshold ``alpha / m`` (m planned tests); the unadjusted decision at
     ``alpha`` rests on the initial toys, which stop early for a p-value above ``alpha``
     (:class:`ToyTargets`). With ``jobs > 1``
-    the features and pairs are tested in that many forked processes
-    (:func:`validator.engine.pool.fork_map`); the results are the same. ``meanwhile()`` runs in
+    the features and pairs are tested in that many processes by ``parallel_map`` (the
+    engine's :func:`validator.engine.pool.fork_map`, which the pipeline passes; without it
+    in this process, :func:`serial_map`); the results are the same. ``meanwhile()`` runs in
     this process while the workers test (before them without workers).
     """
-    from validator.engine.pool import fork_map
+    fork_map = parallel_map or serial_map
 
     categories = list(dict.fromkeys([*sims, *datas]))
     with_invalid = np.zeros(layout.n_features, dtype=bool)

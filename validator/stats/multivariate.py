@@ -60,17 +60,21 @@ layer starts at zero (f ≡ 0), so t ≥ 0.
 
 Calibration by toys under the null: the simulation is split in two halves by the generator;
 one is the reference in every fit, the other a pool, unweighted exactly (acceptance ∝ w, as
-in c2st), from which each toy draws as many "data" events as the data fitted, without
-replacement. A toy is fitted exactly as the data; p = (1 + k)/(1 + n_toys). Conditional on
-the reference, a toy is then an exact draw of the null, like the data (a Poisson or
-multinomial resampling of the weighted pool instead adds the pool's own fluctuation to
-every toy and makes the p-value conservative: measured, most null p-values near 1). The pool
-must hold :data:`NPLM_POOL_RATIO` times the data fitted, so that toys share at most half of
-their events; the data are subsampled to fit when it does not (``details['n_data']`` of
-``n_data_given``). A χ² fitted to the toys' t (the papers' asymptotic form) gives the
-p-value of a statistic beyond every toy (:data:`NPLM_TAIL_MIN_TOYS`;
-``details['pvalue_from'] = 'chi2_fit_tail'``): a strong effect is stored as strong, not as
-the bound 1/(1 + n); under the null this changes only the 1/(1 + n) of runs beyond every toy.
+in c2st). Each toy draws as many "data" events as the data fitted, without replacement, from
+the union of the pool and the data, and is fitted exactly as the data; p = (1 + k)/(1 +
+n_toys). Under the null the data and the pool's exact draws are exchangeable, so conditional
+on the reference the observed t is one more draw of the toys' law: a permutation test, exact
+for any pool size. (Toys drawn from the pool alone carry only 1 − n/M of the data's
+sampling variance, M the pool's size: measured over 100 null replicas with 19 toys, FPR at
+5% 0.11 and 11 statistics beyond every toy. A Poisson or multinomial resampling of the
+weighted pool instead adds the pool's own fluctuation to every toy: conservative, most null
+p-values near 1.) The pool must hold :data:`NPLM_POOL_RATIO` times the data fitted; the data
+are subsampled to fit when it does not (``details['n_data']`` of ``n_data_given``).
+Beyond every toy (at least :data:`NPLM_TAIL_MIN_TOYS`), the p-value
+continues the toys' own tail with the shape of the χ² fitted to them (the papers' asymptotic
+form): 1/(1 + n) times sf(t)/sf(t_max) of that χ², t_max the largest toy
+(``details['pvalue_from'] = 'chi2_fit_tail'``): a strong effect is stored as strong, not as
+the bound 1/(1 + n), and a statistic just beyond the toys stays near 1/(1 + n).
 
 **Nuisances: learning from an imperfect machine** (R. T. d'Agnolo, G. Grosso, M. Pierini,
 A. Wulzer, M. Zanetti, Eur. Phys. J. C 82 (2022) 275, arXiv:2111.13633). Given per-event
@@ -143,10 +147,10 @@ NPLM_LR = 0.02
 NPLM_POOL_RATIO = 2
 #: Toys of nplm by default: p-values resolved to 1/50.
 NPLM_TOYS = 49
-#: Toys from which a statistic beyond every toy takes its p-value from the χ² fitted to the
-#: toys (the NPLM papers' asymptotic form: t ~ χ² with as many degrees of freedom as the
-#: network effectively fits; D'Agnolo et al., Eur. Phys. J. C 81 (2021) 89,
-#: arXiv:1912.12155) instead of the bound 1/(1 + n): how strong, not a bound.
+#: Toys from which a statistic beyond every toy takes its p-value from the tail of the χ²
+#: fitted to the toys (the NPLM papers' asymptotic form: t ~ χ² with as many degrees of
+#: freedom as the network effectively fits; D'Agnolo et al., Eur. Phys. J. C 81 (2021) 89,
+#: arXiv:1912.12155), anchored at the largest toy, instead of the bound 1/(1 + n).
 NPLM_TAIL_MIN_TOYS = 19
 #: Default wall-clock budget per test (s): no permutation or toy starts after it.
 TIME_BUDGET_S = 180.0
@@ -643,6 +647,15 @@ def _nplm_fit(zr: Any, wr: Any, zd: Any, cd: Any, gen: Any, hidden: tuple[int, .
 
 
 @_on_torch_threads
+def _tail_ratio(dof: float, t_obs: float, t_max: float) -> float:
+    """How far beyond the largest toy, by the χ² fitted to the toys: sf(t_obs)/sf(t_max),
+    computed in logs (both may underflow). The fitted law gives only the tail's shape beyond
+    the toys; its level stays the toys' own, 1/(1 + n) at the largest toy (fitted levels from
+    19 toys were too light in the tail: measured, 6 of 100 null replicas below 0.01)."""
+    log_ratio = float(stats.chi2.logsf(t_obs, dof) - stats.chi2.logsf(t_max, dof))
+    return float(np.exp(min(log_ratio, 0.0)))
+
+
 def nplm(x_sim: np.ndarray, w_sim: np.ndarray | None, x_data: np.ndarray,
          rng: np.random.Generator, *, inputs: tuple[str, ...] | None = None,
          systematics: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
@@ -708,15 +721,19 @@ def nplm(x_sim: np.ndarray, w_sim: np.ndarray | None, x_data: np.ndarray,
     attribution = taylor_attribution(net, z_data, prep.sigma, inputs)
     null: list[float] = []
     stopped = False
+    # the toys' events: the pool's exact draws and the data, exchangeable under the null
+    z_union = torch.cat([zp, zd])
+    a_union = np.concatenate([nuis.a_pool, nuis.a_data]) if nuis else None
+    b_union = np.concatenate([nuis.b_pool, nuis.b_data]) if nuis else None
     for k in range(n_toys):
         if time.perf_counter() - start > time_budget_s:
             stopped = True
             break
-        toy = np.sort(rng.choice(len(accepted), n_data, replace=False))
+        toy = np.sort(rng.choice(len(accepted) + n_data, n_data, replace=False))
         aux = rng.standard_normal(n_k)
-        t_k, _, _ = statistic(zp[torch.from_numpy(toy)], ones,
-                              nuis.a_pool[toy] if nuis else None,
-                              nuis.b_pool[toy] if nuis else None, aux)
+        t_k, _, _ = statistic(z_union[torch.from_numpy(toy)], ones,
+                              a_union[toy] if nuis else None,
+                              b_union[toy] if nuis else None, aux)
         null.append(t_k)
         if progress:
             progress(k + 1, n_toys)
@@ -738,9 +755,11 @@ def nplm(x_sim: np.ndarray, w_sim: np.ndarray | None, x_data: np.ndarray,
         dof, _, _ = stats.chi2.fit(np.maximum(null, 1e-9), floc=0, fscale=1)
         details["chi2_fit_dof"] = float(dof)
         details["pvalue_chi2_fit"] = float(stats.chi2.sf(t_obs, dof))
-        if is_bound and n >= NPLM_TAIL_MIN_TOYS and details["pvalue_chi2_fit"] < pvalue:
-            pvalue, is_bound = details["pvalue_chi2_fit"], False
-            details["pvalue_from"] = "chi2_fit_tail"
+        if is_bound and n >= NPLM_TAIL_MIN_TOYS:
+            anchored = pvalue * _tail_ratio(dof, t_obs, float(np.max(null)))
+            if anchored < pvalue:
+                pvalue, is_bound = anchored, False
+                details["pvalue_from"] = "chi2_fit_tail"
     if nuis is not None:
         details["nuisances"] = {name: float(v) for name, v in zip(nuis.names, nu_hat,
                                                                     strict=True)}
