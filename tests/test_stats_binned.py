@@ -26,7 +26,7 @@ from validator.stats.chi2 import chi2_uw
 from validator.stats.dependence import dependence, ipf, null_fit
 from validator.stats.likelihood import saturated
 from validator.stats.result import GofResult
-from validator.stats.toys import toy_pvalue
+from validator.stats.toys import TAIL_SETTLES_FACTOR, toy_pvalue
 
 REFERENCE_DIR = Path(__file__).parents[1].parent / "shared" / "reference"
 
@@ -717,7 +717,8 @@ def test_saturated_toys_detect_a_clear_mismatch() -> None:
                     thresholds=(0.05, 0.05 / 1000))
     assert res.n_toys == 200 and res.details["n_toys_reaching"] == 0
     assert res.details["toys_stop"] == "settled"
-    assert res.pvalue < 0.05 / 1000 / 100 and res.details["pvalue_from"] == "limit_law_tail"
+    assert res.pvalue < 0.05 / 1000 / TAIL_SETTLES_FACTOR
+    assert res.details["pvalue_from"] == "limit_law_tail"
 
 
 def test_saturated_variations_absorb_a_modelled_shape_effect() -> None:

@@ -26,6 +26,7 @@ from validator.stats.chi2 import chi2_uw
 from validator.stats.dependence import dependence, nonnegative_table
 from validator.stats.likelihood import saturated
 from validator.stats.toys import (
+    TAIL_SETTLES_FACTOR,
     ToyOptions,
     chi2_tail_law,
     clopper_pearson,
@@ -242,7 +243,7 @@ def test_chi2_uw_and_saturated_beyond_every_toy_add_toys_then_extrapolate() -> N
         # with the first toys, no bound refinement
         more = test(5000 * q, 1000 * p, 10 * p, n_toys=200, rng=1, max_toys=3000,
                     thresholds=(0.05, 0.05 / 100))
-        assert more.n_toys == 200 and more.pvalue < 0.05 / 100 / 100
+        assert more.n_toys == 200 and more.pvalue < 0.05 / 100 / TAIL_SETTLES_FACTOR
         assert more.details["toys_stop"] == "settled"
         assert more.details["n_toys_initial"] == 200
     # dependence too (a planted correlation: data correlated, simulation not)
@@ -257,7 +258,7 @@ def test_chi2_uw_and_saturated_beyond_every_toy_add_toys_then_extrapolate() -> N
     # settled there, and says how far beyond them the observation lies
     assert res.n_toys == 100 and res.details["n_toys_reaching"] == 0
     assert res.details["toys_stop"] == "settled"
-    assert not res.pvalue_is_bound and res.pvalue < 0.0005 / 100
+    assert not res.pvalue_is_bound and res.pvalue < 0.0005 / TAIL_SETTLES_FACTOR
 
 
 # ---------------------------------------------------------------------------------------
@@ -696,6 +697,6 @@ def test_a_statistic_far_beyond_every_toy_settles_with_its_limit_law():
     tail = chi2_tail_law(observed, 5, float(stats.chi2.sf(observed, 5)))
     fast = run_toys(observed, _chi2_draw(5, 11), options, tail=tail)
     assert fast.n_toys == 500 and fast.details["toys_stop"] == "settled"
-    assert not fast.pvalue_is_bound and fast.pvalue < 1e-5 / 100
+    assert not fast.pvalue_is_bound and fast.pvalue < 1e-5 / TAIL_SETTLES_FACTOR
     slow = run_toys(observed, _chi2_draw(5, 11), options)
     assert slow.n_toys > 20000 and slow.pvalue_is_bound
