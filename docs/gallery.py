@@ -51,12 +51,8 @@ def gallery_figures(db: str | Path, run: str = "latest") -> list[GalleryFigure]:
     reading = read_run(load_run_tables(db, run, histograms="report"))
     run_id = reading.run_id
     out: list[GalleryFigure] = []
-    seen: set[str] = set()
-    for item, fig in iter_figures(reading, top=1):
+    for item, fig in iter_figures(reading, top=1):  # one figure of each kind
         kind = item.stem.split("_")[0]
-        if kind in seen:
-            continue
-        seen.add(kind)
         what = {"feature": "1D: the worst feature", "pull": "2D: the worst pair's pull map",
                 "pvalue": "the p-value matrix of all pairs"}[kind]
         out.append(GalleryFigure(f"report_{kind}", what, item.caption,

@@ -202,13 +202,6 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys, samples):
 # building blocks
 
 
-def test_the_option_table_lists_the_halves_of_the_stage():
-    from validator.config import options
-    from validator.stages import correct
-
-    assert options.APPLY_HALVES == correct.APPLY_HALVES
-
-
 def test_split_is_by_event_and_even():
     rows = np.arange(200_000)
     keys = split_keys(rows, 12345, 99)

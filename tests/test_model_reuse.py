@@ -82,6 +82,10 @@ def test_a_reader_replays_the_recorded_outputs_and_evaluates_a_chunk_that_differ
     reader.keep(partition, kept)
     again = [c["output"] for c in reader.part(partition)]
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    # the kept values are what a later pass reads (marked ones come back, not recomputed)
+    marked = [{"output": np.full_like(k["output"], 7.0)} for k in kept]
+    replayed = [c["output"] for c in reader.part(partition, replay=marked)]
+    assert all(np.all(r == 7.0) for r in replayed)
     # a kept chunk whose length does not match is evaluated again, not misaligned
     wrong = [{"output": k["output"][:-1]} for k in kept]
     fixed = [c["output"] for c in reader.part(partition, replay=wrong)]

@@ -437,19 +437,16 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 def _cmd_correct(args: argparse.Namespace) -> int:
     from validator.errors import output_file_problem
-    from validator.results.store import check_database, save_corrections
-    from validator.stages.correct import correction_row, derive_corrections, write_corrections
+    from validator.results.store import check_database
+    from validator.stages.correct import correct
 
     problem = output_file_problem(args.out, "corrections.json")
     if problem:
         raise _usage(f"--out {args.out}: {problem}")
     check_database(args.db)
     features = [f.strip() for f in (args.features or "").split(",") if f.strip()]
-    result = derive_corrections(args.db, args.run, args.method, features=features,
-                                seed=args.seed)
-    if result.corrections or result.events is not None:
-        write_corrections(result, args.out)
-        save_corrections(args.db, [correction_row(result)])
+    result = correct(args.db, args.run, args.out, args.method, features=features,
+                     seed=args.seed)
     for line in result.summary_lines():
         print(line)
     if result.files:

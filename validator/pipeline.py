@@ -365,9 +365,6 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         store.check_database(config.db)  # before any work: a finished run must have a home
     sim = open_sample("sim", config.sim, config.weight)
     data = open_sample("data", config.data, None)
-    titles = {**column_titles(data), **column_titles(sim)}
-    if titles:  # ROOT branch titles: the default axis labels, stored with the run
-        config = replace(config, display=with_branch_titles(config.display, titles))
     _check_weighting(sim, config)
     _check_distinct_inputs(sim, data, config)
     definitions = parse_definitions(config.defines)
@@ -413,6 +410,10 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                         chain(config.sim_selection, "--sim-selection"))
     data_reader = Reader(data, list(dict.fromkeys(columns + data_keys)), config.chunk_rows,
                          chain(config.data_selection, "--data-selection", data_derived, data))
+    # ROOT branch titles of the tested columns: their default axis labels, stored with the run
+    titles = {**column_titles(data, choice.candidates), **column_titles(sim, choice.candidates)}
+    if titles:
+        config = replace(config, display=with_branch_titles(config.display, titles))
     jobs = config.jobs if config.jobs is not None else default_jobs()
     with WorkerPool(jobs) as pool:
         if worth_workers(max(sim.n_rows, 0) + max(data.n_rows, 0)):

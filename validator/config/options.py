@@ -43,10 +43,8 @@ from validator.results.display import (
     parse_display,
     parse_experiment_label,
 )
+from validator.stages.correct import APPLY_HALVES
 
-#: The halves of a closure run (``--apply-half``; validator.stages.correct.APPLY_HALVES, a
-#: test checks they agree).
-APPLY_HALVES = ("held-out", "training", "all")
 #: The models' kinds (what the network outputs).
 MODEL_KINDS = ("binary", "multiclass", "regression")
 ENGINES = ("local", "dask")

@@ -20,9 +20,8 @@ from validator.errors import InputError
 
 #: Rows of a long table shown per page.
 PAGE_ROWS = 50
-#: The page files (relative to app.py) by name, for links between pages.
-#: The page files, absolute: the app runs from ``validator/dashboard/app.py`` and from the
-#: repository's ``dashboard/app.py`` alike.
+#: The page files by name, for links between pages, absolute: the app runs from
+#: ``validator/dashboard/app.py`` and from the repository's ``dashboard/app.py`` alike.
 VIEWS = Path(__file__).resolve().with_name("views")
 PAGE_FILES = {name: str(VIEWS / f"{name}.py")
               for name in ("overview", "inputs", "pairs", "model", "history", "models")}

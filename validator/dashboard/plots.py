@@ -24,6 +24,7 @@ from validator.output.figures import (
     PROCESS_COLOURS,
     PULL_MIN_RANGE,
     Hist2D,
+    auto_log,
     edge_labels,
     pull_values,
 )
@@ -113,14 +114,6 @@ def plotly_label(text: str) -> str:
     return "$" + "".join(out) + "$"
 
 
-def auto_log_y(values: Sequence[np.ndarray]) -> bool:
-    """The y axis is logarithmic when the contents span more than two decades
-    (:func:`validator.output.figures.auto_log`, the reports' rule)."""
-    from validator.output.figures import auto_log
-
-    return auto_log(list(values))
-
-
 def feature_figure(nominal: Mapping[str, Any], variations: Sequence[Mapping[str, Any]],
                    feature: str, *, title: str | None = None, xtitle: str | None = None,
                    log_y: bool | None = None, log_x: bool = False,
@@ -183,7 +176,7 @@ def feature_figure(nominal: Mapping[str, Any], variations: Sequence[Mapping[str,
     half = float(np.clip(1.3 * dev, 0.2, 1.0))
     notes = [f"{name}: data {dd:.0f}, sim {ss:.1f}" for name, (dd, ss) in
              (("underflow", b["underflow"]), ("overflow", b["overflow"])) if dd or ss]
-    logy = auto_log_y([sim, d]) if log_y is None else bool(log_y)
+    logy = auto_log([sim, d]) if log_y is None else bool(log_y)
     fig.update_yaxes(title_text="Events / bin", type="log" if logy else "linear", row=1,
                      col=1)
     fig.update_yaxes(title_text="Data / Sim.", range=[1 - half, 1 + half], row=2, col=1)

@@ -43,7 +43,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
@@ -451,10 +451,12 @@ def _fill_local(tasks: Sequence[FillTask], parts: list[list[Partition]], jobs: i
     done = [0] * len(tasks)
     sequential = jobs <= 1 or not _worth_workers(tasks)
 
-    light = [task.light() for task in tasks]
-    results = (tasks[t].fill(p) for t, p in items) if sequential \
-        else clean_map(_fill_remote, [(light[t], p, tasks[t].reader.kept_for(p))
-                                      for t, p in items], jobs, pool)
+    if sequential:
+        results: Iterable[Any] = (tasks[t].fill(p) for t, p in items)
+    else:
+        light = [task.light() for task in tasks]
+        results = clean_map(_fill_remote, [(light[t], p, tasks[t].reader.kept_for(p))
+                                           for t, p in items], jobs, pool)
     for (t, partition), result in zip(items, results, strict=True):
         trees[t].push(result)
         done[t] += _rows(partition, tasks[t])

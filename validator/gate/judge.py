@@ -556,19 +556,18 @@ def _closure(rule: ClosureRule, tables: Mapping[str, pd.DataFrame]) -> RuleVerdi
         if c["half"] == rule.half:
             closed.append(f"{c['name']}: this run is its {rule.half} closure")
             continue
-        runs = closures[(closures["sha256"] == c["sha256"]) & (closures["half"] == rule.half)] \
-            if closures is not None and len(closures) else closures
-        passing = [] if runs is None else [
-            r for r, ok in zip(runs["run_id"], runs["gate_passed"], strict=True)
-            if not _null(ok) and bool(ok)]
-        if passing:
-            closed.append(f"{c['name']}: {rule.half} closure run {passing[-1]} passed")
-        elif closures is None:
+        if closures is None:
             missing.append(f"{c['name']}: the runs of the database are not at hand (a run "
                            "not stored: judge it with 'validator gate --db')")
+            continue
+        runs = closures[(closures["sha256"] == c["sha256"]) & (closures["half"] == rule.half)]
+        passing = [r for r, ok in zip(runs["run_id"], runs["gate_passed"], strict=True)
+                   if not _null(ok) and bool(ok)]
+        if passing:
+            closed.append(f"{c['name']}: {rule.half} closure run {passing[-1]} passed")
         else:
-            tried = "" if runs is None or not len(runs) else \
-                f" ({len(runs)} {rule.half} closure run(s), none passed its gate)"
+            tried = f" ({len(runs)} {rule.half} closure run(s), none passed its gate)" \
+                if len(runs) else ""
             missing.append(f"{c['name']} (sha256 {str(c['sha256'])[:12]}): no passing "
                            f"{rule.half} closure{tried}")
     details = {"closed": closed, "missing": missing}

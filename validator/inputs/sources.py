@@ -470,18 +470,19 @@ def read_schema(source: Source) -> tuple[dict[str, str], int]:
     return kinds, int(tree.num_entries)
 
 
-def column_titles(sample: Sample) -> dict[str, str]:
-    """The titles of a sample's ROOT branches (uproot ``TBranch.title``), by column, where a
-    file has one; RNTuple fields have a ``description`` instead (read alike). Parquet and
+def column_titles(sample: Sample, names: Sequence[str]) -> dict[str, str]:
+    """The titles of the ROOT branches ``names`` of a sample (uproot ``TBranch.title``) where
+    a file has one; RNTuple fields have a ``description`` instead (read alike). Parquet and
     CSV columns have none. The first file giving a column a non-empty title names it.
     :func:`validator.results.display.title_label` decides which are axis labels."""
     out: dict[str, str] = {}
+    wanted = set(names) & set(sample.columns)
     for source in sample.sources:
-        if source.format != "root":
+        if source.format != "root" or len(out) == len(wanted):
             continue
         tree = _root_tree(source)
-        for name in tree.keys(recursive=False) if hasattr(tree, "keys") else ():
-            if name in out or name not in sample.columns:
+        for name in tree.keys(recursive=False):
+            if name in out or name not in wanted:
                 continue
             try:
                 branch = tree[name]

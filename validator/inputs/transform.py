@@ -172,7 +172,7 @@ class TransformChain:
             if values is None:
                 values = derived(chunk, label)
                 if keep is not None and reusable(derived):
-                    keep.update({c: _compact(v) for c, v in values.items()})
+                    keep.update({c: single_if_exact(v) for c, v in values.items()})
             chunk = {**chunk, **values}
         if self.selection is not None and not early:
             selected = self.selection.mask(chunk, label)
@@ -191,13 +191,14 @@ def reusable(derived: DerivedColumns) -> bool:
     return not isinstance(derived, Definition)
 
 
-def _compact(values: np.ndarray) -> np.ndarray:
-    """``values`` as float32 when that is exact (a float32 network's outputs), else as
-    they are."""
-    if values.dtype != np.float64:
-        return values
-    small = values.astype(np.float32)
-    return small if np.array_equal(small, values, equal_nan=True) else values
+def single_if_exact(values: np.ndarray) -> np.ndarray:
+    """A copy of ``values`` in single precision where that is exact (a float32 column read
+    as float64, a float32 network's outputs), else in double: half the memory and half what
+    a worker sends back."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        single = values.astype(np.float32)
+    return single if np.array_equal(single, values, equal_nan=True) \
+        else values.astype(np.float64)
 
 
 def _reused(derived: DerivedColumns, reuse: Chunk, n: int) -> dict[str, np.ndarray] | None:
@@ -205,7 +206,7 @@ def _reused(derived: DerivedColumns, reuse: Chunk, n: int) -> dict[str, np.ndarr
     or an array's length is not the chunk's."""
     if not all(c in reuse and len(reuse[c]) == n for c in derived.names):
         return None
-    return {c: reuse[c].astype(np.float64) for c in derived.names}
+    return {c: reuse[c].astype(np.float64, copy=False) for c in derived.names}
 
 
 @dataclass

@@ -68,10 +68,12 @@ split into :data:`BACKGROUND_GROUPS` groups (the signs spread evenly over them),
 computed per group in the same network calls, and the delete-a-group jackknife of each mean
 |SHAP| (B. Efron, C. Stein, Ann. Statist. 9 (1981) 586) is its variance from the background
 draw; the stored uncertainty adds it to the events' in quadrature (``ShapResult``:
-``event_uncertainties``, ``background_uncertainties``). No extra network evaluation: the
-cost is that of one background. Averages: ⟨|φ_i|⟩ per group with the weighted mean and
-linearised variance of :class:`validator.model.taylor.AbsMeanSums` (signed weights); groups as
-for the Taylor coefficients (a multi-class network: node c on the events whose highest output
+``event_uncertainties``, ``background_uncertainties``). The enumeration and the sampling
+estimator take the groups in the same network calls (the cost of one background); shap's
+own explainers run once per group (the gradient explainer's samples split between them).
+Averages: ⟨|φ_i|⟩ per group with the weighted mean and linearised variance of
+:class:`validator.model.taylor.AbsMeanSums` (signed weights); groups as for the Taylor
+coefficients (a multi-class network: node c on the events whose highest output
 is c, and ``all``, each event at its highest node).
 """
 
@@ -233,7 +235,7 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
     names = groups(model)
     sums = _abs_sums(model, names, outputs, ws, phi)
     mean, unc = sums.means()
-    unc_bg = _jackknife(model, names, outputs, ws, parts, share)
+    unc_bg = _jackknife(model, names, outputs, ws, parts, phi, share)
     return ShapResult(inputs=model.inputs, groups=names, values=mean,
                       uncertainties=np.hypot(unc, unc_bg), n_events=sums.n.copy(),
                       sum_weights=sums.sw.copy(), base_values=base, per_event=phi,
@@ -304,14 +306,15 @@ def _abs_sums(model: AuditedModel, names: tuple[str, ...], outputs: np.ndarray,
 
 
 def _jackknife(model: AuditedModel, names: tuple[str, ...], outputs: np.ndarray,
-               ws: np.ndarray, parts: np.ndarray, share: np.ndarray) -> np.ndarray:
+               ws: np.ndarray, parts: np.ndarray, total: np.ndarray, share: np.ndarray
+               ) -> np.ndarray:
     """The delete-a-group jackknife standard deviation of each mean |φ| from the background
-    draw: ``parts`` ``(n, N, K, C)`` is each group's share of φ, ``share`` ``(B, K)`` the
-    rows' shares; without group k, φ is renormalised to the other groups' rows."""
+    draw: ``parts`` ``(n, N, K, C)`` is each group's share of φ, ``total`` their sum (φ),
+    ``share`` ``(B, K)`` the rows' shares; without group k, φ is renormalised to the other
+    groups' rows."""
     k = parts.shape[2]
     if k < 2:
         return np.zeros((len(names), parts.shape[1]))
-    total = parts.sum(axis=2)
     kept = 1.0 - share.sum(axis=0)  # the game's weight left without each group (Σ a = 1)
     values = np.stack([_abs_sums(model, names, outputs, ws,
                                  (total - parts[:, :, g]) / kept[g]).means()[0]
@@ -353,7 +356,7 @@ def _masked(zx: np.ndarray, zb: np.ndarray, take: np.ndarray, cols: np.ndarray
 
 
 def exact_shap(model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
-           share: np.ndarray | None = None, max_rows: int = MAX_ROWS) -> tuple[np.ndarray, int]:
+               share: np.ndarray | None = None, max_rows: int = MAX_ROWS) -> tuple[np.ndarray, int]:
     """Shapley values by enumerating all 2^N coalitions S (Shapley 1953; Lundberg & Lee 2017,
     eq. 8): v(S) = mean over the background of f(x_S, b_rest), and
     φ_i = Σ_{S ∌ i} |S|!(N−|S|−1)!/N! (v(S ∪ {i}) − v(S)). The same numbers as
@@ -396,8 +399,7 @@ def exact_shap(model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
 
 
 def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, seed: int,
-              share: np.ndarray | None = None, max_rows: int = MAX_ROWS
-              ) -> tuple[np.ndarray, int]:
+              share: np.ndarray) -> tuple[np.ndarray, int]:
     """Shapley values by sampling permutations (Castro, Gómez, Tejada, Comput. Oper. Res. 36
     (2009) 1726; Štrumbelj & Kononenko, Knowl. Inf. Syst. 41 (2014) 647: "Shapley sampling
     values" in Lundberg & Lee 2017), vectorised.
@@ -411,12 +413,8 @@ def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, 
     (2022) 1, arXiv:2104.12199), every (event, background row) draws its own. Each chain
     costs N − 1 evaluations (f(b) and f(x) are shared), all chains of a batch of events run
     in one call of the network. The mean over the background rows is the ``share``-weighted
-    sum per group (``(B, K)``, as :func:`exact_shap`): φ comes back per group, ``(n, N, K, C)``
-    (without ``share``: the plain mean, ``(n, N, C)``)."""
-    if share is None:
-        phi, ns = _sampling(model, xs, bg, rounds, seed,
-                            np.full((len(bg), 1), 1.0 / len(bg)), max_rows)
-        return phi[:, :, 0], ns
+    sum per group (``(B, K)``, as :func:`exact_shap`): φ comes back per group,
+    ``(n, N, K, C)``."""
     n, dim = xs.shape
     n_bg = len(bg)
     zx, zb, cols = _model_rows(model, xs, bg)
@@ -429,7 +427,7 @@ def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, 
         return phi, rounds
     rng = np.random.default_rng([seed, 0x5A3B])
     steps = np.arange(1, dim)  # p_k for k = 1..N-1 take the first k inputs of π from x
-    per = max(1, max_rows // (n_bg * (dim - 1)))
+    per = max(1, MAX_ROWS // (n_bg * (dim - 1)))
     for s in range(0, n, per):
         e = len(zx[s:s + per])
         rank = None
@@ -464,11 +462,13 @@ def _per_group(method: str, model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
                          "'exact' or 'sampling'")
     parts = []
     ns = 0
-    for g in range(groups_of.max() + 1):
+    n_groups = groups_of.max() + 1
+    for g in range(n_groups):
         rows = groups_of == g
         gb, gs = bg[rows], signs[rows]  # every sign +1 here
-        if method == "gradient":
-            phi, ns = _gradient(model, xs, gb, nsamples or 200, seed)
+        if method == "gradient":  # its samples per event, split between the groups
+            phi, used = _gradient(model, xs, gb, max(1, (nsamples or 200) // n_groups), seed)
+            ns += used
         elif method == "kernel":
             phi, ns = _kernel(model, xs, gb, nsamples or 1000, seed)
         else:

@@ -488,10 +488,12 @@ def plot_pull_map(hist: Hist2D, feature_x: str, feature_y: str, *,
         cat = f"  [{category}]" if category and category != "all" else ""
         # a short title (the pair and its worst Holm p); every test's p-value is in the
         # caption under the map, so the title never runs off the canvas
-        worst = min((p for p in (pvalues or {}).values() if np.isfinite(p)), default=None)
+        finite = {m: p for m, p in (pvalues or {}).items() if np.isfinite(p)}
+        worst = min(finite, key=finite.get, default=None)
         pad = draw_experiment_label(ax, experiment)
         ax.set_title(f"{feature_x} × {feature_y}{cat}" + (
-            f"\nworst Holm p {format_p(worst)}" if worst is not None else ""),
+            f"\nworst Holm p {format_p(finite[worst], bound=(bounds or {}).get(worst, False))}"
+            if worst is not None else ""),
             loc="left", fontsize="small", pad=pad)
         caption = pull_caption(pvalues, bounds)
         if caption:

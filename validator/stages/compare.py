@@ -174,8 +174,8 @@ Outcome = GofResult | str  # a result, or the reason the test could not run
 
 
 def binned_tests(data: Hist, sim: Hist, options: CompareOptions,
-                  rng: Callable[[str], np.random.Generator],
-                  targets: ToyTargets) -> dict[str, Outcome]:
+                 rng: Callable[[str], np.random.Generator],
+                 targets: ToyTargets) -> dict[str, Outcome]:
     """``chi2_uw`` and ``saturated`` on a histogram, sparse bins merged first.
 
     Bins are merged until each group has enough expected data *and* enough equivalent

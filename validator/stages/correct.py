@@ -59,6 +59,7 @@ import numpy as np
 
 from validator.errors import InputError
 from validator.inputs.sources import ENTRY, FILE, Sample, Source
+from validator.model.load import sha256_of
 from validator.stats.reweight import (
     MAX_DEGREE_1D,
     MAX_DEGREE_2D,
@@ -208,10 +209,6 @@ class CorrectionResult:
     sha256: str | None = None
     name: str = "corrections"
 
-    def correction_set(self) -> dict[str, Any]:
-        """The correctionlib CorrectionSet (schema v2) as a JSON-ready dict."""
-        return correction_set(self)
-
     def summary_lines(self) -> list[str]:
         return summary_lines(self)
 
@@ -280,14 +277,6 @@ def correction_set(result: CorrectionResult) -> dict[str, Any]:
         exclude_unset=True))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_corrections(result: CorrectionResult, out: str | Path) -> list[Path]:
     """Write the CorrectionSet to ``out`` (and, for the classifier, the per-event factors to
     ``NAME.events.parquet`` beside it); returns the files. ``result.sha256`` is the JSON's."""
@@ -300,11 +289,11 @@ def write_corrections(result: CorrectionResult, out: str | Path) -> list[Path]:
         events_path = out.with_name(out.stem + ".events.parquet")
         result.events.write_parquet(events_path)
         result.metadata["events_file"] = events_path.name
-        result.metadata["events_sha256"] = _sha256(events_path)
+        result.metadata["events_sha256"] = sha256_of(events_path)
         files.append(events_path)
     text = json.dumps(correction_set(result), indent=1)
     out.write_text(text + "\n")
-    result.sha256 = _sha256(out)
+    result.sha256 = sha256_of(out)
     result.name = out.stem
     result.files = [out, *files]
     return result.files
@@ -379,7 +368,8 @@ def load_corrections(path: str | Path) -> CorrectionFile:
     if not path.is_file():
         raise InputError(f"--apply {path}: file not found")
     try:
-        payload = json.loads(path.read_text())
+        raw = path.read_bytes()
+        payload = json.loads(raw.decode())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"--apply {path}: not a JSON file ({exc})") from exc
     description = payload.get("description") if isinstance(payload, dict) else None
@@ -399,14 +389,14 @@ def load_corrections(path: str | Path) -> CorrectionFile:
         events_path = path.with_name(str(meta.get("events_file", "")))
         if not meta.get("events_file") or not events_path.is_file():
             raise InputError(f"--apply {path}: its events file {events_path} is missing")
-        if _sha256(events_path) != meta.get("events_sha256"):
+        if sha256_of(events_path) != meta.get("events_sha256"):
             raise InputError(f"--apply {path}: its events file {events_path} was changed "
                              "(sha256 differs from the one recorded)")
         events = _events_table(events_path)
     elif not corrections:
         raise InputError(f"--apply {path}: holds no correction (nothing failed in run "
                          f"{meta.get('source_run')}?)")
-    return CorrectionFile(path, _sha256(path), meta, corrections, events)
+    return CorrectionFile(path, hashlib.sha256(raw).hexdigest(), meta, corrections, events)
 
 
 def _events_table(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -605,8 +595,8 @@ def _rebuild_inputs(config: Mapping[str, Any], plan_json: str | None) -> _Inputs
 
 def _read(sample: Sample, chain: Any, columns: Sequence[str], chunk_rows: int,
           half: str | None) -> dict[str, np.ndarray]:
-    """The columns (and the weight, file, row and half) of a sample's events through its
-    chain, of one half (None: both)."""
+    """The columns (and the weight, file and row) of a sample's events through its chain, of
+    one half; None: both, with each event's half (``_half``)."""
     from dataclasses import replace as dc_replace
 
     from validator.inputs.transform import Reader
@@ -620,7 +610,8 @@ def _read(sample: Sample, chain: Any, columns: Sequence[str], chunk_rows: int,
         raise InputError(f"{sample.sources[0].label}: no column '{missing[0]}' (needed by the "
                          "correction)")
     reader = Reader(sample, list(dict.fromkeys(columns)), chunk_rows, chain)
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in [*columns, FILE, ENTRY, "_w", "_half"]}
+    parts: dict[str, list[np.ndarray]] = {
+        c: [] for c in [*columns, FILE, ENTRY, "_w", *(["_half"] if half is None else [])]}
     for chunk in reader:
         for c in columns:
             parts[c].append(np.asarray(chunk[c], dtype=np.float64))
@@ -629,7 +620,8 @@ def _read(sample: Sample, chain: Any, columns: Sequence[str], chunk_rows: int,
         n = len(chunk[ENTRY])
         parts["_w"].append(np.asarray(chunk[sample.weight], np.float64) if sample.weight
                            else np.ones(n))
-        parts["_half"].append(split.halves(chunk))
+        if half is None:
+            parts["_half"].append(split.halves(chunk))
     return {c: (np.concatenate(v) if v else np.empty(0)) for c, v in parts.items()}
 
 
@@ -681,7 +673,7 @@ class _Axis:
 BASES = ("value", "quantile", "normal")
 
 
-def _candidates(n_inputs: int, top: int) -> list[tuple[str, int]]:
+def _candidates(top: int) -> list[tuple[str, int]]:
     return [(b, d) for b in BASES for d in range(0 if b == "value" else 1, top + 1)]
 
 
@@ -715,7 +707,7 @@ def _fit_1d(spec: _Spec, xs: np.ndarray, ws: np.ndarray, xd: np.ndarray, discret
     export_points = [_grid(export, xd)]
     axes = [_Axis.of(*fit_points[0])]
     top = n - 1 if discrete else min(MAX_DEGREE_1D, n - 1)
-    labels = [(b, d) for b, d in _candidates(1, top) if not (discrete and b != "value")]
+    labels = [(b, d) for b, d in _candidates(top) if not (discrete and b != "value")]
     sim_export = np.bincount(bin_index(export, xs), ws, len(export) - 1)
     return _fit_and_export(spec, ratio, labels, axes, fit_points, export_points, (export,),
                            sim_export)
@@ -747,7 +739,7 @@ def _fit_2d(spec: _Spec, xs: np.ndarray, ys: np.ndarray, ws: np.ndarray, xd: np.
     export_points = cells(_grid(ox, xd), _grid(oy, yd))
     sim_export = np.bincount(bin_index(ox, xs) * (len(oy) - 1) + bin_index(oy, ys), ws,
                              (len(ox) - 1) * (len(oy) - 1))
-    return _fit_and_export(spec, ratio, _candidates(2, MAX_DEGREE_2D), axes, cells(gx, gy),
+    return _fit_and_export(spec, ratio, _candidates(MAX_DEGREE_2D), axes, cells(gx, gy),
                            export_points, (ox, oy), sim_export)
 
 
@@ -865,7 +857,7 @@ def derive_corrections(db: str | Path, run: str = "latest", method: str = "binne
     sim = _read(inputs.sim, inputs.sim_chain, columns, inputs.chunk_rows, None)
     data = _read(inputs.data, inputs.data_chain, columns, inputs.chunk_rows, HALVES[0])
     train = sim["_half"] == 0
-    _check_sizes({k: v[train] for k, v in sim.items()}, data, run_id)
+    _check_sizes({"_w": sim["_w"][train]}, data, run_id)
     from validator.stats.reweight import classifier_density_ratio
 
     xs = np.stack([sim[c] for c in columns], axis=1)
@@ -932,17 +924,17 @@ def summary_lines(result: CorrectionResult) -> list[str]:
     return lines
 
 
-def correction_row(result: CorrectionResult, role: str = "derived",
-                   run_id: str | None = None, half: str | None = None) -> dict[str, Any]:
-    """The ``corrections`` row of a derived correction (``run_id`` = the source run)."""
+def correction_row(result: CorrectionResult) -> dict[str, Any]:
+    """The ``corrections`` row of a derived correction (``run_id`` = the source run; a
+    closure run's row: :func:`validator.results.rows.closure_rows`)."""
     meta = result.metadata
-    return {"run_id": run_id or result.source_run, "role": role, "name": result.name,
+    return {"run_id": result.source_run, "role": "derived", "name": result.name,
             "source_run_id": result.source_run, "sha256": result.sha256,
             "path": str(result.files[0]) if result.files else None, "method": result.method,
             "features": list(meta.get("features", [])), "corrections": [
                 c.name for c in result.corrections] or (["classifier"] if result.events
                                                         is not None else []),
-            "derived_on": meta["split"]["derived_on"], "half": half,
+            "derived_on": meta["split"]["derived_on"], "half": None,
             "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
             "details": json.dumps({"notes": result.notes, "fits": {
                 c.name: c.fit for c in result.corrections},
@@ -952,10 +944,11 @@ def correction_row(result: CorrectionResult, role: str = "derived",
 def correct(db: str | Path, run: str = "latest", out: str | Path | None = None,
             method: str = "binned", *, features: Sequence[str] = (), record: bool = True,
             seed: int | None = None) -> CorrectionResult:
-    """The notebook face of ``validator correct``: derive, write ``out`` (when given) and
-    record the correction in the database's ``corrections`` table (``record``)."""
+    """``validator correct`` (the command and a notebook): derive, write ``out`` (when given
+    and there is something to correct) and record the correction in the database's
+    ``corrections`` table (``record``)."""
     result = derive_corrections(db, run, method, features=features, seed=seed)
-    if out is not None:
+    if out is not None and (result.corrections or result.events is not None):
         write_corrections(result, out)
         if record:
             from validator.results.store import save_corrections

@@ -146,8 +146,8 @@ class Block:
 
 
 def histogram_block(kind: str, data: np.ndarray, sim: np.ndarray, sim_w2: np.ndarray,
-           data_groups: np.ndarray, sim_groups: np.ndarray, min_expected: float,
-           deltas: tuple[np.ndarray, np.ndarray] | None = None) -> Block | None:
+                    data_groups: np.ndarray, sim_groups: np.ndarray, min_expected: float,
+                    deltas: tuple[np.ndarray, np.ndarray] | None = None) -> Block | None:
     """One histogram's block; ``deltas``: (up − nominal, nominal − down) of each nuisance,
     ``(K, bins)`` each, in simulated Σw."""
     total_d, total_s = data.sum(), sim.sum()

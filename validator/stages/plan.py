@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike
 
 from validator.errors import InputError
 from validator.inputs.sources import ENTRY, FILE, Sample, common_kind
-from validator.inputs.transform import Reader, weights_of
+from validator.inputs.transform import Reader, single_if_exact, weights_of
 
 #: Values physicists use as "not set"; counted and excluded from the binned tests.
 SENTINEL_VALUES = (-99.0, -999.0, -9999.0, -99999.0, -999999.0)
@@ -111,7 +111,7 @@ class ColumnProfile:
                 else:
                     sel = np.argpartition(kept, capacity)[:capacity]
                     kept, good = kept[sel], good[sel]
-            prof.keys, prof.values = kept, _compact(good)
+            prof.keys, prof.values = kept, single_if_exact(good)
         return prof
 
     def __add__(self, other: ColumnProfile) -> ColumnProfile:
@@ -159,14 +159,6 @@ class ColumnProfile:
     @property
     def n_valid(self) -> int:
         return self.n - self.n_nonfinite - self.n_sentinel
-
-
-def _compact(values: np.ndarray) -> np.ndarray:
-    """A copy of the reservoir's values, in single precision where that is exact (a float32
-    column read as float64): half the memory and half what a worker sends back."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        single = values.astype(np.float32)
-    return single if np.array_equal(single, values) else values.astype(np.float64)
 
 
 def uniform_keys(entries: np.ndarray, files: np.ndarray | int, seed: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -123,7 +123,6 @@ class SmoothFit:
     n_parameters: int
     coef: np.ndarray
     cov: np.ndarray
-    aic: dict[int, float] = field(default_factory=dict)
 
     def at(self, design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The fitted log(ratio) and its uncertainty at other points (the chosen degree's
@@ -149,7 +148,6 @@ def smooth_log_ratio(designs: Sequence[np.ndarray], log_ratio: np.ndarray,
     if n == 0:
         raise ValueError("no bin with data and simulation to fit")
     best: tuple[float, int, np.ndarray, np.ndarray, float] | None = None
-    aics: dict[int, float] = {}
     for d, design in enumerate(designs):
         k = design.shape[1]
         if k > max(n - 1, 1):
@@ -159,19 +157,17 @@ def smooth_log_ratio(designs: Sequence[np.ndarray], log_ratio: np.ndarray,
         coef, *_ = np.linalg.lstsq(a, b, rcond=None)
         chi2 = float(np.sum((a @ coef - b) ** 2))
         aic = chi2 + 2.0 * k
-        aics[d] = aic
         if best is None or aic < best[0]:
             cov = np.linalg.pinv(a.T @ a)
             best = (aic, d, coef, cov, chi2)
     assert best is not None
     _, d, coef, cov, chi2 = best
-    design = designs[d]
-    fitted = design @ coef
-    sigma = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", design, cov, design), 0.0))
-    k = design.shape[1]
+    k = designs[d].shape[1]
     ndf = max(n - k, 0)
     pvalue = float(stats.chi2.sf(chi2, ndf)) if ndf > 0 else 1.0
-    return SmoothFit(fitted, sigma, d, chi2, ndf, pvalue, k, coef, cov, aics)
+    fit = SmoothFit(np.empty(0), np.empty(0), d, chi2, ndf, pvalue, k, coef, cov)
+    fitted, sigma = fit.at(designs[d])
+    return replace(fit, log_ratio=fitted, sigma_log=sigma)
 
 
 def normalise_factors(factors: np.ndarray, sim_sumw: np.ndarray) -> float:
