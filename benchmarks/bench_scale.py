@@ -118,10 +118,10 @@ def _child(spec: str) -> None:
     """In the child process: the run itself, stage times printed as JSON on the last line."""
     from validator.engine.worker_server import start_early
 
-    start_early()  # as `validator run` does, before it imports the pipeline
+    args = json.loads(spec)
+    start_early(network=bool(args.get("model")))  # as `validator run` does, before its imports
     from validator.pipeline import RunConfig, run_validation
 
-    args = json.loads(spec)
     stamps: dict[str, list[float]] = {}
     t0 = time.perf_counter()
 

@@ -178,7 +178,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.jobs != 1 and args.engine != "dask":
         from validator.engine.worker_server import start_early
 
-        start_early()  # the workers' server imports beside this process's imports
+        # the workers' server imports beside this process's imports
+        start_early(network=bool(args.model))
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from validator.config.options import run_config

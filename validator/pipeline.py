@@ -454,23 +454,32 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         if syst is not None else None
     tested_syst = syst_inputs if syst_inputs is not None and (
         syst_inputs.rows.weights or syst_inputs.shapes or syst_inputs.norms) else None
-    # the run-level test needs no worker: it runs here while the workers test
+    # the run-level test's replicas and the network's importances (SHAP) need no worker:
+    # they are computed here while the workers test
     replicas_later = Later(lambda: sign_flip_replicas(layout, sim_acc, data_acc, config.seed,
                                                       config.compare.min_expected,
                                                       syst=tested_syst))
+    audit_later = Later(lambda: audit_results(points, audits[0].result(), audits[1].result(),
+                                              config.seed, config.shap_events)) \
+        if model is not None else None
+
+    def meanwhile() -> None:
+        replicas_later()
+        if audit_later is not None:
+            audit_later()
+
     records = run_tests(layout, sim_acc, data_acc, config.compare, config.seed, progress,
-                        config.alpha, syst=tested_syst, jobs=jobs, meanwhile=replicas_later,
+                        config.alpha, syst=tested_syst, jobs=jobs, meanwhile=meanwhile,
                         parallel_map=fork_map)
     effects = shape_changes(layout, sim_acc, tested_syst) if tested_syst is not None else []
     audit = None
-    if model is not None:  # a test that involves a network output is an output test
+    if audit_later is not None:  # a test that involves a network output is an output test
         outputs = {n for m in points for n in m.names}
         records = [replace(r, kind="output") if {r.feature_x, r.feature_y} & outputs else r
                    for r in records]
         if progress:
             progress("audit the network", 0, 1)
-        audit = audit_results(points, audits[0].result(), audits[1].result(), config.seed,
-                              config.shap_events)
+        audit = audit_later.result()
         records.extend(audit.records)
     multivariate = None
     if reservoirs:

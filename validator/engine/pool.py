@@ -232,15 +232,25 @@ def _worker_init() -> None:
 
 @contextlib.contextmanager
 def _one_blas_thread() -> Iterator[None]:
-    """BLAS limited to one thread in this process (its threads would spin for cores that the
-    workers hold)."""
+    """BLAS (and torch, where a network is audited) limited to one thread in this process
+    (their threads would spin for cores that the workers hold)."""
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn and scipy
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+        threadpool_limits = None
+    try:
+        if torch is not None:
+            torch.set_num_threads(1)
+        if threadpool_limits is None:  # pragma: no cover
+            yield
+        else:
+            with threadpool_limits(1):
+                yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
 
 
 def _call_forked_batch(start: int, stop: int) -> list[Any]:
