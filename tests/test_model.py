@@ -4,6 +4,7 @@ Taylor coefficients (Wunsch et al., arXiv:1803.08782) and SHAP."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -412,6 +413,18 @@ def test_parametric_network(tmp_path):
         load_model(path, params={"m": [1]})
     again = pickle.loads(pickle.dumps(at500))  # our own object: reloads the file by path
     np.testing.assert_allclose(again.evaluate(x)[:, 0], out500)
+    # a worker receives the network with every task: loaded once per process, and again
+    # (with its digest checked) only when the file was touched
+    assert pickle.loads(pickle.dumps(at500)) is again
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    reloaded = pickle.loads(pickle.dumps(at500))
+    assert reloaded is not again
+    np.testing.assert_allclose(reloaded.evaluate(x)[:, 0], out500)
+    other = save_ts(Poly3(), tmp_path / "other.pt", {"inputs": ["x0", "x1", "mass"]})
+    path.write_bytes(other.read_bytes())  # another network under the same name
+    with pytest.raises(InputError, match="changed on disk"):
+        pickle.loads(pickle.dumps(at500))
 
 
 def test_pt2_static_batch_and_metadata(tmp_path):

@@ -152,11 +152,7 @@ class AuditedModel:
     def matrix(self, x: Mapping[str, np.ndarray] | np.ndarray, label: str = "") -> np.ndarray:
         """Inputs as a float64 matrix ``(n, len(inputs))`` from a chunk or an array."""
         if isinstance(x, Mapping):
-            missing = [c for c in self.inputs if c not in x]
-            if missing:
-                where = f"{label}: " if label else ""
-                raise InputError(f"{where}model {self.path.name} needs column '{missing[0]}', "
-                                 "which is not in the sample")
+            self._check_chunk(x, label)
             if not self.inputs:
                 return np.zeros((0, 0))
             return np.column_stack([np.asarray(x[c], dtype=np.float64) for c in self.inputs])
@@ -167,6 +163,13 @@ class AuditedModel:
             raise ValueError(f"expected an array (n, {len(self.inputs)}) of {self.inputs}, got "
                              f"shape {arr.shape}")
         return arr
+
+    def _check_chunk(self, chunk: Mapping[str, np.ndarray], label: str) -> None:
+        missing = [c for c in self.inputs if c not in chunk]
+        if missing:
+            where = f"{label}: " if label else ""
+            raise InputError(f"{where}model {self.path.name} needs column '{missing[0]}', "
+                             "which is not in the sample")
 
     def check_columns(self, columns: Iterable[str], label: str) -> None:
         """InputError naming the first input of the network that is not among ``columns``."""
@@ -211,7 +214,7 @@ class AuditedModel:
         in float64), without the float64 matrix of the whole chunk and its product."""
         self._require_fixed(label)
         if isinstance(x, Mapping):
-            self.check_columns(x.keys(), label or "the sample")
+            self._check_chunk(x, label)
             columns = [np.asarray(x[c]) for c in self.inputs]
             n = len(columns[0]) if columns else 0
         else:
