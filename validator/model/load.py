@@ -238,14 +238,10 @@ class AuditedModel:
         rows with a NaN/inf input give NaN."""
         z, good = self.network_inputs(x, _label)
         out = np.full((len(z), self.n_outputs), np.nan)
-        if good.all():  # batches of consecutive rows: views, no copies
-            for s in range(0, len(z), self.batch_size):
-                out[s:s + self.batch_size] = self._backend.run(z[s:s + self.batch_size])
-            return out
-        rows = np.flatnonzero(good)
-        for s in range(0, len(rows), self.batch_size):
-            idx = rows[s:s + self.batch_size]
-            out[idx] = self._backend.run(z[idx])
+        rows = np.arange(len(z)) if good.all() else np.flatnonzero(good)
+        z = z if len(rows) == len(z) else z[rows]  # every row good: batches are views
+        for s in range(0, len(z), self.batch_size):
+            out[rows[s:s + self.batch_size]] = self._backend.run(z[s:s + self.batch_size])
         return out
 
     def torch_forward(self):

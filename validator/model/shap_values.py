@@ -87,7 +87,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from validator.model.taylor import AbsMeanSums, groups, input_columns, network_inputs
+from validator.model.taylor import AbsMeanSums, groups, input_columns
 
 if TYPE_CHECKING:
     from validator.model.load import AuditedModel
@@ -338,7 +338,7 @@ def _model_rows(model: AuditedModel, xs: np.ndarray, bg: np.ndarray
     its evaluation sees), and the model-space column of each input: masking a column there
     is masking the raw input, since the map is column by column."""
     cols = input_columns(model)[0]
-    return network_inputs(model, xs), network_inputs(model, bg), cols
+    return model.network_inputs(xs)[0], model.network_inputs(bg)[0], cols
 
 
 def _masked(zx: np.ndarray, zb: np.ndarray, take: np.ndarray, cols: np.ndarray

@@ -156,7 +156,7 @@ def _derivatives(model: AuditedModel, x: np.ndarray, rule: int | str, order: int
     """``(node, value, gradient, second or None, method)`` for finite rows ``x``: ``second``
     holds the monomial coefficients (t_ii = ½∂²f/∂x_i², t_ij = ∂²f/∂x_i∂x_j), ``(n, N, N)``
     or, with ``triu``, ``(n, N(N+1)/2)`` in ``numpy.triu_indices(N)`` order. ``z``: the
-    rows' network inputs (:func:`network_inputs`) when the caller has them."""
+    rows' network inputs (:meth:`AuditedModel.network_inputs`) when the caller has them."""
     model._require_fixed()
     if batch is None:
         batch = FIRST_ORDER_BATCH if order == 1 else SECOND_ORDER_BATCH
@@ -193,11 +193,6 @@ def input_columns(model: AuditedModel) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return cols, 1.0 / scale[cols], (const - offset) / scale
 
 
-def network_inputs(model: AuditedModel, x: np.ndarray) -> np.ndarray:
-    """:meth:`AuditedModel.network_inputs` of a matrix of raw inputs (rows all finite)."""
-    return model.network_inputs(x)[0]
-
-
 def _autograd(model: AuditedModel, net: Any, x: np.ndarray, rule: int | str, order: int,
               batch: int, triu: bool = False, z: np.ndarray | None = None):
     """Exact derivatives by reverse-mode autograd, batch by batch.
@@ -227,7 +222,7 @@ def _autograd(model: AuditedModel, net: Any, x: np.ndarray, rule: int | str, ord
     # t_ij = ∂²f/∂x_i∂x_j = H_z[i, j] / (scale_i scale_j), the diagonal halved
     factor = inv[:, None] * inv[None, :] * np.where(np.eye(dim, dtype=bool), 0.5, 1.0)
     if z is None:
-        z = network_inputs(model, x)
+        z = model.network_inputs(x)[0]
     tcols = torch.as_tensor(cols)
     every = np.array_equal(cols, np.arange(z.shape[1]))
     for s in range(0, n, batch):
@@ -519,6 +514,7 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
         if len(mask) != n:
             raise ValueError(f"second_order_mask has {len(mask)} entries for {n} events")
         sub &= mask
+    only_first = good & ~sub if order == 2 else good
     iu = np.triu_indices(dim)
     if model.kind == "multiclass" or model.n_outputs == 1:
         rules: list[int | str] = ["max" if model.kind == "multiclass" else 0]
@@ -526,16 +522,15 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
         rules = list(range(model.n_outputs))
     multiclass = model.kind == "multiclass"
     method = model.derivative_method
-    # the network's inputs once, in its precision (the autograd passes below take slices)
-    z = network_inputs(model, xm) if method != "finite_differences" else None
+    # the network's inputs once, in its precision (the autograd passes below take their rows)
+    z = model.network_inputs(xm)[0] if method != "finite_differences" else None
     # events per block: bounds the memory of the first-order (N) or second-order (N(N+1)/2)
     # coefficients held at once to about 64 MiB
     blocks = {1: max(1024, 2**23 // (dim + 1)), 2: max(1024, 2**23 // (len(iu[0]) + 1))}
-    # first order on every good event, second order on the subsample (whose first-order
-    # coefficients come from the first pass: the same numbers, one backward pass fewer)
-    passes = [(np.flatnonzero(good), 1)] + ([(np.flatnonzero(sub), 2)] if order == 2 else [])
     for rule in rules:
-        for all_rows, o in passes:
+        for all_rows, o in ((np.flatnonzero(sub), 2), (np.flatnonzero(only_first), 1)):
+            if order == 1 and o == 2:
+                continue
             for start in range(0, len(all_rows), blocks[o]):
                 rows = all_rows[start:start + blocks[o]]
                 if rows[-1] - rows[0] + 1 == len(rows):  # consecutive: views, no copies
@@ -548,10 +543,9 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
                     [(c, nodes == c) for c in range(model.n_outputs)] + \
                     [(len(sums.groups) - 1, None)]
                 for group, sel in targets:
-                    if o == 1:
-                        sums.first.add(group, wr if sel is None else wr[sel],
-                                       g if sel is None else g[sel])
-                    else:
+                    sums.first.add(group, wr if sel is None else wr[sel],
+                                   g if sel is None else g[sel])
+                    if t2 is not None:
                         sums.second.add(group, wr if sel is None else wr[sel],
                                         t2 if sel is None else t2[sel])
     sums.derivative_method = method
