@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from validator.engine.pool import OrderedTree, merge_categories
-from validator.inputs.sources import open_sample, sample_partitions
+from validator.inputs.sources import PARTITION_CHUNKS, open_sample, sample_partitions
 from validator.inputs.transform import INCLUSIVE
 from validator.pipeline import RunConfig, run_validation
 from validator.results.store import query
@@ -107,8 +107,9 @@ def test_partitions_follow_row_groups(split):
     parts = sample_partitions(sample, CHUNK)
     assert [p.file for p in parts] == sorted(p.file for p in parts)
     assert sum(p.n_rows for p in parts) == N_SIM
-    # every partition but a file's last holds at least a chunk, cut at row groups
-    assert all(p.n_rows >= CHUNK or p is parts[-1] or parts[parts.index(p) + 1].file != p.file
+    # every partition but a file's last holds at least PARTITION_CHUNKS chunks, cut at row groups
+    least = PARTITION_CHUNKS * CHUNK
+    assert all(p.n_rows >= least or p is parts[-1] or parts[parts.index(p) + 1].file != p.file
                for p in parts)
     assert all(p.start % ROW_GROUP == 0 for p in parts)
 

@@ -331,8 +331,8 @@ class Later(Generic[T]):
 
 
 #: Fewest rows (all the pass's samples together) worth worker processes for the scan and the
-#: fill: a worker starts in about a second (imports, the compiled kernel), a 250k-row chunk
-#: takes about two; below this the pass runs in this process.
+#: fill: a worker starts in about a second (imports, the compiled kernel), a 250k-row
+#: partition takes about two; below this the pass runs in this process.
 MIN_PARALLEL_ROWS = 1_000_000
 
 

@@ -1,13 +1,18 @@
 """Imported once by the server that the scan's and the fill's worker processes are forked
 from (:func:`validator.engine.pool.clean_map`): every worker then starts with the readers imported
 and the compiled kernels loaded, instead of spending a second or two on them in its first
-task. Importing this module has that effect and no other.
+task. Imported last, it also moves every object the server made out of the garbage
+collector's reach (``gc.freeze``): a collection writes to each object it examines, and each
+page written is copied into the worker, so without it each worker ends up with a private copy
+of most of the server's heap (measured: 150 MB of each worker's 730 MB in the audited 1M
+run). Importing this module has these effects and no other.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 import pyarrow.parquet  # noqa: F401 - not pandas: the readers convert without it
 
@@ -40,3 +45,7 @@ def _keep_freed_memory() -> None:
 
 
 _keep_freed_memory()
+
+# last: what the server imported stays shared with the workers it forks
+gc.collect()
+gc.freeze()

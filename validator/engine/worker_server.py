@@ -15,7 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 
-#: What the server imports before it forks any worker.
+#: What the server imports before it forks any worker (last: it freezes what was imported).
 PRELOAD = ["validator.engine.worker_preload"]
 #: What it imports besides for a run that audits a network: every worker evaluates it, and
 #: importing torch costs each of them 1.5 s of its first task (one copy in the server, shared
@@ -43,6 +43,6 @@ def start_early(network: bool = False) -> None:
     from multiprocessing import forkserver
 
     if network:
-        _preload[:] = [*PRELOAD, *NETWORK_PRELOAD]
+        _preload[:] = [*NETWORK_PRELOAD, *PRELOAD]
     clean_context()
     forkserver.ensure_running()

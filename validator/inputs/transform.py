@@ -290,9 +290,12 @@ class Reader:
                 made: Chunk | None = {} if recorded is not None else None
                 out = self.chain.apply(raw, label, reuse=replay[k] if k < len(replay) else None,
                                        keep=made)
+                # the chunk as read is not held while its selected copy is used
+                raw = None
                 if recorded is not None:
                     recorded.append(made)
-                yield {c: out[c] for c in keep}
+                out = {c: out[c] for c in keep}
+                yield out
 
         if self.partition is None and self.sample.n_rows <= self.chunk_rows:
             self._cache = list(chunks())

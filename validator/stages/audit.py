@@ -62,6 +62,10 @@ MIN_TAYLOR_EVENTS = 100
 #: The KIT convention (Wunsch et al.): a coefficient is important when it exceeds this
 #: fraction of the largest coefficient of its order.
 IMPORTANT_FRACTION = 0.10
+#: Events of a chunk whose audit sums are taken at once: the network's inputs, derivatives and
+#: their float64 copies are a few MB per block instead of hundreds per 250k-event chunk (a
+#: fill worker's peak memory), and a block is still many batches of the network's GEMMs.
+AUDIT_BLOCK_ROWS = 32_768
 #: Salt of the hash keys of the audit's subsamples (independent of the planning reservoir's).
 _KEY_SALT = 0x5EED_A0D1
 
@@ -151,13 +155,28 @@ class ModelAudit:
 
 
 def chunk_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> AuditSums:
-    """The audit sums of one chunk with nominal weights ``w``."""
+    """The audit sums of one chunk with nominal weights ``w``, taken over blocks of
+    :data:`AUDIT_BLOCK_ROWS` events (the sums add; the network's inputs, derivatives and
+    their temporaries exist for one block at a time)."""
+    model = audit.models[0]
+    model._check_chunk(chunk, "")
+    w = np.asarray(w, dtype=float)
+    n = len(w)
+    sums = None
+    for start in range(0, n, AUDIT_BLOCK_ROWS) if n else [0]:
+        rows = slice(start, min(start + AUDIT_BLOCK_ROWS, n))
+        block = _block_sums(audit, {c: chunk[c][rows] for c in (*model.inputs, ENTRY, FILE)},
+                            w[rows])
+        sums = block if sums is None else sums + block
+    return sums  # type: ignore[return-value]
+
+
+def _block_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray
+                ) -> AuditSums:
     from validator.model.taylor import taylor_sums
     from validator.stages.plan import uniform_keys
 
-    model = audit.models[0]
-    x = model.matrix(chunk)
-    w = np.asarray(w, dtype=float)
+    x = audit.models[0].matrix(chunk)
     keys = uniform_keys(chunk[ENTRY], chunk[FILE], audit.seed ^ _KEY_SALT)
     fraction = min(1.0, audit.second_order_events / max(audit.n_events, 1))
     second = keys < fraction
