@@ -51,6 +51,12 @@ DERIVATIVE_METHODS = ("autograd", "onnx2torch", "finite_differences")
 _PROBE_ROWS = 256
 
 
+#: Events per evaluation batch: a batch's activations stay in the core's cache. Measured on
+#: the 30-64-64-1 MLP (TorchScript, one thread, 2 MiB L2): 0.48 core-s per million events at
+#: 4,096-8,192, 0.58 at 16,384, 0.65 at 65,536, and 110 MB less memory than at 65,536.
+EVALUATION_BATCH = 8_192
+
+
 @dataclass(frozen=True, eq=False)
 class AuditedModel:
     """A loaded network with its input names, kind, outputs and fixed parameter values.
@@ -75,7 +81,7 @@ class AuditedModel:
     scaler: dict[str, tuple[float, float]]
     derivative_method: str
     notes: tuple[str, ...] = ()
-    batch_size: int = 65_536
+    batch_size: int = EVALUATION_BATCH
     tagged: bool = False
     _backend: Backend | None = field(default=None, repr=False)
 
@@ -418,7 +424,7 @@ def load_model(path: str | Path, inputs: Sequence[str] | str | None = None,
                scaler: Mapping[str, Mapping[str, float]] | str | Path | None = None,
                kind: str | None = None, *,
                params: Mapping[str, Sequence[float] | float] | None = None,
-               batch_size: int = 65_536, derivatives: str = "auto") -> AuditedModel:
+               batch_size: int = EVALUATION_BATCH, derivatives: str = "auto") -> AuditedModel:
     """Load a network for auditing (TorchScript, ``torch.export`` ``.pt2`` or ONNX; never a
     pickle, see :mod:`validator.model.formats`).
 

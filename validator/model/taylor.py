@@ -61,8 +61,10 @@ if TYPE_CHECKING:
 ALL = "all"
 #: Events per autograd batch, first order (one forward and one backward pass per batch):
 #: measured on the 30-input network, one thread, 0.74-0.80M events/s at 4,096 and 16,384,
-#: 0.69-0.71M at 65,536, 0.47-0.49M at 262,144 (a batch's activations outgrow the cache).
-FIRST_ORDER_BATCH = 16_384
+#: 0.69-0.71M at 65,536, 0.47-0.49M at 262,144 (a batch's activations outgrow the cache);
+#: again in session 10 in fresh processes: 0.76 core-s per million events at 8,192, 0.80 at
+#: 4,096, 0.86 at 16,384.
+FIRST_ORDER_BATCH = 8_192
 #: Events per autograd batch, second order (N backward passes through the gradient's graph):
 #: measured as above, 33,000-36,000 events/s at 1,024, 37,000 at 2,048, 40,000 at 4,096,
 #: 33,000-35,000 at 8,192 (the torch.export form of the network the same).
