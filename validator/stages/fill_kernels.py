@@ -40,6 +40,7 @@ def _fill_pairs_py(codes: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray,
     n_groups = 1 << group_bits
     n_cols = sums.shape[1]
     nominal = weights[0]
+    cells = np.empty(n if n_var > 1 and not unit else 0, dtype=np.int64)
     for p in range(pair_i.shape[0]):
         xs = codes[pair_i[p]]
         ys = codes[pair_j[p]]
@@ -65,6 +66,7 @@ def _fill_pairs_py(codes: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray,
         else:
             for e in range(n):
                 cell = xs[e] * row_len + ys[e]
+                cells[e] = cell
                 w = nominal[e]
                 w2 = w * w
                 local_groups[(cell << group_bits) + groups[e]] += w
@@ -72,10 +74,29 @@ def _fill_pairs_py(codes: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray,
                 local[cell, 2] += w2
                 local[cell, 3] += w2 * w
                 local[cell, 4] += w2 * w2
-                for v in range(1, n_var):
-                    wv = weights[v, e]
-                    local[cell, 3 + 2 * v] += wv
-                    local[cell, 4 + 2 * v] += wv * wv
+            # the variations two at a time (a systematic's up and down), each pass a tight
+            # loop over the cells kept above: 0.30 -> 0.18 s for four variations per 125k
+            # events x 465 pairs, against one pass with a loop over the variations inside
+            v = 1
+            while v + 1 < n_var:
+                up = weights[v]
+                down = weights[v + 1]
+                for e in range(n):
+                    cell = cells[e]
+                    wu = up[e]
+                    wd = down[e]
+                    local[cell, 3 + 2 * v] += wu
+                    local[cell, 4 + 2 * v] += wu * wu
+                    local[cell, 5 + 2 * v] += wd
+                    local[cell, 6 + 2 * v] += wd * wd
+                v += 2
+            if v < n_var:  # an odd one out
+                last = weights[v]
+                for e in range(n):
+                    cell = cells[e]
+                    wu = last[e]
+                    local[cell, 3 + 2 * v] += wu
+                    local[cell, 4 + 2 * v] += wu * wu
         base = offsets[p]
         for cx in range(nx):
             for cy in range(ny):
