@@ -12,7 +12,7 @@ from test_model import save_ts
 
 from validator.inputs import transform
 from validator.inputs.sources import open_sample, sample_partitions
-from validator.inputs.transform import Reader, TransformChain
+from validator.inputs.transform import KeptFile, Reader, TransformChain
 from validator.model import load_model
 from validator.model.load import AuditedModel
 from validator.pipeline import RunConfig, run_validation
@@ -40,7 +40,7 @@ def files(tmp_path):
 def _config(s, d, model, **kw):
     return RunConfig(sim=[str(s)], data=[str(d)], weight="weight", features=["a", "b", "c"],
                      model=str(model), db=None, shap_events=40, chunk_rows=3_000,
-                     blind="output > 0.8", jobs=1, **kw)
+                     blind="output > 0.8", **{"jobs": 1, **kw})
 
 
 def _rows(outcome):
@@ -92,3 +92,66 @@ def test_a_reader_replays_the_recorded_outputs_and_evaluates_a_chunk_that_differ
     assert all(np.array_equal(a, b) for a, b in zip(first, fixed, strict=True))
     # the values a worker is sent with the task stay behind
     assert reader.without_kept().kept is None and reader.kept is not None
+
+
+def test_kept_values_written_by_a_worker_come_back_as_they_were(files, tmp_path):
+    s, _, model_path = files
+    sample = open_sample("sim", [str(s)], "weight")
+    reader = Reader(sample, ["a", "b", "c", "output"], 3_000,
+                    TransformChain(derived=(load_model(str(model_path)),)))
+    partition = sample_partitions(sample, 3_000)[0]
+    scan = reader.part(partition)
+    scan.record = True
+    first = [c["output"] for c in scan]
+    # an empty chunk and a name with the separator in it survive the file too
+    recorded = [*scan.recorded, {}, {"a:b": np.arange(3.0)}]
+    stored = KeptFile.write(recorded, str(tmp_path / "part.npz"))
+    back = stored.load()
+    assert len(back) == len(recorded) and back[-2] == {}
+    assert np.array_equal(back[-1]["a:b"], np.arange(3.0))
+    assert all(b["output"].dtype == r["output"].dtype and np.array_equal(b["output"], r["output"])
+               for b, r in zip(back[:-2], recorded[:-2], strict=True))
+    # the reader of the fill takes the file like the values themselves
+    reader.keep(partition, KeptFile.write(scan.recorded, str(tmp_path / "again.npz")))
+    replayed = [c["output"] for c in reader.part(partition)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, replayed, strict=True))
+
+
+@pytest.mark.slow
+def test_the_workers_keep_the_outputs_in_files_removed_with_the_pool(files, tmp_path,
+                                                                     monkeypatch):
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import validator.engine.pool as pool
+
+    s, d, model = files
+    monkeypatch.setattr(pool, "MIN_PARALLEL_ROWS", 0)
+    made = []
+
+    def mkdtemp(prefix: str = "") -> str:
+        made.append(tmp_path / f"{prefix}{len(made)}")
+        made[-1].mkdir()
+        return str(made[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    removed = []
+    rmtree = shutil.rmtree
+
+    def listing_rmtree(path, ignore_errors=False):
+        removed.append(sorted(p.suffix for p in Path(path).iterdir()))
+        rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(shutil, "rmtree", listing_rmtree)
+    one = run_validation(_config(s, d, model, jobs=1))
+    two = run_validation(_config(s, d, model, jobs=2))
+    # the workers' outputs went through files (not the run's process), one per partition
+    # with outputs, removed with the pool
+    kept = [m for m in made if m.name.startswith("validator-kept-")]
+    assert len(kept) == 1 and not kept[0].exists()
+    partitions = sum(len(sample_partitions(open_sample(name, [str(f)], None), 3_000))
+                     for name, f in (("sim", s), ("data", d)))
+    assert partitions >= 3 and [".npz"] * partitions in removed
+    assert _rows(one) == _rows(two)
+    assert one.audit.importances == two.audit.importances

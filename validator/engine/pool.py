@@ -42,14 +42,17 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from validator.inputs.sources import Partition, sample_partitions
-from validator.inputs.transform import INCLUSIVE, Reader
+from validator.inputs.transform import INCLUSIVE, KeptFile, Reader
 from validator.stages.fill import Accumulator, Layout, fill_sample
 from validator.stages.plan import SampleScan, ScanPart, finish_scan, scan_part
 
@@ -177,10 +180,10 @@ class FillTask:
         reader = self.reader.without_kept()
         return self if reader is self.reader else replace(self, reader=reader)
 
-    def fill(self, partition: Partition, replay: list[dict[str, Any]] | None = None
-             ) -> Filled:
+    def fill(self, partition: Partition,
+             replay: list[dict[str, Any]] | KeptFile | None = None) -> Filled:
         """The accumulators and the collectors' states of one partition (``replay``: its
-        derived values from the scan, default those the task's reader keeps)."""
+        derived values from the scan or their file, default those the task's reader keeps)."""
         states: list[Any] = [None] * len(self.collectors)
 
         def observe(chunk: dict[str, Any], weights: Any) -> None:
@@ -379,6 +382,14 @@ class WorkerPool:
     def __init__(self, jobs: int):
         self.jobs = max(1, int(jobs))
         self._pool: ProcessPoolExecutor | None = None
+        self._kept: str | None = None
+
+    def kept_directory(self) -> str:
+        """A directory for the derived values the workers' scan records for the fill
+        (:class:`validator.inputs.transform.KeptFile`), removed with the pool."""
+        if self._kept is None:
+            self._kept = tempfile.mkdtemp(prefix="validator-kept-")
+        return self._kept
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -411,6 +422,9 @@ class WorkerPool:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._kept is not None:
+            shutil.rmtree(self._kept, ignore_errors=True)
+            self._kept = None
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -504,8 +518,10 @@ def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
 
     # in this process a one-partition sample is scanned through its own reader, which keeps
     # a sample of one chunk in memory for the fill (read once, not twice)
+    # the workers write what they record to files of the pool (not to this process's memory)
+    kept = pool.kept_directory() if pool is not None and not sequential else None
     results = (_scan_remote(tasks[t], p, len(parts[t]) == 1) for t, p in items) if sequential \
-        else clean_map(_scan_remote, [(tasks[t], p) for t, p in items], jobs, pool)
+        else clean_map(_scan_remote, [(tasks[t], p, False, kept) for t, p in items], jobs, pool)
     totals: list[ScanPart | None] = [None] * len(tasks)
     done = [0] * len(tasks)
     for (t, partition), (part, derived) in zip(items, results, strict=True):
@@ -520,15 +536,21 @@ def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
             for task, total in zip(tasks, totals, strict=True)]
 
 
-def _scan_remote(task: ScanTask, partition: Partition, whole: bool = False
-                 ) -> tuple[ScanPart, list[dict[str, Any]] | None]:
+def _scan_remote(task: ScanTask, partition: Partition, whole: bool = False,
+                 kept: str | None = None
+                 ) -> tuple[ScanPart, list[dict[str, Any]] | KeptFile | None]:
     """One partition's planning pass (``whole``: the partition is the whole sample), and the
-    derived values its reader recorded for the fill (None: nothing worth keeping)."""
+    derived values its reader recorded for the fill (None: nothing worth keeping), written
+    to a file in the directory ``kept`` when given."""
     reader = task.reader if whole else task.reader.part(partition)
     reader.record = reader.records
     try:
         part = scan_part(reader, task.columns, task.seed, task.key_cols, task.observe)
-        return part, reader.recorded
+        recorded = reader.recorded
+        if kept is not None and recorded is not None and any(recorded):
+            name = f"{os.getpid()}-{uuid.uuid4().hex}.npz"
+            return part, KeptFile.write(recorded, os.path.join(kept, name))
+        return part, recorded
     finally:
         reader.record, reader.recorded = False, None
 
@@ -560,9 +582,14 @@ def dask_client(scheduler: str | None) -> tuple[Any, Any]:
 
 
 def _fill_remote(task: FillTask, partition: Partition,
-                 replay: list[dict[str, Any]] | None = None) -> Filled:
+                 replay: list[dict[str, Any]] | KeptFile | None = None) -> Filled:
     _worker_init()
     return task.fill(partition, replay)
+
+
+def _values(kept: list[dict[str, Any]] | KeptFile | None) -> list[dict[str, Any]] | None:
+    """Kept values themselves, for a Dask worker that may not see this machine's files."""
+    return kept.load() if isinstance(kept, KeptFile) else kept
 
 
 def _fill_dask(tasks: Sequence[FillTask], parts: list[list[Partition]],
@@ -574,7 +601,7 @@ def _fill_dask(tasks: Sequence[FillTask], parts: list[list[Partition]],
         leaves, merged = [], []
         for task, task_parts in zip(tasks, parts, strict=True):
             remote = client.scatter(task.light(), broadcast=True)
-            futures = [client.submit(_fill_remote, remote, p, task.reader.kept_for(p),
+            futures = [client.submit(_fill_remote, remote, p, _values(task.reader.kept_for(p)),
                                      pure=False) for p in task_parts]
             tree: OrderedTree[Any] = OrderedTree(
                 lambda a, b: client.submit(merge_filled, a, b, pure=False))

@@ -27,7 +27,9 @@ cheaper to compute again than to keep), the engine keeps them per partition
 (:attr:`Reader.kept`) and the fill's reader of that partition takes them back (``replay``)
 instead of running the network again. Both passes read a partition's chunks identically, so
 the values are the same floats (kept as float32 where that is exact: a float32 network's
-outputs); a chunk whose event count does not match is evaluated again.
+outputs); a chunk whose event count does not match is evaluated again. A worker writes the
+values it recorded to a file of the run's pool (:class:`KeptFile`) and sends back its name:
+the run's process then holds none of them, however many events there are.
 
 Also here: the weights of a chunk (nominal first, then variations) and its category labels.
 """
@@ -209,6 +211,34 @@ def _reused(derived: DerivedColumns, reuse: Chunk, n: int) -> dict[str, np.ndarr
     return {c: reuse[c].astype(np.float64, copy=False) for c in derived.names}
 
 
+@dataclass(frozen=True)
+class KeptFile:
+    """A partition's recorded derived values (:class:`Reader`), written by the worker that
+    scanned it to a file in the run's pool's directory
+    (:meth:`validator.engine.pool.WorkerPool.kept_directory`); the fill's worker reads them
+    back. Plain numpy arrays in one ``.npz``, no pickle: entry ``"{k}:{name}"`` is column
+    ``name`` of chunk ``k``, and ``_chunks`` the number of chunks (some may be empty)."""
+
+    path: str
+
+    @classmethod
+    def write(cls, values: Sequence[Chunk], path: str) -> KeptFile:
+        arrays = {f"{k}:{name}": v for k, chunk in enumerate(values)
+                  for name, v in chunk.items()}
+        with open(path, "wb") as out:
+            np.savez(out, _chunks=np.array(len(values)), **arrays)
+        return cls(path)
+
+    def load(self) -> list[Chunk]:
+        with np.load(self.path, allow_pickle=False) as stored:
+            values: list[Chunk] = [{} for _ in range(int(stored["_chunks"]))]
+            for key in stored.files:
+                if key != "_chunks":
+                    k, name = key.split(":", 1)
+                    values[int(k)][name] = stored[key]
+        return values
+
+
 @dataclass
 class Reader:
     """Chunks of one sample through its transform chain, for both passes.
@@ -232,17 +262,18 @@ class Reader:
     replay: list[Chunk] | None = None
     record: bool = False
     recorded: list[Chunk] | None = None
-    kept: dict[tuple[int, int], list[Chunk]] | None = None
+    kept: dict[tuple[int, int], list[Chunk] | KeptFile] | None = None
 
-    def keep(self, partition: Partition, values: list[Chunk] | None) -> None:
-        """Keep a partition's recorded derived values for its next pass (:meth:`part`)."""
-        if values is not None and any(values):
+    def keep(self, partition: Partition, values: list[Chunk] | KeptFile | None) -> None:
+        """Keep a partition's recorded derived values for its next pass (:meth:`part`), or
+        the file they were written to."""
+        if isinstance(values, KeptFile) or (values is not None and any(values)):
             if self.kept is None:
                 self.kept = {}
             self.kept[(partition.file, partition.start)] = values
 
-    def kept_for(self, partition: Partition) -> list[Chunk] | None:
-        """The derived values kept for ``partition`` (None: none kept)."""
+    def kept_for(self, partition: Partition) -> list[Chunk] | KeptFile | None:
+        """The derived values kept for ``partition``, or their file (None: none kept)."""
         return self.kept.get((partition.file, partition.start)) if self.kept else None
 
     def without_kept(self) -> Reader:
@@ -256,16 +287,21 @@ class Reader:
         """Whether an iteration would record anything (a derived column worth keeping)."""
         return any(reusable(d) for d in self.chain.derived)
 
-    def part(self, partition: Partition, replay: list[Chunk] | None = None) -> Reader:
+    def part(self, partition: Partition, replay: list[Chunk] | KeptFile | None = None
+             ) -> Reader:
         """The same reader restricted to one partition (see ``sample_partitions``); a sample
         read whole into the cache (one file, one chunk) is that partition: it is not read
-        again. ``replay``: the partition's derived values from an earlier pass (default: those
-        this reader keeps for it)."""
+        again. ``replay``: the partition's derived values from an earlier pass, or their file
+        (default: those this reader keeps for it)."""
+        if replay is None:
+            replay = self.kept_for(partition)
+        if isinstance(replay, KeptFile):
+            replay = replay.load()
         return Reader(self.sample, self.columns, self.chunk_rows, self.chain,
                       self._cache if self.partition is None and self._cache is not None
                       and self.sample.n_rows <= self.chunk_rows
                       and len(self.sample.sources) == 1 else None, partition,
-                      replay=replay if replay is not None else self.kept_for(partition))
+                      replay=replay)
 
     def __iter__(self):
         from validator.inputs.sources import iter_chunks
