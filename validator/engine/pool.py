@@ -481,12 +481,18 @@ def _fill_local(tasks: Sequence[FillTask], parts: list[list[Partition]], jobs: i
         light = [task.light() for task in tasks]
         results = clean_map(_fill_remote, [(light[t], p, tasks[t].reader.kept_for(p))
                                            for t, p in items], jobs, pool)
+    pushed = [0] * len(tasks)
+    finished: list[PerCategory | None] = [None] * len(tasks)
     for (t, partition), result in zip(items, results, strict=True):
         trees[t].push(result)
+        pushed[t] += 1
+        if pushed[t] == len(parts[t]):  # its partial sums added now: one held, not log n
+            finished[t] = tasks[t].finish(trees[t].result())
         done[t] += _rows(partition, tasks[t])
         if progress:
             progress(f"fill {tasks[t].name}", done[t], tasks[t].reader.sample.n_rows)
-    return [task.finish(tree.result()) for task, tree in zip(tasks, trees, strict=True)]
+    return [f if f is not None else task.finish(None)
+            for task, f in zip(tasks, finished, strict=True)]
 
 
 @dataclass
