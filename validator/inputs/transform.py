@@ -326,7 +326,8 @@ class Reader:
                 made: Chunk | None = {} if recorded is not None else None
                 out = self.chain.apply(raw, label, reuse=replay[k] if k < len(replay) else None,
                                        keep=made)
-                # the chunk as read is not held while its selected copy is used
+                # neither the chunk as read nor its columns not passed on are held while
+                # the consumer works on what is yielded
                 raw = None
                 if recorded is not None:
                     recorded.append(made)

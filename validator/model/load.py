@@ -158,7 +158,7 @@ class AuditedModel:
     def matrix(self, x: Mapping[str, np.ndarray] | np.ndarray, label: str = "") -> np.ndarray:
         """Inputs as a float64 matrix ``(n, len(inputs))`` from a chunk or an array."""
         if isinstance(x, Mapping):
-            self._check_chunk(x, label)
+            self.check_chunk(x, label)
             if not self.inputs:
                 return np.zeros((0, 0))
             return np.column_stack([np.asarray(x[c], dtype=np.float64) for c in self.inputs])
@@ -170,7 +170,8 @@ class AuditedModel:
                              f"shape {arr.shape}")
         return arr
 
-    def _check_chunk(self, chunk: Mapping[str, np.ndarray], label: str) -> None:
+    def check_chunk(self, chunk: Mapping[str, np.ndarray], label: str = "") -> None:
+        """InputError naming the first input of the network that ``chunk`` lacks."""
         missing = [c for c in self.inputs if c not in chunk]
         if missing:
             where = f"{label}: " if label else ""
@@ -220,7 +221,7 @@ class AuditedModel:
         in float64), without the float64 matrix of the whole chunk and its product."""
         self._require_fixed(label)
         if isinstance(x, Mapping):
-            self._check_chunk(x, label)
+            self.check_chunk(x, label)
             columns = [np.asarray(x[c]) for c in self.inputs]
             n = len(columns[0]) if columns else 0
         else:

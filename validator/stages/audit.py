@@ -159,7 +159,7 @@ def chunk_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray
     :data:`AUDIT_BLOCK_ROWS` events (the sums add; the network's inputs, derivatives and
     their temporaries exist for one block at a time)."""
     model = audit.models[0]
-    model._check_chunk(chunk, "")
+    model.check_chunk(chunk)
     w = np.asarray(w, dtype=float)
     n = len(w)
     sums = None
