@@ -131,7 +131,14 @@ def test_met_scale_systematic_covers_the_planted_met_through_the_config(tmp_path
 #: demo` stored them.
 PREVIOUS_RELEASE = Path(__file__).resolve().parent / "data" / "demo_pvalues_092b756.json"
 #: p-values allowed to differ from that run, with the reason.
-CHANGED_SINCE_PREVIOUS: dict[tuple[str, str, str, str | None], str] = {}
+CHANGED_SINCE_PREVIOUS: dict[tuple[str, str, str, str | None], str] = {
+    ("all", "ad", "output_ttbar", None):
+        "chunks of 125k rows (session 10): the 150k-event simulation is filled in two chunks, so "
+        "its fine histogram's sums round differently in the last bit; the toys' multinomial "
+        "draws from those probabilities turn that into 1e-7 relative in this limit-law "
+        "estimate at 4.6e-9 (4.562036e-09 -> 4.562036e-09; the network's outputs are the same "
+        "bits in either chunking)",
+}
 
 
 def test_the_sample_analysis_gives_the_previous_releases_pvalues(tmp_path):
