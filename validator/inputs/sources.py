@@ -606,6 +606,10 @@ def _arrow_to_numpy(column: Any, element: int | None) -> np.ndarray:
         return _element_of_lists(offsets, values, element)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         return np.asarray(column.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
+    if pa.types.is_float32(column.type) and not column.null_count:
+        # in numpy, not arrow's pool: the copy's memory is reused by the fill's arrays
+        return np.frombuffer(column.buffers()[1], dtype=np.float32, count=len(column),
+                             offset=column.offset * 4).astype(np.float64)
     if pa.types.is_boolean(column.type):
         column = pc.cast(column, pa.float64())
     else:
