@@ -220,7 +220,7 @@ def test_compiled_positions_equal_numpy_searchsorted() -> None:
                                   [0, 1, 1])
 
 
-@pytest.mark.parametrize("weighting", ["signed", "unit", "variations"])
+@pytest.mark.parametrize("weighting", ["signed", "unit", "variations", "odd variations"])
 def test_compiled_kernels_equal_the_numpy_bincounts(setup, weighting, monkeypatch):
     """Every sum to rounding; the 1D sums add the same floats in the same order as
     numpy.bincount: equal bit for bit, with or without each feature's lookup grid."""
@@ -230,7 +230,9 @@ def test_compiled_kernels_equal_the_numpy_bincounts(setup, weighting, monkeypatc
         pytest.skip("numba is not installed")
     x, w, layout = setup
     weights = {"signed": w[None], "unit": np.ones((1, w.size)),
-               "variations": np.vstack([w, 1.2 * w, np.abs(w)])}[weighting]
+               "variations": np.vstack([w, 1.2 * w, np.abs(w)]),
+               # three: the compiled pair fill takes two together and the third alone
+               "odd variations": np.vstack([w, 1.2 * w, np.abs(w), w * w])}[weighting]
     groups = np.random.default_rng(6).integers(0, 32, w.size)
     compiled = accumulate(x, weights, layout, groups)
     monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
