@@ -464,3 +464,70 @@ def test_toy_pvalues_are_uniform_under_the_null_1000_replicas() -> None:
     _assert_uniform(p)
     lo, hi = stats.binom.interval(0.999, p.size, 0.01)
     assert lo <= np.sum(p <= 0.01) <= hi
+
+
+# ---------------------------------------------------------------------------------------
+# the compiled Newton fits against the batched numpy reference
+# ---------------------------------------------------------------------------------------
+
+
+def _toy_problems(model: SystModel, n_obs: np.ndarray, size: int, seed: int,
+                  spread: float = 1.0) -> tuple[np.ndarray, ...]:
+    """Toys of ``saturated_syst``'s kind around ``n_obs``: Poisson counts, global
+    observables drawn around their centres, starts at the fit to ``n_obs``, some far off."""
+    rng = np.random.default_rng(seed)
+    fit = fit_batch(model, n_obs[None], multistart=True)
+    nu = fit.nu[0]
+    n = rng.poisson(nu, size=(size, nu.size)).astype(float)
+    centre = fit.x[0, 1:] + rng.standard_normal((size, model.n_constrained))
+    aux = fit.gamma[0] + model.sigma_rel * rng.standard_normal((size, nu.size))
+    start = np.repeat(fit.x, size, axis=0)
+    start[: size // 4, 1:] += spread * rng.standard_normal((size // 4, model.n_constrained))
+    start[: size // 8, 0] += 0.5  # mu far off: damped steps and backtracking
+    return n, aux, centre, start
+
+
+@pytest.mark.parametrize("case", ["two_processes", "two_processes_no_stat", "one_process_100",
+                                  "double_well", "total_template"])
+def test_compiled_newton_fits_match_numpy(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled fits (one at a time) reach the minima of the batched numpy loop: the
+    statistic to 1e-9 relative, the parameters to 1e-6, the same fits converged."""
+    from validator.stats import systematics as syst
+
+    if not syst.HAVE_NUMBA:
+        pytest.skip("numba not available")
+    rng = np.random.default_rng(5)
+    if case.startswith("two_processes"):
+        model = _our_model(with_stat=case == "two_processes")
+        n_obs = DATA
+    elif case == "one_process_100":
+        nom = rng.uniform(5e3, 5e4, 100)
+        x = np.linspace(-1, 1, 100)
+        model = build_model(nom, 1.3 * nom, {
+            "scale": (nom * (1 + 0.03 * x), nom * (1 - 0.03 * x)),
+            "pdf": (nom * (1 + 0.01 * x**2), nom * (1 - 0.012 * x**2))})
+        n_obs = rng.poisson(1.19 * nom * (1 + 0.01 * x)).astype(float)
+    elif case == "double_well":
+        w = np.full(4, 1000.0)
+        model = build_model(w, 10.0 * w, {"s": (np.array([1300.0, 1000, 800, 1000]),
+                                                np.array([1300.0, 1000, 1200, 1000]))})
+        n_obs = np.array([625.0, 500, 460, 500])
+    else:
+        sig, bkg = np.array([10.0, 40.0, 80.0, 40.0]), np.array([80.0, 40.0, 10.0, 5.0])
+        tot = sig + bkg
+        model = build_model(np.stack([sig, bkg]), np.stack([sig, bkg]),
+                            {"shape": (tot * np.array([1.1, 1.0, 0.95, 0.9]), None)},
+                            {"bkg": 0.2}, process_names=["sig", "bkg"])
+        n_obs = np.array([100.0, 85.0, 88.0, 40.0])
+    n, aux, centre, start = _toy_problems(model, n_obs, 400, seed=7)
+    compiled = fit_batch(model, n, centre=centre, aux=aux, start=start)
+    monkeypatch.setattr(syst, "HAVE_NUMBA", False)
+    batched = fit_batch(model, n, centre=centre, aux=aux, start=start)
+    np.testing.assert_array_equal(compiled.converged, batched.converged)
+    assert compiled.converged.mean() > 0.95
+    same = compiled.converged.copy()
+    if case == "double_well":  # a start between the wells may fall into either of them
+        same &= np.abs(compiled.x[:, 1] - batched.x[:, 1]) < 1e-3
+        assert same.mean() > 0.9
+    np.testing.assert_allclose(compiled.q[same], batched.q[same], rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(compiled.x[same], batched.x[same], atol=1e-6)
