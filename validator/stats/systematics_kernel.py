@@ -277,10 +277,14 @@ def _newton_fits_py(nom: np.ndarray, ds: np.ndarray, da: np.ndarray, norm_lo: np
     for f in range(n_fit):
         xf = x[f]
         decrement[f] = np.inf
+        q = 0.0
+        evaluated = False  # q, grad and hess already hold the values at xf
         for _ in range(max_iter):
-            q = _evaluate_one(xf, n[f], aux[f], centre[f], nom, ds, da, norm_lo, norm_hi,
-                              norm_process, norm_coef, sigma, b_floor, True, templ, kappa,
-                              cw, dcw, d2cw, k1, k2, db, d2b, lx, grad, hess)
+            if not evaluated:
+                q = _evaluate_one(xf, n[f], aux[f], centre[f], nom, ds, da, norm_lo, norm_hi,
+                                  norm_process, norm_coef, sigma, b_floor, True, templ, kappa,
+                                  cw, dcw, d2cw, k1, k2, db, d2b, lx, grad, hess)
+            evaluated = False
             finite = True
             for c in range(dim):
                 if not math.isfinite(grad[c]):
@@ -308,15 +312,21 @@ def _newton_fits_py(nom: np.ndarray, ds: np.ndarray, da: np.ndarray, norm_lo: np
             slope = -dec
             alpha = 1.0
             accepted = False
-            for _h in range(max_halvings):
+            q_new = 0.0
+            for h in range(max_halvings):
                 for c in range(dim):
                     trial[c] = xf[c] + alpha * step[c]
+                # the full step is usually accepted: its derivatives, taken in the same pass
+                # over the bins, serve the next iteration (grad and hess are free to reuse:
+                # this iteration's step is taken)
+                full = h == 0
                 q_new = _evaluate_one(trial, n[f], aux[f], centre[f], nom, ds, da, norm_lo,
                                       norm_hi, norm_process, norm_coef, sigma, b_floor,
-                                      False, templ, kappa, cw, dcw, d2cw, k1, k2, db, d2b,
+                                      full, templ, kappa, cw, dcw, d2cw, k1, k2, db, d2b,
                                       lx, grad, hess)
                 if math.isfinite(q_new) and q_new <= q + armijo_c * alpha * slope:
                     accepted = True
+                    evaluated = full
                     break
                 alpha *= 0.5
                 if alpha * abs(slope) < resolvable_decrease:
@@ -325,6 +335,7 @@ def _newton_fits_py(nom: np.ndarray, ds: np.ndarray, da: np.ndarray, norm_lo: np
                 break
             for c in range(dim):
                 xf[c] = trial[c]
+            q = q_new
 
 
 if HAVE_NUMBA:  # the helpers compiled first: the kernel calls them by their global names
