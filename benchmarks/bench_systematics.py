@@ -8,8 +8,10 @@ drawn from the model with the nuisances pulled from their constraints (null), ha
 mismodelling the systematics do not cover. Run once with fixed toys, once adaptive as a run
 would ask (thresholds alpha = 0.05 and Holm's first alpha/m, up to 20,000 toys).
 
-Run with ``python benchmarks/bench_systematics.py [--tests N] [--toys N]``. Prints the wall
-time, time per test and fits per second. ``--sample-data`` also times the real thing: every
+Run with ``python benchmarks/bench_systematics.py [--features N] [--toys N] [--numpy]``. Prints
+the wall time, time per test and fits per second; ``--numpy`` also runs the fits batched in
+numpy (the path without numba, ``validator.stats.systematics._newton_numpy``) and says whether
+every p-value is the compiled path's. ``--sample-data`` also times the real thing: every
 1D and 2D test of the sample data (20 features, 190 pairs) with the met-scale systematic
 (``sample_data/analysis.yaml``'s, without the network), against the same run without
 systematics: the difference is the cost of ``saturated_syst`` with its toys. Figures, not
@@ -23,6 +25,7 @@ import time
 
 import numpy as np
 
+from validator.stats import systematics
 from validator.stats.systematics import build_model, expected_counts, saturated_syst
 
 #: Test size of a run, and the number of planned tests (for Holm's first threshold).
@@ -66,6 +69,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sample-data", action="store_true",
                         help="also time every test of the sample data with a systematic")
+    parser.add_argument("--numpy", action="store_true",
+                        help="also time the fits batched in numpy (the path without numba)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     n_1d = args.features
@@ -76,22 +81,36 @@ def main() -> None:
     print(f"{n_tests} tests ({n_1d} 1D with 10-30 bins, {n_2d} 2D with 25 bins), "
           f"2 processes, 3 shape + 1 normalisation systematics, BB-lite, {args.toys} toys")
     thresholds = (ALPHA, ALPHA / n_tests)
+    saturated_syst(**cases[0], n_toys=1, rng=np.random.default_rng(0))  # load the kernels
+    paths = [("compiled", systematics.HAVE_NUMBA)] + ([("numpy", False)] if args.numpy else [])
     for label, kwargs in (("fixed toys", {}),
                           ("adaptive", {"max_toys": MAX_TOYS, "thresholds": thresholds})):
-        t0 = time.perf_counter()
-        total_toys = 0
-        failed = 0
-        small = 0
-        for k, case in enumerate(cases):
-            res = saturated_syst(**case, n_toys=args.toys,
-                                 rng=np.random.default_rng([args.seed, k]), **kwargs)
-            total_toys += res.n_toys or 0
-            failed += int(res.details.get("n_toys_failed", 0))
-            small += int(res.pvalue < ALPHA)
-        wall = time.perf_counter() - t0
-        print(f"{label:>10}: {wall:7.2f} s wall, {1e3 * wall / n_tests:6.1f} ms per test, "
-              f"{total_toys} toy fits ({total_toys / wall:,.0f} per s), {failed} failed fits, "
-              f"{small}/{n_tests} tests with p < {ALPHA}")
+        pvalues = {}
+        for path, compiled in paths:
+            systematics.HAVE_NUMBA = compiled
+            t0 = time.perf_counter()
+            total_toys = 0
+            failed = 0
+            small = 0
+            pvalues[path] = []
+            for k, case in enumerate(cases):
+                res = saturated_syst(**case, n_toys=args.toys,
+                                     rng=np.random.default_rng([args.seed, k]), **kwargs)
+                total_toys += res.n_toys or 0
+                failed += int(res.details.get("n_toys_failed", 0))
+                small += int(res.pvalue < ALPHA)
+                pvalues[path].append(res.pvalue)
+            wall = time.perf_counter() - t0
+            print(f"{label:>10}, {path:>8}: {wall:7.2f} s wall, {1e3 * wall / n_tests:6.1f} ms "
+                  f"per test, {total_toys} toy fits ({total_toys / wall:,.0f} per s), "
+                  f"{failed} failed fits, {small}/{n_tests} tests with p < {ALPHA}")
+        if len(pvalues) == 2:
+            a, b = (np.array(v) for v in pvalues.values())
+            same = int(np.sum(a == b))
+            close = int(np.sum(np.isclose(a, b, rtol=1e-9, atol=0.0)))
+            print(f"{'':>10}  the same p-value in {same} of {n_tests} tests, within 1e-9 "
+                  f"relative in {close} (a limit-law tail differs by rounding)")
+        systematics.HAVE_NUMBA = paths[0][1]
     if args.sample_data:
         sample_data(args.toys)
 
