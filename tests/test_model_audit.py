@@ -229,3 +229,19 @@ def test_chunking_changes_no_audit_result(tmp_path):
     for key in a:
         assert a[key]["n_events"] == b[key]["n_events"], key
         assert a[key]["value"] == pytest.approx(b[key]["value"], rel=1e-9, abs=1e-12), key
+
+
+def test_shap_reservoir_keeps_the_smallest_keys_in_stable_order() -> None:
+    """The reservoir's selection (a partition, then a sort of the candidates) is numpy's
+    stable argsort cut at k, ties at the cut included in position order."""
+    from validator.stages.audit import smallest_keys
+
+    rng = np.random.default_rng(0)
+    for n, k in [(0, 5), (3, 5), (32_768, 200), (1_000, 1_000), (1_001, 1_000)]:
+        keys = rng.random(n)
+        np.testing.assert_array_equal(smallest_keys(keys, k),
+                                      np.argsort(keys, kind="stable")[:k])
+    tied = np.repeat(rng.random(50), 20)
+    for k in (1, 7, 20, 21, 333, 999, 1_000):
+        np.testing.assert_array_equal(smallest_keys(tied, k),
+                                      np.argsort(tied, kind="stable")[:k])

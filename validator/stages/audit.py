@@ -96,7 +96,7 @@ class AuditSums:
         if len(self.taylor) != len(other.taylor) or self.moments.shape != other.moments.shape:
             raise ValueError("cannot merge audit sums of different networks or inputs")
         keys = np.concatenate([self.keys, other.keys])
-        keep = np.argsort(keys, kind="stable")[:self.capacity]
+        keep = smallest_keys(keys, self.capacity)
         return AuditSums(tuple(a + b for a, b in zip(self.taylor, other.taylor, strict=True)),
                          self.moments + other.moments, keys[keep],
                          np.concatenate([self.x, other.x])[keep],
@@ -154,6 +154,19 @@ class ModelAudit:
         return self.sums if self.sums is not None else self.empty()
 
 
+def smallest_keys(keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest ``keys`` in increasing order, ties in the order of
+    their positions: ``numpy.argsort(keys, kind="stable")[:k]``, with a partition first (a
+    block holds 32k events, the reservoir a few hundred)."""
+    if k <= 0:
+        return np.zeros(0, dtype=np.intp)
+    if keys.size <= k:
+        return np.argsort(keys, kind="stable")
+    kth = keys[np.argpartition(keys, k - 1)[k - 1]]
+    candidates = np.flatnonzero(keys <= kth)  # every key tied with the k-th included
+    return candidates[np.argsort(keys[candidates], kind="stable")[:k]]
+
+
 def chunk_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> AuditSums:
     """The audit sums of one chunk with nominal weights ``w``, taken over blocks of
     :data:`AUDIT_BLOCK_ROWS` events (the sums add; the network's inputs, derivatives and
@@ -186,7 +199,7 @@ def _block_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarra
     xg, wg = x[good], w[good]
     moments = np.stack([np.full(x.shape[1], wg.sum()), wg @ xg, wg @ (xg * xg)])
     keep = np.flatnonzero(good)
-    keep = keep[np.argsort(keys[keep], kind="stable")[:audit.shap_events]]
+    keep = keep[smallest_keys(keys[keep], audit.shap_events)]
     return AuditSums(taylor, moments, keys[keep], x[keep], w[keep], audit.shap_events)
 
 
