@@ -51,7 +51,7 @@ class ModelArrays(Protocol):
     sigma_rel: np.ndarray
     b_floor: float
 
-__all__ = ["ModelArrays", "newton_fits"]
+__all__ = ["ModelArrays", "newton_fits", "warm"]
 
 
 def _code4_scalar(t: float, lo: float, hi: float, coef: np.ndarray) -> tuple[float, float, float]:
@@ -375,3 +375,15 @@ def newton_fits(model: ModelArrays, n: np.ndarray, aux: np.ndarray, centre: np.n
         x_out, int(max_iter), int(max_halvings), float(max_step), float(armijo_c),
         float(decrement_tol), float(resolvable_decrease), float(eig_floor_rel), decrement)
     return x_out, decrement
+
+
+def warm() -> None:
+    """Load (or compile, the first time) the kernel in this process: about 0.9 s from numba's
+    cache, which every process forked from this one would otherwise spend on its first fit."""
+    if not HAVE_NUMBA:
+        return
+    one = np.ones((1, 1))  # one bin, one process, one shape and one normalisation nuisance
+    _newton_fits_compiled(one, np.ones((1, 1, 1)), np.ones((1, 1, 1)), np.ones(1), np.ones(1),
+                          np.zeros(1, dtype=np.int64), np.zeros((1, 6)), np.ones(1), 1e-9,
+                          one, one, np.zeros((1, 2)), np.zeros((1, 3)), 1, 1, 3.0, 1e-4, 1e-8,
+                          1e-11, 1e-8, np.empty(1))
