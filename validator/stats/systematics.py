@@ -778,7 +778,7 @@ def _newton(
     model: SystModel, n: np.ndarray, a: np.ndarray, c0: np.ndarray, x: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The damped Newton iterations of :func:`fit_batch`: ``(x, decrement)``; compiled, one
-    fit at a time (:mod:`validator.stats.systematics_kernel`: 3-7x faster per toy), or batched in
+    fit at a time (:mod:`validator.stats.systematics_kernel`: 2.5-8x faster per toy), or batched in
     numpy without numba (:func:`_newton_numpy`)."""
     if HAVE_NUMBA and x.shape[0] > 0:
         return newton_fits(model, n, a, c0, x, max_iter=MAX_ITER, max_halvings=MAX_HALVINGS,

@@ -11,8 +11,9 @@ benchmark's feature x output pairs: most of its tests' time). :func:`newton_fits
 same algorithm one fit at a time in a compiled loop, each fit's per-bin terms accumulated in
 one pass over its bins, with no (parameters² x bins) array: the same iterations, the same
 step rule, the same line search. Measured, the whole ``saturated_syst`` per toy (draws
-included), one process with two shape systematics, one core: 59 -> 8.8 µs at 20 bins,
-102 -> 34 µs at 100 bins, 219 -> 82 µs at 300 bins.
+included), one process with two shape systematics, one core: 59 -> 7.4 µs at 20 bins,
+102 -> 28 µs at 100 bins, 219 -> 81-93 µs at 300 bins (``benchmarks/RESULTS.md``, session 11;
+``benchmarks/bench_systematics.py --numpy`` times a run-sized set both ways).
 
 Two details differ from the batched numpy loop, both only where a fit cannot move:
 
