@@ -31,11 +31,14 @@ Within a trial the floor and every configuration run one after the other, so the
 one trial share the machine's state. ``--floor-bins 10``: the floor bins into 10 quantile bins
 per column (the issue-32 definition) instead of the 1000 fine bins.
 
-Run: `python benchmarks/bench_scale.py [--sizes 1M,3M,10M] [--growth] [--repeat K] [--json F]
+Run: `python benchmarks/bench_scale.py [--sizes 1M,3M,10M] [--growth] [--repeat K]
+[--memory-trials K] [--json F]
 [--configs plain,audited,multivariate] [--floor-bins 10]`.
 Figures, not pass/fail: the machine may be shared (the load average is printed); with
 ``--repeat K`` the floor and the run alternate K times and the median ratio is printed with
-its range.
+its range. Reading every process's PSS every 0.1 s costs the run a few percent of its CPU:
+``--memory-trials 1`` measures memory in the first trial only and times the others with a
+light CPU poller (their peak memory is printed as nan).
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ NAIVE_EVENTS = 250_000
 FLOOR_BINS = 1000
 #: How often the memory and the CPU time of the run's processes are sampled.
 RSS_POLL_S = 0.1
+#: How often only the CPU time is sampled, in a trial that does not measure memory: reading
+#: every process's PSS (its smaps) costs the run 1-2 ms of CPU per process and poll, a few
+#: percent of a 2-core run at RSS_POLL_S; the CPU times are cheap and cumulative.
+CPU_POLL_S = 0.5
 
 
 def _parse_size(text: str) -> int:
@@ -156,10 +163,11 @@ def _child(spec: str) -> None:
 
 
 def run(sim: list[str], data: list[str], features: list[str], jobs: int | None,
-        engine: str = "local", audit: dict | None = None) -> dict:
+        engine: str = "local", audit: dict | None = None, memory: bool = True) -> dict:
     """Time the run in a child process; peak memory and CPU of it and its workers.
     ``audit``: the audited configuration's options (``model``, ``syst``, ``blind``,
-    ``multivariate``; :func:`audited_options`)."""
+    ``multivariate``; :func:`audited_options`). ``memory=False``: the CPU time only (every
+    :data:`CPU_POLL_S`), no PSS polling to slow the run down (``peak_total_mib`` is NaN)."""
     import psutil
 
     spec = json.dumps({"sim": sim, "data": data, "features": features, "jobs": jobs,
@@ -178,7 +186,8 @@ def run(sim: list[str], data: list[str], features: list[str], jobs: int | None,
             try:
                 procs = [proc, *proc.children(recursive=True)]
                 # PSS: pages a forked worker shares with its parent are counted once
-                peak_total = max(peak_total, sum(p.memory_full_info().pss for p in procs))
+                if memory:
+                    peak_total = max(peak_total, sum(p.memory_full_info().pss for p in procs))
             except psutil.Error:
                 procs = []
             for p in procs:  # the workers too: those of the forkserver are not waited for
@@ -187,7 +196,7 @@ def run(sim: list[str], data: list[str], features: list[str], jobs: int | None,
                     cpu_seen[p.pid] = times.user + times.system
                 except psutil.Error:
                     pass
-            stop.wait(RSS_POLL_S)
+            stop.wait(RSS_POLL_S if memory else CPU_POLL_S)
 
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
@@ -203,7 +212,8 @@ def run(sim: list[str], data: list[str], features: list[str], jobs: int | None,
     own = usage.ru_utime + usage.ru_stime
     polled = sum(cpu_seen.values())
     result.update(wall=wall, cpu=max(own, polled) / wall,
-                  peak_rss_mib=usage.ru_maxrss / 1024, peak_total_mib=peak_total / 2**20)
+                  peak_rss_mib=usage.ru_maxrss / 1024,
+                  peak_total_mib=peak_total / 2**20 if memory else float("nan"))
     return result
 
 
@@ -317,6 +327,9 @@ def main() -> None:
     parser.add_argument("--floor-bins", type=int, default=FLOOR_BINS,
                         help=f"quantile bins of the floor's binning pass (default {FLOOR_BINS}; "
                              "10: the issue-32 floor)")
+    parser.add_argument("--memory-trials", type=int, default=None,
+                        help="poll the processes' PSS in the first K trials only (default: "
+                             "every trial); the others are timed without it")
     parser.add_argument("--repeat", type=int, default=1,
                         help="floor and run alternated this many times per point; the median "
                              "ratio is printed with its range (a shared machine's speed "
@@ -345,10 +358,11 @@ def main() -> None:
         load_before = _load()
         # per trial: the floor, then every configuration (their ratios share the machine)
         trials: list[tuple[float, float, dict[str, dict]]] = []
-        for _ in range(max(args.repeat, 1)):
+        for trial in range(max(args.repeat, 1)):
             fl, read = floor(sim + data, columns, args.floor_bins)
+            memory = args.memory_trials is None or trial < args.memory_trials
             trials.append((fl, read, {c: run(sim, data, columns, args.jobs, args.engine,
-                                             options[c]) for c in here}))
+                                             options[c], memory) for c in here}))
         for config in here:
             rows.append(_report(n, n_features, config, trials, load_before, args.floor_bins))
             if config == "plain" and not args.no_compare and n_features == args.features \
@@ -371,8 +385,12 @@ def _report(n: int, n_features: int, config: str,
     """One configuration's row (every trial, the median ratio's trial standing for the
     point), printed."""
     ratios = [t[2][config]["wall"] / t[0] for t in trials]
-    # the trial of the median ratio stands for the point (its stages, memory, CPU)
-    fl, read, results = trials[int(np.argsort(ratios)[(len(ratios) - 1) // 2])]
+    # the trials timed without memory polling, where there are any, give the ratio; the trial
+    # of their median ratio stands for the point (its stages, CPU)
+    timed = [k for k, t in enumerate(trials) if t[2][config]["peak_total_mib"] !=
+             t[2][config]["peak_total_mib"]] or list(range(len(trials)))
+    timed_ratios = [ratios[k] for k in timed]
+    fl, read, results = trials[timed[int(np.argsort(timed_ratios)[(len(timed) - 1) // 2])]]
     res = results[config]
     row = {"n": n, "features": n_features, "config": config, "floor_bins": floor_bins,
            "pairs": res["n_pairs"], "tests": res["n_tests"],
@@ -380,14 +398,17 @@ def _report(n: int, n_features: int, config: str,
            "ratios": ratios, "runs_s": [t[2][config]["wall"] for t in trials],
            "floors_s": [t[0] for t in trials],
            "stages": res["stages"], "cpu": res["cpu"], "peak_rss_mib": res["peak_rss_mib"],
-           "peak_total_mib": max(t[2][config]["peak_total_mib"] for t in trials),
+           "peak_total_mib": max((m for m in (t[2][config]["peak_total_mib"] for t in trials)
+                                  if m == m), default=float("nan")),  # NaN: not measured
            "peaks_total_mib": [t[2][config]["peak_total_mib"] for t in trials],
            "load": f"{load_before} -> {_load()}"}
     stages = ", ".join(f"{k} {v[1] - v[0]:.1f}" for k, v in res["stages"].items())
+    unpolled = " of the trials without memory polling" if len(timed) < len(trials) else ""
     every = "; ".join(f"{t[2][config]['wall']:.1f}/{t[0]:.1f}" for t in trials)
     print(f"N={n:,} F={n_features} {config}: run {res['wall']:.1f} s ({res['n_tests']:,} "
           f"tests, {1e3 * res['wall'] / res['n_tests']:.1f} ms/test), floor {fl:.1f} s "
-          f"({floor_bins} bins; read {read:.1f} s), ratio {row['ratio']:.1f}{_spread(ratios)}; "
+          f"({floor_bins} bins; read {read:.1f} s), ratio {row['ratio']:.1f}"
+          f"{_spread(timed_ratios)}{unpolled}; "
           f"trials run/floor {every}; stages: {stages}; CPU {res['cpu']:.2f} cores; peak RSS "
           f"{res['peak_rss_mib']:.0f} MiB (largest process), {row['peak_total_mib']:.0f} MiB "
           f"(all, PSS, largest of the trials); load {row['load']}", flush=True)

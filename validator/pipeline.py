@@ -439,7 +439,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                   for k, scan in enumerate((sim_scan, data_scan))]
         rows = VariationRows.make(syst, processes.processes() if processes else ())
         reservoirs = _multivariate_reservoirs(config, plan, model, syst)
-        warming = warm_in_background(jobs)
+        warming = warm_in_background(jobs, fits=syst is not None)
         sim_acc, data_acc = fill_samples([
             FillTask(sim_reader, layout, config.category, config.seed,
                      collectors=_collectors(audits[0], reservoirs[0] if reservoirs else None),

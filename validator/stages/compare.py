@@ -501,15 +501,16 @@ def _group_outcomes(layout: Layout, sim: Accumulator, data: Accumulator, categor
     return "2d", x, y, outcomes
 
 
-def warm_in_background(jobs: int) -> threading.Thread | None:
+def warm_in_background(jobs: int, fits: bool = True) -> threading.Thread | None:
     """Load the compiled kernels the tests' forked workers use, in a thread of this process,
-    while it waits for the fill (half a second otherwise spent before the tests start).
+    while it waits for the fill (half a second otherwise spent before the tests start); with
+    ``fits`` also the profile fits of the systematic tests.
     Join the thread before :func:`run_tests`: a process must not fork while it compiles."""
     if jobs <= 1:
         return None
     from validator.stats.dependence_kernel import warm
 
-    thread = threading.Thread(target=warm, name="validator-warm", daemon=True)
+    thread = threading.Thread(target=warm, args=(fits,), name="validator-warm", daemon=True)
     thread.start()
     return thread
 
@@ -575,7 +576,7 @@ def run_tests(layout: Layout, sims: dict[str, Accumulator], datas: dict[str, Acc
     if jobs > 1:
         from validator.stats.dependence_kernel import warm
 
-        warm()  # loaded once here, not once per forked process
+        warm(fits=syst is not None)  # loaded once here, not once per forked process
     # small batches: a pair with toys costs a hundred times a feature's asymptotic tests
     batch = max(1, len(items) // (jobs * TEST_BATCHES_PER_JOB))
     outcomes: dict[str, dict[tuple[str, str, str | None], Outcome]] = {}

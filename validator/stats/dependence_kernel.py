@@ -269,12 +269,12 @@ def dependence_toys(n_toy: np.ndarray, w_toy: np.ndarray, s2_toy: np.ndarray,
     return x2, ok
 
 
-def warm() -> None:
+def warm(fits: bool = True) -> None:
     """Load (or compile, the first time) the tests' kernels in this process (this one, the
     toys' Poisson tables, :mod:`validator.stats.poisson_toys`, the KS/AD statistics,
-    :mod:`validator.stats.edf_kernel`, and the profile fits of ``saturated_syst``,
-    :mod:`validator.stats.systematics_kernel`), so that processes forked from it (the tests' pool)
-    start with them ready."""
+    :mod:`validator.stats.edf_kernel`, and with ``fits`` the profile fits of
+    ``saturated_syst``, :mod:`validator.stats.systematics_kernel`), so that processes forked
+    from it (the tests' pool) start with them ready."""
     if not HAVE_NUMBA:
         return
     from validator.stats.edf_kernel import edf_rows
@@ -282,7 +282,8 @@ def warm() -> None:
     from validator.stats.systematics_kernel import warm as warm_fits
 
     warm_poisson()
-    warm_fits()
+    if fits:
+        warm_fits()
     edf_rows(np.ones((1, 2)), np.ones((1, 2)), 1.0, 1.0)
     ones = np.ones((1, 2, 2))
     dependence_toys(ones, ones, ones, np.ones(4), np.arange(4), np.zeros(4, dtype=np.int64),
