@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -387,8 +388,8 @@ def _report(n: int, n_features: int, config: str,
     ratios = [t[2][config]["wall"] / t[0] for t in trials]
     # the trials timed without memory polling, where there are any, give the ratio; the trial
     # of their median ratio stands for the point (its stages, CPU)
-    timed = [k for k, t in enumerate(trials) if t[2][config]["peak_total_mib"] !=
-             t[2][config]["peak_total_mib"]] or list(range(len(trials)))
+    timed = [k for k, t in enumerate(trials) if math.isnan(t[2][config]["peak_total_mib"])] \
+        or list(range(len(trials)))
     timed_ratios = [ratios[k] for k in timed]
     fl, read, results = trials[timed[int(np.argsort(timed_ratios)[(len(timed) - 1) // 2])]]
     res = results[config]
@@ -399,7 +400,7 @@ def _report(n: int, n_features: int, config: str,
            "floors_s": [t[0] for t in trials],
            "stages": res["stages"], "cpu": res["cpu"], "peak_rss_mib": res["peak_rss_mib"],
            "peak_total_mib": max((m for m in (t[2][config]["peak_total_mib"] for t in trials)
-                                  if m == m), default=float("nan")),  # NaN: not measured
+                                  if not math.isnan(m)), default=float("nan")),
            "peaks_total_mib": [t[2][config]["peak_total_mib"] for t in trials],
            "load": f"{load_before} -> {_load()}"}
     stages = ", ".join(f"{k} {v[1] - v[0]:.1f}" for k, v in res["stages"].items())

@@ -234,7 +234,7 @@ def test_chunking_changes_no_audit_result(tmp_path):
 def test_shap_reservoir_keeps_the_smallest_keys_in_stable_order() -> None:
     """The reservoir's selection (a partition, then a sort of the candidates) is numpy's
     stable argsort cut at k, ties at the cut included in position order."""
-    from validator.stages.audit import smallest_keys
+    from validator.stages.plan import smallest_keys
 
     rng = np.random.default_rng(0)
     for n, k in [(0, 5), (3, 5), (32_768, 200), (1_000, 1_000), (1_001, 1_000)]:

@@ -95,6 +95,8 @@ class AuditSums:
             return NotImplemented
         if len(self.taylor) != len(other.taylor) or self.moments.shape != other.moments.shape:
             raise ValueError("cannot merge audit sums of different networks or inputs")
+        from validator.stages.plan import smallest_keys
+
         keys = np.concatenate([self.keys, other.keys])
         keep = smallest_keys(keys, self.capacity)
         return AuditSums(tuple(a + b for a, b in zip(self.taylor, other.taylor, strict=True)),
@@ -154,19 +156,6 @@ class ModelAudit:
         return self.sums if self.sums is not None else self.empty()
 
 
-def smallest_keys(keys: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` smallest ``keys`` in increasing order, ties in the order of
-    their positions: ``numpy.argsort(keys, kind="stable")[:k]``, with a partition first (a
-    block holds 32k events, the reservoir a few hundred)."""
-    if k <= 0:
-        return np.zeros(0, dtype=np.intp)
-    if keys.size <= k:
-        return np.argsort(keys, kind="stable")
-    kth = keys[np.argpartition(keys, k - 1)[k - 1]]
-    candidates = np.flatnonzero(keys <= kth)  # every key tied with the k-th included
-    return candidates[np.argsort(keys[candidates], kind="stable")[:k]]
-
-
 def chunk_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> AuditSums:
     """The audit sums of one chunk with nominal weights ``w``, taken over blocks of
     :data:`AUDIT_BLOCK_ROWS` events (the sums add; the network's inputs, derivatives and
@@ -187,7 +176,7 @@ def chunk_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray
 def _block_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray
                 ) -> AuditSums:
     from validator.model.taylor import taylor_sums
-    from validator.stages.plan import uniform_keys
+    from validator.stages.plan import smallest_keys, uniform_keys
 
     x = audit.models[0].matrix(chunk)
     keys = uniform_keys(chunk[ENTRY], chunk[FILE], audit.seed ^ _KEY_SALT)

@@ -92,10 +92,10 @@ class EventReservoir:
     def collect(self, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> EventReservoir:
         """A chunk's reservoir (the fill pass's collector, :class:`validator.engine.pool.Collector`:
         run wherever the chunk is filled; reservoirs add with ``+``)."""
-        from validator.stages.plan import uniform_keys
+        from validator.stages.plan import smallest_keys, uniform_keys
 
         keys = uniform_keys(chunk[ENTRY], chunk[FILE], self.seed ^ _KEY_SALT)
-        keep = np.argsort(keys, kind="stable")[:self.capacity]
+        keep = smallest_keys(keys, self.capacity)
         n = len(keys)
 
         def matrix(names: tuple[str, ...]) -> np.ndarray:
@@ -113,8 +113,10 @@ class EventReservoir:
             return NotImplemented
         if other.columns != self.columns or other.extra != self.extra:
             raise ValueError("cannot merge reservoirs of different columns")
+        from validator.stages.plan import smallest_keys
+
         keys = np.concatenate([self.keys, other.keys])
-        keep = np.argsort(keys, kind="stable")[:self.capacity]
+        keep = smallest_keys(keys, self.capacity)
         return EventReservoir(self.columns, self.capacity, self.seed, self.extra, keys[keep],
                               np.concatenate([self.x, other.x])[keep],
                               np.concatenate([self.w, other.w])[keep],

@@ -179,6 +179,20 @@ def uniform_keys(entries: np.ndarray, files: np.ndarray | int, seed: int) -> np.
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def smallest_keys(keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest ``keys`` (:func:`uniform_keys`) in increasing order,
+    ties in the order of their positions: ``numpy.argsort(keys, kind="stable")[:k]``, with a
+    partition first (the event reservoirs of the audit and the multivariate tests keep a few
+    hundred to thousands of a chunk's events)."""
+    if k <= 0:
+        return np.zeros(0, dtype=np.intp)
+    if keys.size <= k:
+        return np.argsort(keys, kind="stable")
+    kth = keys[np.argpartition(keys, k - 1)[k - 1]]
+    candidates = np.flatnonzero(keys <= kth)  # every key tied with the k-th included
+    return candidates[np.argsort(keys[candidates], kind="stable")[:k]]
+
+
 def reservoir_capacity(n_columns: int) -> int:
     """Values kept per column: up to ``RESERVOIR_SIZE``, less with very many columns."""
     return int(max(5_000, min(RESERVOIR_SIZE, 20_000_000 // max(n_columns, 1))))

@@ -273,13 +273,13 @@ def warm(fits: bool = True) -> None:
     """Load (or compile, the first time) the tests' kernels in this process (this one, the
     toys' Poisson tables, :mod:`validator.stats.poisson_toys`, the KS/AD statistics,
     :mod:`validator.stats.edf_kernel`, and with ``fits`` the profile fits of
-    ``saturated_syst``, :mod:`validator.stats.systematics_kernel`), so that processes forked
+    ``saturated_syst``, :func:`validator.stats.systematics.warm`), so that processes forked
     from it (the tests' pool) start with them ready."""
     if not HAVE_NUMBA:
         return
     from validator.stats.edf_kernel import edf_rows
     from validator.stats.poisson_toys import warm as warm_poisson
-    from validator.stats.systematics_kernel import warm as warm_fits
+    from validator.stats.systematics import warm as warm_fits
 
     warm_poisson()
     if fits:

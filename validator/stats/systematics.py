@@ -82,6 +82,7 @@ __all__ = [
     "interp_code4p",
     "q_unprofiled",
     "saturated_syst",
+    "warm",
 ]
 
 #: Method name stored in DuckDB ``tests.method`` (issue 16: stored beside ``saturated``).
@@ -786,6 +787,16 @@ def _newton(
                            resolvable_decrease=RESOLVABLE_DECREASE,
                            eig_floor_rel=EIG_FLOOR_REL)
     return _newton_numpy(model, n, a, c0, x)
+
+
+def warm() -> None:
+    """Load (or compile, the first time) the compiled fits in this process: about 0.5 s from
+    numba's cache, which every process forked from this one would otherwise spend on its
+    first fit. One fit of a one-bin model with a shape and a normalisation nuisance: the
+    arrays :func:`newton_fits` is given have the types of every fit's."""
+    if HAVE_NUMBA:
+        one = np.array([10.0])
+        fit_batch(build_model(one, one, {"s": (one * 1.1, None)}, {"process0": 0.1}), one)
 
 
 def _newton_numpy(

@@ -38,6 +38,8 @@ import numpy as np
 
 from validator.stats.compiled import HAVE_NUMBA, numba
 
+__all__ = ["ModelArrays", "newton_fits"]
+
 
 class ModelArrays(Protocol):
     """What the kernel reads of a :class:`validator.stats.systematics.SystModel`."""
@@ -51,8 +53,6 @@ class ModelArrays(Protocol):
     norm_coef: np.ndarray
     sigma_rel: np.ndarray
     b_floor: float
-
-__all__ = ["ModelArrays", "newton_fits", "warm"]
 
 
 def _code4_scalar(t: float, lo: float, hi: float, coef: np.ndarray) -> tuple[float, float, float]:
@@ -359,32 +359,18 @@ def newton_fits(model: ModelArrays, n: np.ndarray, aux: np.ndarray, centre: np.n
         raise RuntimeError("numba is not available")
     x_out = np.array(x, dtype=float, order="C", copy=True)
     decrement = np.empty(x_out.shape[0])
-    f64 = np.float64
+
+    def arg(a: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        # C-ordered and writable (a copy only where needed): numba compiles a kernel per
+        # argument type, and a read-only view (a broadcast centre or aux) is another type
+        return np.require(a, dtype=dtype, requirements=("C", "W"))
+
     _newton_fits_compiled(
-        np.ascontiguousarray(model.nominal, dtype=f64),
-        np.ascontiguousarray(model.delta_s, dtype=f64),
-        np.ascontiguousarray(model.delta_a, dtype=f64),
-        np.ascontiguousarray(model.norm_lo, dtype=f64),
-        np.ascontiguousarray(model.norm_hi, dtype=f64),
-        np.ascontiguousarray(model.norm_process, dtype=np.int64),
-        np.ascontiguousarray(model.norm_coef, dtype=f64).reshape(-1, 6),
-        np.ascontiguousarray(model.sigma_rel, dtype=f64),
-        float(model.b_floor),
-        np.ascontiguousarray(n, dtype=f64),
-        np.ascontiguousarray(aux, dtype=f64),
-        np.ascontiguousarray(centre, dtype=f64),
+        arg(model.nominal), arg(model.delta_s), arg(model.delta_a), arg(model.norm_lo),
+        arg(model.norm_hi), arg(model.norm_process, np.int64),
+        arg(model.norm_coef).reshape(-1, 6), arg(model.sigma_rel), float(model.b_floor),
+        arg(n), arg(aux), arg(centre),
         x_out, int(max_iter), int(max_halvings), float(max_step), float(armijo_c),
         float(decrement_tol), float(resolvable_decrease), float(eig_floor_rel), decrement)
     return x_out, decrement
 
-
-def warm() -> None:
-    """Load (or compile, the first time) the kernel in this process: about 0.9 s from numba's
-    cache, which every process forked from this one would otherwise spend on its first fit."""
-    if not HAVE_NUMBA:
-        return
-    one = np.ones((1, 1))  # one bin, one process, one shape and one normalisation nuisance
-    _newton_fits_compiled(one, np.ones((1, 1, 1)), np.ones((1, 1, 1)), np.ones(1), np.ones(1),
-                          np.zeros(1, dtype=np.int64), np.zeros((1, 6)), np.ones(1), 1e-9,
-                          one, one, np.zeros((1, 2)), np.zeros((1, 3)), 1, 1, 3.0, 1e-4, 1e-8,
-                          1e-11, 1e-8, np.empty(1))
