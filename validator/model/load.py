@@ -55,6 +55,12 @@ _PROBE_ROWS = 256
 #: the 30-64-64-1 MLP (TorchScript, one thread, 2 MiB L2): 0.48 core-s per million events at
 #: 4,096-8,192, 0.58 at 16,384, 0.65 at 65,536, and 110 MB less memory than at 65,536.
 EVALUATION_BATCH = 8_192
+#: Rows of the inputs' matrix written at once from a chunk's columns: a block of float64 rows
+#: (1 MB at 30 inputs) stays in the core's cache while each column is written into it, where a
+#: whole chunk's matrix is written column by column through memory (measured, 30 float32
+#: columns: 0.06 us an event against 0.25 for ``column_stack``, and the network's inputs 0.12
+#: against 0.53 from a matrix).
+INPUT_BLOCK_ROWS = 4_096
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,7 +167,14 @@ class AuditedModel:
             self.check_chunk(x, label)
             if not self.inputs:
                 return np.zeros((0, 0))
-            return np.column_stack([np.asarray(x[c], dtype=np.float64) for c in self.inputs])
+            columns = [np.asarray(x[c]) for c in self.inputs]
+            out = np.empty((len(columns[0]), len(columns)))
+            for start in range(0, len(out), INPUT_BLOCK_ROWS):
+                rows = slice(start, start + INPUT_BLOCK_ROWS)
+                block = out[rows]
+                for j, column in enumerate(columns):
+                    block[:, j] = column[rows]
+            return out
         arr = np.asarray(x, dtype=np.float64)
         if arr.ndim == 1 and len(self.inputs) == 1:
             arr = arr[:, None]
@@ -217,26 +230,44 @@ class AuditedModel:
                        ) -> tuple[np.ndarray, np.ndarray]:
         """The network's inputs in its own precision ``(n, len(model_inputs))``, and which
         rows have every input finite. Element for element :meth:`model_space` cast to the
-        network's type (S only places columns, so ``x @ S`` is exact; each column is scaled
-        in float64), without the float64 matrix of the whole chunk and its product."""
+        network's type (S only places columns, so ``x @ S`` is exact; each input is scaled
+        in float64), without the float64 matrix of the whole chunk and its product: a block
+        of :data:`INPUT_BLOCK_ROWS` rows at a time."""
         self._require_fixed(label)
         if isinstance(x, Mapping):
             self.check_chunk(x, label)
             columns = [np.asarray(x[c]) for c in self.inputs]
             n = len(columns[0]) if columns else 0
+            matrix = None
         else:
-            arr = self.matrix(x)
-            columns = list(arr.T)
-            n = len(arr)
+            matrix = self.matrix(x)
+            n = len(matrix)
         _, const, offset, scale = self._affine()
         pos = {name: i for i, name in enumerate(self.model_inputs)}
+        placed = np.array([pos[name] for name in self.inputs], dtype=np.intp)
+        in_order = np.array_equal(placed, np.arange(len(self.model_inputs)))
         z = np.empty((n, len(self.model_inputs)), dtype=self._backend.dtype)
-        z[:] = ((const - offset) / scale).astype(z.dtype)  # the parameters' columns
+        if not in_order:
+            z[:] = ((const - offset) / scale).astype(z.dtype)  # the parameters' columns
         good = np.ones(n, dtype=bool)
-        for name, column in zip(self.inputs, columns, strict=True):
-            j = pos[name]
-            good &= np.isfinite(column)
-            z[:, j] = (column.astype(np.float64, copy=False) - offset[j]) / scale[j]
+        if not len(placed):
+            return z, good
+        block = np.empty((min(n, INPUT_BLOCK_ROWS), len(placed)))
+        for start in range(0, n, INPUT_BLOCK_ROWS):
+            rows = slice(start, min(start + INPUT_BLOCK_ROWS, n))
+            xb = block[:rows.stop - start]
+            if matrix is not None:
+                xb[:] = matrix[rows]
+            else:
+                for j, column in enumerate(columns):
+                    xb[:, j] = column[rows]
+            good[rows] = np.isfinite(xb).all(axis=1)
+            xb -= offset[placed]
+            xb /= scale[placed]
+            if in_order:
+                z[rows] = xb
+            else:
+                z[rows, placed] = xb
         return z, good
 
     def evaluate(self, x: Mapping[str, np.ndarray] | np.ndarray, *, _label: str = ""
