@@ -278,9 +278,18 @@ class AuditedModel:
         out = np.full((len(z), self.n_outputs), np.nan)
         rows = np.arange(len(z)) if good.all() else np.flatnonzero(good)
         z = z if len(rows) == len(z) else z[rows]  # every row good: batches are views
-        for s in range(0, len(z), self.batch_size):
-            out[rows[s:s + self.batch_size]] = self._backend.run(z[s:s + self.batch_size])
+        out[rows] = self.run_network(z)
         return out
+
+    def run_network(self, z: np.ndarray) -> np.ndarray:
+        """The network on model-space rows ``z`` (:meth:`network_inputs`), ``(n, n_outputs)``
+        float64, in batches of ``batch_size`` rows (:data:`EVALUATION_BATCH`: a batch's
+        activations stay in cache; SHAP's 262,144-row calls cost 0.95 us a row whole against
+        0.55 in batches)."""
+        if len(z) <= self.batch_size:
+            return self._backend.run(z)
+        return np.concatenate([self._backend.run(z[s:s + self.batch_size])
+                               for s in range(0, len(z), self.batch_size)])
 
     def torch_forward(self):
         """A differentiable torch function of the raw inputs (float64 ``(B, N)``) -> outputs

@@ -389,7 +389,7 @@ def exact_shap(model: AuditedModel, xs: np.ndarray, bg: np.ndarray,
             k = len(masks[c:c + per_sub])
             take = np.broadcast_to(masks[None, c:c + per_sub, None, :], (e, k, len(bg), dim))
             pts = _masked(zx[s:s + e, None, None], zb[None, None], take, cols)  # (e, S, B, M)
-            out = model._backend.run(pts.reshape(-1, zb.shape[1]))
+            out = model.run_network(pts.reshape(-1, zb.shape[1]))
             v[:, c:c + k] = np.einsum("esbc,bg->esgc", out.reshape(e, k, len(bg), -1), share)
         for i in range(dim):
             without = index[~masks[:, i]]
@@ -418,8 +418,8 @@ def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, 
     n, dim = xs.shape
     n_bg = len(bg)
     zx, zb, cols = _model_rows(model, xs, bg)
-    fx = model._backend.run(zx)  # (n, C)
-    fb = model._backend.run(zb)  # (B, C)
+    fx = model.run_network(zx)  # (n, C)
+    fb = model.run_network(zb)  # (B, C)
     n_groups = share.shape[1]
     phi = np.zeros((n, dim, n_groups, model.n_outputs))
     if dim == 1:
@@ -438,7 +438,7 @@ def _sampling(model: AuditedModel, xs: np.ndarray, bg: np.ndarray, rounds: int, 
                 rank = dim - 1 - rank
             take = rank[:, :, None, :] < steps[None, None, :, None]  # (e, B, N-1, N)
             pts = _masked(zx[s:s + e, None, None], zb[None, :, None], take, cols)
-            out = model._backend.run(pts.reshape(-1, zb.shape[1]))
+            out = model.run_network(pts.reshape(-1, zb.shape[1]))
             chain = np.concatenate(
                 [np.broadcast_to(fb[None, :, None], (e, n_bg, 1, fb.shape[1])),
                  out.reshape(e, n_bg, dim - 1, -1),
