@@ -14,47 +14,63 @@ stored in DuckDB ``tests.method``:
 
 from __future__ import annotations
 
-from validator.stats.binned import max_abs_ratio_deviation, merge_histogram, merge_sparse_bins
-from validator.stats.chi2 import chi2_uw
-from validator.stats.correlation import (
-    corr_pearson,
-    corr_spearman,
-    moment_sums,
-    pearson_from_moments,
-    spearman_from_table,
-)
+import importlib
+import sys
+import types
+from typing import Any
 
-# binds the function `dependence` over the submodule of the same name
-from validator.stats.dependence import dependence, ipf
-from validator.stats.edf import (
-    ad_hist,
-    ad_weighted,
-    edf_hist_tests,
-    ks_hist,
-    ks_weighted,
-    wasserstein_hist,
-)
-from validator.stats.likelihood import saturated
-from validator.stats.result import GofResult
+#: Each exported name and the submodule that defines it. Loaded on first use (PEP 562): the
+#: fill's workers import :mod:`validator.stats.histogram` and the compiled kernels through
+#: this package, and an eager import of every test here would load scipy.stats into the
+#: server they are forked from (0.5 s of its start-up, before any worker can run).
+_EXPORTS = {
+    "GofResult": "result",
+    "ad_hist": "edf",
+    "ad_weighted": "edf",
+    "chi2_uw": "chi2",
+    "corr_pearson": "correlation",
+    "corr_spearman": "correlation",
+    "dependence": "dependence",
+    "edf_hist_tests": "edf",
+    "ipf": "dependence",
+    "ks_hist": "edf",
+    "ks_weighted": "edf",
+    "max_abs_ratio_deviation": "binned",
+    "merge_histogram": "binned",
+    "merge_sparse_bins": "binned",
+    "moment_sums": "correlation",
+    "pearson_from_moments": "correlation",
+    "saturated": "likelihood",
+    "spearman_from_table": "correlation",
+    "wasserstein_hist": "edf",
+}
 
-__all__ = [
-    "GofResult",
-    "ad_hist",
-    "ad_weighted",
-    "chi2_uw",
-    "corr_pearson",
-    "corr_spearman",
-    "dependence",
-    "edf_hist_tests",
-    "ipf",
-    "ks_hist",
-    "ks_weighted",
-    "max_abs_ratio_deviation",
-    "merge_histogram",
-    "merge_sparse_bins",
-    "moment_sums",
-    "pearson_from_moments",
-    "saturated",
-    "spearman_from_table",
-    "wasserstein_hist",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """The package, whose attribute ``dependence`` is the test, never the submodule of the
+    same name: importing a submodule sets the package's attribute of its name, which would
+    otherwise hide the function (as the eager ``from .dependence import dependence`` did not)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _EXPORTS \
+                and _EXPORTS[name] == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
