@@ -356,12 +356,14 @@ def _clean_context() -> multiprocessing.context.BaseContext:
 
 def _worker_ready() -> None:
     """A new worker's first task: its settings, and the first call of pyarrow's compute
-    functions (a tenth of a second that would otherwise delay the worker's first read)."""
+    functions (a tenth of a second that would otherwise delay the worker's first read). On an
+    array that ``pa.nulls`` makes: ``pa.array`` looks for pandas objects among its arguments,
+    which imports pandas (0.2-0.6 s of each worker, which the readers never need)."""
     _worker_init()
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    pc.cast(pa.array([0.0], pa.float32()), pa.float64())
+    pc.cast(pa.nulls(1, pa.float32()), pa.float64())
 
 
 class WorkerPool:

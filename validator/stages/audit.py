@@ -38,16 +38,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import stats
 
 from validator.inputs.sources import ENTRY, FILE
 from validator.inputs.transform import INCLUSIVE
-from validator.stages.compare import TestRecord
 from validator.stats.result import GofResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the fill's workers unpickle ModelAudit: no tests nor scipy for them
     from validator.model.load import AuditedModel
     from validator.model.taylor import TaylorMeans, TaylorSums
+    from validator.stages.compare import TestRecord
 
 #: Second-order coefficients (N(N+1)/2 per event, N Hessian-vector products) are taken on
 #: this many events per sample at most: their means are then known to ~0.5% of their spread,
@@ -278,6 +277,8 @@ def _importance_row(model: AuditedModel, sample: str, method: str, row: Mapping[
 def taylor_tests(model: AuditedModel, sim: TaylorMeans, data: TaylorMeans, group: int
                  ) -> list[TestRecord]:
     """One test per coefficient of ``group``: data vs simulation ⟨|t|⟩ (module docstring)."""
+    from validator.stages.compare import TestRecord
+
     node = node_label(model, sim.groups[group])
     inputs = model.inputs
     out = []
@@ -306,6 +307,8 @@ def taylor_tests(model: AuditedModel, sim: TaylorMeans, data: TaylorMeans, group
 def taylor_difference(method: str, m_sim: float, u_sim: float, m_data: float, u_data: float,
                       n_sim: int, n_data: int, node: str | None = None) -> GofResult:
     """The z-test of one coefficient's ⟨|t|⟩, data vs simulation (module docstring)."""
+    from scipy import stats
+
     diff = m_data - m_sim
     sd = float(np.hypot(u_sim, u_data))
     if sd > 0:
@@ -323,6 +326,8 @@ def taylor_difference(method: str, m_sim: float, u_sim: float, m_data: float, u_
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    from scipy import stats
+
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
         return None
