@@ -245,3 +245,56 @@ def test_shap_reservoir_keeps_the_smallest_keys_in_stable_order() -> None:
     for k in (1, 7, 20, 21, 333, 999, 1_000):
         np.testing.assert_array_equal(smallest_keys(tied, k),
                                       np.argsort(tied, kind="stable")[:k])
+
+
+class ThreeClass(torch.nn.Module):
+    """A softmax over three nodes of different functions of (a, b, c), with ties at none."""
+
+    def forward(self, x):
+        logits = torch.stack([torch.tanh(x[:, 0]) * 2.0, x[:, 1] * x[:, 2],
+                              0.3 * x[:, 0] - x[:, 2]], dim=1)
+        return torch.softmax(logits, dim=1)
+
+
+@pytest.mark.parametrize("network", ["binary", "multiclass"])
+def test_the_scans_first_order_is_the_fills(tmp_path, network):
+    """The scan's one pass over the network (:class:`OutputsWithFirstOrder`) gives the
+    outputs of ``evaluate`` bit for bit, and :class:`FirstOrderTaylor`'s sums over the
+    events a selection keeps equal ``taylor_sums``' first order over the same events (the
+    same per-event coefficients; sums in another order), NaN inputs skipped and counted."""
+    from validator.inputs.sources import ENTRY, FILE
+    from validator.model import load_model
+    from validator.model.taylor import shares_forward, taylor_sums
+    from validator.stages.audit import FirstOrderTaylor, OutputsWithFirstOrder
+
+    module, meta = (Planted(), {"inputs": ["a", "b", "c"], "kind": "regression"}) \
+        if network == "binary" else (ThreeClass(), {"inputs": ["a", "b", "c"]})
+    meta["scaler"] = {"a": {"offset": 0.5, "scale": 2.0}, "b": {"offset": -1, "scale": 0.5},
+                      "c": {"offset": 0.0, "scale": 3.0}}
+    model = load_model(save_ts(module, tmp_path / "m.pt", meta))
+    assert shares_forward(model)
+    rng = np.random.default_rng(11)
+    n = 20_000
+    chunk = {c: rng.normal(0, 2, n).astype(np.float32).astype(float) for c in "abc"}
+    chunk["b"][[5, 77, 19_000]] = np.nan
+    chunk[ENTRY], chunk[FILE] = np.arange(n), np.zeros(n, np.int64)
+    w = rng.normal(1.0, 0.7, n)
+    derived = OutputsWithFirstOrder(model)
+    values = derived(chunk, "sim")
+    out = model.evaluate(chunk)
+    for k, name in enumerate(model.names):
+        np.testing.assert_array_equal(values[name], out[:, k])
+    keep = np.flatnonzero(rng.random(n) < 0.7)  # a selection after the network
+    kept = {c: v[keep] for c, v in {**chunk, **values}.items()}
+    collector = FirstOrderTaylor([model])
+    for part in (slice(0, 5000), slice(5000, len(keep))):
+        collector.absorb(collector.collect({c: v[part] for c, v in kept.items()},
+                                           w[keep][part]))
+    (scan,) = collector.sums
+    fill = taylor_sums(model, {c: chunk[c][keep] for c in "abc"}, w[keep], order=1)
+    assert scan.n_skipped == fill.n_skipped == 3 - int(np.isin([5, 77, 19_000], keep,
+                                                                invert=True).sum())
+    for field in ("n", "sw", "sww", "a", "b", "c"):
+        np.testing.assert_allclose(getattr(scan.first, field), getattr(fill.first, field),
+                                   rtol=1e-12, atol=0)
+    assert scan.second.n.sum() == 0  # the second order is the fill's

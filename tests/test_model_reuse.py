@@ -14,8 +14,8 @@ from validator.inputs import transform
 from validator.inputs.sources import open_sample, sample_partitions
 from validator.inputs.transform import KeptFile, Reader, TransformChain
 from validator.model import load_model
-from validator.model.load import AuditedModel
 from validator.pipeline import RunConfig, run_validation
+from validator.stages.audit import OutputsWithFirstOrder
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
 
@@ -51,13 +51,13 @@ def _rows(outcome):
 def test_the_network_runs_once_per_event_with_the_same_results(files, monkeypatch):
     s, d, model = files
     evaluated = []
-    call = AuditedModel.__call__
+    call = OutputsWithFirstOrder.__call__  # the network's outputs in the samples' chains
 
     def counting(self, chunk, label):
         evaluated.append(len(next(iter(chunk.values()))))
         return call(self, chunk, label)
 
-    monkeypatch.setattr(AuditedModel, "__call__", counting)
+    monkeypatch.setattr(OutputsWithFirstOrder, "__call__", counting)
     once = run_validation(_config(s, d, model))
     assert sum(evaluated) == 12_000 + 8_000  # every event once: the scan's outputs reused
     evaluated.clear()

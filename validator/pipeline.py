@@ -53,7 +53,9 @@ from validator.results.summary import (
 )
 from validator.stages.audit import (
     AuditResult,
+    FirstOrderTaylor,
     ModelAudit,
+    OutputsWithFirstOrder,
     audit_results,
     criticality_rows,
 )
@@ -386,6 +388,10 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
 
     roles = _column_roles(config, syst)
     data_derived = _derived_for(data, derived, roles)
+    # the nominal samples' chains differentiate the network where they evaluate it: the scan
+    # sums every event's first-order Taylor coefficients (the variations' chains do not)
+    sim_made, data_made = (tuple(OutputsWithFirstOrder(d) if any(d is p for p in points)
+                                 else d for d in made) for made in (derived, data_derived))
 
     closure = _closure_steps(config, correction, sim)
 
@@ -407,9 +413,9 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     sim_keys, data_keys = event_key_columns(sim), event_key_columns(data)
     sim_columns = columns + (syst.columns() if syst is not None else [])
     sim_reader = Reader(sim, list(dict.fromkeys(sim_columns + sim_keys)), config.chunk_rows,
-                        chain(config.sim_selection, "--sim-selection"))
+                        chain(config.sim_selection, "--sim-selection", sim_made))
     data_reader = Reader(data, list(dict.fromkeys(columns + data_keys)), config.chunk_rows,
-                         chain(config.data_selection, "--data-selection", data_derived, data))
+                         chain(config.data_selection, "--data-selection", data_made, data))
     # ROOT branch titles of the tested columns: their default axis labels, stored with the run
     titles = {**column_titles(data, choice.candidates), **column_titles(sim, choice.candidates)}
     if titles:
@@ -420,10 +426,13 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
             pool.start()  # the workers start while this process reads the files' metadata
         processes = ProcessCollector(syst.process_column) \
             if syst is not None and syst.process_column else None
+        first_order = [FirstOrderTaylor(points) for _ in range(2)] if model else []
         sim_scan, data_scan = scan_samples([
             ScanTask(sim_reader, choice.candidates, config.seed, sim_keys,
-                     observe=processes.add if processes else None),
-            ScanTask(data_reader, choice.candidates, config.seed + 1, data_keys),
+                     observe=processes.add if processes else None,
+                     collectors=tuple(first_order[:1])),
+            ScanTask(data_reader, choice.candidates, config.seed + 1, data_keys,
+                     collectors=tuple(first_order[1:])),
         ], jobs=jobs, progress=progress, pool=pool)
         if not sim_scan.sumw > 0:
             raise InputError(f"{sim.sources[0].label}: the simulation's sum of weights is "
@@ -435,8 +444,8 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         layout = Layout(plan)
 
         audits = [ModelAudit(points, scan.n_events, config.seed + k, config.second_order_events,
-                             config.shap_events) if model else None
-                  for k, scan in enumerate((sim_scan, data_scan))]
+                             config.shap_events, first_order=first_order[k].sums)
+                  if model else None for k, scan in enumerate((sim_scan, data_scan))]
         rows = VariationRows.make(syst, processes.processes() if processes else ())
         reservoirs = _multivariate_reservoirs(config, plan, model, syst)
         warming = warm_in_background(jobs, fits=syst is not None)

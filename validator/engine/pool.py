@@ -506,6 +506,7 @@ class ScanTask:
     seed: int
     key_cols: list[str]
     observe: Callable[[dict[str, Any]], None] | None = None
+    collectors: tuple[Collector, ...] = ()  # see every chunk, wherever it is scanned
 
 
 def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
@@ -539,6 +540,11 @@ def scan_samples(tasks: Sequence[ScanTask], *, jobs: int | None = None,
         if progress:
             progress(f"scan {tasks[t].reader.sample.name}", done[t],
                      tasks[t].reader.sample.n_rows)
+    for task, total in zip(tasks, totals, strict=True):
+        for collector, state in zip(task.collectors, total.collected if total else (),
+                                    strict=True):
+            if state is not None:
+                collector.absorb(state)
     # every sample has a file, so a partition: each total is set
     return [finish_scan(task.reader, total, task.key_cols)  # type: ignore[arg-type]
             for task, total in zip(tasks, totals, strict=True)]
@@ -553,7 +559,8 @@ def _scan_remote(task: ScanTask, partition: Partition, whole: bool = False,
     reader = task.reader if whole else task.reader.part(partition)
     reader.record = reader.records
     try:
-        part = scan_part(reader, task.columns, task.seed, task.key_cols, task.observe)
+        part = scan_part(reader, task.columns, task.seed, task.key_cols, task.observe,
+                         collectors=task.collectors)
         recorded = reader.recorded
         if kept is not None and recorded is not None and any(recorded):
             name = f"{os.getpid()}-{uuid.uuid4().hex}.npz"

@@ -54,7 +54,13 @@ INCLUSIVE = "all"
 
 
 class DerivedColumns(Protocol):
-    """Columns computed per chunk from other columns (``--define``, a network's outputs)."""
+    """Columns computed per chunk from other columns (``--define``, a network's outputs).
+
+    A derived column set may also return, under the names of its optional ``carried``
+    attribute, per-event arrays that are no column (a network's derivatives for the scan's
+    collectors, :class:`validator.stages.audit.OutputsWithFirstOrder`): the chain's row
+    selections apply to them, the reader passes them on, and a pass never records them for
+    the next (:func:`carried_names`)."""
 
     @property
     def names(self) -> tuple[str, ...]: ...
@@ -143,6 +149,11 @@ class TransformChain:
         made = [n for d in self.derived for n in d.names]
         return made + (list(self.reweight.names) if self.reweight is not None else [])
 
+    @property
+    def carried_names(self) -> list[str]:
+        """Keys of the per-event arrays that are no column (:class:`DerivedColumns`)."""
+        return [n for d in self.derived for n in carried_names(d)]
+
     def columns_read(self) -> list[str]:
         """Columns the chain itself needs from the file (besides the features)."""
         made = set(self.derived_names)
@@ -174,7 +185,7 @@ class TransformChain:
             if values is None:
                 values = derived(chunk, label)
                 if keep is not None and reusable(derived):
-                    keep.update({c: single_if_exact(v) for c, v in values.items()})
+                    keep.update({c: single_if_exact(values[c]) for c in derived.names})
             chunk = {**chunk, **values}
         if self.selection is not None and not early:
             selected = self.selection.mask(chunk, label)
@@ -185,6 +196,11 @@ class TransformChain:
         if self.reweight is not None:
             chunk = self.reweight.apply(chunk, label)
         return chunk
+
+
+def carried_names(derived: DerivedColumns) -> tuple[str, ...]:
+    """The keys of what ``derived`` carries besides its columns (``()`` for most)."""
+    return tuple(getattr(derived, "carried", ()))
 
 
 def reusable(derived: DerivedColumns) -> bool:
@@ -313,6 +329,8 @@ class Reader:
                    if c not in made]
         keep = list(dict.fromkeys([*self.columns, FILE, ENTRY,
                                    *([self.sample.weight] if self.sample.weight else [])]))
+        # where the derived values are recomputed (not replayed): what they carry
+        carried = [c for c in self.chain.carried_names if c not in keep]
 
         recorded: list[Chunk] | None = [] if self.record and self.records else None
         self.recorded = recorded
@@ -331,7 +349,7 @@ class Reader:
                 raw = None
                 if recorded is not None:
                     recorded.append(made)
-                out = {c: out[c] for c in keep}
+                out = {c: out[c] for c in keep} | {c: out[c] for c in carried if c in out}
                 yield out
 
         if self.partition is None and self.sample.n_rows <= self.chunk_rows:

@@ -489,8 +489,8 @@ def _sigma(sigma: np.ndarray | None, dim: int) -> np.ndarray | None:
 
 def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
                 w: np.ndarray | None = None, sigma: np.ndarray | None = None, order: int = 2,
-                batch: int | None = None, second_order_mask: np.ndarray | None = None
-                ) -> TaylorSums:
+                batch: int | None = None, second_order_mask: np.ndarray | None = None,
+                first_order: bool = True) -> TaylorSums:
     """Sums for ⟨|t|⟩ of the events of ``x`` (a chunk or an array ``(n, len(model.inputs))``)
     with weights ``w`` (None: unweighted, as for data).
 
@@ -498,10 +498,14 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
     later to :meth:`TaylorSums.means`). ``second_order_mask`` (bool ``(n,)``): the events whose
     second-order coefficients are taken (a subsample, to save time; the counts are kept per
     order); all events by default. ``batch``: see :func:`taylor_coefficients`. Events with a
-    NaN/inf input or weight are skipped and counted in ``n_skipped``.
+    NaN/inf input or weight are skipped and counted in ``n_skipped``. ``first_order=False``
+    (with ``order=2``): the second-order sums alone, the first order (and ``n_skipped``) left
+    to a pass that takes it on every event (:func:`first_order_sums`).
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, not {order}")
+    if not first_order and order != 2:
+        raise ValueError("first_order=False leaves only the second order: order must be 2")
     xm = model.matrix(x)
     n, dim = xm.shape
     wv = np.ones(n) if w is None else np.asarray(w, dtype=float).reshape(-1)
@@ -509,27 +513,27 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
         raise ValueError(f"{len(wv)} weights for {n} events")
     sums = TaylorSums.empty(model, order, sigma)
     good = np.isfinite(xm).all(axis=1) & np.isfinite(wv)
-    sums.n_skipped = int(n - good.sum())
     sub = good.copy()
     if order == 2 and second_order_mask is not None:
         mask = np.asarray(second_order_mask, dtype=bool).reshape(-1)
         if len(mask) != n:
             raise ValueError(f"second_order_mask has {len(mask)} entries for {n} events")
         sub &= mask
-    only_first = good & ~sub if order == 2 else good
+    if first_order:
+        sums.n_skipped = int(n - good.sum())
+    else:  # only the subsample's rows reach the network
+        keep = np.flatnonzero(sub)
+        xm, wv, sub = xm[keep], wv[keep], np.ones(len(keep), dtype=bool)
+    only_first = good & ~sub if order == 2 and first_order else \
+        (good if first_order else np.zeros(len(xm), dtype=bool))
     iu = np.triu_indices(dim)
-    if model.kind == "multiclass" or model.n_outputs == 1:
-        rules: list[int | str] = ["max" if model.kind == "multiclass" else 0]
-    else:
-        rules = list(range(model.n_outputs))
-    multiclass = model.kind == "multiclass"
     method = model.derivative_method
     # the network's inputs once, in its precision (the autograd passes below take their rows)
     z = model.network_inputs(xm)[0] if method != "finite_differences" else None
     # events per block: bounds the memory of the first-order (N) or second-order (N(N+1)/2)
     # coefficients held at once to about 64 MiB
     blocks = {1: max(1024, 2**23 // (dim + 1)), 2: max(1024, 2**23 // (len(iu[0]) + 1))}
-    for rule in rules:
+    for rule in derivative_rules(model):
         for all_rows, o in ((np.flatnonzero(sub), 2), (np.flatnonzero(only_first), 1)):
             if order == 1 and o == 2:
                 continue
@@ -541,14 +545,136 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
                     model, xm[rows], rule, o, batch, sigma, triu=True,
                     z=None if z is None else z[rows])
                 wr = wv[rows]
-                targets = [(int(rule), None)] if not multiclass else \
-                    [(c, nodes == c) for c in range(model.n_outputs)] + \
-                    [(len(sums.groups) - 1, None)]
-                for group, sel in targets:
-                    sums.first.add(group, wr if sel is None else wr[sel],
-                                   g if sel is None else g[sel])
+                for group, sel in _targets(model, sums, rule, nodes):
+                    if first_order:
+                        sums.first.add(group, wr if sel is None else wr[sel],
+                                       g if sel is None else g[sel])
                     if t2 is not None:
                         sums.second.add(group, wr if sel is None else wr[sel],
                                         t2 if sel is None else t2[sel])
     sums.derivative_method = method
+    return sums
+
+
+def derivative_rules(model: AuditedModel) -> list[int | str]:
+    """The nodes a network is differentiated at, one pass each: ``"max"`` (each event's
+    highest node) for a multi-class network, its node for a one-node network, every node of a
+    multi-output regression (module docstring)."""
+    if model.kind == "multiclass" or model.n_outputs == 1:
+        return ["max" if model.kind == "multiclass" else 0]
+    return list(range(model.n_outputs))
+
+
+def _targets(model: AuditedModel, sums: TaylorSums, rule: int | str, nodes: np.ndarray
+             ) -> list[tuple[int, np.ndarray | None]]:
+    """The groups the events of one pass add to, and which of its events each takes (None:
+    all): a multi-class network's node groups and ``all``, else the rule's node."""
+    if model.kind != "multiclass":
+        return [(int(rule), None)]
+    return [(c, nodes == c) for c in range(model.n_outputs)] + [(len(sums.groups) - 1, None)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the first order on every event, with the network's outputs (the planning scan)
+
+
+def shares_forward(model: AuditedModel) -> bool:
+    """Whether the network that evaluates the outputs is the one autograd differentiates
+    (TorchScript and ``torch.export`` without a fixed batch), so that one forward pass gives
+    both, the outputs the same numbers as :meth:`AuditedModel.evaluate`'s (the same module on
+    the same batches)."""
+    backend = model._backend
+    return model.derivative_method == "autograd" and backend is not None \
+        and backend.session is None and backend.grad_module is None \
+        and backend.static_batch is None and backend.torch_module is not None
+
+
+def outputs_and_first_order(model: AuditedModel, chunk: Mapping[str, np.ndarray],
+                            label: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The outputs ``(n, n_outputs)`` (float64, NaN where an input is not finite, as
+    :meth:`AuditedModel.evaluate`), the first-order derivatives of every event ``(n, R, N)``
+    with respect to the network's model-space inputs of its data inputs at each of the R
+    :func:`derivative_rules` (NaN where an input is not finite; :func:`first_order_sums`
+    applies the chain rule through the scaler), and for a multi-class network the node each
+    event was differentiated at (else None).
+
+    With :func:`shares_forward`, one forward and one backward pass per batch of
+    ``model.batch_size`` events (the evaluation's batches), the derivatives in the network's
+    precision; otherwise the outputs from :meth:`~AuditedModel.run_network` and the
+    derivatives (float64) from :func:`_derivatives`."""
+    z, good = model.network_inputs(chunk, label)
+    rules = derivative_rules(model)
+    cols, inv, _ = input_columns(model)
+    n, dim = len(z), len(cols)
+    outputs = np.full((n, model.n_outputs), np.nan)
+    shared = shares_forward(model)
+    dtype = np.float32 if shared and model._backend.dtype == np.float32 else np.float64
+    grads = np.full((n, len(rules), dim), np.nan, dtype=dtype)
+    nodes = np.full(n, -1, dtype=np.int64) if model.kind == "multiclass" else None
+    rows = np.arange(n) if good.all() else np.flatnonzero(good)
+    zr = z if len(rows) == n else z[rows]
+    if not shared:
+        outputs[rows] = model.run_network(zr)
+        xm = model.matrix(chunk)[rows]
+        for r, rule in enumerate(rules):
+            top, _, g, _, _ = _derivatives(model, xm, rule, 1, None, None, z=zr)
+            grads[rows, r] = g / inv  # to model space: first_order_sums scales again
+            if nodes is not None:
+                nodes[rows] = top
+        return outputs, grads, nodes
+    import torch
+
+    net = model._backend.torch_forward()
+    tcols = torch.as_tensor(cols)
+    every = np.array_equal(cols, np.arange(z.shape[1]))
+    for s in range(0, len(zr), model.batch_size):
+        batch = slice(s, min(s + model.batch_size, len(zr)))
+        zt = torch.from_numpy(zr[batch]).requires_grad_(True)
+        with torch.enable_grad():
+            out = net(zt)
+            for r, rule in enumerate(rules):
+                top = out.detach().argmax(dim=1) if rule == "max" else \
+                    torch.full((len(zt),), int(rule), dtype=torch.int64)
+                picked = out.gather(1, top[:, None])[:, 0]
+                (g,) = torch.autograd.grad(picked.sum(), zt, retain_graph=r < len(rules) - 1)
+                grads[rows[batch], r] = (g if every else g[:, tcols]).numpy()
+                if nodes is not None:
+                    nodes[rows[batch]] = top.numpy()
+        outputs[rows[batch]] = out.detach().numpy()
+    return outputs, grads, nodes
+
+
+def first_order_sums(model: AuditedModel, chunk: Mapping[str, np.ndarray], w: np.ndarray,
+                     gradients: np.ndarray, nodes: np.ndarray | None = None,
+                     block_rows: int = 32_768) -> TaylorSums:
+    """The first-order sums of :func:`taylor_sums` (order 2, its second-order sums empty)
+    from the derivatives (and nodes) :func:`outputs_and_first_order` gave for the events of
+    ``chunk`` (the same events, after any selection), weights ``w``; events with a NaN/inf
+    input or weight are skipped and counted. The coefficients are those of
+    :func:`taylor_sums` (the chain rule applied in float64 to the network's derivatives, as
+    :func:`_autograd` does). ``block_rows``: events whose float64 coefficients exist at
+    once."""
+    xm = model.matrix(chunk)
+    wv = np.asarray(w, dtype=float).reshape(-1)
+    n = len(xm)
+    if len(wv) != n or len(gradients) != n:
+        raise ValueError(f"{len(wv)} weights and {len(gradients)} derivatives for {n} events")
+    if model.kind == "multiclass" and (nodes is None or len(nodes) != n):
+        raise ValueError("a multi-class network's first-order sums need each event's node")
+    sums = TaylorSums.empty(model, 2)
+    good = np.isfinite(xm).all(axis=1) & np.isfinite(wv)
+    sums.n_skipped = int(n - good.sum())
+    rows_good = np.flatnonzero(good)
+    _, inv, _ = input_columns(model)
+    for start in range(0, len(rows_good), block_rows):
+        rows = rows_good[start:start + block_rows]
+        if rows[-1] - rows[0] + 1 == len(rows):
+            rows = slice(rows[0], rows[-1] + 1)
+        wr = wv[rows]
+        top = nodes[rows] if nodes is not None else None
+        for r, rule in enumerate(derivative_rules(model)):
+            g = np.multiply(gradients[rows, r], inv, dtype=np.float64)
+            for group, sel in _targets(model, sums, rule, top):
+                sums.first.add(group, wr if sel is None else wr[sel],
+                               g if sel is None else g[sel])
     return sums

@@ -1,14 +1,20 @@
 """The network audit stage: Taylor coefficients and SHAP, simulation vs data, and criticality.
 
-Accumulated in the fill pass (a collector of :class:`validator.engine.pool.FillTask`), so the
-data are read once: per sample, one :class:`AuditSums` holding
+Accumulated in the two passes over the data. In the planning scan, where the network is
+evaluated for its outputs anyway, the first-order Taylor sums of every event:
+:class:`OutputsWithFirstOrder` (the network's derived columns in the scan's transform chain)
+differentiates each batch in the pass that gives its outputs and carries the derivatives
+beside them through the selection and the blinding, and :class:`FirstOrderTaylor` (a
+collector of the scan) sums them. The fill takes the outputs the scan recorded, so the
+network's forward pass over every event runs once, not twice. In the fill pass (a collector
+of :class:`validator.engine.pool.FillTask`), per sample, one :class:`AuditSums` holding
 
 * the Taylor-coefficient sums (:class:`validator.model.taylor.TaylorSums`) of every audited
   network point (a parametric network at each value of its grid): the simulation weighted,
-  the data plain. First order on every event; second order on a deterministic subsample
-  (an event is in it when the hash key of its position in its file is below
-  ``second_order_events / n_events``: the same events however the input is chunked), whose
-  size is stored;
+  the data plain. Second order on a deterministic subsample (an event is in it when the hash
+  key of its position in its file is below ``second_order_events / n_events``: the same
+  events however the input is chunked), whose size is stored; the scan's first order is
+  added to them (:meth:`ModelAudit.result`);
 * the weighted moments of the inputs (σ of the standardised coefficients, from simulation);
 * a reservoir of ``shap_events`` events (the smallest hash keys), for SHAP.
 
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -112,12 +118,105 @@ class AuditSums:
         return np.where(sw > 0, np.sqrt(np.maximum(var, 0.0)), np.nan)
 
 
+#: Prefix of the key under which :class:`OutputsWithFirstOrder` carries an audited point's
+#: derivatives through the scan's chain (no column of a file starts with it), and the suffix
+#: of its nodes' key (multi-class networks).
+FIRST_ORDER_KEY = "__first_order__:"
+NODES_SUFFIX = ":nodes"
+
+
+def first_order_key(model: AuditedModel) -> str:
+    """The chunk key of ``model``'s carried derivatives (one per audited point)."""
+    return FIRST_ORDER_KEY + model.names[0]
+
+
+@dataclass(frozen=True, eq=False)
+class OutputsWithFirstOrder:
+    """An audited point's outputs as derived columns (the transform chain's
+    ``DerivedColumns``), with each event's first-order derivatives carried beside them
+    (:data:`FIRST_ORDER_KEY`: not a column, never recorded for the fill; the chain's row
+    selections apply to them as to any column). Computed in one pass over the network
+    (:func:`validator.model.taylor.outputs_and_first_order`); the outputs are
+    :meth:`AuditedModel.evaluate`'s."""
+
+    model: AuditedModel
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.model.names
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.model.inputs
+
+    @property
+    def carried(self) -> tuple[str, ...]:
+        key = first_order_key(self.model)
+        return (key, key + NODES_SUFFIX) if self.model.kind == "multiclass" else (key,)
+
+    def __call__(self, chunk: Mapping[str, np.ndarray], label: str) -> dict[str, np.ndarray]:
+        from validator.model.taylor import outputs_and_first_order
+
+        out, grads, nodes = outputs_and_first_order(self.model, chunk, label)
+        values = {name: np.ascontiguousarray(out[:, k]) for k, name in enumerate(self.names)}
+        values[first_order_key(self.model)] = grads
+        if nodes is not None:
+            values[first_order_key(self.model) + NODES_SUFFIX] = nodes
+        return values
+
+
+@dataclass(frozen=True)
+class PointSums:
+    """One :class:`~validator.model.taylor.TaylorSums` per audited point; adds point by
+    point."""
+
+    taylor: tuple[TaylorSums, ...]
+
+    def __add__(self, other: PointSums) -> PointSums:
+        if not isinstance(other, PointSums):
+            return NotImplemented
+        return PointSums(tuple(a + b for a, b in zip(self.taylor, other.taylor, strict=True)))
+
+
+@dataclass
+class FirstOrderTaylor:
+    """The scan's collector of one sample's first-order Taylor sums (:class:`PointSums`), from
+    the derivatives :class:`OutputsWithFirstOrder` carried (a
+    :class:`validator.engine.pool.Collector`: ``collect`` runs in the scan's workers, its
+    states add)."""
+
+    models: Sequence[AuditedModel]
+    state: PointSums | None = field(default=None, init=False)
+
+    def collect(self, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> PointSums:
+        from validator.model.taylor import first_order_sums
+
+        out = []
+        for model in self.models:
+            key = first_order_key(model)
+            if key not in chunk:
+                raise ValueError(f"the scan's chunk carries no derivatives of {model.names[0]}")
+            out.append(first_order_sums(model, chunk, w, chunk[key],
+                                        chunk.get(key + NODES_SUFFIX)))
+        return PointSums(tuple(out))
+
+    def absorb(self, state: PointSums) -> None:
+        self.state = state if self.state is None else self.state + state
+
+    @property
+    def sums(self) -> tuple[TaylorSums, ...] | None:
+        """The sample's sums per point (None: no chunk was seen)."""
+        return None if self.state is None else self.state.taylor
+
+
 @dataclass
 class ModelAudit:
     """What to audit: the network's points (``models``, one per parameter value) and how.
 
     ``n_events``: the sample's events after selection and blinding (from the planning scan),
-    which sets the second-order subsample's fraction.
+    which sets the second-order subsample's fraction. ``first_order``: the scan's first-order
+    sums (:class:`FirstOrderTaylor`), added to the fill's (which then take the second order
+    only); None: the fill takes both orders.
     """
 
     models: Sequence[AuditedModel]
@@ -125,6 +224,7 @@ class ModelAudit:
     seed: int
     second_order_events: int = SECOND_ORDER_EVENTS
     shap_events: int = SHAP_EVENTS
+    first_order: tuple[TaylorSums, ...] | None = None
     sums: AuditSums | None = field(default=None, init=False)
 
     @property
@@ -152,7 +252,11 @@ class ModelAudit:
                          np.zeros(0), np.zeros((0, dim)), np.zeros(0), self.shap_events)
 
     def result(self) -> AuditSums:
-        return self.sums if self.sums is not None else self.empty()
+        sums = self.sums if self.sums is not None else self.empty()
+        if self.first_order is None:
+            return sums
+        return replace(sums, taylor=tuple(a + b for a, b in zip(sums.taylor, self.first_order,
+                                                                  strict=True)))
 
 
 def chunk_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray) -> AuditSums:
@@ -181,7 +285,8 @@ def _block_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarra
     keys = uniform_keys(chunk[ENTRY], chunk[FILE], audit.seed ^ _KEY_SALT)
     fraction = min(1.0, audit.second_order_events / max(audit.n_events, 1))
     second = keys < fraction
-    taylor = tuple(taylor_sums(m, x, w, order=2, second_order_mask=second)
+    taylor = tuple(taylor_sums(m, x, w, order=2, second_order_mask=second,
+                               first_order=audit.first_order is None)
                    for m in audit.models)
     good = np.isfinite(x).all(axis=1)
     xg, wg = x[good], w[good]

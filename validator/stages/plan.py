@@ -701,33 +701,49 @@ class ScanPart:
     sumw: float
     n_events: int
     event_keys: tuple[np.ndarray, ...]  # rows' event keys, while fewer than MAX_KEYS_CHECKED
+    collected: tuple[Any, ...] = ()  # the state of each collector (None: no chunk seen)
 
     def __add__(self, other: ScanPart) -> ScanPart:
         if set(self.profiles) != set(other.profiles):
             raise ValueError("cannot add scans of different columns")
+        if len(self.collected) != len(other.collected):
+            raise ValueError("cannot add scans of different collectors")
         keys = self.event_keys + (other.event_keys if self.n_events < MAX_KEYS_CHECKED
                                   else ())
         shared: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None]] = {}
         return ScanPart({c: p.merged(other.profiles[c], shared)
                          for c, p in self.profiles.items()},
-                        self.sumw + other.sumw, self.n_events + other.n_events, keys)
+                        self.sumw + other.sumw, self.n_events + other.n_events, keys,
+                        tuple(_add_states(a, b)
+                              for a, b in zip(self.collected, other.collected, strict=True)))
+
+
+def _add_states(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else a + b
 
 
 def scan_part(reader: Reader, columns: list[str], seed: int, key_cols: list[str],
               observe: Callable[[dict[str, np.ndarray]], None] | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> ScanPart:
-    """The planning pass over every chunk of ``reader`` (a whole sample or a partition)."""
+              progress: Callable[[str, int, int], None] | None = None,
+              collectors: Sequence[Any] = ()) -> ScanPart:
+    """The planning pass over every chunk of ``reader`` (a whole sample or a partition).
+    ``collectors`` (:class:`validator.engine.pool.Collector`) see every chunk with its
+    nominal weights; their states add into :attr:`ScanPart.collected`."""
     sample = reader.sample
     capacity = reservoir_capacity(len(columns))
     profiles = {c: ColumnProfile(capacity=capacity) for c in columns}
     sumw = 0.0
     n_events = 0
     event_keys: list[np.ndarray] = []
+    states: list[Any] = [None] * len(collectors)
     for chunk in reader:
         n = len(chunk[ENTRY])
         if observe is not None:
             observe(chunk)
-        sumw += float(weights_of(chunk, sample).sum())
+        w = weights_of(chunk, sample)
+        sumw += float(w.sum())
+        for i, collector in enumerate(collectors):
+            states[i] = _add_states(states[i], collector.collect(chunk, w[0]))
         keys = uniform_keys(chunk[ENTRY], chunk[FILE], seed)
         smallest = None
         if n > capacity:
@@ -742,7 +758,7 @@ def scan_part(reader: Reader, columns: list[str], seed: int, key_cols: list[str]
         n_events += n
         if progress:
             progress(f"scan {sample.name}", n_events, sample.n_rows)
-    return ScanPart(profiles, sumw, n_events, tuple(event_keys))
+    return ScanPart(profiles, sumw, n_events, tuple(event_keys), tuple(states))
 
 
 def finish_scan(reader: Reader, part: ScanPart, key_cols: list[str]) -> SampleScan:
