@@ -559,3 +559,225 @@ def test_a_strong_scale_shift_is_stored_as_strong_as_scipy_says(scale):
                             thresholds=(0.05 / 300,))["ks"]
     assert result.details["n_toys_reaching"] == 0 and not result.pvalue_is_bound
     assert reference / 10 < result.pvalue < reference * 10, (result.pvalue, reference)
+
+
+# ------------------------------------------------------------------------------------------
+# Data toys from tables (validator.stats.multinomial_toys): the law is Multinomial exactly
+# ------------------------------------------------------------------------------------------
+
+#: ``c`` of the Poisson stage under test: the default, λ = n (half the attempts rejected), and
+#: none (λ = 0: categorical events only).
+SHORTFALLS = [1.0, 0.0, math.inf]
+
+
+def _law_probabilities(n_bins: int, seed: int) -> np.ndarray:
+    """Uneven probabilities with an empty bin and a tiny one (expected count below 0.1)."""
+    p = np.random.default_rng(seed).dirichlet(np.full(n_bins, 2.0))
+    p[3] = 0.0
+    p[5] = 1e-4
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("c", SHORTFALLS)
+def test_table_toys_have_the_multinomial_moments(c):
+    """Rows sum to n; per-bin means n p_i, variances n p_i (1 − p_i) and covariances
+    −n p_i p_j agree with the Monte-Carlo estimates within 4.5 of their standard errors, from
+    the multinomial's moments (cumulants n times those of one categorical event)."""
+    from validator.stats.multinomial_toys import MultinomialToys
+
+    n, n_toys = 400, 40_000
+    p = _law_probabilities(40, 11)
+    x = MultinomialToys(n, p, c=c).draw(np.random.default_rng(12), n_toys)
+    assert x.shape == (n_toys, p.size) and np.all(x == np.round(x)) and np.all(x >= 0)
+    assert np.all(x.sum(axis=1) == n) and np.all(x[:, 3] == 0)
+    z = []
+    live = p > 0
+    pl, ql, xl = p[live], 1.0 - p[live], x[:, live]
+    # means
+    z.extend((xl.mean(axis=0) - n * pl) / np.sqrt(n * pl * ql / n_toys))
+    # variances: Var(s²) = μ4/N − σ⁴ (N − 3)/(N (N − 1)), μ4 = n pq (1 − 6pq) + 3 (n pq)²
+    var = n * pl * ql
+    mu4 = n * pl * ql * (1.0 - 6.0 * pl * ql) + 3.0 * var**2
+    se_var = np.sqrt(mu4 / n_toys - var**2 * (n_toys - 3) / (n_toys * (n_toys - 1)))
+    z.extend((xl.var(axis=0, ddof=1) - var) / se_var)
+    # covariances of every pair: Var(s_ij) ≈ (μ22 − κ11²)/N, μ22 = n κ22 + n² (κ20 κ02 +
+    # 2 κ11²) with one event's κ20 = p_i q_i, κ11 = −p_i p_j and κ22 = μ22 − κ20 κ02 − 2 κ11²
+    cov = np.cov(x, rowvar=False)
+    for i, j in zip(*np.triu_indices(p.size, 1), strict=True):
+        a, b = p[i], p[j]
+        if a == 0 or b == 0:
+            assert cov[i, j] == 0
+            continue
+        k20, k02, k11 = a * (1 - a), b * (1 - b), -a * b
+        m22 = a * (1 - a) ** 2 * b * b + b * a * a * (1 - b) ** 2 + (1 - a - b) * a * a * b * b
+        k22 = m22 - k20 * k02 - 2 * k11**2
+        mu22 = n * k22 + n * n * (k20 * k02 + 2 * k11**2)
+        z.append((cov[i, j] - n * k11) / math.sqrt((mu22 - (n * k11) ** 2) / n_toys))
+    z = np.asarray(z)
+    # 39 means, 39 variances, 741 covariances: P(max |z| > 4.5) ≈ 819 x 6.8e-6 = 0.006
+    assert np.max(np.abs(z)) < 4.5, np.max(np.abs(z))
+    assert abs(np.mean(z)) < 5 / math.sqrt(z.size)  # no common drift (z nearly independent)
+
+
+@pytest.mark.parametrize("c", SHORTFALLS)
+def test_table_toys_of_three_bins_have_the_multinomial_distribution(c):
+    """3 bins, n = 20, 200k toys: the joint distribution of (X1, X2) matches the multinomial
+    pmf (Pearson's χ², cells of expected count below 5 pooled) at p > 1e-3."""
+    from validator.stats.multinomial_toys import MultinomialToys
+
+    n, n_toys = 20, 200_000
+    p = np.array([0.5, 0.3, 0.2])
+    x = MultinomialToys(n, p, c=c).draw(np.random.default_rng(21), n_toys).astype(np.int64)
+    assert np.all(x.sum(axis=1) == n)
+    observed = np.bincount(x[:, 0] * (n + 1) + x[:, 1], minlength=(n + 1) ** 2).astype(float)
+    k1, k2 = np.divmod(np.arange((n + 1) ** 2), n + 1)
+    ok = k1 + k2 <= n
+    pmf = np.zeros(k1.size)
+    pmf[ok] = stats.multinomial.pmf(np.stack([k1[ok], k2[ok], n - k1[ok] - k2[ok]], axis=1),
+                                    n, p)
+    assert observed[~ok].sum() == 0 and pmf.sum() == pytest.approx(1.0, abs=1e-12)
+    expected = pmf * n_toys
+    big = expected >= 5
+    obs = np.append(observed[big], observed[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    chi2 = float(np.sum((obs - exp) ** 2 / exp))
+    assert stats.chi2.sf(chi2, obs.size - 1) > 1e-3, (chi2, obs.size)
+
+
+def test_table_toys_of_a_thousand_bins_pool_to_the_multinomial():
+    """1,000 bins, n = 1e5 (the tables of a real fine histogram, 2 MB): the counts pooled over
+    2,000 toys are Multinomial(2000 n, p), Pearson's χ² with 999 degrees of freedom."""
+    from validator.stats.multinomial_toys import MultinomialToys, tables_pay
+
+    n, n_toys = 100_000, 2_000
+    p = np.random.default_rng(31).dirichlet(np.full(1000, 20.0))
+    assert tables_pay(n, p)
+    x = MultinomialToys(n, p).draw(np.random.default_rng(32), n_toys)
+    assert np.all(x.sum(axis=1) == n)
+    expected = n * n_toys * p
+    chi2 = float(np.sum((x.sum(axis=0) - expected) ** 2 / expected))
+    assert stats.chi2.sf(chi2, p.size - 1) > 1e-3, chi2
+    assert x.var(axis=0, ddof=1).sum() == pytest.approx(n * np.sum(p * (1 - p)), rel=0.01)
+
+
+def test_alias_tables_draw_each_term_with_its_integer_weight_exactly():
+    """Reading the packed alias columns back: each term's probability is exactly its weight
+    ⌊2^53 term / Σ terms⌋ (the units left over on the largest term) over 2^53."""
+    from validator.stats.multinomial_toys import alias_tables
+
+    rng = np.random.default_rng(41)
+    tables = [rng.dirichlet(np.full(7, 0.3)), np.array([1.0]), np.array([0.0, 3.0, 1e-20]),
+              rng.random(1000) ** 4, np.array([0.25, 0.25, 0.25, 0.25])]
+    flat = np.concatenate(tables)
+    start = np.concatenate([[0], np.cumsum([t.size for t in tables])])
+    bits, offset, table = alias_tables(flat, start)
+    for c, terms in enumerate(tables):
+        k = int(bits[c])
+        assert 1 << k >= terms.size and (k == 0 or 1 << (k - 1) < terms.size)
+        full = 1 << (53 - k)
+        mass = [0] * (1 << k)
+        for col, entry in enumerate(table[offset[c]:offset[c + 1]].tolist()):
+            threshold, alias = entry >> k, entry & ((1 << k) - 1)
+            assert 0 <= threshold <= full
+            mass[col] += threshold
+            mass[alias] += full - threshold
+        total = float(np.cumsum(terms)[-1])
+        w = [int(t / total * 2.0**53) for t in terms]
+        w[int(np.argmax(w))] += (1 << 53) - sum(w)
+        assert mass == w + [0] * ((1 << k) - terms.size)
+
+
+def test_poisson_terms_of_the_tables_are_those_of_poisson_toys():
+    from validator.stats.multinomial_toys import poisson_terms_numpy
+    from validator.stats.poisson_toys import mode_term, poisson_table_numpy
+
+    rates = np.array([0.0, 1e-3, 0.5, 7.5, 1e3, 1.23e4])
+    modes = [mode_term(float(r)) if r > 0 else (0, 0.0) for r in rates]
+    first, start, terms = poisson_terms_numpy(rates, np.array([m for m, _ in modes]),
+                                               np.array([t for _, t in modes]))
+    assert first[0] == 0 and terms[start[0]:start[1]].tolist() == [1.0]
+    for c, rate in enumerate(rates[1:], start=1):
+        f, cdf = poisson_table_numpy(float(rate))
+        assert first[c] == f
+        np.testing.assert_array_equal(np.cumsum(terms[start[c]:start[c + 1]]), cdf)
+
+
+@pytest.mark.parametrize("n, c", [(5_000, None), (5_000, 0.0), (123_456, None), (7, 1.0),
+                                  (300, math.inf)])
+def test_table_toys_compiled_equal_numpy(monkeypatch, n, c):
+    """The numba kernels and their numpy forms build the same tables and draw the same
+    numbers from the same generator."""
+    from validator.stats import compiled
+    from validator.stats import multinomial_toys as module
+
+    if not compiled.HAVE_NUMBA:
+        pytest.skip("numba not available")
+    p = np.concatenate([_law_probabilities(60, 51), [0.0, 1e-13]])
+    fast = module.MultinomialToys(n, p, c=c)
+    x_fast = fast.draw(np.random.default_rng(52), 700)
+    monkeypatch.setattr(module, "HAVE_NUMBA", False)
+    slow = module.MultinomialToys(n, p, c=c)
+    np.testing.assert_array_equal(slow.draw(np.random.default_rng(52), 700), x_fast)
+    for a, b in zip(fast._tables, slow._tables, strict=True):
+        if a is None:
+            assert b is None
+            continue
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_tables_are_used_where_they_pay():
+    from validator.stats.multinomial_toys import MAX_TABLE_ENTRIES, shortfall, tables_pay
+
+    fine = np.full(1000, 1e-3)
+    assert tables_pay(10**5, fine) and tables_pay(10**6, fine) and tables_pay(10**7, fine)
+    assert not tables_pay(10**9, fine)  # tables beyond MAX_TABLE_ENTRIES
+    assert MAX_TABLE_ENTRIES == 1 << 22
+    assert not tables_pay(10**6, np.full(5, 0.2))  # few bins: numpy's binomials are cheaper
+    assert not tables_pay(100, [1.0])
+    assert shortfall(10**6, 1000) == 1.0
+    assert shortfall(500, 1000) == math.inf  # fewer events than bins: categorical only
+    assert tables_pay(500, fine) and not tables_pay(10**6, np.full(3, 1 / 3))
+
+
+def test_null_model_draws_its_first_thousand_toys_as_before():
+    """Batches that start before TABLE_MIN_TOYS draw numpy's multinomial numbers (a test of
+    the default 500 toys keeps its p-values); later ones the tables', from the same
+    generator."""
+    from validator.stats.edf import hist_inputs, null_model
+    from validator.stats.multinomial_toys import MultinomialToys
+    from validator.stats.poisson_toys import TABLE_MIN_TOYS
+
+    rng = np.random.default_rng(61)
+    s = rng.poisson(50.0, 1000).astype(float) + 1.0
+    d = rng.poisson(1000.0, 1000).astype(float)
+    model = null_model(hist_inputs(d, s, None, None, s))
+    assert model.data_toys is not None and model.n_data == d.sum()
+    data, sim = model.draw(100, np.random.default_rng(62), first_toy=TABLE_MIN_TOYS - 1)
+    gen = np.random.default_rng(62)
+    np.testing.assert_array_equal(data, gen.multinomial(model.n_data, model.p_hat, 100))
+    np.testing.assert_array_equal(sim, model.beta + model.sigma * gen.standard_normal(
+        (100, model.beta.size)))
+    data, _ = model.draw(100, np.random.default_rng(63), first_toy=TABLE_MIN_TOYS)
+    tables = MultinomialToys(model.n_data, model.p_hat)
+    np.testing.assert_array_equal(data, tables.draw(np.random.default_rng(63), 100))
+    assert np.all(data.sum(axis=1) == model.n_data)
+
+
+def test_toy_pvalues_beyond_the_tables_threshold_stay_calibrated():
+    """A null comparison that needs thousands of toys (a threshold next to its p-value) draws
+    most of them from the tables: the p-value stays where the first toys put it."""
+    from validator.stats.edf import edf_hist_tests
+
+    rng = np.random.default_rng(71)
+    p = rng.dirichlet(np.full(1000, 30.0))
+    d = rng.multinomial(200_000, p).astype(float)
+    s = rng.multinomial(400_000, p).astype(float) * 0.5
+    few = edf_hist_tests(d, s, sim_sumw2_bins=0.25 * s * 2, n_toys=1000, rng=5)
+    p_ks = few["ks"].pvalue
+    many = edf_hist_tests(d, s, sim_sumw2_bins=0.25 * s * 2, n_toys=1000, rng=5,
+                          max_toys=6000, thresholds=(p_ks,))
+    assert many["ks"].n_toys > 2000
+    n_many = many["ks"].n_toys
+    sd = math.sqrt(p_ks * (1 - p_ks) / 1000) + math.sqrt(p_ks * (1 - p_ks) / n_many)
+    assert abs(many["ks"].pvalue - p_ks) < 4 * sd

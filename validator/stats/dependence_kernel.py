@@ -271,17 +271,20 @@ def dependence_toys(n_toy: np.ndarray, w_toy: np.ndarray, s2_toy: np.ndarray,
 
 def warm(fits: bool = True) -> None:
     """Load (or compile, the first time) the tests' kernels in this process (this one, the
-    toys' Poisson tables, :mod:`validator.stats.poisson_toys`, the KS/AD statistics,
+    toys' Poisson tables, :mod:`validator.stats.poisson_toys`, the KS/AD tests' data toys,
+    :mod:`validator.stats.multinomial_toys`, the KS/AD statistics,
     :mod:`validator.stats.edf_kernel`, and with ``fits`` the profile fits of
     ``saturated_syst``, :func:`validator.stats.systematics.warm`), so that processes forked
     from it (the tests' pool) start with them ready."""
     if not HAVE_NUMBA:
         return
     from validator.stats.edf_kernel import edf_rows
+    from validator.stats.multinomial_toys import warm as warm_multinomial
     from validator.stats.poisson_toys import warm as warm_poisson
     from validator.stats.systematics import warm as warm_fits
 
     warm_poisson()
+    warm_multinomial()
     if fits:
         warm_fits()
     edf_rows(np.ones((1, 2)), np.ones((1, 2)), 1.0, 1.0)

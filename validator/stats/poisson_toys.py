@@ -44,14 +44,16 @@ TABLE_MIN_TOYS = 1024
 TAIL_CUT = 2.0**-60
 
 
-def _mode_term(lam: float) -> tuple[int, float]:
+def mode_term(lam: float) -> tuple[int, float]:
+    """``(m, p(m))``: the mode ``m = floor(λ)`` of Poisson(``λ``) and its probability, where a
+    table's terms start (module docstring)."""
     m = math.floor(lam)
     return m, math.exp(m * math.log(lam) - lam - math.lgamma(m + 1.0))
 
 
 def poisson_table_numpy(lam: float) -> tuple[int, np.ndarray]:
     """(first k, cumulative sums) of rate ``lam`` > 0, as :func:`_draw_compiled` builds them."""
-    m, pm = _mode_term(lam)
+    m, pm = mode_term(lam)
     cut = pm * TAIL_CUT
     # generous lengths (the tails fall faster than a Gaussian's of sd sqrt(lam)): the terms
     # beyond the cut are dropped below
