@@ -261,7 +261,9 @@ class AuditedModel:
             else:
                 for j, column in enumerate(columns):
                     xb[:, j] = column[rows]
-            good[rows] = np.isfinite(xb).all(axis=1)
+            finite = np.isfinite(xb)
+            if not finite.all():  # a reduction per row only where a value is not finite
+                good[rows] = finite.all(axis=1)
             xb -= offset[placed]
             xb /= scale[placed]
             if in_order:
