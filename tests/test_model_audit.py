@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import make_frames
+from conftest import REPO, make_frames
 from scipy import stats
 from test_model import PNN, save_ts
 
@@ -298,3 +298,25 @@ def test_the_scans_first_order_is_the_fills(tmp_path, network):
         np.testing.assert_allclose(getattr(scan.first, field), getattr(fill.first, field),
                                    rtol=1e-12, atol=0)
     assert scan.second.n.sum() == 0  # the second order is the fill's
+
+
+@pytest.mark.parametrize("path", ["classifier.pt", "classifier.onnx"])
+def test_a_chunk_without_a_finite_event_gives_nan_outputs_and_no_derivative(path):
+    """Every event of a chunk has a NaN input: the outputs are NaN, the derivatives NaN, and
+    the scan's sums skip and count them (the ONNX network's outputs come from its own session,
+    whose backend returns (0, 0) for no row)."""
+    from validator.inputs.sources import ENTRY, FILE
+    from validator.model import load_model
+    from validator.stages.audit import FirstOrderTaylor, OutputsWithFirstOrder
+
+    model = load_model(str(REPO / "sample_data" / path))
+    n = 50
+    chunk = {c: np.full(n, np.nan) for c in model.inputs}
+    chunk[ENTRY], chunk[FILE] = np.arange(n), np.zeros(n, np.int64)
+    assert np.isnan(model.evaluate(chunk)).all() and model.evaluate(chunk).shape == (n, 3)
+    values = OutputsWithFirstOrder(model)(chunk, "data")
+    assert all(np.isnan(values[name]).all() for name in model.names)
+    collector = FirstOrderTaylor([model])
+    collector.absorb(collector.collect({**chunk, **values}, np.ones(n)))
+    (sums,) = collector.sums
+    assert sums.n_skipped == n and sums.first.n.sum() == 0
