@@ -311,6 +311,20 @@ def _column_roles(config: RunConfig, syst: Systematics | None) -> list[str]:
     return roles + (syst.columns() if syst is not None else [])
 
 
+def _check_definitions_before_network(definitions: Sequence[Any], points: Sequence[Any],
+                                      sim: Sample, data: Sample) -> None:
+    """A ``--define`` is made before the network runs: one that reads a network output (not a
+    column of the files) gets a message that says so, not that a sample lacks the column."""
+    outputs = {n for p in points for n in p.names}
+    for d in definitions:
+        for c in d.inputs:
+            if c in outputs and not (sim.has(c) and data.has(c)):
+                raise InputError(f"--define {d.names[0]} reads '{c}', the network's output: "
+                                 "--define columns are made before the network runs (select "
+                                 "on its output with --blind, --sim-selection or "
+                                 "--data-selection)")
+
+
 def _derived_for(data: Sample, derived: Sequence[Any], roles: Sequence[str]
                  ) -> tuple[Any, ...]:
     """The derived columns made in data: a ``--define`` that reads a column only the
@@ -378,6 +392,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     if syst is not None and syst.empty and not syst.process_column:
         syst = None
     points = model.grid() if model else ()
+    _check_definitions_before_network(definitions, points, sim, data)
     derived = (*definitions, *points)
     derived_names = [n for d in derived for n in d.names]
     if syst is not None:  # a closure run's correction makes its variations' columns
