@@ -54,7 +54,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from validator.inputs.sources import Partition, sample_partitions
 from validator.inputs.transform import INCLUSIVE, KeptFile, Reader
 from validator.stages.fill import Accumulator, Layout, fill_sample
-from validator.stages.plan import SampleScan, ScanPart, finish_scan, scan_part
+from validator.stages.plan import SampleScan, ScanPart, add_states, finish_scan, scan_part
 
 #: The engines a run can fill on.
 ENGINES = ("local", "dask")
@@ -136,10 +136,6 @@ class Collector(Protocol):
     def absorb(self, state: Any) -> None: ...
 
 
-def _add_states(a: Any, b: Any) -> Any:
-    return b if a is None else a if b is None else a + b
-
-
 @dataclass
 class Filled:
     """One partition's (or several partitions') fill: the per-category accumulators and the
@@ -150,7 +146,7 @@ class Filled:
 
     def __add__(self, other: Filled) -> Filled:
         return Filled(merge_categories(self.per_category, other.per_category),
-                      tuple(_add_states(a, b)
+                      tuple(add_states(a, b)
                             for a, b in zip(self.collected, other.collected, strict=True)))
 
 
@@ -188,7 +184,7 @@ class FillTask:
 
         def observe(chunk: dict[str, Any], weights: Any) -> None:
             for i, collector in enumerate(self.collectors):
-                states[i] = _add_states(states[i], collector.collect(chunk, weights))
+                states[i] = add_states(states[i], collector.collect(chunk, weights))
 
         per_category = fill_sample(self.reader.part(partition, replay), self.layout,
                                    self.category,

@@ -714,11 +714,13 @@ class ScanPart:
         return ScanPart({c: p.merged(other.profiles[c], shared)
                          for c, p in self.profiles.items()},
                         self.sumw + other.sumw, self.n_events + other.n_events, keys,
-                        tuple(_add_states(a, b)
+                        tuple(add_states(a, b)
                               for a, b in zip(self.collected, other.collected, strict=True)))
 
 
-def _add_states(a: Any, b: Any) -> Any:
+def add_states(a: Any, b: Any) -> Any:
+    """Two collector states added, either of them None where its collector saw no chunk (the
+    scan's and the fill's collectors, :class:`validator.engine.pool.Collector`)."""
     return b if a is None else a if b is None else a + b
 
 
@@ -743,7 +745,7 @@ def scan_part(reader: Reader, columns: list[str], seed: int, key_cols: list[str]
         w = weights_of(chunk, sample)
         sumw += float(w.sum())
         for i, collector in enumerate(collectors):
-            states[i] = _add_states(states[i], collector.collect(chunk, w[0]))
+            states[i] = add_states(states[i], collector.collect(chunk, w[0]))
         keys = uniform_keys(chunk[ENTRY], chunk[FILE], seed)
         smallest = None
         if n > capacity:
