@@ -171,9 +171,7 @@ class AuditedModel:
             out = np.empty((len(columns[0]), len(columns)))
             for start in range(0, len(out), INPUT_BLOCK_ROWS):
                 rows = slice(start, start + INPUT_BLOCK_ROWS)
-                block = out[rows]
-                for j, column in enumerate(columns):
-                    block[:, j] = column[rows]
+                _write_rows(out[rows], columns, rows)
             return out
         arr = np.asarray(x, dtype=np.float64)
         if arr.ndim == 1 and len(self.inputs) == 1:
@@ -259,8 +257,7 @@ class AuditedModel:
             if matrix is not None:
                 xb[:] = matrix[rows]
             else:
-                for j, column in enumerate(columns):
-                    xb[:, j] = column[rows]
+                _write_rows(xb, columns, rows)
             finite = np.isfinite(xb)
             if not finite.all():  # a reduction per row only where a value is not finite
                 good[rows] = finite.all(axis=1)
@@ -332,6 +329,13 @@ class AuditedModel:
                 "sha256": self.sha256, "batch_size": self.batch_size,
                 "finite_differences": self.derivative_method == "finite_differences"}
         return (_reload, (spec,))
+
+
+def _write_rows(block: np.ndarray, columns: list[np.ndarray], rows: slice) -> None:
+    """Rows ``rows`` of ``columns`` into ``block`` (float64, a column of it per column): the
+    block stays in cache while every column is written into it (:data:`INPUT_BLOCK_ROWS`)."""
+    for j, column in enumerate(columns):
+        block[:, j] = column[rows]
 
 
 #: Networks a worker process has loaded, by their pickled spec (:meth:`AuditedModel.__reduce__`),

@@ -524,8 +524,10 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
     else:  # only the subsample's rows reach the network
         keep = np.flatnonzero(sub)
         xm, wv, sub = xm[keep], wv[keep], np.ones(len(keep), dtype=bool)
-    only_first = good & ~sub if order == 2 and first_order else \
-        (good if first_order else np.zeros(len(xm), dtype=bool))
+    if not first_order:
+        only_first = np.zeros(len(xm), dtype=bool)
+    else:
+        only_first = good & ~sub if order == 2 else good
     iu = np.triu_indices(dim)
     method = model.derivative_method
     # the network's inputs once, in its precision (the autograd passes below take their rows)
@@ -654,15 +656,17 @@ def first_order_sums(model: AuditedModel, chunk: Mapping[str, np.ndarray], w: np
     :func:`taylor_sums` (the chain rule applied in float64 to the network's derivatives, as
     :func:`_autograd` does). ``block_rows``: events whose float64 coefficients exist at
     once."""
-    xm = model.matrix(chunk)
+    model.check_chunk(chunk)
     wv = np.asarray(w, dtype=float).reshape(-1)
-    n = len(xm)
-    if len(wv) != n or len(gradients) != n:
-        raise ValueError(f"{len(wv)} weights and {len(gradients)} derivatives for {n} events")
+    n = len(gradients)
+    if len(wv) != n:
+        raise ValueError(f"{len(wv)} weights for {n} events' derivatives")
     if model.kind == "multiclass" and (nodes is None or len(nodes) != n):
         raise ValueError("a multi-class network's first-order sums need each event's node")
     sums = TaylorSums.empty(model, 2)
-    good = np.isfinite(xm).all(axis=1) & np.isfinite(wv)
+    good = np.isfinite(wv)
+    for c in model.inputs:  # the inputs' finiteness, without their float64 matrix
+        good &= np.isfinite(chunk[c])
     sums.n_skipped = int(n - good.sum())
     rows_good = np.flatnonzero(good)
     _, inv, _ = input_columns(model)

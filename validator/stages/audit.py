@@ -38,7 +38,9 @@ goodness-of-fit result (see the function).
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -266,36 +268,28 @@ def chunk_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray
     (``audit.first_order``), the chunk's second-order subsample goes to the network at once:
     the Hessians of a batch cost 20-23 us an event from 1,600 rows, 48 us at the 160 rows
     that a 32k block holds at 10M events."""
+    from validator.stages.plan import uniform_keys
+
     model = audit.models[0]
     model.check_chunk(chunk)
     w = np.asarray(w, dtype=float)
     n = len(w)
     columns = (*model.inputs, ENTRY, FILE)
-    whole = audit.first_order is not None
-    sums = None
+    keys = uniform_keys(chunk[ENTRY], chunk[FILE], audit.seed ^ _KEY_SALT)
+    second = keys < min(1.0, audit.second_order_events / max(audit.n_events, 1))
+    by_block = audit.first_order is None  # the first order of every event, a block at a time
+    parts = []
     for start in range(0, n, AUDIT_BLOCK_ROWS) if n else [0]:
         rows = slice(start, min(start + AUDIT_BLOCK_ROWS, n))
-        block = _block_sums(audit, {c: chunk[c][rows] for c in columns}, w[rows],
-                            taylor=not whole)
-        sums = block if sums is None else sums + block
-    if whole and sums is not None:
-        sub = np.flatnonzero(_second_order(audit, _keys(audit, chunk)))
-        taylor = _taylor(audit, {c: chunk[c][sub] for c in columns}, w[sub], None)
-        sums = replace(sums, taylor=tuple(a + b for a, b in zip(sums.taylor, taylor,
-                                                                   strict=True)))
-    return sums  # type: ignore[return-value]
-
-
-def _keys(audit: ModelAudit, chunk: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The events' hash keys of the audit's subsamples (their positions in their files)."""
-    from validator.stages.plan import uniform_keys
-
-    return uniform_keys(chunk[ENTRY], chunk[FILE], audit.seed ^ _KEY_SALT)
-
-
-def _second_order(audit: ModelAudit, keys: np.ndarray) -> np.ndarray:
-    """Which events are in the second-order subsample (module docstring), by their keys."""
-    return keys < min(1.0, audit.second_order_events / max(audit.n_events, 1))
+        block = {c: chunk[c][rows] for c in columns}
+        taylor = _taylor(audit, block, w[rows], second[rows]) if by_block else None
+        parts.append(_block_sums(audit, block, w[rows], keys[rows], taylor))
+    sums = functools.reduce(operator.add, parts)
+    if by_block:
+        return sums
+    sub = np.flatnonzero(second)
+    taylor = _taylor(audit, {c: chunk[c][sub] for c in columns}, w[sub], None)
+    return replace(sums, taylor=tuple(a + b for a, b in zip(sums.taylor, taylor, strict=True)))
 
 
 def _taylor(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray,
@@ -309,20 +303,19 @@ def _taylor(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray,
 
 
 def _block_sums(audit: ModelAudit, chunk: Mapping[str, np.ndarray], w: np.ndarray,
-                taylor: bool = True) -> AuditSums:
-    """A block's sums (``taylor=False``: its Taylor sums left empty, taken per chunk)."""
+                keys: np.ndarray, taylor: tuple[TaylorSums, ...] | None) -> AuditSums:
+    """A block's sums: its ``taylor`` sums (None: empty, taken per chunk), the inputs'
+    moments and its SHAP reservoir, by the events' ``keys``."""
     from validator.stages.plan import smallest_keys
 
     x = audit.models[0].matrix(chunk)
-    keys = _keys(audit, chunk)
-    sums = _taylor(audit, chunk, w, _second_order(audit, keys)) if taylor \
-        else audit.empty().taylor
     good = np.isfinite(x).all(axis=1)
     xg, wg = x[good], w[good]
     moments = np.stack([np.full(x.shape[1], wg.sum()), wg @ xg, wg @ (xg * xg)])
     keep = np.flatnonzero(good)
     keep = keep[smallest_keys(keys[keep], audit.shap_events)]
-    return AuditSums(sums, moments, keys[keep], x[keep], w[keep], audit.shap_events)
+    return AuditSums(taylor if taylor is not None else audit.empty().taylor, moments,
+                     keys[keep], x[keep], w[keep], audit.shap_events)
 
 
 # ---------------------------------------------------------------------------------------------
