@@ -2,8 +2,9 @@
 skip, each timed alone on one core, summed, against the issue's budgets.
 
 The issue's budget is a ratio times the read-and-bin floor (:func:`bench_scale.floor`, 10
-quantile bins, one process, its wall time: pyarrow's reader may decode on both cores): 4x at 1M, 3x at 3M and 10M, for a run on this machine's two
-cores, so ``ratio x floor x 2`` core-seconds at perfect parallelism. The pieces below are what
+quantile bins, one process, its wall time: pyarrow's reader may decode on both cores): 4x at
+1M, 3x at 3M and 10M, for a run on this machine's two cores, so ``ratio x floor x 2``
+core-seconds at perfect parallelism. The pieces below are what
 the audited configuration (``bench_scale.audited_options``) asks for, each timed with the
 run's own code on the benchmark's files and scaled linearly in N where it grows with N:
 
