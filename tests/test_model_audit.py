@@ -322,6 +322,19 @@ def test_a_chunk_without_a_finite_event_gives_nan_outputs_and_no_derivative(path
     assert sums.n_skipped == n and sums.first.n.sum() == 0
 
 
+def test_a_define_named_like_the_network_output_is_refused(tmp_path, capsys):
+    """A --define with the name of a network output would be silently replaced by the
+    network's value (in the tests and in --blind): refused, naming the option."""
+    model = save_ts(Planted(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
+    _, _, s, d = _files(tmp_path, n_sim=2_000, n_data=1_000)
+    code = main(["run", "--quiet", "--no-db", "--sim", str(s), "--data", str(d), "--weight",
+                 "weight", "--model", str(model), "--define", "output=a * 0",
+                 "--blind", "output > 0.9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--define output: the audited network's output has this name" in err
+    assert err.count("\n") == 1
+
+
 def test_a_define_that_reads_the_network_output_says_so(tmp_path, capsys):
     """A --define is made before the network: reading its output is refused with a message
     naming the option and the output, not "data lacks" the column."""

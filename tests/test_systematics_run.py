@@ -160,6 +160,39 @@ def test_shape_file_without_the_features_exits_2(files, tmp_path, capsys):
     assert code == 2 and "thin.parquet: --syst-file jes: no column 'c'" in err, err
 
 
+@pytest.mark.parametrize("column, values, total", [
+    ("w_zero", lambda w: np.zeros_like(w), "sums to 0 "),
+    ("w_flip", lambda w: -np.abs(w), "sums to -"),
+])
+def test_a_weight_variation_summing_to_nothing_exits_2(files, tmp_path, capsys, column,
+                                                       values, total):
+    """A weight variation whose weights sum to 0 or less is a template of nothing: the
+    profiled fit took it as covering the data's tilt (a false pass); it is refused."""
+    sim, paths = files
+    odd = tmp_path / f"{column}.parquet"
+    sim.with_columns(pl.Series(column, values(sim["weight"].to_numpy()))).write_parquet(odd)
+    code = main(["run", "--quiet", "--sim", str(odd), "--data", str(paths["data"]),
+                 "--weight", "weight", "--features", "a,c", "--no-db",
+                 "--syst", f"odd={column}:w_down"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{column}.parquet: --syst odd: the up weight column '{column}' {total}" in err, err
+
+
+def test_a_shape_file_emptied_by_the_selection_exits_2(files, tmp_path, capsys):
+    """A shape variation whose events all fail the selection (here: its c shifted below the
+    cut) would be a template of zeros: refused, naming the file and the systematic."""
+    _, paths = files
+    low = tmp_path / "low.parquet"
+    pl.read_parquet(paths["up"]).with_columns(pl.col("c") - 100.0).write_parquet(low)
+    code = main(["run", "--quiet", "--sim", str(paths["sim"]), "--data", str(paths["data"]),
+                 "--weight", "weight", "--features", "a,c", "--no-db",
+                 "--sim-selection", "c > -50", "--syst-file", f"jes={low}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "low.parquet: --syst-file jes up: no event passes the selection" in err, err
+
+
 def test_global_test_varies_the_nuisances(files):
     """Under systematics the run-level test is systematics-aware (the profiled test decides a
     binned histogram, the EDF tests' replicas vary the nuisances): a difference the

@@ -231,7 +231,18 @@ def _systematic_inputs(config: RunConfig, syst: Systematics, rows: VariationRows
             keys = event_key_columns(sample)
             reader = Reader(sample, list(dict.fromkeys(columns + keys)), config.chunk_rows,
                             chain(config.sim_selection, "--sim-selection", sample=sample))
-            sides.append(fill_sample(reader, layout, config.category, progress, config.seed))
+            filled = fill_sample(reader, layout, config.category, progress, config.seed)
+            inclusive = filled.get(INCLUSIVE)
+            if inclusive is None or not inclusive.sumw[0] > 0:
+                # a template of nothing: the profiled fit would take it as covering any
+                # mismodelling (a false pass), so the run stops here
+                left = "no event passes the selection and the blinding" if inclusive is None \
+                    or inclusive.n_events == 0 else (
+                        f"the {inclusive.n_events} events left by the selection and the "
+                        f"blinding have a sum of weights of {inclusive.sumw[0]:g} (must be > 0)")
+                raise InputError(f"{sample.sources[0].label}: --syst-file {v.name} {side}: "
+                                 f"{left}")
+            sides.append(filled)
         shapes[v.name] = (sides[0], sides[1])
     norms = syst.process_norms(rows.processes) if syst.process_column else {}
     return SystInputs(rows, shapes, norms)
@@ -317,6 +328,10 @@ def _check_definitions_before_network(definitions: Sequence[Any], points: Sequen
     column of the files) gets a message that says so, not that a sample lacks the column."""
     outputs = {n for p in points for n in p.names}
     for d in definitions:
+        clash = [n for n in d.names if n in outputs]
+        if clash:
+            raise InputError(f"--define {clash[0]}: the audited network's output has this "
+                             "name (rename the defined column)")
         for c in d.inputs:
             if c in outputs and not (sim.has(c) and data.has(c)):
                 raise InputError(f"--define {d.names[0]} reads '{c}', the network's output: "
@@ -474,6 +489,10 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
             pool=pool)
     if warming is not None:
         warming.join()
+    if syst is not None and INCLUSIVE in sim_acc:
+        empty = rows.empty_variation(sim_acc[INCLUSIVE].sumw)
+        if empty:
+            raise InputError(f"{sim.sources[0].label}: {empty}")
     syst_inputs = _systematic_inputs(config, syst, rows, layout, columns, chain, progress) \
         if syst is not None else None
     tested_syst = syst_inputs if syst_inputs is not None and (

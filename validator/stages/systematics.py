@@ -198,6 +198,22 @@ class VariationRows:
     def index(self, label: str) -> int | None:
         return self.labels.index(label) if label in self.labels else None
 
+    def empty_variation(self, sumw: np.ndarray) -> str | None:
+        """Why a weight variation cannot be tested, or None. ``sumw``: the simulation's total
+        weight in each row (``Accumulator.sumw``). A variation whose weights sum to 0 or less
+        (a column of zeros, or of sign-flipped weights) is a template of nothing, which the
+        profiled fit takes as covering any mismodelling: a false pass."""
+        for v in self.weights:
+            for side, col in (("up", v.up), ("down", v.down)):
+                if col is None:
+                    continue
+                total = float(sumw[self.labels.index(f"{v.name}_{side}")])
+                if not total > 0:
+                    return (f"--syst {v.name}: the {side} weight column '{col}' sums to "
+                            f"{total:g} over the selected simulated events (a variation's "
+                            "weights must sum to more than 0)")
+        return None
+
     def weight_rows(self, chunk: Mapping[str, np.ndarray], nominal: np.ndarray,
                     sample: Sample) -> np.ndarray:
         """``(len(labels), n)``: the chunk's weight in every row."""
