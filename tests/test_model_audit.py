@@ -101,6 +101,41 @@ def test_importances_are_the_weighted_means_and_the_tests_welch(tmp_path):
     assert rec["taylor1", "b"].pvalue == pytest.approx(welch.pvalue, rel=1e-2)
 
 
+class RootOfA(torch.nn.Module):
+    """f = sqrt(a) + c: NaN (output and derivative) where a < 0, t_a = 1/(2 sqrt(a))."""
+
+    def forward(self, x):
+        return torch.sqrt(x[:, 0]) + x[:, 2]
+
+
+def test_events_where_the_network_is_not_finite_are_left_out_and_counted(tmp_path):
+    """A network that is NaN on part of its finite inputs (sqrt of a normal variable) once made
+    every Taylor and SHAP mean NaN. The events where it is not finite are left out, counted and
+    noted; the means are those of the other events (the analytic t_a = 1/(2 sqrt a))."""
+    model = save_ts(RootOfA(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
+    sim, data, s, d = _files(tmp_path, shift=0.0)
+    out = run_validation(_config(s, d, model))
+    imp = {(r["sample"], r["method"], r["degree"], r["feature_x"], r["feature_y"]): r
+           for r in out.audit.importances}
+    for sample, frame in (("sim", sim), ("data", data)):
+        a = frame["a"].to_numpy()
+        w = frame["weight"].to_numpy() if sample == "sim" else np.ones(len(a))
+        inside = a > 0
+        row = imp[sample, "taylor", 1, "a", None]
+        assert row["value"] == pytest.approx(
+            np.sum(w[inside] / (2 * np.sqrt(a[inside]))) / w[inside].sum(), rel=1e-5)
+        assert row["n_events"] == inside.sum()
+        details = json.loads(row["details"])
+        assert details["n_nonfinite"] == (~inside).sum() > 0
+        assert details["n_nonfinite_second"] == (~inside).sum()  # every event: 50,000 > n
+        assert imp[sample, "taylor", 1, "c", None]["value"] == pytest.approx(1.0, rel=1e-6)
+        shap = imp[sample, "shap", 1, "a", None]
+        assert np.isfinite(shap["value"]) and json.loads(shap["details"])["n_nonfinite"] > 0
+    assert all(r.result is not None for r in out.records if r.kind == "taylor"
+               and r.feature_x == "a" and r.feature_y is None)
+    assert any("not finite at events whose inputs are" in n for n in out.notes)
+
+
 def test_criticality_ranks_the_planted_input_first_and_is_stored(tmp_path, capsys):
     model = save_ts(Planted(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
     _, _, s, d = _files(tmp_path, shift=0.15)

@@ -136,7 +136,9 @@ class ShapResult:
     ``uncertainties`` is ``event_uncertainties`` (the events' statistical uncertainty) and
     ``background_uncertainties`` (the background draw's, a jackknife over
     ``background_groups`` groups; 0 with one group) added in quadrature;
-    ``background_weighted``: the rows were drawn by |w| with their signs kept.
+    ``background_weighted``: the rows were drawn by |w| with their signs kept;
+    ``n_nonfinite``: events with finite inputs left out, the network's output or their SHAP
+    values not finite (background rows with a non-finite output are left out too).
     """
 
     inputs: tuple[str, ...]
@@ -157,6 +159,7 @@ class ShapResult:
     background_uncertainties: np.ndarray | None = None
     background_groups: int = 1
     background_weighted: bool = False
+    n_nonfinite: int = 0
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per (group, input): ``node``, ``feature_x``, ``value``, ``uncertainty``,
@@ -197,12 +200,24 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
     xm = model.matrix(x)
     n, dim = xm.shape
     wv = np.ones(n) if w is None else np.asarray(w, dtype=float).reshape(-1)
-    good = np.flatnonzero(np.isfinite(xm).all(axis=1) & np.isfinite(wv))
+    finite = np.isfinite(xm).all(axis=1) & np.isfinite(wv)
+    # events where the network's output is not finite (a log or a sqrt at the edge of its
+    # domain) are left out and counted: one would make every mean |φ| NaN
+    finite[finite] = _finite_outputs(model, xm[finite])
+    n_nonfinite = int((np.isfinite(xm).all(axis=1) & np.isfinite(wv)).sum() - finite.sum())
+    good = np.flatnonzero(finite)
     rng = np.random.default_rng(seed)
     if len(good) > max_events:
         good = np.sort(rng.choice(good, max_events, replace=False))
     xs, ws = xm[good], wv[good]
-    bg, signs = _background(xm, background, background_weights, n_background, rng)
+    rows_bg = xm if background is None else np.asarray(background, dtype=float)
+    usable = np.isfinite(rows_bg).all(axis=1)
+    usable[usable] = _finite_outputs(model, rows_bg[usable])
+    if not usable.all():  # the background's rows likewise (the same draw where all are)
+        rows_bg = rows_bg[usable]
+        if background_weights is not None:
+            background_weights = np.asarray(background_weights, dtype=float).reshape(-1)[usable]
+    bg, signs = _background(xm, rows_bg, background_weights, n_background, rng)
     if len(bg) == 0 or len(xs) == 0:
         raise ValueError("SHAP needs finite events and background rows")
     groups_of = _groups(signs, background_groups)
@@ -230,6 +245,12 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
         else:
             parts, ns = _per_group(method, model, xs, bg, signs, groups_of, nsamples, seed)
     phi = parts.sum(axis=2)  # (n, N, C): against the whole background
+    mixed = np.isfinite(phi).all(axis=(1, 2))  # coalitions may leave the network's domain
+    if not mixed.all():
+        n_nonfinite += int((~mixed).sum())
+        phi, parts, outputs, ws = phi[mixed], parts[mixed], outputs[mixed], ws[mixed]
+        if len(phi) == 0:
+            raise ValueError("SHAP needs events whose values are finite")
     additivity = float(np.max(np.abs(phi.sum(axis=1) + base[None, :] - outputs)))
 
     names = groups(model)
@@ -243,7 +264,15 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
                       explainer=EXPLAINERS[method], n_background=len(bg), nsamples=ns,
                       sums=sums, event_uncertainties=unc, background_uncertainties=unc_bg,
                       background_groups=share.shape[1],
-                      background_weighted=background_weights is not None)
+                      background_weighted=background_weights is not None,
+                      n_nonfinite=n_nonfinite)
+
+
+def _finite_outputs(model: AuditedModel, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` (finite inputs) the network gives a finite output for."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=bool)
+    return np.isfinite(model.evaluate(rows)).all(axis=1)
 
 
 def _background(xm: np.ndarray, background: np.ndarray | None,

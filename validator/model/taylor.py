@@ -402,7 +402,10 @@ class TaylorSums:
 
     ``first``: sums of |t_i| ``(G, N)``; ``second``: sums of |t_ij|, i ≤ j, in
     ``numpy.triu_indices(N)`` order ``(G, N(N+1)/2)`` (None for order 1); ``n_skipped``:
-    events left out for a NaN/inf input or weight.
+    events left out for a NaN/inf input or weight; ``n_nonfinite`` (``n_nonfinite_second``):
+    events with finite inputs left out of the first (second) order where the network's
+    coefficients are not finite there (a ``log`` or a ``sqrt`` at the edge of its domain: one
+    such event would make every mean NaN).
     """
 
     inputs: tuple[str, ...]
@@ -413,6 +416,8 @@ class TaylorSums:
     second: AbsMeanSums | None
     sigma: np.ndarray | None = None
     n_skipped: int = 0
+    n_nonfinite: int = 0
+    n_nonfinite_second: int = 0
 
     @classmethod
     def empty(cls, model: AuditedModel, order: int = 2, sigma: np.ndarray | None = None
@@ -441,7 +446,9 @@ class TaylorSums:
                           self.first + other.first,
                           None if self.second is None else self.second + other.second,
                           self.sigma if self.sigma is not None else other.sigma,
-                          self.n_skipped + other.n_skipped)
+                          self.n_skipped + other.n_skipped,
+                          self.n_nonfinite + other.n_nonfinite,
+                          self.n_nonfinite_second + other.n_nonfinite_second)
 
     def __radd__(self, other: Any) -> TaylorSums:
         if isinstance(other, int) and other == 0:  # sum([...])
@@ -535,6 +542,8 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
     # events per block: bounds the memory of the first-order (N) or second-order (N(N+1)/2)
     # coefficients held at once to about 64 MiB
     blocks = {1: max(1024, 2**23 // (dim + 1)), 2: max(1024, 2**23 // (len(iu[0]) + 1))}
+    # events whose first (row 0) or second-order (row 1) coefficients at some node are not finite
+    nonfinite = np.zeros((2, len(xm)), dtype=bool)
     for rule in derivative_rules(model):
         for all_rows, o in ((np.flatnonzero(sub), 2), (np.flatnonzero(only_first), 1)):
             if order == 1 and o == 2:
@@ -547,15 +556,39 @@ def taylor_sums(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarray,
                     model, xm[rows], rule, o, batch, sigma, triu=True,
                     z=None if z is None else z[rows])
                 wr = wv[rows]
+                # an event whose coefficients are not finite is left out of that order's
+                # sums, and counted
+                ok1 = _finite_rows(g) if first_order else None
+                ok2 = None if t2 is None else _finite_rows(t2)
+                for k, ok in enumerate((ok1, ok2)):
+                    if ok is not None:
+                        nonfinite[k, np.arange(len(xm))[rows][~ok]] = True
                 for group, sel in _targets(model, sums, rule, nodes):
                     if first_order:
-                        sums.first.add(group, wr if sel is None else wr[sel],
-                                       g if sel is None else g[sel])
+                        take = _selected(sel, ok1)
+                        sums.first.add(group, wr if take is None else wr[take],
+                                       g if take is None else g[take])
                     if t2 is not None:
-                        sums.second.add(group, wr if sel is None else wr[sel],
-                                        t2 if sel is None else t2[sel])
+                        take = _selected(sel, ok2)
+                        sums.second.add(group, wr if take is None else wr[take],
+                                        t2 if take is None else t2[take])
     sums.derivative_method = method
+    sums.n_nonfinite, sums.n_nonfinite_second = (int(k) for k in nonfinite.sum(axis=1))
     return sums
+
+
+def _finite_rows(values: np.ndarray) -> np.ndarray | None:
+    """Which events' (rows') coefficients are all finite; None where every one is (the common
+    case: no copy)."""
+    finite = np.isfinite(values).all(axis=1)
+    return None if finite.all() else finite
+
+
+def _selected(sel: np.ndarray | None, finite: np.ndarray | None) -> np.ndarray | None:
+    """The rows a group takes (``sel``, None: all) that are also finite (None: all)."""
+    if finite is None:
+        return sel
+    return finite if sel is None else sel & finite
 
 
 def derivative_rules(model: AuditedModel) -> list[int | str]:
@@ -670,15 +703,22 @@ def first_order_sums(model: AuditedModel, chunk: Mapping[str, np.ndarray], w: np
     sums.n_skipped = int(n - good.sum())
     rows_good = np.flatnonzero(good)
     _, inv, _ = input_columns(model)
+    nonfinite = np.zeros(n, dtype=bool)  # an event's derivative at any node
     for start in range(0, len(rows_good), block_rows):
         rows = rows_good[start:start + block_rows]
         if rows[-1] - rows[0] + 1 == len(rows):
             rows = slice(rows[0], rows[-1] + 1)
-        wr = wv[rows]
-        top = nodes[rows] if nodes is not None else None
         for r, rule in enumerate(derivative_rules(model)):
             g = np.multiply(gradients[rows, r], inv, dtype=np.float64)
+            wr = wv[rows]
+            top = nodes[rows] if nodes is not None else None
+            finite = _finite_rows(g)
+            if finite is not None:  # left out of this node's sums, and counted
+                nonfinite[np.arange(n)[rows][~finite]] = True
+                g, wr = g[finite], wr[finite]
+                top = None if top is None else top[finite]
             for group, sel in _targets(model, sums, rule, top):
                 sums.first.add(group, wr if sel is None else wr[sel],
                                g if sel is None else g[sel])
+    sums.n_nonfinite = int(nonfinite.sum())
     return sums

@@ -369,7 +369,12 @@ def audit_results(models: Sequence[AuditedModel], sim: AuditSums, data: AuditSum
         for sample, means, sums in (("sim", ms, sim.taylor[k]), ("data", md, data.taylor[k])):
             for row in means.rows():
                 importances.append(_importance_row(model, sample, "taylor", row, {
-                    "derivative_method": sums.derivative_method, "n_skipped": sums.n_skipped}))
+                    "derivative_method": sums.derivative_method, "n_skipped": sums.n_skipped,
+                    "n_nonfinite": sums.n_nonfinite,
+                    "n_nonfinite_second": sums.n_nonfinite_second}))
+        note = nonfinite_note(model, sim.taylor[k], data.taylor[k])
+        if note:
+            notes.append(note)
         for g in tested_groups(model):
             records.extend(taylor_tests(model, ms, md, g))
         if k == 0:
@@ -386,6 +391,21 @@ def audit_results(models: Sequence[AuditedModel], sim: AuditSums, data: AuditSum
             if k == 0:
                 corr_shap = corr
     return AuditResult(importances, records, corr1, corr2, corr_shap, sim_means, models, notes)
+
+
+def nonfinite_note(model: AuditedModel, sim: TaylorSums, data: TaylorSums) -> str | None:
+    """A note where the network's Taylor coefficients are not finite at events whose inputs
+    are (left out of the sums, :class:`~validator.model.taylor.TaylorSums`), or None."""
+    counts = [(sim.n_nonfinite, data.n_nonfinite), (sim.n_nonfinite_second,
+                                                     data.n_nonfinite_second)]
+    if not any(a or b for a, b in counts):
+        return None
+    label = f" ({model.param_label})" if model.param_label else ""
+    parts = [f"{what}: {a} simulated and {b} data events" for what, (a, b)
+             in zip(("first order", "second order's subsample"), counts, strict=True) if a or b]
+    return (f"the network's derivatives{label} are not finite at events whose inputs are "
+            f"(a log, a sqrt or a division at the edge of its domain); left out of the Taylor "
+            f"coefficients: {'; '.join(parts)}")
 
 
 def _importance_row(model: AuditedModel, sample: str, method: str, row: Mapping[str, Any],
@@ -478,7 +498,7 @@ def _shap_rows(model: AuditedModel, sim: AuditSums, data: AuditSums, seed: int,
                    "background_draw": "by |w|, sign kept" if res.background_weighted
                    else "uniform", "background_groups": res.background_groups,
                    "nsamples": res.nsamples, "additivity_error": res.additivity_error,
-                   "base_values": res.base_values.tolist()}
+                   "base_values": res.base_values.tolist(), "n_nonfinite": res.n_nonfinite}
         for row in res.rows():
             # n_events (its column): the events explained; n_background: the rows of the
             # background; the uncertainty: both samples' parts in quadrature, each stored
@@ -492,6 +512,11 @@ def _shap_rows(model: AuditedModel, sim: AuditSums, data: AuditSums, seed: int,
     if results["sim"].explainer == "GradientExplainer" and worst > 0.05:
         note = (f"SHAP (expected gradients) additivity holds to {worst:.2g} in output units "
                 "(a Monte-Carlo estimate: more samples make it exact)")
+    left = {sample: r.n_nonfinite for sample, r in results.items() if r.n_nonfinite}
+    if left:
+        also = (f"SHAP left out events whose network output or SHAP values are not finite: "
+                f"{', '.join(f'{k} {v}' for k, v in left.items())} of the explained events")
+        note = also if note is None else f"{note}; {also}"
     return rows, corr, note
 
 
