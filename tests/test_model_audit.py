@@ -370,6 +370,25 @@ def test_a_define_named_like_the_network_output_is_refused(tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+def test_a_defined_column_can_be_a_network_input(tmp_path):
+    """--define columns are made before the network runs: one can feed it (here b, copied),
+    with the importances of the run that reads b itself."""
+    model = save_ts(Bilinear(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
+    _, _, s, d = _files(tmp_path, n_sim=4_000, n_data=2_000)
+    plain = run_validation(_config(s, d, model))
+    defined = run_validation(_config(s, d, model, defines=["bx=b * 1.0"],
+                                     model_inputs=["a", "bx", "c"]))
+
+    def taylor(out, name_of_b):
+        def named(x):
+            return name_of_b if x == "b" else x
+
+        return {(r["sample"], r["degree"], named(r["feature_x"]), named(r["feature_y"])):
+                r["value"] for r in out.audit.importances if r["method"] == "taylor"}
+
+    assert taylor(defined, "b") == pytest.approx(taylor(plain, "bx"), rel=1e-12)
+
+
 def test_a_define_that_reads_the_network_output_says_so(tmp_path, capsys):
     """A --define is made before the network: reading its output is refused with a message
     naming the option and the output, not "data lacks" the column."""

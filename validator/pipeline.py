@@ -184,8 +184,10 @@ def _check_distinct_inputs(sim: Sample, data: Sample, config: RunConfig) -> None
                          "with --sim-selection/--data-selection to test the chain)")
 
 
-def _load_model(config: RunConfig, sim: Sample, data: Sample) -> Any:
-    """The audited network (``--model``), checked against both samples' columns."""
+def _load_model(config: RunConfig, sim: Sample, data: Sample, defined: Sequence[str] = ()
+                ) -> Any:
+    """The audited network (``--model``), checked against both samples' columns and the
+    ``defined`` ones (``--define``: made before the network runs)."""
     if not config.model:
         return None
     from validator.model import load_model
@@ -193,7 +195,7 @@ def _load_model(config: RunConfig, sim: Sample, data: Sample) -> Any:
     model = load_model(config.model, inputs=config.model_inputs, scaler=config.model_scaler,
                        kind=config.model_kind, params=config.model_params or None)
     for sample in (sim, data):
-        model.check_columns(sample.columns, sample.sources[0].label)
+        model.check_columns([*sample.columns, *defined], sample.sources[0].label)
     return model
 
 
@@ -399,7 +401,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     _check_weighting(sim, config)
     _check_distinct_inputs(sim, data, config)
     definitions = parse_definitions(config.defines)
-    model = _load_model(config, sim, data)
+    model = _load_model(config, sim, data, [n for d in definitions for n in d.names])
     syst = config.systematics
     correction = _load_correction(config)
     if correction is not None:
