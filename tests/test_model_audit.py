@@ -389,6 +389,18 @@ def test_a_defined_column_can_be_a_network_input(tmp_path):
     assert taylor(defined, "b") == pytest.approx(taylor(plain, "bx"), rel=1e-12)
 
 
+def test_a_blind_on_an_output_the_network_lacks_lists_its_outputs(capsys):
+    """The sample network has three outputs (output_<process>): --blind "output > 0.9" names
+    them instead of saying that a file lacks the column 'output'."""
+    sample = REPO / "sample_data"
+    code = main(["run", "--quiet", "--no-db", "--sim", str(sample / "sim.parquet"),
+                 "--data", str(sample / "data.parquet"), "--weight", "weight",
+                 "--model", str(sample / "classifier.pt"), "--blind", "output > 0.9"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--blind: 'output' is not an output of the network (its outputs: output_" in err
+
+
 def test_a_define_that_reads_the_network_output_says_so(tmp_path, capsys):
     """A --define is made before the network: reading its output is refused with a message
     naming the option and the output, not "data lacks" the column."""

@@ -342,6 +342,29 @@ def _check_definitions_before_network(definitions: Sequence[Any], points: Sequen
                                  "--data-selection)")
 
 
+def _check_output_names(config: RunConfig, points: Sequence[Any], definitions: Sequence[Any],
+                        sim: Sample, data: Sample) -> None:
+    """A condition (``--blind``, a selection) or a ``--define`` that names an output the network
+    does not have (``output`` of a multi-class network, whose outputs are ``output_<node>``)
+    gets a message listing the network's outputs, not that a sample lacks the column."""
+    if not points:
+        return
+    outputs = list(dict.fromkeys(n for p in points for n in p.names))
+    made = {n for d in definitions for n in d.names}
+    conditions = [(option, Selection.parse(text, option).columns, samples)
+                  for option, text, samples in (
+                      ("--blind", config.blind, (sim, data)),
+                      ("--sim-selection", config.sim_selection, (sim,)),
+                      ("--data-selection", config.data_selection, (data,))) if text]
+    conditions += [(f"--define {d.names[0]}", d.inputs, (sim, data)) for d in definitions]
+    for option, columns, samples in conditions:
+        for c in columns:
+            if c.startswith("output") and c not in outputs and c not in made \
+                    and not any(sample.has(c) for sample in samples):
+                raise InputError(f"{option}: '{c}' is not an output of the network (its "
+                                 f"outputs: {', '.join(outputs)})")
+
+
 def _derived_for(data: Sample, derived: Sequence[Any], roles: Sequence[str]
                  ) -> tuple[Any, ...]:
     """The derived columns made in data: a ``--define`` that reads a column only the
@@ -410,6 +433,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
         syst = None
     points = model.grid() if model else ()
     _check_definitions_before_network(definitions, points, sim, data)
+    _check_output_names(config, points, definitions, sim, data)
     derived = (*definitions, *points)
     derived_names = [n for d in derived for n in d.names]
     if syst is not None:  # a closure run's correction makes its variations' columns
