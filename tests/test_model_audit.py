@@ -401,6 +401,19 @@ def test_a_blind_on_an_output_the_network_lacks_lists_its_outputs(capsys):
     assert "--blind: 'output' is not an output of the network (its outputs: output_" in err
 
 
+def test_an_input_without_a_finite_value_is_named_not_the_output(tmp_path, capsys):
+    """Data whose network input c is all NaN: the output is NaN everywhere too; the message
+    names the input, the cause."""
+    model = save_ts(Bilinear(), tmp_path / "m.pt", {"inputs": ["a", "b", "c"]})
+    _, data, s, d = _files(tmp_path, n_sim=2_000, n_data=1_000)
+    data.with_columns(pl.lit(float("nan")).alias("c")).write_parquet(d)
+    code = main(["run", "--quiet", "--no-db", "--sim", str(s), "--data", str(d), "--weight",
+                 "weight", "--model", str(model)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "data: the network's input 'c' has no finite value" in err, err
+
+
 def test_a_define_that_reads_the_network_output_says_so(tmp_path, capsys):
     """A --define is made before the network: reading its output is refused with a message
     naming the option and the output, not "data lacks" the column."""

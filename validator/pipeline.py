@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import platform
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
@@ -365,6 +365,21 @@ def _check_output_names(config: RunConfig, points: Sequence[Any], definitions: S
                                  f"outputs: {', '.join(outputs)})")
 
 
+def _check_outputs_finite(points: Sequence[Any], inputs: Sequence[str],
+                          sim_profiles: Mapping[str, Any], data_profiles: Mapping[str, Any]
+                          ) -> None:
+    """A network output with no finite value in a sample because one of its inputs has none
+    there: the message names the input (the output is NaN wherever an input is)."""
+    outputs = [n for p in points for n in p.names]
+    for label, profiles in (("data", data_profiles), ("simulation", sim_profiles)):
+        if not any(n in profiles and profiles[n].n_valid == 0 for n in outputs):
+            continue
+        empty = [c for c in inputs if c in profiles and profiles[c].n_valid == 0]
+        if empty:
+            raise InputError(f"{label}: the network's input '{empty[0]}' has no finite value "
+                             "(all NaN/inf/sentinel), so neither has its output")
+
+
 def _derived_for(data: Sample, derived: Sequence[Any], roles: Sequence[str]
                  ) -> tuple[Any, ...]:
     """The derived columns made in data: a ``--define`` that reads a column only the
@@ -491,8 +506,11 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
                      collectors=tuple(first_order[1:])),
         ], jobs=jobs, progress=progress, pool=pool)
         if not sim_scan.sumw > 0:
-            raise InputError(f"{sim.sources[0].label}: the simulation's sum of weights is "
-                             f"{sim_scan.sumw:g} (must be > 0)")
+            more = f" (and {len(sim.sources) - 1} more files)" if len(sim.sources) > 1 else ""
+            raise InputError(f"{sim.sources[0].label}{more}: the simulation's sum of weights "
+                             f"is {sim_scan.sumw:g} (must be > 0)")
+        if model is not None:
+            _check_outputs_finite(points, model.inputs, sim_scan.profiles, data_scan.profiles)
         notes = [*choice.notes, *(n for n in (sim_scan.note, data_scan.note) if n)]
         plan = make_plan(sim_scan.profiles, data_scan.profiles, choice.kinds, weight=config.weight,
                          category=config.category, requested=config.features,
