@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from conftest import make_frames
 
+from validator.cli import main
 from validator.errors import InputError
-from validator.inputs.sources import iter_chunks, open_sample, parse_source
+from validator.inputs.sources import Selection, iter_chunks, open_sample, parse_source
+from validator.results.store import query
 
 
 def test_parquet_and_csv_read_the_same_values(tmp_path, samples):
@@ -254,3 +257,35 @@ def test_numeric_columns_of_every_width_with_nulls_and_no_pandas(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("condition", ["a > 0.5", "a < 0.5", "NOT (a > 0.5)",
+                                       "a > 0.5 OR a <= 0.5"])
+def test_a_nan_value_passes_no_selection_and_is_blinded(condition):
+    """polars orders NaN above every number; a condition reading a NaN is instead false for a
+    selection and true for the blinding (the event is dropped either way), whatever its form."""
+    a = np.array([0.2, 0.9, np.nan, -1.0, np.nan])
+    selection = Selection.parse(condition, "--sim-selection")
+    finite = np.isfinite(a)
+    expected = {"a > 0.5": a > 0.5, "a < 0.5": a < 0.5, "NOT (a > 0.5)": ~(a > 0.5),
+                "a > 0.5 OR a <= 0.5": finite}[condition]
+    np.testing.assert_array_equal(selection.mask({"a": a}, "sim"), expected & finite)
+    np.testing.assert_array_equal(selection.mask({"a": a}, "sim", missing=True),
+                                  expected | ~finite)
+
+
+def test_a_selection_drops_the_events_whose_value_is_nan(tmp_path, capsys):
+    """End to end: --sim-selection "a > 0.5" keeps the events numpy's a > 0.5 keeps (NaN
+    events dropped, as in ROOT and numpy)."""
+    sim, data = make_frames(n_sim=3_000, n_data=1_500)
+    a = sim["a"].to_numpy().copy()
+    a[::7] = np.nan
+    sim = sim.with_columns(pl.Series("a", a))
+    sim.write_parquet(tmp_path / "sim.parquet")
+    data.write_parquet(tmp_path / "data.parquet")
+    db = tmp_path / "nan.duckdb"
+    assert main(["run", "--quiet", "--sim", str(tmp_path / "sim.parquet"), "--data",
+                 str(tmp_path / "data.parquet"), "--weight", "weight", "--features", "a,b",
+                 "--sim-selection", "a > 0.5", "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert query(db, "SELECT n_sim FROM runs").iloc[0, 0] == int(np.sum(a > 0.5))

@@ -238,17 +238,24 @@ class Selection:
             raise InputError(f"{option}: cannot parse '{text}' ({_short(exc)})") from exc
         return cls(text=text, columns=names)
 
-    def mask(self, chunk: dict[str, np.ndarray], label: str) -> np.ndarray:
+    def mask(self, chunk: dict[str, np.ndarray], label: str, missing: bool = False
+             ) -> np.ndarray:
+        """Where the condition holds. Where it reads a NaN or a missing value it is
+        ``missing``: False for a selection (the event is dropped), True for the blinding (the
+        event is blinded: what cannot be placed outside the signal region stays hidden).
+        polars orders NaN above every number, so without this ``met > 20`` would keep the
+        events whose met is NaN and ``met < 20`` drop them."""
         import polars as pl
 
         frame = pl.DataFrame({c: chunk[c] for c in self.columns})
+        frame = frame.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))
         try:
             result = frame.select(pl.sql_expr(self.text)).to_series()
         except expression_errors() as exc:
             raise InputError(f"{label}: selection '{self.text}' failed ({_short(exc)})") from exc
         if result.dtype != pl.Boolean:
             raise InputError(f"{label}: selection '{self.text}' is not a true/false condition")
-        return result.fill_null(False).to_numpy()
+        return result.fill_null(missing).to_numpy()
 
 
 NUMERIC_KINDS = ("bool", "int", "float")

@@ -191,7 +191,7 @@ class TransformChain:
             selected = self.selection.mask(chunk, label)
             chunk = {c: v[selected] for c, v in chunk.items()}
         if self.blind is not None:
-            inside = self.blind.mask(chunk, label)
+            inside = self.blind.mask(chunk, label, missing=True)
             chunk = {c: v[~inside] for c, v in chunk.items()}
         if self.reweight is not None:
             chunk = self.reweight.apply(chunk, label)
