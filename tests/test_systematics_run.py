@@ -179,6 +179,26 @@ def test_a_weight_variation_summing_to_nothing_exits_2(files, tmp_path, capsys, 
     assert f"{column}.parquet: --syst odd: the up weight column '{column}' {total}" in err, err
 
 
+def test_a_variation_empty_in_one_category_is_not_tested_there(files, tmp_path):
+    """A weight variation of zeros in one category only (the run as a whole has one): its
+    saturated_syst tests in that category are not run, saying why, instead of taking the
+    template of nothing as covering the data; the other category's are run."""
+    sim, paths = files
+    odd = tmp_path / "odd.parquet"
+    sim.with_columns(pl.when(pl.col("nj") < 2).then(0.0).otherwise(pl.col("w_up"))
+                     .alias("w_odd")).write_parquet(odd)
+    out = run_validation(RunConfig(
+        sim=[str(odd)], data=[str(paths["data"])], weight="weight", features=["a", "c"],
+        category="many", defines=["many=nj >= 2"], db=None,
+        systematics=Systematics.parse(["tilt=w_odd:w_down"]),
+        compare=CompareOptions(syst_toys=50)))
+    syst = [r for r in out.records if r.method == "saturated_syst"]
+    empty = [r for r in syst if r.category in ("false", "False", "0")]
+    assert empty and all(r.result is None and "the systematic tilt's up template is empty"
+                         in r.not_run_reason for r in empty), {r.category for r in syst}
+    assert all(r.result is not None for r in syst if r not in empty)
+
+
 def test_a_shape_file_emptied_by_the_selection_exits_2(files, tmp_path, capsys):
     """A shape variation whose events all fail the selection (here: its c shifted below the
     cut) would be a template of zeros: refused, naming the file and the systematic."""

@@ -303,6 +303,13 @@ def syst_test(data: Hist, sim: Hist, syst: SystInputs, category: str,
 
     variations = {name: (merged(up), None if down is None else merged(down))
                   for name, (up, down) in syst.templates(category, sim, view).items()}
+    for name, sides in variations.items():
+        for side, template in zip(("up", "down"), sides, strict=True):
+            # a template of nothing (a variation empty in this category) would let the fit
+            # take any mismodelling as covered; the run refuses one empty everywhere
+            if template is not None and not template.sum() > 0:
+                return (f"the systematic {name}'s {side} template is empty here (its weights "
+                        f"sum to {template.sum():g})")
     sumw, sumw2, names = merged(s), merged(s2), None
     if syst.norms:
         rows = [syst.rows.index(f"process:{p}") for p in syst.rows.processes]
