@@ -88,6 +88,8 @@ def test_bad_models_exit_2_with_one_line(capsys, inputs, tmp_path):
     code, _, err = _run(capsys, "--sim", s, "--data", d, "--weight", "weight", "--no-db",
                         "--model", model, "--model-inputs", "a,b,c")
     assert code == 2 and err.count("\n") == 1 and "does not run on 3 inputs (a, b, c)" in err
+    # torch's own line, not the TorchScript interpreter's header
+    assert "TorchScript interpreter" not in err and "Error: " in err, err
     code, _, err = _run(capsys, "--sim", s, "--data", d, "--weight", "weight", "--no-db",
                         "--model", model, "--model-inputs", "a,zz")
     assert code == 2 and "needs column 'zz'" in err

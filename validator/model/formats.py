@@ -676,6 +676,15 @@ def onnx_to_torch(backend: Backend, probe: np.ndarray) -> tuple[Any, str]:
     return module, "onnx2torch"
 
 
+#: How torch opens the error of a TorchScript operation: the scripted code's traceback follows,
+#: and the error itself is the last line.
+TORCHSCRIPT_ERROR_HEADER = "The following operation failed in the TorchScript interpreter."
+
+
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """The line of ``exc``'s message that says what went wrong: its first, or for a TorchScript
+    operation's error (a header, then a traceback) its last."""
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if text and text[0].startswith(TORCHSCRIPT_ERROR_HEADER):
+        text = text[-1:]
     return (text[0] if text else type(exc).__name__)[:200]
