@@ -235,15 +235,16 @@ def _systematic_inputs(config: RunConfig, syst: Systematics, rows: VariationRows
                             chain(config.sim_selection, "--sim-selection", sample=sample))
             filled = fill_sample(reader, layout, config.category, progress, config.seed)
             inclusive = filled.get(INCLUSIVE)
-            if inclusive is None or not inclusive.sumw[0] > 0:
+            n_left = inclusive.n_events if inclusive is not None else 0
+            if not n_left:
                 # a template of nothing: the profiled fit would take it as covering any
                 # mismodelling (a false pass), so the run stops here
-                left = "no event passes the selection and the blinding" if inclusive is None \
-                    or inclusive.n_events == 0 else (
-                        f"the {inclusive.n_events} events left by the selection and the "
-                        f"blinding have a sum of weights of {inclusive.sumw[0]:g} (must be > 0)")
                 raise InputError(f"{sample.sources[0].label}: --syst-file {v.name} {side}: "
-                                 f"{left}")
+                                 "no event passes the selection and the blinding")
+            if not inclusive.sumw[0] > 0:
+                raise InputError(f"{sample.sources[0].label}: --syst-file {v.name} {side}: "
+                                 f"the {n_left} events left by the selection and the blinding "
+                                 f"have a sum of weights of {inclusive.sumw[0]:g} (must be > 0)")
             sides.append(filled)
         shapes[v.name] = (sides[0], sides[1])
     norms = syst.process_norms(rows.processes) if syst.process_column else {}
@@ -324,42 +325,40 @@ def _column_roles(config: RunConfig, syst: Systematics | None) -> list[str]:
     return roles + (syst.columns() if syst is not None else [])
 
 
-def _check_definitions_before_network(definitions: Sequence[Any], points: Sequence[Any],
-                                      sim: Sample, data: Sample) -> None:
-    """A ``--define`` is made before the network runs: one that reads a network output (not a
-    column of the files) gets a message that says so, not that a sample lacks the column."""
-    outputs = {n for p in points for n in p.names}
+def _check_network_names(config: RunConfig, definitions: Sequence[Any], points: Sequence[Any],
+                         sim: Sample, data: Sample) -> None:
+    """The names that meet the network's outputs before it runs, each with a message that
+    says what is wrong rather than that a sample lacks a column:
+
+    - a ``--define`` named like an output (the network's value would replace it);
+    - a ``--define`` that reads an output (defined columns are made before the network runs);
+    - a ``--define``, ``--blind`` or selection naming an output the network does not have
+      (``output`` of a multi-class network, whose outputs are ``output_<node>``)."""
+    if not points:
+        return
+    outputs = list(dict.fromkeys(n for p in points for n in p.names))
+    made = {n for d in definitions for n in d.names}
+    uses = [(f"--define {d.names[0]}", d.inputs, (sim, data)) for d in definitions]
+    uses += [(option, Selection.parse(text, option).columns, samples)
+             for option, text, samples in (
+                 ("--blind", config.blind, (sim, data)),
+                 ("--sim-selection", config.sim_selection, (sim,)),
+                 ("--data-selection", config.data_selection, (data,))) if text]
     for d in definitions:
         clash = [n for n in d.names if n in outputs]
         if clash:
             raise InputError(f"--define {clash[0]}: the audited network's output has this "
                              "name (rename the defined column)")
-        for c in d.inputs:
-            if c in outputs and not (sim.has(c) and data.has(c)):
-                raise InputError(f"--define {d.names[0]} reads '{c}', the network's output: "
-                                 "--define columns are made before the network runs (select "
-                                 "on its output with --blind, --sim-selection or "
-                                 "--data-selection)")
-
-
-def _check_output_names(config: RunConfig, points: Sequence[Any], definitions: Sequence[Any],
-                        sim: Sample, data: Sample) -> None:
-    """A condition (``--blind``, a selection) or a ``--define`` that names an output the network
-    does not have (``output`` of a multi-class network, whose outputs are ``output_<node>``)
-    gets a message listing the network's outputs, not that a sample lacks the column."""
-    if not points:
-        return
-    outputs = list(dict.fromkeys(n for p in points for n in p.names))
-    made = {n for d in definitions for n in d.names}
-    conditions = [(option, Selection.parse(text, option).columns, samples)
-                  for option, text, samples in (
-                      ("--blind", config.blind, (sim, data)),
-                      ("--sim-selection", config.sim_selection, (sim,)),
-                      ("--data-selection", config.data_selection, (data,))) if text]
-    conditions += [(f"--define {d.names[0]}", d.inputs, (sim, data)) for d in definitions]
-    for option, columns, samples in conditions:
+    for option, columns, samples in uses:
         for c in columns:
-            if c.startswith("output") and c not in outputs and c not in made \
+            if c in made:
+                continue
+            if c in outputs and option.startswith("--define") \
+                    and not all(sample.has(c) for sample in samples):
+                raise InputError(f"{option} reads '{c}', the network's output: --define "
+                                 "columns are made before the network runs (select on its "
+                                 "output with --blind, --sim-selection or --data-selection)")
+            if c.startswith("output") and c not in outputs \
                     and not any(sample.has(c) for sample in samples):
                 raise InputError(f"{option}: '{c}' is not an output of the network (its "
                                  f"outputs: {', '.join(outputs)})")
@@ -447,8 +446,7 @@ def run_validation(config: RunConfig, progress: Progress | None = None) -> RunOu
     if syst is not None and syst.empty and not syst.process_column:
         syst = None
     points = model.grid() if model else ()
-    _check_definitions_before_network(definitions, points, sim, data)
-    _check_output_names(config, points, definitions, sim, data)
+    _check_network_names(config, definitions, points, sim, data)
     derived = (*definitions, *points)
     derived_names = [n for d in derived for n in d.names]
     if syst is not None:  # a closure run's correction makes its variations' columns

@@ -200,24 +200,17 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
     xm = model.matrix(x)
     n, dim = xm.shape
     wv = np.ones(n) if w is None else np.asarray(w, dtype=float).reshape(-1)
-    finite = np.isfinite(xm).all(axis=1) & np.isfinite(wv)
     # events where the network's output is not finite (a log or a sqrt at the edge of its
     # domain) are left out and counted: one would make every mean |φ| NaN
-    finite[finite] = _finite_outputs(model, xm[finite])
-    n_nonfinite = int((np.isfinite(xm).all(axis=1) & np.isfinite(wv)).sum() - finite.sum())
+    inputs_finite = np.isfinite(xm).all(axis=1) & np.isfinite(wv)
+    finite = _usable(model, xm, inputs_finite)
+    n_nonfinite = int(inputs_finite.sum() - finite.sum())
     good = np.flatnonzero(finite)
     rng = np.random.default_rng(seed)
     if len(good) > max_events:
         good = np.sort(rng.choice(good, max_events, replace=False))
     xs, ws = xm[good], wv[good]
-    rows_bg = xm if background is None else np.asarray(background, dtype=float)
-    usable = np.isfinite(rows_bg).all(axis=1)
-    usable[usable] = _finite_outputs(model, rows_bg[usable])
-    if not usable.all():  # the background's rows likewise (the same draw where all are)
-        rows_bg = rows_bg[usable]
-        if background_weights is not None:
-            background_weights = np.asarray(background_weights, dtype=float).reshape(-1)[usable]
-    bg, signs = _background(xm, rows_bg, background_weights, n_background, rng)
+    bg, signs = _background(model, xm, background, background_weights, n_background, rng)
     if len(bg) == 0 or len(xs) == 0:
         raise ValueError("SHAP needs finite events and background rows")
     groups_of = _groups(signs, background_groups)
@@ -268,21 +261,24 @@ def shap_importance(model: AuditedModel, x: Mapping[str, np.ndarray] | np.ndarra
                       n_nonfinite=n_nonfinite)
 
 
-def _finite_outputs(model: AuditedModel, rows: np.ndarray) -> np.ndarray:
-    """Which of ``rows`` (finite inputs) the network gives a finite output for."""
-    if len(rows) == 0:
-        return np.zeros(0, dtype=bool)
-    return np.isfinite(model.evaluate(rows)).all(axis=1)
+def _usable(model: AuditedModel, rows: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """``finite`` (the rows whose inputs are) narrowed to the rows the network gives a finite
+    output for."""
+    usable = finite.copy()
+    if usable.any():
+        usable[usable] = np.isfinite(model.evaluate(rows[usable])).all(axis=1)
+    return usable
 
 
-def _background(xm: np.ndarray, background: np.ndarray | None,
+def _background(model: AuditedModel, xm: np.ndarray, background: np.ndarray | None,
                 weights: np.ndarray | None, n_background: int, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray]:
     """The background rows and their signs: without weights a draw without replacement
     (every sign +1); with weights ``n_background`` rows drawn by |w| with replacement, each
-    with its weight's sign, redrawn while the signs sum to <= 0 (module docstring)."""
+    with its weight's sign, redrawn while the signs sum to <= 0 (module docstring). Rows
+    whose inputs or network output are not finite are never drawn."""
     bg = xm if background is None else np.asarray(background, dtype=float)
-    finite = np.isfinite(bg).all(axis=1)
+    finite = _usable(model, bg, np.isfinite(bg).all(axis=1))
     if weights is None:
         bg = bg[finite]
         if len(bg) > n_background:
